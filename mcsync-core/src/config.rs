@@ -1,0 +1,216 @@
+//! Configuration of publishers and subscribers, with the defaults a user gets.
+
+use crate::crypto::Key;
+use crate::{Error, Result};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default largest update (one master transaction, encoded): 16 MiB.
+pub const DEFAULT_MAX_UPDATE_BYTES: usize = 16 * 1024 * 1024;
+/// Default datagram size (header + sealed payload): fits a 1,500-byte MTU with IP/UDP headers.
+pub const DEFAULT_DATAGRAM_BYTES: usize = 1400;
+/// Smallest datagram size accepted.
+pub const MIN_DATAGRAM_BYTES: usize = 256;
+/// Largest datagram size accepted (UDP over IPv4 minus headers).
+pub const MAX_DATAGRAM_BYTES: usize = 65_000;
+
+/// How a publisher multicasts: group allocation, socket options, pacing, heartbeats.
+#[derive(Debug, Clone)]
+pub struct MulticastConfig {
+    /// First group address; database number `i` (in order of first use) gets `group + i`.
+    /// Must be an IPv4 multicast address; 239.0.0.0/8 (administratively scoped) is advised.
+    pub group: Ipv4Addr,
+    /// UDP port of every group.
+    pub port: u16,
+    /// Interface address to send from (`IP_MULTICAST_IF`); 127.0.0.1 keeps traffic on loopback.
+    pub interface: Ipv4Addr,
+    /// `IP_MULTICAST_TTL`: 0 stays on the host, 1 on the local network.
+    pub ttl: u32,
+    /// `IP_MULTICAST_LOOP`: deliver to receivers on this host (needed on loopback).
+    pub loopback: bool,
+    /// Largest datagram sent (header + sealed payload).
+    pub datagram_bytes: usize,
+    /// Pacing: most packets per second (0 = unlimited).
+    pub max_packets_per_sec: u64,
+    /// Pacing: most bytes per second (0 = unlimited).
+    pub max_bytes_per_sec: u64,
+    /// Most encoded bytes bundled into one chain when updates queue up.
+    pub max_bundle_bytes: usize,
+    /// First heartbeat after the last update.
+    pub heartbeat_initial: Duration,
+    /// Heartbeat interval while idle (the interval doubles up to this).
+    pub heartbeat_max: Duration,
+}
+
+impl Default for MulticastConfig {
+    fn default() -> Self {
+        MulticastConfig {
+            group: Ipv4Addr::new(239, 255, 77, 1),
+            port: 47_100,
+            interface: Ipv4Addr::LOCALHOST,
+            ttl: 1,
+            loopback: true,
+            datagram_bytes: DEFAULT_DATAGRAM_BYTES,
+            max_packets_per_sec: 40_000,
+            max_bytes_per_sec: 0,
+            max_bundle_bytes: 60 * 1024,
+            heartbeat_initial: Duration::from_millis(5),
+            heartbeat_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Everything [`Publisher::open`](crate::Publisher::open) needs.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Directory of the publisher's LMDB store (created if missing).
+    pub data_dir: PathBuf,
+    /// Address the repair (control) server listens on; port 0 picks a free port.
+    pub control_addr: SocketAddr,
+    /// Key every database's packets are sealed with (until registration hands out keys).
+    pub key: Key,
+    /// Key epoch of `key`.
+    pub key_epoch: u32,
+    /// Multicast settings.
+    pub multicast: MulticastConfig,
+    /// Largest encoded update accepted; larger commits fail with `TooLarge` and write nothing.
+    pub max_update_bytes: usize,
+    /// Initial LMDB map size; the map grows when full.
+    pub map_size: usize,
+}
+
+impl PublisherConfig {
+    /// A configuration with defaults, storing in `data_dir` and sealing with `key`.
+    pub fn new(data_dir: impl Into<PathBuf>, key: Key) -> PublisherConfig {
+        PublisherConfig {
+            data_dir: data_dir.into(),
+            control_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            key,
+            key_epoch: 1,
+            multicast: MulticastConfig::default(),
+            max_update_bytes: DEFAULT_MAX_UPDATE_BYTES,
+            map_size: 256 << 20,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let m = &self.multicast;
+        if !m.group.is_multicast() {
+            return Err(Error::Config(format!(
+                "multicast group {} is not a multicast address",
+                m.group
+            )));
+        }
+        if m.port == 0 {
+            return Err(Error::Config("multicast port must not be 0".into()));
+        }
+        if !(MIN_DATAGRAM_BYTES..=MAX_DATAGRAM_BYTES).contains(&m.datagram_bytes) {
+            return Err(Error::Config(format!(
+                "datagram size {} outside {MIN_DATAGRAM_BYTES}..={MAX_DATAGRAM_BYTES}",
+                m.datagram_bytes
+            )));
+        }
+        if m.heartbeat_initial.is_zero() || m.heartbeat_max < m.heartbeat_initial {
+            return Err(Error::Config(
+                "heartbeat intervals must be positive and initial <= max".into(),
+            ));
+        }
+        if self.max_update_bytes < 1024 || self.max_update_bytes > (1 << 30) {
+            return Err(Error::Config(format!(
+                "max update size {} outside 1 KiB..=1 GiB",
+                self.max_update_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Receive-side injected loss, for tests and the demo. Off unless set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossConfig {
+    /// Probability that a loss burst starts at a given packet (0.0..=1.0).
+    pub probability: f64,
+    /// Packets dropped per burst (1 = independent losses).
+    pub burst_len: u32,
+    /// Seed of the generator, so a run can be repeated.
+    pub seed: u64,
+}
+
+/// Everything [`Subscriber::open`](crate::Subscriber::open) needs.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// Directory of the subscriber's LMDB store (created if missing).
+    pub data_dir: PathBuf,
+    /// The publisher's control address.
+    pub server: SocketAddr,
+    /// Key the publisher seals with, and its epoch.
+    pub key: Key,
+    /// Key epoch of `key`.
+    pub key_epoch: u32,
+    /// Interface to join groups on.
+    pub interface: Ipv4Addr,
+    /// Requested `SO_RCVBUF` (the kernel may grant less; stats report what was obtained).
+    pub recv_buffer_bytes: usize,
+    /// Packets queued between the receive and process threads.
+    pub channel_capacity: usize,
+    /// Bytes of out-of-order updates held while a gap is repaired.
+    pub reorder_buffer_bytes: usize,
+    /// Delay before a detected gap is repaired (lets reordered packets arrive first).
+    pub repair_delay: Duration,
+    /// Wait before retrying a failed repair.
+    pub repair_retry: Duration,
+    /// Timeout of one repair connection's reads and writes.
+    pub repair_io_timeout: Duration,
+    /// Largest encoded update accepted.
+    pub max_update_bytes: usize,
+    /// Injected loss (tests and demo only).
+    pub loss: Option<LossConfig>,
+    /// Initial LMDB map size; the map grows when full.
+    pub map_size: usize,
+    /// Name this subscriber gives in HELLO.
+    pub client_name: String,
+}
+
+impl SubscriberConfig {
+    /// A configuration with defaults.
+    pub fn new(data_dir: impl Into<PathBuf>, server: SocketAddr, key: Key) -> SubscriberConfig {
+        SubscriberConfig {
+            data_dir: data_dir.into(),
+            server,
+            key,
+            key_epoch: 1,
+            interface: Ipv4Addr::LOCALHOST,
+            recv_buffer_bytes: 8 << 20,
+            channel_capacity: 16_384,
+            reorder_buffer_bytes: 64 << 20,
+            repair_delay: Duration::from_millis(0),
+            repair_retry: Duration::from_millis(100),
+            repair_io_timeout: Duration::from_secs(10),
+            max_update_bytes: DEFAULT_MAX_UPDATE_BYTES,
+            loss: None,
+            map_size: 256 << 20,
+            client_name: "mcsync-subscriber".into(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(l) = &self.loss {
+            if !(0.0..=1.0).contains(&l.probability) || l.burst_len == 0 {
+                return Err(Error::Config(
+                    "loss probability must be in 0..=1 and burst length >= 1".into(),
+                ));
+            }
+        }
+        if self.channel_capacity == 0 {
+            return Err(Error::Config("channel capacity must be >= 1".into()));
+        }
+        if self.max_update_bytes < 1024 || self.max_update_bytes > (1 << 30) {
+            return Err(Error::Config(format!(
+                "max update size {} outside 1 KiB..=1 GiB",
+                self.max_update_bytes
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,31 @@
+//! mcsync: one-to-many database replication. A publisher sends each committed update once,
+//! sealed with AES-256-GCM, over IP multicast; every subscriber applies it to its own LMDB
+//! replica and repairs what it missed over a unicast channel from the publisher's journal.
+//!
+//! Start with [`Publisher::open`] and [`Subscriber::open`]. `docs/PROTOCOL.md` describes
+//! the wire format; DESIGN section numbers in comments refer to the project design.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod crypto;
+mod error;
+pub mod net;
+pub mod proto;
+mod publisher;
+pub mod stats;
+pub mod store;
+mod subscriber;
+mod update;
+pub mod wire;
+
+pub use config::{LossConfig, MulticastConfig, PublisherConfig, SubscriberConfig};
+pub use crypto::Key;
+pub use error::{Error, ErrorKind, Result};
+pub use publisher::{Database, Publisher, Transaction};
+pub use stats::{PublisherStats, SubscriptionStats};
+pub use subscriber::{Subscriber, Subscription, UpdateCallback};
+pub use update::{Op, OpKind, Update};
+
+/// A record: key and value.
+pub type Record = (Vec<u8>, Vec<u8>);

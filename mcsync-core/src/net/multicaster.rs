@@ -1,0 +1,136 @@
+//! One thread per published database: takes committed updates from the intake, drives the
+//! sans-IO [`Sender`], seals each packet and sends it to the database's group.
+
+use super::wall_clock_us;
+use crate::crypto::Keyring;
+use crate::proto::{Sender, SenderConfig};
+use crate::stats::{add, inc, PublisherCounters};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// A committed update on its way to the multicaster.
+pub struct Outgoing {
+    /// Its version.
+    pub version: u64,
+    /// Its wire encoding (shared with the journal write).
+    pub encoded: Arc<Vec<u8>>,
+}
+
+/// What a multicaster needs.
+pub struct MulticasterParts {
+    /// Database name (thread name and logs).
+    pub database: String,
+    /// Socket bound to the source address subscribers expect.
+    pub socket: UdpSocket,
+    /// Group and port.
+    pub group: SocketAddr,
+    /// Keys, and the epoch to seal under.
+    pub keyring: Keyring,
+    /// Epoch to seal under.
+    pub key_epoch: u32,
+    /// Fresh stream id.
+    pub stream_id: u32,
+    /// Latest version already sent or journaled at start.
+    pub latest: u64,
+    /// Oldest version the journal serves.
+    pub oldest: u64,
+    /// Sender tuning.
+    pub config: SenderConfig,
+    /// Publisher counters.
+    pub counters: Arc<PublisherCounters>,
+}
+
+/// Starts the thread. It runs until every sender of `rx` is dropped, then sends what is
+/// still queued and exits.
+pub fn spawn(parts: MulticasterParts, rx: Receiver<Outgoing>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("mcsync-mcast-{}", parts.database))
+        .spawn(move || run(parts, rx))
+}
+
+fn run(p: MulticasterParts, rx: Receiver<Outgoing>) {
+    let mut sender = Sender::new(
+        Instant::now(),
+        p.stream_id,
+        p.key_epoch,
+        p.latest,
+        p.config.clone(),
+    );
+    sender.set_oldest_version(p.oldest);
+    let mut datagram = Vec::with_capacity(p.config.datagram_bytes);
+    let mut open = true;
+    let mut last_counters = sender.counters().clone();
+    loop {
+        let now = Instant::now();
+        while let Some(pkt) = sender.poll_transmit(now, wall_clock_us()) {
+            if !p.keyring.seal(pkt.header, &pkt.payload, &mut datagram) {
+                log::error!("{}: no key for epoch {}", p.database, pkt.header.key_epoch);
+                inc(&p.counters.send_errors);
+                continue;
+            }
+            send(&p, &datagram);
+        }
+        account(&p.counters, &mut last_counters, sender.counters());
+        if !open && !sender.is_busy() {
+            return;
+        }
+        let deadline = sender.next_timeout(Instant::now());
+        if !open {
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            continue;
+        }
+        match rx.recv_deadline(deadline) {
+            Ok(o) => {
+                sender.push(o.version, o.encoded);
+                while let Ok(o) = rx.try_recv() {
+                    sender.push(o.version, o.encoded);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+    }
+}
+
+fn send(p: &MulticasterParts, datagram: &[u8]) {
+    // A full socket buffer (ENOBUFS / EAGAIN) is retried briefly; anything else is counted.
+    for attempt in 0..100 {
+        match p.socket.send_to(datagram, p.group) {
+            Ok(n) => {
+                inc(&p.counters.packets_sent);
+                add(&p.counters.bytes_sent, n as u64);
+                return;
+            }
+            Err(e)
+                if attempt < 99
+                    && matches!(e.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::EAGAIN)) =>
+            {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+            Err(e) => {
+                log::warn!("{}: send to {} failed: {e}", p.database, p.group);
+                inc(&p.counters.send_errors);
+                return;
+            }
+        }
+    }
+}
+
+fn account(
+    c: &PublisherCounters,
+    last: &mut crate::proto::SenderCounters,
+    now: &crate::proto::SenderCounters,
+) {
+    add(&c.chains_sent, now.chains - last.chains);
+    add(
+        &c.chains_compressed,
+        now.compressed_chains - last.compressed_chains,
+    );
+    add(&c.heartbeats_sent, now.heartbeats - last.heartbeats);
+    add(&c.data_packets_sent, now.data_packets - last.data_packets);
+    add(&c.updates_sent, now.updates - last.updates);
+    *last = now.clone();
+}

@@ -1,0 +1,140 @@
+//! A subscription's receive thread: socket → source check → (injected loss) → header
+//! parse → decrypt → replay check → bounded channel to the process thread. It never does
+//! more than that, so nothing slows it except the channel being full (which is counted).
+
+use super::StopFlag;
+use crate::crypto::{Keyring, OpenError};
+use crate::proto::{LossGenerator, ReplayWindow};
+use crate::stats::{add, inc, SubscriptionCounters};
+use crate::wire::packet::PacketHeader;
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// An authenticated packet for the process thread.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Its header.
+    pub header: PacketHeader,
+    /// Its decrypted payload.
+    pub payload: Vec<u8>,
+}
+
+/// What the receive thread needs.
+pub struct ReceiveParts {
+    /// Database name (thread name).
+    pub database: String,
+    /// Joined group socket (with a read timeout).
+    pub socket: UdpSocket,
+    /// The only source accepted.
+    pub source: SocketAddr,
+    /// Keys by epoch.
+    pub keyring: Keyring,
+    /// Injected loss, if configured.
+    pub loss: Option<LossGenerator>,
+    /// Counters.
+    pub counters: Arc<SubscriptionCounters>,
+    /// Stop flag.
+    pub stop: StopFlag,
+}
+
+/// Streams remembered for replay checks (a publisher restart starts a new one).
+const MAX_STREAMS: usize = 8;
+
+/// Starts the thread.
+pub fn spawn(parts: ReceiveParts, tx: Sender<Inbound>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("mcsync-recv-{}", parts.database))
+        .spawn(move || run(parts, tx))
+}
+
+fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
+    let mut buf = vec![0u8; 65_536];
+    let mut windows: HashMap<u32, ReplayWindow> = HashMap::new();
+    let c = p.counters.clone();
+    while !p.stop.is_stopped() {
+        let (n, from) = match p.socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                log::warn!("{}: receive failed: {e}", p.database);
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        inc(&c.packets_received);
+        add(&c.bytes_received, n as u64);
+        if from != p.source {
+            inc(&c.dropped_source);
+            continue;
+        }
+        if p.loss.as_mut().is_some_and(|l| l.drop_next()) {
+            inc(&c.dropped_injected);
+            continue;
+        }
+        let Ok((header, sealed)) = PacketHeader::parse(&buf[..n]) else {
+            inc(&c.dropped_malformed);
+            continue;
+        };
+        let payload = match p.keyring.open(&header, sealed) {
+            Ok(pl) => pl,
+            Err(OpenError::UnknownEpoch(_)) => {
+                inc(&c.dropped_epoch);
+                continue;
+            }
+            Err(OpenError::BadTag) => {
+                inc(&c.dropped_auth);
+                continue;
+            }
+        };
+        if windows.len() >= MAX_STREAMS && !windows.contains_key(&header.stream_id) {
+            windows.clear();
+        }
+        if !windows
+            .entry(header.stream_id)
+            .or_default()
+            .check_and_record(header.seq)
+        {
+            inc(&c.dropped_replay);
+            continue;
+        }
+        if !forward(&p, &tx, Inbound { header, payload }) {
+            return;
+        }
+    }
+}
+
+/// Hands a packet to the process thread, waiting (and counting) when the channel is full.
+/// Returns false when the process thread is gone or a stop was asked.
+fn forward(p: &ReceiveParts, tx: &Sender<Inbound>, mut item: Inbound) -> bool {
+    match tx.try_send(item) {
+        Ok(()) => return true,
+        Err(TrySendError::Disconnected(_)) => return false,
+        Err(TrySendError::Full(back)) => {
+            inc(&p.counters.channel_full);
+            item = back;
+        }
+    }
+    loop {
+        match tx.send_timeout(item, Duration::from_millis(50)) {
+            Ok(()) => return true,
+            Err(SendTimeoutError::Disconnected(_)) => return false,
+            Err(SendTimeoutError::Timeout(back)) => {
+                if p.stop.is_stopped() {
+                    return false;
+                }
+                item = back;
+            }
+        }
+    }
+}

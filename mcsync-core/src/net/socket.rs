@@ -1,0 +1,80 @@
+//! Multicast sockets with the options DESIGN section 6 needs on loopback.
+
+use crate::{Error, Result};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+
+/// A socket for sending to multicast groups from `interface`, bound to an ephemeral port
+/// on that interface so subscribers can check the source address and port.
+pub fn sender_socket(interface: Ipv4Addr, ttl: u32, loopback: bool) -> Result<UdpSocket> {
+    let ctx = |what: &str| format!("multicast send socket on {interface}: {what}");
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| Error::io(ctx("socket"), e))?;
+    s.set_multicast_if_v4(&interface)
+        .map_err(|e| Error::io(ctx("IP_MULTICAST_IF"), e))?;
+    s.set_multicast_loop_v4(loopback)
+        .map_err(|e| Error::io(ctx("IP_MULTICAST_LOOP"), e))?;
+    s.set_multicast_ttl_v4(ttl)
+        .map_err(|e| Error::io(ctx("IP_MULTICAST_TTL"), e))?;
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&SockAddr::from(SocketAddrV4::new(interface, 0)))
+        .map_err(|e| Error::io(ctx("bind"), e))?;
+    Ok(s.into())
+}
+
+/// A socket receiving `group:port` joined on `interface`, with a large receive buffer
+/// and a read timeout so the receive thread notices a stop. Returns the socket and the
+/// receive buffer size the kernel granted.
+pub fn receiver_socket(
+    group: SocketAddr,
+    interface: Ipv4Addr,
+    recv_buffer: usize,
+) -> Result<(UdpSocket, usize)> {
+    let SocketAddr::V4(group) = group else {
+        return Err(Error::Config(format!(
+            "group {group} is IPv6; only IPv4 groups are supported so far"
+        )));
+    };
+    let ctx = |what: &str| format!("multicast receive socket for {group} on {interface}: {what}");
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| Error::io(ctx("socket"), e))?;
+    s.set_reuse_address(true)
+        .map_err(|e| Error::io(ctx("SO_REUSEADDR"), e))?;
+    // SO_RCVBUFFORCE passes the rmem_max cap when privileged; fall back to SO_RCVBUF.
+    if force_recv_buffer(&s, recv_buffer).is_err() {
+        let _ = s.set_recv_buffer_size(recv_buffer);
+    }
+    let granted = s.recv_buffer_size().unwrap_or(0);
+    s.bind(&SockAddr::from(SocketAddrV4::new(
+        *group.ip(),
+        group.port(),
+    )))
+    .map_err(|e| Error::io(ctx("bind"), e))?;
+    s.join_multicast_v4(group.ip(), &interface)
+        .map_err(|e| Error::io(ctx("IP_ADD_MEMBERSHIP"), e))?;
+    s.set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(|e| Error::io(ctx("SO_RCVTIMEO"), e))?;
+    Ok((s.into(), granted))
+}
+
+fn force_recv_buffer(s: &Socket, size: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = size.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: fd is a valid socket owned by `s`; the option value is a c_int that outlives
+    // the call, and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

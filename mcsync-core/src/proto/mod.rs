@@ -1,0 +1,21 @@
+//! Sans-IO state machines: no sockets, clocks, threads or files. Time and input are passed
+//! in; output is returned. The `net` module drives them; the simulation tests drive them
+//! with a virtual clock and a seeded lossy network.
+
+pub mod assembler;
+pub mod chain;
+pub mod heartbeat;
+pub mod loss;
+pub mod pacer;
+pub mod receiver;
+pub mod replay;
+pub mod sender;
+
+pub use assembler::{Assembled, Chain, ChainAssembler, ChainDrop};
+pub use chain::{ChainBuilder, PlainPacket};
+pub use heartbeat::HeartbeatTimer;
+pub use loss::LossGenerator;
+pub use pacer::Pacer;
+pub use receiver::{Receiver, ReceiverConfig, ReceiverCounters, RepairRanges};
+pub use replay::ReplayWindow;
+pub use sender::{decode_chain, Sender, SenderConfig, SenderCounters};

@@ -1,0 +1,250 @@
+//! Orders updates by version, detects what is missing, and says which versions to repair.
+//!
+//! Updates arrive from multicast chains and from repair, in any order and possibly twice.
+//! The receiver hands them out strictly in version order, each once. A gap — a version
+//! above the next expected one, or a heartbeat announcing a newer version — turns into a
+//! repair request for exactly the missing versions.
+
+use crate::update::Update;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Tuning of a [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Bytes of out-of-order updates held; above it the highest versions are evicted (they
+    /// are repaired later).
+    pub buffer_bytes: usize,
+    /// Wait after a gap appears before asking for repair.
+    pub repair_delay: Duration,
+    /// Wait before asking again for versions a finished repair did not deliver.
+    pub repair_retry: Duration,
+    /// Most ranges in one repair request.
+    pub max_ranges: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            buffer_bytes: 64 << 20,
+            repair_delay: Duration::ZERO,
+            repair_retry: Duration::from_millis(100),
+            max_ranges: 64,
+        }
+    }
+}
+
+/// Counters kept by the receiver.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiverCounters {
+    /// Updates received that were already applied or buffered.
+    pub duplicates: u64,
+    /// Times a gap appeared where there was none.
+    pub gaps: u64,
+    /// Buffered updates evicted to respect the buffer limit.
+    pub evicted: u64,
+    /// Repair requests issued.
+    pub repair_requests: u64,
+}
+
+/// A request for inclusive version ranges.
+pub type RepairRanges = Vec<(u64, u64)>;
+
+/// Version ordering and gap tracking for one subscription.
+#[derive(Debug)]
+pub struct Receiver {
+    config: ReceiverConfig,
+    applied: u64,
+    known_latest: u64,
+    buffer: BTreeMap<u64, (Update, usize)>,
+    buffer_bytes: usize,
+    gap_since: Option<Instant>,
+    in_flight: bool,
+    requested_top: u64,
+    retry_at: Option<Instant>,
+    counters: ReceiverCounters,
+}
+
+fn update_size(u: &Update) -> usize {
+    64 + u
+        .ops
+        .iter()
+        .map(|o| 48 + o.key.len() + o.value.len())
+        .sum::<usize>()
+}
+
+impl Receiver {
+    /// A receiver whose replica is at version `applied`.
+    pub fn new(applied: u64, config: ReceiverConfig) -> Receiver {
+        Receiver {
+            config,
+            applied,
+            known_latest: applied,
+            buffer: BTreeMap::new(),
+            buffer_bytes: 0,
+            gap_since: None,
+            in_flight: false,
+            requested_top: 0,
+            retry_at: None,
+            counters: ReceiverCounters::default(),
+        }
+    }
+
+    /// Version of the last update handed out by [`poll_ready`](Self::poll_ready).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Highest version known to exist.
+    pub fn known_latest(&self) -> u64 {
+        self.known_latest
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &ReceiverCounters {
+        &self.counters
+    }
+
+    /// Bytes of updates waiting for an earlier version.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer_bytes
+    }
+
+    /// Feeds an update from multicast or repair. Returns whether it was new.
+    pub fn on_update(&mut self, now: Instant, update: Update) -> bool {
+        let v = update.version;
+        if v <= self.applied || self.buffer.contains_key(&v) {
+            self.counters.duplicates += 1;
+            return false;
+        }
+        self.known_latest = self.known_latest.max(v);
+        let size = update_size(&update);
+        self.buffer.insert(v, (update, size));
+        self.buffer_bytes += size;
+        self.evict();
+        self.note_gap(now);
+        true
+    }
+
+    /// Feeds the latest version announced by a heartbeat.
+    pub fn on_heartbeat(&mut self, now: Instant, latest: u64) {
+        self.known_latest = self.known_latest.max(latest);
+        self.note_gap(now);
+    }
+
+    fn evict(&mut self) {
+        while self.buffer_bytes > self.config.buffer_bytes && self.buffer.len() > 1 {
+            let Some((&v, _)) = self.buffer.last_key_value() else {
+                break;
+            };
+            if v == self.applied + 1 {
+                break;
+            }
+            if let Some((_, size)) = self.buffer.remove(&v) {
+                self.buffer_bytes -= size;
+                self.counters.evicted += 1;
+            }
+        }
+    }
+
+    fn has_gap(&self) -> bool {
+        self.known_latest > self.applied && !self.buffer.contains_key(&(self.applied + 1))
+    }
+
+    fn note_gap(&mut self, now: Instant) {
+        if self.has_gap() {
+            if self.gap_since.is_none() {
+                self.gap_since = Some(now);
+                self.counters.gaps += 1;
+            }
+        } else {
+            self.gap_since = None;
+        }
+    }
+
+    /// The next update in version order, if it is here.
+    pub fn poll_ready(&mut self) -> Option<Update> {
+        let (u, size) = self.buffer.remove(&(self.applied + 1))?;
+        self.buffer_bytes -= size;
+        self.applied = u.version;
+        Some(u)
+    }
+
+    /// Missing inclusive ranges in (applied, known_latest], at most `max_ranges`.
+    pub fn missing(&self) -> RepairRanges {
+        let mut out = Vec::new();
+        let mut next = self.applied + 1;
+        for &v in self.buffer.keys() {
+            if out.len() == self.config.max_ranges {
+                return out;
+            }
+            if v > next {
+                out.push((next, v - 1));
+            }
+            next = v + 1;
+        }
+        if next <= self.known_latest && out.len() < self.config.max_ranges {
+            out.push((next, self.known_latest));
+        }
+        out
+    }
+
+    /// Versions to fetch by repair now, if any. After this returns `Some`, the caller runs
+    /// the repair, feeds what arrives through [`on_update`](Self::on_update), and calls
+    /// [`on_repair_done`](Self::on_repair_done).
+    pub fn poll_repair(&mut self, now: Instant) -> Option<RepairRanges> {
+        if self.in_flight {
+            return None;
+        }
+        self.note_gap(now);
+        let since = self.gap_since?;
+        if now < since + self.config.repair_delay {
+            return None;
+        }
+        if self.retry_at.is_some_and(|t| now < t) {
+            return None;
+        }
+        let ranges = self.missing();
+        if ranges.is_empty() {
+            return None;
+        }
+        self.in_flight = true;
+        self.requested_top = ranges.last().map_or(0, |r| r.1);
+        self.counters.repair_requests += 1;
+        Some(ranges)
+    }
+
+    /// The repair asked for by the last `poll_repair` has finished (`ok`: the peer said it
+    /// sent everything it had). Missing versions left after it are asked for again only
+    /// after the retry interval, so a peer that cannot serve them is not hammered.
+    pub fn on_repair_done(&mut self, now: Instant, ok: bool) {
+        self.in_flight = false;
+        let undelivered = self
+            .missing()
+            .first()
+            .is_some_and(|&(first, _)| first <= self.requested_top);
+        self.retry_at = if ok && !undelivered {
+            None
+        } else {
+            Some(now + self.config.repair_retry)
+        };
+        self.note_gap(now);
+    }
+
+    /// Forgets the versions announced above what has been received, e.g. after the peer
+    /// said they do not exist (a heartbeat from a publisher that lost its journal).
+    pub fn clamp_latest(&mut self, latest: u64) {
+        let top = self.buffer.keys().next_back().copied().unwrap_or(0);
+        self.known_latest = latest.max(top).max(self.applied);
+    }
+
+    /// When [`poll_repair`](Self::poll_repair) should next be called, if a gap is waiting.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        if self.in_flight {
+            return None;
+        }
+        let since = self.gap_since?;
+        let t = since + self.config.repair_delay;
+        Some(self.retry_at.map_or(t, |r| r.max(t)))
+    }
+}

@@ -1,0 +1,526 @@
+//! The public publisher API: open a store, publish databases, commit updates.
+//!
+//! Threads: the host's threads call `commit`; one intake thread groups concurrent commits
+//! into one durable LMDB transaction and answers each caller with its version; one
+//! multicaster thread per database sends; the repair server answers catch-up requests.
+
+use crate::config::PublisherConfig;
+use crate::crypto::Keyring;
+use crate::net::multicaster::{self, MulticasterParts, Outgoing};
+use crate::net::repair_server::{PublishedDatabase, RepairServer, ServerContext};
+use crate::net::{socket, wall_clock_us, StopFlag};
+use crate::proto::SenderConfig;
+use crate::stats::{add, inc, PublisherCounters, PublisherStats};
+use crate::store::publisher::{DbTables, JournalEntry};
+use crate::store::PublisherStore;
+use crate::wire::control::DatabaseInfo;
+use crate::wire::update::{update_encoded_len, update_to_vec, validate_op};
+use crate::{Error, Op, Result, Update};
+use crossbeam_channel as chan;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Commits waiting for the intake thread; callers block when it is full.
+const INTAKE_QUEUE: usize = 4096;
+/// Most commits grouped into one LMDB transaction.
+const MAX_GROUP: usize = 1024;
+/// Most encoded bytes grouped into one LMDB transaction.
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+/// Checks a database name: 1 to 200 bytes of letters, digits, `-`, `_`, `.`.
+pub(crate) fn validate_database_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "database name {name:?} must be 1..=200 characters of [A-Za-z0-9._-]"
+        )))
+    }
+}
+
+struct CommitRequest {
+    db: Arc<DbShared>,
+    ops: Vec<Op>,
+    reply: chan::Sender<Result<u64>>,
+}
+
+struct DbShared {
+    name: String,
+    tables: DbTables,
+    info: DatabaseInfo,
+    committed: AtomicU64,
+    mcast_tx: Mutex<Option<chan::Sender<Outgoing>>>,
+    mcast_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PublishedDatabase for DbShared {
+    fn info(&self) -> DatabaseInfo {
+        let mut i = self.info.clone();
+        i.current_version = self.committed.load(Ordering::SeqCst);
+        i
+    }
+    fn tables(&self) -> DbTables {
+        self.tables
+    }
+    fn committed_version(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+}
+
+struct Inner {
+    config: PublisherConfig,
+    store: Arc<PublisherStore>,
+    counters: Arc<PublisherCounters>,
+    intake_tx: Mutex<Option<chan::Sender<CommitRequest>>>,
+    intake: Mutex<Option<JoinHandle<()>>>,
+    databases: Mutex<HashMap<String, Arc<DbShared>>>,
+    server_ctx: Arc<ServerContext>,
+    server: Mutex<Option<RepairServer>>,
+    control_addr: SocketAddr,
+}
+
+/// A publisher: the master side. Cheap to share across threads (`&Publisher` is enough
+/// for every call); closing it stops every thread it started.
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+/// A handle to one published database. Clone it freely; it stays valid until the
+/// publisher closes, after which every call fails with [`Error::Closed`].
+#[derive(Clone)]
+pub struct Database {
+    db: Arc<DbShared>,
+    inner: Arc<Inner>,
+}
+
+/// A pending master transaction: operations collected by [`put`](Transaction::put) and
+/// [`delete`](Transaction::delete), applied atomically by [`commit`](Transaction::commit).
+/// Dropping it without commit discards it; nothing is written or sent.
+pub struct Transaction {
+    db: Database,
+    ops: Vec<Op>,
+    encoded_len: usize,
+}
+
+impl Publisher {
+    /// Opens (or creates) the publisher's store in `config.data_dir`, starts the intake
+    /// thread and the repair server, and resumes every database published before.
+    pub fn open(config: PublisherConfig) -> Result<Publisher> {
+        config.validate()?;
+        let store = Arc::new(PublisherStore::open(&config.data_dir, config.map_size)?);
+        store.check()?;
+        let counters = Arc::new(PublisherCounters::default());
+        let server_ctx = Arc::new(ServerContext {
+            store: store.clone(),
+            databases: Default::default(),
+            counters: counters.clone(),
+            max_request_frame: 64 << 10,
+            stop: StopFlag::default(),
+        });
+        let server = RepairServer::start(config.control_addr, server_ctx.clone())?;
+        let control_addr = server.addr();
+        let (tx, rx) = chan::bounded(INTAKE_QUEUE);
+        let (s2, c2) = (store.clone(), counters.clone());
+        let intake = std::thread::Builder::new()
+            .name("mcsync-intake".into())
+            .spawn(move || intake_loop(rx, &s2, &c2))
+            .map_err(|e| Error::io("spawning intake thread", e))?;
+        let publisher = Publisher {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                counters,
+                intake_tx: Mutex::new(Some(tx)),
+                intake: Mutex::new(Some(intake)),
+                databases: Mutex::new(HashMap::new()),
+                server_ctx,
+                server: Mutex::new(Some(server)),
+                control_addr,
+            }),
+        };
+        for name in publisher.inner.store.database_names()? {
+            publisher.database(&name)?;
+        }
+        Ok(publisher)
+    }
+
+    /// The address subscribers connect to (the repair / control server).
+    pub fn control_addr(&self) -> SocketAddr {
+        self.inner.control_addr
+    }
+
+    /// The database called `name`, published from now on (created on first use; its
+    /// versions continue across restarts).
+    pub fn database(&self, name: &str) -> Result<Database> {
+        validate_database_name(name)?;
+        let inner = &self.inner;
+        if inner
+            .intake_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return Err(Error::Closed("publisher is closed".into()));
+        }
+        let mut dbs = inner.databases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = dbs.get(name) {
+            return Ok(Database {
+                db: db.clone(),
+                inner: inner.clone(),
+            });
+        }
+        let db = start_database(inner, name)?;
+        dbs.insert(name.to_owned(), db.clone());
+        inner
+            .server_ctx
+            .databases
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), db.clone());
+        Ok(Database {
+            db,
+            inner: inner.clone(),
+        })
+    }
+
+    /// A snapshot of the publisher's counters.
+    pub fn stats(&self) -> PublisherStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Stops accepting commits, finishes those in progress, sends everything queued, stops
+    /// the repair server and joins every thread. Idempotent; dropping does the same.
+    pub fn close(&self) -> Result<()> {
+        close_inner(&self.inner);
+        Ok(())
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        close_inner(&self.inner);
+    }
+}
+
+fn close_inner(inner: &Inner) {
+    drop(
+        inner
+            .intake_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
+    if let Some(h) = inner
+        .intake
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        let _ = h.join();
+    }
+    let dbs: Vec<_> = inner
+        .databases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for db in dbs {
+        drop(db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(h) = db
+            .mcast_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = h.join();
+        }
+    }
+    if let Some(mut s) = inner
+        .server
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        s.shutdown();
+    }
+}
+
+fn group_for(base: Ipv4Addr, index: u64) -> Result<Ipv4Addr> {
+    let g = u64::from(u32::from(base)) + index;
+    let addr = Ipv4Addr::from(u32::try_from(g).unwrap_or(0));
+    if !addr.is_multicast() {
+        return Err(Error::Config(format!(
+            "database number {index} has no group left after {base}"
+        )));
+    }
+    Ok(addr)
+}
+
+fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
+    let cfg = &inner.config;
+    let m = &cfg.multicast;
+    let index = inner.store.register_database(name)?;
+    let group = SocketAddr::new(IpAddr::V4(group_for(m.group, index)?), m.port);
+    let tables = inner.store.tables(name)?;
+    let latest = inner.store.last_version(name)?;
+    let oldest = inner.store.oldest_version(tables)?.max(1);
+    let stream_id = inner.store.next_stream_id()?;
+    let sock = socket::sender_socket(m.interface, m.ttl, m.loopback)?;
+    let source = sock
+        .local_addr()
+        .map_err(|e| Error::io("multicast socket address", e))?;
+    let (tx, rx) = chan::unbounded();
+    let parts = MulticasterParts {
+        database: name.to_owned(),
+        socket: sock,
+        group,
+        keyring: Keyring::with_key(cfg.key_epoch, &cfg.key),
+        key_epoch: cfg.key_epoch,
+        stream_id,
+        latest,
+        oldest,
+        config: SenderConfig {
+            datagram_bytes: m.datagram_bytes,
+            max_bundle_bytes: m.max_bundle_bytes,
+            heartbeat_initial: m.heartbeat_initial,
+            heartbeat_max: m.heartbeat_max,
+            packets_per_sec: m.max_packets_per_sec,
+            bytes_per_sec: m.max_bytes_per_sec,
+            compress: true,
+        },
+        counters: inner.counters.clone(),
+    };
+    let thread = multicaster::spawn(parts, rx).map_err(|e| Error::io("spawning multicaster", e))?;
+    Ok(Arc::new(DbShared {
+        name: name.to_owned(),
+        tables,
+        info: DatabaseInfo {
+            group,
+            source,
+            key_epoch: cfg.key_epoch,
+            current_version: latest,
+            oldest_version: oldest,
+        },
+        committed: AtomicU64::new(latest),
+        mcast_tx: Mutex::new(Some(tx)),
+        mcast_thread: Mutex::new(Some(thread)),
+    }))
+}
+
+/// Groups whatever commits are queued into one durable LMDB transaction, then hands the
+/// updates to the multicasters in version order and answers the callers.
+fn intake_loop(rx: chan::Receiver<CommitRequest>, store: &PublisherStore, c: &PublisherCounters) {
+    let mut next: HashMap<String, u64> = HashMap::new();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut bytes = 0;
+        while batch.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(r) => {
+                    bytes += update_encoded_len(&r.ops);
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let ts = wall_clock_us();
+        let staged: Vec<(Update, Arc<Vec<u8>>)> = batch
+            .iter_mut()
+            .map(|r| {
+                let v = next
+                    .entry(r.db.name.clone())
+                    .or_insert_with(|| r.db.committed.load(Ordering::SeqCst));
+                *v += 1;
+                let u = Update {
+                    version: *v,
+                    timestamp_us: ts,
+                    ops: std::mem::take(&mut r.ops),
+                };
+                let enc = Arc::new(update_to_vec(&u));
+                (u, enc)
+            })
+            .collect();
+        let entries: Vec<JournalEntry<'_>> = batch
+            .iter()
+            .zip(&staged)
+            .map(|(r, (u, enc))| JournalEntry {
+                name: &r.db.name,
+                tables: r.db.tables,
+                update: u,
+                encoded: enc,
+            })
+            .collect();
+        let result = store.append(&entries);
+        drop(entries);
+        match result {
+            Ok(()) => {
+                inc(&c.journal_commits);
+                add(&c.updates_committed, batch.len() as u64);
+                for (r, (u, enc)) in batch.into_iter().zip(staged) {
+                    r.db.committed.store(u.version, Ordering::SeqCst);
+                    if let Some(tx) = &*r.db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()) {
+                        let _ = tx.send(Outgoing {
+                            version: u.version,
+                            encoded: enc,
+                        });
+                    }
+                    let _ = r.reply.send(Ok(u.version));
+                }
+            }
+            Err(e) => {
+                // Nothing was written: give the versions back.
+                next.clear();
+                add(&c.commits_refused, batch.len() as u64);
+                for r in batch {
+                    let _ = r.reply.send(Err(Error::Storage(format!(
+                        "journal commit for database {:?} failed: {e}",
+                        r.db.name
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+impl Database {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.db.name
+    }
+
+    /// Latest committed version (0 before the first commit).
+    pub fn version(&self) -> u64 {
+        self.db.committed.load(Ordering::SeqCst)
+    }
+
+    /// The multicast group and port this database is sent to.
+    pub fn group(&self) -> SocketAddr {
+        self.db.info.group
+    }
+
+    /// Starts a transaction.
+    pub fn transaction(&self) -> Transaction {
+        Transaction {
+            db: self.clone(),
+            ops: Vec::new(),
+            encoded_len: update_encoded_len(&[]),
+        }
+    }
+
+    /// Sets `key` to `value` in a transaction of its own; returns the new version once the
+    /// journal holds it durably.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64> {
+        let mut t = self.transaction();
+        t.put(key, value)?;
+        t.commit()
+    }
+
+    /// Deletes `key` in a transaction of its own; returns the new version.
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<u64> {
+        let mut t = self.transaction();
+        t.delete(key)?;
+        t.commit()
+    }
+
+    /// One record of the master state.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.inner.store.get(self.db.tables, key.as_ref())
+    }
+
+    /// Every record of the master state, in key order (a snapshot).
+    pub fn snapshot(&self) -> Result<Vec<crate::Record>> {
+        self.inner.store.state(self.db.tables)
+    }
+}
+
+impl Transaction {
+    fn push(&mut self, op: Op) -> Result<()> {
+        validate_op(&op)
+            .map_err(|m| Error::Config(format!("database {:?}: {m}", self.db.name())))?;
+        let len = op.encoded_len();
+        let max = self.db.inner.config.max_update_bytes;
+        if self.encoded_len + len > max {
+            return Err(Error::TooLarge(format!(
+                "transaction on database {:?} would be {} bytes; the maximum is {max}",
+                self.db.name(),
+                self.encoded_len + len
+            )));
+        }
+        self.encoded_len += len;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// Adds a put of `value` at `key`.
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        self.push(Op::put(key.as_ref(), value.as_ref()))
+    }
+
+    /// Adds a put readable only by subscribers holding one of `groups`.
+    pub fn put_with_groups(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        groups: &[&str],
+    ) -> Result<()> {
+        let mut op = Op::put(key.as_ref(), value.as_ref());
+        op.groups = groups.iter().map(|g| g.to_string()).collect();
+        self.push(op)
+    }
+
+    /// Adds a delete of `key`.
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<()> {
+        self.push(Op::delete(key.as_ref()))
+    }
+
+    /// Operations collected so far.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether no operation was added.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Journals the transaction durably, queues it for multicast, and returns its version.
+    pub fn commit(self) -> Result<u64> {
+        if self.ops.is_empty() {
+            return Err(Error::Config(format!(
+                "empty transaction on database {:?}",
+                self.db.name()
+            )));
+        }
+        let closed = || Error::Closed("publisher is closed".into());
+        let (reply, rx) = chan::bounded(1);
+        let req = CommitRequest {
+            db: self.db.db.clone(),
+            ops: self.ops,
+            reply,
+        };
+        {
+            let guard = self
+                .db
+                .inner
+                .intake_tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let tx = guard.as_ref().ok_or_else(closed)?.clone();
+            drop(guard);
+            tx.send(req).map_err(|_| closed())?;
+        }
+        rx.recv().map_err(|_| closed())?
+    }
+
+    /// Discards the transaction (the same as dropping it).
+    pub fn rollback(self) {}
+}

@@ -1,0 +1,138 @@
+//! Counters kept by publishers and subscriptions. Live counters are atomics updated by the
+//! worker threads; `stats()` returns a plain snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($(#[$meta:meta])* $snapshot:ident, $live:ident { $($(#[$fmeta:meta])* $field:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct $snapshot {
+            $($(#[$fmeta])* pub $field: u64,)*
+        }
+
+        /// Live atomic counters behind the snapshot of the same name.
+        #[derive(Debug, Default)]
+        pub struct $live {
+            $($(#[$fmeta])* pub $field: AtomicU64,)*
+        }
+
+        impl $live {
+            /// A consistent-enough copy of every counter.
+            pub fn snapshot(&self) -> $snapshot {
+                $snapshot { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl $snapshot {
+            /// `(name, value)` for every counter, in declaration order (for CLIs and bindings).
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field),)*]
+            }
+        }
+    };
+}
+
+/// Adds `n` to an atomic counter.
+#[inline]
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Adds one to an atomic counter.
+#[inline]
+pub fn inc(c: &AtomicU64) {
+    add(c, 1);
+}
+
+counters!(
+    /// Publisher counters (all databases together).
+    PublisherStats, PublisherCounters {
+        /// Updates committed (master transactions).
+        updates_committed,
+        /// LMDB write transactions used to commit them (group commit makes this smaller).
+        journal_commits,
+        /// Commits refused (too large, invalid, storage failure).
+        commits_refused,
+        /// Multicast datagrams sent (data and heartbeats).
+        packets_sent,
+        /// Bytes of multicast datagrams sent (UDP payload).
+        bytes_sent,
+        /// Data packets sent.
+        data_packets_sent,
+        /// Heartbeats sent.
+        heartbeats_sent,
+        /// Chains sent.
+        chains_sent,
+        /// Chains sent lz4-compressed.
+        chains_compressed,
+        /// Updates multicast.
+        updates_sent,
+        /// Datagrams the OS refused to send.
+        send_errors,
+        /// Repair sessions accepted.
+        repair_sessions,
+        /// Catch-up requests served.
+        repairs_served,
+        /// Updates sent by repair.
+        repair_updates_sent,
+        /// Bytes sent by repair (frames).
+        repair_bytes_sent,
+        /// Repair requests refused (unknown database, versions that do not exist, bad frames).
+        repair_errors,
+    }
+);
+
+counters!(
+    /// Counters of one subscription.
+    SubscriptionStats, SubscriptionCounters {
+        /// Datagrams received on the group socket.
+        packets_received,
+        /// Bytes of those datagrams.
+        bytes_received,
+        /// Dropped: sent from an address other than the publisher's.
+        dropped_source,
+        /// Dropped by the injected loss generator.
+        dropped_injected,
+        /// Dropped: header did not parse (magic, version, lengths).
+        dropped_malformed,
+        /// Dropped: authentication tag failed (forged, tampered, wrong key).
+        dropped_auth,
+        /// Dropped: key epoch unknown.
+        dropped_epoch,
+        /// Dropped: sequence number already seen (replay).
+        dropped_replay,
+        /// Times the receive thread found the channel to the process thread full.
+        channel_full,
+        /// Chains completed.
+        chains_received,
+        /// Chains lost to a missing packet.
+        chains_dropped,
+        /// Chains whose content did not decode.
+        chains_invalid,
+        /// Heartbeats received.
+        heartbeats_received,
+        /// Updates applied to the replica.
+        updates_applied,
+        /// LMDB transactions used to apply them.
+        apply_commits,
+        /// Updates received more than once (multicast and repair overlap).
+        duplicates,
+        /// Gaps detected.
+        gaps_detected,
+        /// Repair requests sent.
+        repairs_requested,
+        /// Repair requests that failed (connection, publisher error).
+        repair_failures,
+        /// Updates received by repair.
+        repair_updates,
+        /// Bytes received by repair (frames).
+        repair_bytes,
+        /// Updates evicted from the reorder buffer (repaired later).
+        reorder_evicted,
+        /// Receive buffer size the kernel granted, bytes.
+        recv_buffer_bytes,
+        /// Callbacks that panicked (the subscription keeps going).
+        callback_panics,
+    }
+);

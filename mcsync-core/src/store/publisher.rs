@@ -1,0 +1,223 @@
+//! The publisher's store: per database a journal (version → encoded update), the current
+//! state (key → value) with a content hash per record, and meta (last version, stream ids).
+
+use super::{apply_op, get_u64, Env};
+use crate::{Error, Result, Update};
+use lmdb::{Cursor, Database, Transaction, WriteFlags};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// LMDB tables of one published database.
+#[derive(Debug, Clone, Copy)]
+pub struct DbTables {
+    journal: Database,
+    state: Database,
+    hash: Database,
+}
+
+/// One update to append: its database's tables, name, and the update with its encoding.
+pub struct JournalEntry<'a> {
+    /// Database name (meta key).
+    pub name: &'a str,
+    /// Its tables.
+    pub tables: DbTables,
+    /// The update (version assigned).
+    pub update: &'a Update,
+    /// Its wire encoding, stored in the journal and sent as is.
+    pub encoded: &'a [u8],
+}
+
+/// The publisher's LMDB store.
+pub struct PublisherStore {
+    env: Env,
+    meta: Database,
+    tables: Mutex<HashMap<String, DbTables>>,
+}
+
+fn version_key(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+impl PublisherStore {
+    /// Opens (creating) the store in `dir`.
+    pub fn open(dir: &Path, map_size: usize) -> Result<PublisherStore> {
+        let env = Env::open(dir, map_size)?;
+        let meta = env.db("meta")?;
+        Ok(PublisherStore {
+            env,
+            meta,
+            tables: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens (creating) the tables of database `name`.
+    pub fn tables(&self, name: &str) -> Result<DbTables> {
+        let mut map = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = map.get(name) {
+            return Ok(*t);
+        }
+        let t = DbTables {
+            journal: self.env.db(&format!("journal/{name}"))?,
+            state: self.env.db(&format!("state/{name}"))?,
+            hash: self.env.db(&format!("hash/{name}"))?,
+        };
+        map.insert(name.to_owned(), t);
+        Ok(t)
+    }
+
+    /// Names of databases ever published from this store, in order of creation.
+    pub fn database_names(&self) -> Result<Vec<String>> {
+        let mut named: Vec<(u64, String)> = self.env.read(|txn| {
+            let mut cur = txn.open_ro_cursor(self.meta)?;
+            let mut out = Vec::new();
+            for item in cur.iter_from(b"db:") {
+                let (k, v) = item?;
+                let Some(name) = k.strip_prefix(b"db:") else {
+                    break;
+                };
+                let idx = u64::from_be_bytes(v.try_into().map_err(|_| lmdb::Error::Corrupted)?);
+                out.push((idx, String::from_utf8_lossy(name).into_owned()));
+            }
+            Ok(out)
+        })?;
+        named.sort();
+        Ok(named.into_iter().map(|(_, n)| n).collect())
+    }
+
+    /// Registers database `name` and returns its index (stable across restarts; used to
+    /// allocate its multicast group).
+    pub fn register_database(&self, name: &str) -> Result<u64> {
+        let key = format!("db:{name}");
+        self.env.write(|txn| {
+            if let Some(i) = get_u64(txn, self.meta, key.as_bytes())? {
+                return Ok(i);
+            }
+            let next = get_u64(txn, self.meta, b"db_count")?.unwrap_or(0);
+            txn.put(self.meta, &key, &next.to_be_bytes(), WriteFlags::empty())?;
+            txn.put(
+                self.meta,
+                b"db_count",
+                &(next + 1).to_be_bytes(),
+                WriteFlags::empty(),
+            )?;
+            Ok(next)
+        })
+    }
+
+    /// Draws the next stream id and stores it durably before it is used, so a restart never
+    /// reuses one (the GCM nonce includes it).
+    pub fn next_stream_id(&self) -> Result<u32> {
+        self.env.write(|txn| {
+            let last = match get_u64(txn, self.meta, b"stream_id")? {
+                Some(v) => v,
+                None => u64::from(rand::random::<u32>() >> 1),
+            };
+            let next = (last + 1) & 0xFFFF_FFFF;
+            txn.put(
+                self.meta,
+                b"stream_id",
+                &next.to_be_bytes(),
+                WriteFlags::empty(),
+            )?;
+            Ok(next as u32)
+        })
+    }
+
+    /// Latest committed version of database `name` (0 if none).
+    pub fn last_version(&self, name: &str) -> Result<u64> {
+        let key = format!("v:{name}");
+        self.env
+            .read(|txn| Ok(get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0)))
+    }
+
+    /// Appends updates (of one or several databases) in one durable transaction: journal,
+    /// state, hashes and each database's last version.
+    pub fn append(&self, entries: &[JournalEntry<'_>]) -> Result<()> {
+        self.env.write(|txn| {
+            for e in entries {
+                let v = e.update.version;
+                txn.put(
+                    e.tables.journal,
+                    &version_key(v),
+                    &e.encoded,
+                    WriteFlags::empty(),
+                )?;
+                for op in &e.update.ops {
+                    apply_op(txn, e.tables.state, e.tables.hash, op)?;
+                }
+                let key = format!("v:{}", e.name);
+                txn.put(self.meta, &key, &v.to_be_bytes(), WriteFlags::empty())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Encoded journal entries with versions in `first..=last`, at most `max_count` of them
+    /// and at most about `max_bytes`, in order.
+    pub fn read_journal(
+        &self,
+        tables: DbTables,
+        first: u64,
+        last: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.env.read(|txn| {
+            let mut cur = txn.open_ro_cursor(tables.journal)?;
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for item in cur.iter_from(version_key(first)) {
+                let (k, v) = item?;
+                let ver = u64::from_be_bytes(k.try_into().map_err(|_| lmdb::Error::Corrupted)?);
+                if ver > last
+                    || out.len() >= max_count
+                    || (bytes > 0 && bytes + v.len() > max_bytes)
+                {
+                    break;
+                }
+                bytes += v.len();
+                out.push((ver, v.to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Oldest version still in the journal (0 when empty).
+    pub fn oldest_version(&self, tables: DbTables) -> Result<u64> {
+        self.env.read(|txn| {
+            let mut cur = txn.open_ro_cursor(tables.journal)?;
+            let first = cur.iter_start().next();
+            match first {
+                Some(item) => {
+                    let (k, _) = item?;
+                    Ok(u64::from_be_bytes(
+                        k.try_into().map_err(|_| lmdb::Error::Corrupted)?,
+                    ))
+                }
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// Every record of the current state of a database, in key order.
+    pub fn state(&self, tables: DbTables) -> Result<Vec<crate::Record>> {
+        self.env.read(|txn| super::read_all(txn, tables.state))
+    }
+
+    /// One record of the current state.
+    pub fn get(&self, tables: DbTables, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.env.read(|txn| match txn.get(tables.state, &key) {
+            Ok(v) => Ok(Some(v.to_vec())),
+            Err(lmdb::Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Checks that the store is readable; used at open to fail early with a clear error.
+    pub fn check(&self) -> Result<()> {
+        self.env
+            .read(|txn| get_u64(txn, self.meta, b"db_count").map(|_| ()))
+            .map_err(|e| Error::Storage(format!("publisher store unreadable: {e}")))
+    }
+}

@@ -1,0 +1,534 @@
+//! The public subscriber API: subscribe to databases and read the local replicas.
+//!
+//! Per subscription there is exactly one receive thread (socket → source check → decrypt
+//! → channel) and one process thread (chain assembly → version order → one LMDB
+//! transaction per group of whole master transactions → callbacks → repair).
+
+use crate::config::SubscriberConfig;
+use crate::crypto::Keyring;
+use crate::net::receive::{self, Inbound, ReceiveParts};
+use crate::net::repair_client::RepairClient;
+use crate::net::{socket, StopFlag};
+use crate::proto::{decode_chain, ChainAssembler, LossGenerator, Receiver, ReceiverConfig};
+use crate::publisher::validate_database_name;
+use crate::stats::{add, inc, SubscriptionCounters, SubscriptionStats};
+use crate::store::subscriber::ReplicaTables;
+use crate::store::SubscriberStore;
+use crate::wire::packet::{Heartbeat, PacketKind};
+use crate::wire::update::{decode_update, Limits};
+use crate::{Error, Result, Update};
+use crossbeam_channel as chan;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+/// A host callback, run on the subscription's process thread after each master
+/// transaction is committed to the replica, once per transaction, in version order.
+pub type UpdateCallback = Box<dyn FnMut(&Update) + Send + 'static>;
+
+/// Most updates applied in one LMDB transaction.
+const APPLY_BATCH: usize = 1024;
+/// Most bytes applied in one LMDB transaction.
+const APPLY_BATCH_BYTES: usize = 32 << 20;
+/// Longest the process thread sleeps before re-checking its stop flag.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+
+struct SubShared {
+    name: String,
+    store: Arc<SubscriberStore>,
+    tables: ReplicaTables,
+    counters: Arc<SubscriptionCounters>,
+    version: Mutex<u64>,
+    advanced: Condvar,
+    failure: Mutex<Option<String>>,
+    stop: StopFlag,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    process_thread: OnceLock<ThreadId>,
+}
+
+impl SubShared {
+    fn close(&self) {
+        self.stop.stop();
+        self.advanced.notify_all();
+        let me = std::thread::current().id();
+        if self.process_thread.get() == Some(&me) {
+            // Closing from inside a callback: the threads see the flag and exit by
+            // themselves; joining here would wait for ourselves.
+            return;
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Closes the subscription when the last user-held handle goes away (the worker threads
+/// hold `SubShared`, not this).
+struct CloseOnDrop(Arc<SubShared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// A subscriber: opens the local store and subscribes to databases.
+pub struct Subscriber {
+    config: SubscriberConfig,
+    store: Arc<SubscriberStore>,
+    subs: Mutex<HashMap<String, Arc<SubShared>>>,
+}
+
+/// One subscription: a live replica of one database. Clones share it; it closes when
+/// [`close`](Subscription::close) is called or the last clone is dropped.
+#[derive(Clone)]
+pub struct Subscription {
+    shared: Arc<SubShared>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+impl Subscriber {
+    /// Opens (or creates) the subscriber's store in `config.data_dir`.
+    pub fn open(config: SubscriberConfig) -> Result<Subscriber> {
+        config.validate()?;
+        let store = Arc::new(SubscriberStore::open(&config.data_dir, config.map_size)?);
+        Ok(Subscriber {
+            config,
+            store,
+            subs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Subscribes to database `name`, calling `callback` after each master transaction is
+    /// applied. Catches up from the version stored locally (0 for a new replica).
+    pub fn subscribe(
+        &self,
+        name: &str,
+        callback: impl FnMut(&Update) + Send + 'static,
+    ) -> Result<Subscription> {
+        self.subscribe_with(name, Some(Box::new(callback)))
+    }
+
+    /// Subscribes with an optional callback.
+    pub fn subscribe_with(
+        &self,
+        name: &str,
+        callback: Option<UpdateCallback>,
+    ) -> Result<Subscription> {
+        validate_database_name(name)?;
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.get(name).is_some_and(|s| !s.stop.is_stopped()) {
+            return Err(Error::Config(format!(
+                "already subscribed to database {name:?} in this subscriber"
+            )));
+        }
+        let shared = start(&self.config, &self.store, name, callback)?;
+        subs.insert(name.to_owned(), shared.clone());
+        Ok(Subscription {
+            _guard: Arc::new(CloseOnDrop(shared.clone())),
+            shared,
+        })
+    }
+
+    /// Closes every subscription and joins their threads. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        let subs: Vec<_> = self
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in subs {
+            s.close();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn start(
+    cfg: &SubscriberConfig,
+    store: &Arc<SubscriberStore>,
+    name: &str,
+    callback: Option<UpdateCallback>,
+) -> Result<Arc<SubShared>> {
+    let tables = store.tables(name)?;
+    let applied = store.applied_version(name)?;
+    let max_frame = cfg.max_update_bytes + 1024;
+    let mut client = RepairClient::new(
+        cfg.server,
+        name,
+        &cfg.client_name,
+        cfg.repair_io_timeout,
+        max_frame,
+    );
+    let info = client.hello()?;
+    if info.key_epoch != cfg.key_epoch {
+        return Err(Error::Config(format!(
+            "database {name:?} is sealed under key epoch {}, configured epoch is {}",
+            info.key_epoch, cfg.key_epoch
+        )));
+    }
+    let (sock, granted) =
+        socket::receiver_socket(info.group, cfg.interface, cfg.recv_buffer_bytes)?;
+    let counters = Arc::new(SubscriptionCounters::default());
+    counters
+        .recv_buffer_bytes
+        .store(granted as u64, Ordering::Relaxed);
+    let shared = Arc::new(SubShared {
+        name: name.to_owned(),
+        store: store.clone(),
+        tables,
+        counters: counters.clone(),
+        version: Mutex::new(applied),
+        advanced: Condvar::new(),
+        failure: Mutex::new(None),
+        stop: StopFlag::default(),
+        threads: Mutex::new(Vec::new()),
+        process_thread: OnceLock::new(),
+    });
+    let (tx, rx) = chan::bounded(cfg.channel_capacity);
+    let recv = receive::spawn(
+        ReceiveParts {
+            database: name.to_owned(),
+            socket: sock,
+            source: info.source,
+            keyring: Keyring::with_key(cfg.key_epoch, &cfg.key),
+            loss: cfg.loss.as_ref().map(LossGenerator::new),
+            counters,
+            stop: shared.stop.clone(),
+        },
+        tx,
+    )
+    .map_err(|e| Error::io("spawning receive thread", e))?;
+    let mut receiver = Receiver::new(
+        applied,
+        ReceiverConfig {
+            buffer_bytes: cfg.reorder_buffer_bytes,
+            repair_delay: cfg.repair_delay,
+            repair_retry: cfg.repair_retry,
+            max_ranges: 64,
+        },
+    );
+    // Catch up at once to what the publisher had when we said hello.
+    receiver.on_heartbeat(Instant::now(), info.current_version);
+    let state = Process {
+        shared: shared.clone(),
+        receiver,
+        assembler: ChainAssembler::new(cfg.max_update_bytes + (64 << 10)),
+        stream: None,
+        callback,
+        limits: Limits {
+            max_update_bytes: cfg.max_update_bytes,
+        },
+    };
+    let s2 = shared.clone();
+    let process = std::thread::Builder::new()
+        .name(format!("mcsync-proc-{name}"))
+        .spawn(move || {
+            let _ = s2.process_thread.set(std::thread::current().id());
+            run_process(state, client, rx)
+        });
+    let process = match process {
+        Ok(h) => h,
+        Err(e) => {
+            shared.stop.stop();
+            let _ = recv.join();
+            return Err(Error::io("spawning process thread", e));
+        }
+    };
+    shared
+        .threads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend([recv, process]);
+    Ok(shared)
+}
+
+struct Process {
+    shared: Arc<SubShared>,
+    receiver: Receiver,
+    assembler: ChainAssembler,
+    stream: Option<u32>,
+    callback: Option<UpdateCallback>,
+    limits: Limits,
+}
+
+fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inbound>) {
+    let stop = st.shared.stop.clone();
+    while !stop.is_stopped() {
+        let now = Instant::now();
+        let deadline = st
+            .receiver
+            .next_timeout()
+            .map_or(now + IDLE_WAIT, |t| t.min(now + IDLE_WAIT));
+        match rx.recv_deadline(deadline) {
+            Ok(pkt) => {
+                st.on_packet(pkt);
+                for pkt in rx.try_iter().take(4096) {
+                    st.on_packet(pkt);
+                }
+            }
+            Err(chan::RecvTimeoutError::Timeout) => {}
+            Err(chan::RecvTimeoutError::Disconnected) => break,
+        }
+        if st.apply_ready().is_err() {
+            break;
+        }
+        if let Some(ranges) = st.receiver.poll_repair(Instant::now()) {
+            if st.repair(&mut client, &ranges).is_err() {
+                break;
+            }
+        }
+        st.sync_counters();
+    }
+    st.sync_counters();
+}
+
+impl Process {
+    fn on_packet(&mut self, pkt: Inbound) {
+        let c = &self.shared.counters;
+        if self.stream != Some(pkt.header.stream_id) {
+            self.stream = Some(pkt.header.stream_id);
+            self.assembler.reset();
+        }
+        let now = Instant::now();
+        match pkt.header.kind {
+            PacketKind::Heartbeat => match Heartbeat::parse(&pkt.payload) {
+                Ok(hb) => {
+                    inc(&c.heartbeats_received);
+                    self.receiver.on_heartbeat(now, hb.latest_version);
+                }
+                Err(_) => inc(&c.dropped_malformed),
+            },
+            PacketKind::Data => {
+                let out = self.assembler.on_packet(&pkt.header, &pkt.payload);
+                if out.dropped.is_some() {
+                    inc(&c.chains_dropped);
+                }
+                let Some(chain) = out.chain else { return };
+                let max = self.limits.max_update_bytes + (64 << 10);
+                match decode_chain(&chain, &self.limits, max) {
+                    Ok(updates) => {
+                        inc(&c.chains_received);
+                        for u in updates {
+                            self.receiver.on_update(now, u);
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("{}: undecodable chain: {e}", self.shared.name);
+                        inc(&c.chains_invalid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies every update that is ready, in batches of whole master transactions, then
+    /// runs the callbacks. A storage failure stops the subscription (the replica stays at
+    /// its last committed version) and is reported to waiters.
+    fn apply_ready(&mut self) -> Result<()> {
+        loop {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while batch.len() < APPLY_BATCH && bytes < APPLY_BATCH_BYTES {
+                let Some(u) = self.receiver.poll_ready() else {
+                    break;
+                };
+                bytes += u
+                    .ops
+                    .iter()
+                    .map(|o| o.key.len() + o.value.len())
+                    .sum::<usize>();
+                batch.push(u);
+            }
+            let Some(last) = batch.last().map(|u| u.version) else {
+                return Ok(());
+            };
+            if let Err(e) = self
+                .shared
+                .store
+                .apply(&self.shared.name, self.shared.tables, &batch)
+            {
+                log::error!("{}: applying up to version {last}: {e}", self.shared.name);
+                *self
+                    .shared
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                self.shared.stop.stop();
+                self.shared.advanced.notify_all();
+                return Err(e);
+            }
+            let c = &self.shared.counters;
+            inc(&c.apply_commits);
+            add(&c.updates_applied, batch.len() as u64);
+            if let Some(cb) = self.callback.as_mut() {
+                for u in &batch {
+                    let run = std::panic::AssertUnwindSafe(|| cb(u));
+                    if std::panic::catch_unwind(run).is_err() {
+                        inc(&c.callback_panics);
+                    }
+                }
+            }
+            // Announced after the callbacks, so a waiter that wakes at version v knows every
+            // callback up to v has run.
+            *self
+                .shared
+                .version
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = last;
+            self.shared.advanced.notify_all();
+        }
+    }
+
+    fn repair(&mut self, client: &mut RepairClient, ranges: &[(u64, u64)]) -> Result<()> {
+        let c = self.shared.counters.clone();
+        inc(&c.repairs_requested);
+        let limits = self.limits;
+        let mut failed_apply = None;
+        let result = client.catch_up(ranges, |bytes| {
+            let u = decode_update(bytes, &limits)?;
+            self.receiver.on_update(Instant::now(), u);
+            // Apply as we go so a long catch-up neither holds everything in memory nor
+            // delays callbacks until the end.
+            if self.receiver.buffered_bytes() > APPLY_BATCH_BYTES / 2
+                || bytes.len() > APPLY_BATCH_BYTES / 2
+            {
+                if let Err(e) = self.apply_ready() {
+                    failed_apply = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+        if let Some(e) = failed_apply {
+            return Err(Error::Storage(e));
+        }
+        let now = Instant::now();
+        match result {
+            Ok(out) => {
+                add(&c.repair_updates, out.updates);
+                add(&c.repair_bytes, out.bytes);
+                self.receiver.clamp_latest(out.current_version);
+                self.receiver.on_repair_done(now, true);
+            }
+            Err(e) => {
+                inc(&c.repair_failures);
+                log::warn!("{}: repair of {ranges:?} failed: {e}", self.shared.name);
+                if e.kind() == crate::ErrorKind::Refused {
+                    // The versions may not exist (announced by a heartbeat from a publisher
+                    // that since lost them): learn the real latest version.
+                    if let Ok(info) = client.hello() {
+                        self.receiver.clamp_latest(info.current_version);
+                    }
+                }
+                self.receiver.on_repair_done(now, false);
+            }
+        }
+        self.apply_ready()
+    }
+
+    fn sync_counters(&self) {
+        let r = self.receiver.counters();
+        let c = &self.shared.counters;
+        c.duplicates.store(r.duplicates, Ordering::Relaxed);
+        c.gaps_detected.store(r.gaps, Ordering::Relaxed);
+        c.reorder_evicted.store(r.evicted, Ordering::Relaxed);
+    }
+}
+
+impl Subscription {
+    /// Name of the replicated database.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// One record of the replica.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.shared.store.get(self.shared.tables, key.as_ref())
+    }
+
+    /// Every record of the replica in key order, as of one consistent version.
+    pub fn iter(&self) -> Result<std::vec::IntoIter<crate::Record>> {
+        Ok(self.shared.store.all(self.shared.tables)?.into_iter())
+    }
+
+    /// Version the replica is at.
+    pub fn version(&self) -> u64 {
+        *self
+            .shared
+            .version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the replica reaches version `v`. Fails with `Timeout` after `timeout`,
+    /// with `Closed` if the subscription closes, or with `Storage` if it stopped on a
+    /// storage failure.
+    pub fn wait_for_version(&self, v: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut cur = self
+            .shared
+            .version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while *cur < v {
+            if let Some(f) = &*self
+                .shared
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+            {
+                return Err(Error::Storage(f.clone()));
+            }
+            if self.shared.stop.is_stopped() {
+                return Err(Error::Closed(format!(
+                    "subscription to {:?} closed at version {}",
+                    self.shared.name, *cur
+                )));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(format!(
+                    "database {:?} at version {} after {timeout:?}, waiting for {v}",
+                    self.shared.name, *cur
+                )));
+            }
+            cur = self
+                .shared
+                .advanced
+                .wait_timeout(cur, (deadline - now).min(IDLE_WAIT))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// A snapshot of the subscription's counters.
+    pub fn stats(&self) -> SubscriptionStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Whether the subscription is closed (or stopped after a storage failure).
+    pub fn is_closed(&self) -> bool {
+        self.shared.stop.is_stopped()
+    }
+
+    /// Stops both threads and closes the socket. Idempotent. May be called from the
+    /// subscription's own callback: it then returns at once and the threads exit after the
+    /// callback returns.
+    pub fn close(&self) -> Result<()> {
+        self.shared.close();
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! Updates: one committed master transaction, the unit that is replicated, applied and
+//! called back.
+
+/// What an operation does to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// Set the key to the value.
+    Put,
+    /// Remove the key (a no-op if absent).
+    Delete,
+}
+
+/// One put or delete inside an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    /// Put or delete.
+    pub kind: OpKind,
+    /// The record key (non-empty).
+    pub key: Vec<u8>,
+    /// The value; empty for a delete.
+    pub value: Vec<u8>,
+    /// Access groups allowed to read the record; empty means everyone.
+    pub groups: Vec<String>,
+}
+
+impl Op {
+    /// A put of `value` at `key`, readable by everyone.
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
+        Op {
+            kind: OpKind::Put,
+            key: key.into(),
+            value: value.into(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// A delete of `key`.
+    pub fn delete(key: impl Into<Vec<u8>>) -> Op {
+        Op {
+            kind: OpKind::Delete,
+            key: key.into(),
+            value: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// Bytes this op occupies in an encoded update (used for size limits).
+    pub fn encoded_len(&self) -> usize {
+        crate::wire::update::op_encoded_len(self)
+    }
+}
+
+/// One committed master transaction of one database: its version and its operations,
+/// in the order the host issued them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    /// The master version this update produces; versions of a database are 1, 2, 3, ...
+    pub version: u64,
+    /// When the publisher committed it, microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// The operations.
+    pub ops: Vec<Op>,
+}

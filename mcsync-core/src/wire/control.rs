@@ -1,0 +1,245 @@
+//! Unicast control messages (the repair channel). Each message is a frame:
+//!
+//! ```text
+//! length u32 (bytes after this field) | type u8 | body
+//! ```
+//!
+//! Bodies are listed in `docs/PROTOCOL.md`; socket addresses are encoded as
+//! `family u8 (4 or 6) | address (4 or 16 bytes) | port u16`.
+
+use super::{Put, Reader, WireError};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Version of the control protocol this build speaks.
+pub const CONTROL_VERSION: u8 = 1;
+/// Bytes of frame header (length + type).
+pub const FRAME_HEADER_LEN: usize = 5;
+/// Most version ranges in one catch-up request.
+pub const MAX_RANGES: usize = 256;
+
+/// Error codes carried by [`Message::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The request was malformed or out of order.
+    BadRequest = 1,
+    /// The database is not published.
+    UnknownDatabase = 2,
+    /// The requested versions do not exist (beyond the latest version).
+    NoSuchVersion = 3,
+    /// The journal no longer holds the requested versions.
+    Trimmed = 4,
+    /// The publisher failed internally (storage).
+    Internal = 5,
+    /// Authentication or authorization failed.
+    Auth = 6,
+    /// The client speaks an unsupported protocol version.
+    Version = 7,
+}
+
+impl ErrorCode {
+    fn from_u16(v: u16) -> Option<ErrorCode> {
+        Some(match v {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::UnknownDatabase,
+            3 => ErrorCode::NoSuchVersion,
+            4 => ErrorCode::Trimmed,
+            5 => ErrorCode::Internal,
+            6 => ErrorCode::Auth,
+            7 => ErrorCode::Version,
+            _ => return None,
+        })
+    }
+}
+
+/// What the publisher tells a subscriber about a database in answer to HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseInfo {
+    /// Multicast group and port the database is sent to.
+    pub group: SocketAddr,
+    /// Source address and port the publisher sends from (subscribers drop anything else).
+    pub source: SocketAddr,
+    /// Key epoch in use.
+    pub key_epoch: u32,
+    /// Latest committed version.
+    pub current_version: u64,
+    /// Oldest version the journal can serve.
+    pub oldest_version: u64,
+}
+
+/// A control-channel message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Client → publisher: open a session for a database.
+    Hello {
+        /// Control protocol version.
+        version: u8,
+        /// Database name.
+        database: String,
+        /// Free-form client name, for the publisher's logs and stats.
+        client: String,
+    },
+    /// Publisher → client: the database's parameters.
+    HelloOk(DatabaseInfo),
+    /// Client → publisher: send these inclusive version ranges.
+    CatchupRequest {
+        /// Inclusive `(first, last)` ranges, ascending, non-overlapping.
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Publisher → client: one encoded update (see `wire::update`).
+    CatchupUpdate(Vec<u8>),
+    /// Publisher → client: the catch-up is complete.
+    CatchupEnd {
+        /// Latest committed version at the end of the catch-up.
+        current_version: u64,
+    },
+    /// Either direction: a failure, with a code and a human-readable message.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// What went wrong, naming the database or versions.
+        message: String,
+    },
+}
+
+const T_HELLO: u8 = 1;
+const T_HELLO_OK: u8 = 2;
+const T_CATCHUP_REQUEST: u8 = 3;
+const T_CATCHUP_UPDATE: u8 = 4;
+const T_CATCHUP_END: u8 = 5;
+const T_ERROR: u8 = 6;
+
+fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            out.put_u8(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.put_u8(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.put_u16(a.port());
+}
+
+fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, WireError> {
+    let ip = match r.u8("address family")? {
+        4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>("address")?)),
+        6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>("address")?)),
+        f => return Err(WireError::Invalid("address family", f.into())),
+    };
+    Ok(SocketAddr::new(ip, r.u16("port")?))
+}
+
+impl Message {
+    /// Appends the whole frame (length, type, body).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.put_u32(0);
+        match self {
+            Message::Hello {
+                version,
+                database,
+                client,
+            } => {
+                out.put_u8(T_HELLO);
+                out.put_u8(*version);
+                out.put_str16(database);
+                out.put_str16(client);
+            }
+            Message::HelloOk(info) => {
+                out.put_u8(T_HELLO_OK);
+                put_addr(out, &info.group);
+                put_addr(out, &info.source);
+                out.put_u32(info.key_epoch);
+                out.put_u64(info.current_version);
+                out.put_u64(info.oldest_version);
+            }
+            Message::CatchupRequest { ranges } => {
+                out.put_u8(T_CATCHUP_REQUEST);
+                out.put_u16(ranges.len() as u16);
+                for (a, b) in ranges {
+                    out.put_u64(*a);
+                    out.put_u64(*b);
+                }
+            }
+            Message::CatchupUpdate(bytes) => {
+                out.put_u8(T_CATCHUP_UPDATE);
+                out.extend_from_slice(bytes);
+            }
+            Message::CatchupEnd { current_version } => {
+                out.put_u8(T_CATCHUP_END);
+                out.put_u64(*current_version);
+            }
+            Message::Error { code, message } => {
+                out.put_u8(T_ERROR);
+                out.put_u16(*code as u16);
+                out.put_str16(message);
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Encodes into a fresh buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// Parses a frame's type and body (everything after the length field).
+    pub fn parse(frame: &[u8]) -> Result<Message, WireError> {
+        let mut r = Reader::new(frame);
+        let msg = match r.u8("message type")? {
+            T_HELLO => Message::Hello {
+                version: r.u8("version")?,
+                database: r.str16("database")?.to_owned(),
+                client: r.str16("client")?.to_owned(),
+            },
+            T_HELLO_OK => Message::HelloOk(DatabaseInfo {
+                group: read_addr(&mut r)?,
+                source: read_addr(&mut r)?,
+                key_epoch: r.u32("epoch")?,
+                current_version: r.u64("current version")?,
+                oldest_version: r.u64("oldest version")?,
+            }),
+            T_CATCHUP_REQUEST => {
+                let n = r.u16("range count")? as usize;
+                if n == 0 || n > MAX_RANGES {
+                    return Err(WireError::Invalid("range count", n as u64));
+                }
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let a = r.u64("range start")?;
+                    let b = r.u64("range end")?;
+                    if a == 0 || b < a || ranges.last().is_some_and(|&(_, pb)| a <= pb) {
+                        return Err(WireError::Invalid("range", a));
+                    }
+                    ranges.push((a, b));
+                }
+                Message::CatchupRequest { ranges }
+            }
+            T_CATCHUP_UPDATE => {
+                let n = r.remaining();
+                Message::CatchupUpdate(r.bytes(n, "update")?.to_vec())
+            }
+            T_CATCHUP_END => Message::CatchupEnd {
+                current_version: r.u64("current version")?,
+            },
+            T_ERROR => {
+                let raw = r.u16("error code")?;
+                let code =
+                    ErrorCode::from_u16(raw).ok_or(WireError::Invalid("error code", raw.into()))?;
+                Message::Error {
+                    code,
+                    message: r.str16("message")?.to_owned(),
+                }
+            }
+            t => return Err(WireError::Invalid("message type", t.into())),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
