@@ -170,6 +170,12 @@ pub struct SubscriberConfig {
     pub map_size: usize,
     /// Name this subscriber gives in HELLO.
     pub client_name: String,
+    /// With nothing heard from the publisher for this long, say HELLO again (the publisher
+    /// may have restarted on another source port) and catch up.
+    pub silence_timeout: Duration,
+    /// Drop packets whose source address and port are not the publisher's. Leave on;
+    /// turning it off only makes sense for tests that inject packets.
+    pub verify_source: bool,
 }
 
 impl SubscriberConfig {
@@ -191,6 +197,8 @@ impl SubscriberConfig {
             loss: None,
             map_size: 256 << 20,
             client_name: "mcsync-subscriber".into(),
+            verify_source: true,
+            silence_timeout: Duration::from_secs(3),
         }
     }
 

@@ -449,6 +449,7 @@ impl Transaction {
         let len = op.encoded_len();
         let max = self.db.inner.config.max_update_bytes;
         if self.encoded_len + len > max {
+            inc(&self.db.inner.counters.commits_refused);
             return Err(Error::TooLarge(format!(
                 "transaction on database {:?} would be {} bytes; the maximum is {max}",
                 self.db.name(),

@@ -130,6 +130,9 @@ counters!(
         repair_bytes,
         /// Updates evicted from the reorder buffer (repaired later).
         reorder_evicted,
+        /// Times the subscriber said HELLO again (publisher silent or sending from a new
+        /// source).
+        resubscriptions,
         /// Receive buffer size the kernel granted, bytes.
         recv_buffer_bytes,
         /// Callbacks that panicked (the subscription keeps going).

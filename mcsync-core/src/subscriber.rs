@@ -197,11 +197,12 @@ fn start(
         process_thread: OnceLock::new(),
     });
     let (tx, rx) = chan::bounded(cfg.channel_capacity);
+    let source = Arc::new(Mutex::new(cfg.verify_source.then_some(info.source)));
     let recv = receive::spawn(
         ReceiveParts {
             database: name.to_owned(),
             socket: sock,
-            source: info.source,
+            source: source.clone(),
             keyring: Keyring::with_key(cfg.key_epoch, &cfg.key),
             loss: cfg.loss.as_ref().map(LossGenerator::new),
             counters,
@@ -221,8 +222,14 @@ fn start(
     );
     // Catch up at once to what the publisher had when we said hello.
     receiver.on_heartbeat(Instant::now(), info.current_version);
+    let now = Instant::now();
     let state = Process {
         shared: shared.clone(),
+        source,
+        silence_timeout: cfg.silence_timeout,
+        last_heard: now,
+        last_hello: now,
+        seen_dropped_source: 0,
         receiver,
         assembler: ChainAssembler::new(cfg.max_update_bytes + (64 << 10)),
         stream: None,
@@ -256,6 +263,11 @@ fn start(
 
 struct Process {
     shared: Arc<SubShared>,
+    source: Arc<Mutex<Option<std::net::SocketAddr>>>,
+    silence_timeout: Duration,
+    last_heard: Instant,
+    last_hello: Instant,
+    seen_dropped_source: u64,
     receiver: Receiver,
     assembler: ChainAssembler,
     stream: Option<u32>,
@@ -289,13 +301,51 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
                 break;
             }
         }
+        st.maybe_hello_again(&mut client);
         st.sync_counters();
     }
     st.sync_counters();
 }
 
 impl Process {
+    /// Says HELLO again when the publisher has been silent too long, or packets arrive
+    /// from an unexpected source (it may have restarted on another port): learns its
+    /// current source and version, then catches up as usual.
+    fn maybe_hello_again(&mut self, client: &mut RepairClient) {
+        let now = Instant::now();
+        let c = &self.shared.counters;
+        let dropped = c.dropped_source.load(Ordering::Relaxed);
+        let foreign = dropped > self.seen_dropped_source;
+        let since_hello = now.duration_since(self.last_hello);
+        let silent = now.duration_since(self.last_heard) > self.silence_timeout;
+        let due = (foreign && since_hello > Duration::from_secs(1))
+            || (silent && since_hello > self.silence_timeout);
+        if !due {
+            return;
+        }
+        self.last_hello = now;
+        self.seen_dropped_source = dropped;
+        inc(&c.resubscriptions);
+        match client.hello() {
+            Ok(info) => {
+                let mut src = self.source.lock().unwrap_or_else(|e| e.into_inner());
+                if src.is_some_and(|s| s != info.source) {
+                    log::info!(
+                        "{}: publisher now sends from {}",
+                        self.shared.name,
+                        info.source
+                    );
+                    *src = Some(info.source);
+                }
+                drop(src);
+                self.receiver.on_heartbeat(now, info.current_version);
+            }
+            Err(e) => log::warn!("{}: HELLO again failed: {e}", self.shared.name),
+        }
+    }
+
     fn on_packet(&mut self, pkt: Inbound) {
+        self.last_heard = Instant::now();
         let c = &self.shared.counters;
         if self.stream != Some(pkt.header.stream_id) {
             self.stream = Some(pkt.header.stream_id);

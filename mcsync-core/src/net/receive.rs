@@ -10,7 +10,7 @@ use crate::wire::packet::PacketHeader;
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -29,8 +29,9 @@ pub struct ReceiveParts {
     pub database: String,
     /// Joined group socket (with a read timeout).
     pub socket: UdpSocket,
-    /// The only source accepted.
-    pub source: SocketAddr,
+    /// The only source accepted (`None`: any source; tests only). The process thread
+    /// updates it when the publisher restarts on another port.
+    pub source: Arc<Mutex<Option<SocketAddr>>>,
     /// Keys by epoch.
     pub keyring: Keyring,
     /// Injected loss, if configured.
@@ -74,7 +75,11 @@ fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
         };
         inc(&c.packets_received);
         add(&c.bytes_received, n as u64);
-        if from != p.source {
+        if p.source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|s| s != from)
+        {
             inc(&c.dropped_source);
             continue;
         }

@@ -91,3 +91,111 @@ impl Pacer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends packets of `len` bytes as fast as the pacer allows between `from` and `to`
+    /// (virtual time), returning how many went out.
+    fn send_until(p: &mut Pacer, now: &mut Instant, to: Instant, len: usize) -> u64 {
+        let mut sent = 0;
+        while *now < to {
+            let d = p.delay(*now, len);
+            if d.is_zero() {
+                p.on_sent(*now, len);
+                sent += 1;
+            } else {
+                *now += d;
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn unlimited_never_delays() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(t0, 0, 0);
+        for _ in 0..10_000 {
+            assert_eq!(p.delay(t0, 65_000), Duration::ZERO);
+            p.on_sent(t0, 65_000);
+        }
+    }
+
+    #[test]
+    fn packet_burst_then_one_packet_per_interval() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(t0, 1_000, 0);
+        for _ in 0..BURST_PACKETS as usize {
+            assert_eq!(p.delay(t0, 100), Duration::ZERO);
+            p.on_sent(t0, 100);
+        }
+        let d = p.delay(t0, 100);
+        assert!(
+            d > Duration::from_micros(990) && d <= Duration::from_micros(1_000),
+            "{d:?}"
+        );
+        assert_eq!(p.delay(t0 + d, 100), Duration::ZERO);
+    }
+
+    #[test]
+    fn holds_packet_rate_over_a_virtual_second() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut p = Pacer::new(t0, 5_000, 0);
+        // The first second includes the initial burst; the second one is steady state.
+        let first = send_until(&mut p, &mut now, t0 + Duration::from_secs(1), 1_200);
+        let second = send_until(&mut p, &mut now, t0 + Duration::from_secs(2), 1_200);
+        assert!((5_000..=5_000 + 64 + 1).contains(&first), "{first}");
+        assert!((4_950..=5_050).contains(&second), "{second}");
+    }
+
+    #[test]
+    fn holds_byte_rate_over_a_virtual_second() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let rate = 2_000_000u64;
+        let mut p = Pacer::new(t0, 0, rate);
+        send_until(&mut p, &mut now, t0 + Duration::from_secs(1), 1_400);
+        let sent = send_until(&mut p, &mut now, t0 + Duration::from_secs(2), 1_400);
+        let bytes = sent * 1_400;
+        let err = (bytes as f64 - rate as f64).abs() / rate as f64;
+        assert!(err < 0.02, "{bytes} bytes in a second at {rate} B/s");
+    }
+
+    #[test]
+    fn the_stricter_limit_wins() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        // 10,000 packets/s of 1,000 bytes would be 10 MB/s; the byte limit allows 1 MB/s.
+        let mut p = Pacer::new(t0, 10_000, 1_000_000);
+        send_until(&mut p, &mut now, t0 + Duration::from_secs(1), 1_000);
+        let sent = send_until(&mut p, &mut now, t0 + Duration::from_secs(2), 1_000);
+        assert!((980..=1_020).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn set_rates_applies_at_once() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut p = Pacer::new(t0, 1_000, 0);
+        send_until(&mut p, &mut now, t0 + Duration::from_secs(1), 100);
+        p.set_rates(now, 200, 0);
+        let start = now;
+        send_until(&mut p, &mut now, start + Duration::from_secs(1), 100);
+        let sent = send_until(&mut p, &mut now, start + Duration::from_secs(2), 100);
+        assert!((195..=205).contains(&sent), "{sent}");
+        p.set_rates(now, 0, 0);
+        assert_eq!(p.delay(now, 100), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_datagram_larger_than_the_byte_burst_still_goes() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        // Burst is 65,536 bytes at this rate; a 64 KiB + datagram must not wait forever.
+        let mut p = Pacer::new(t0, 0, 100_000);
+        let sent = send_until(&mut p, &mut now, t0 + Duration::from_secs(10), 65_535);
+        assert!((15..=17).contains(&sent), "{sent}");
+    }
+}
