@@ -1,1 +1,47 @@
-fn main() {}
+//! The `mcsync` command: demo, serve, subscribe, status.
+
+mod demo;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// mcsync: one-to-many database replication over encrypted IP multicast.
+#[derive(Parser)]
+#[command(name = "mcsync", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a publisher and several subscribers in this process on loopback multicast,
+    /// publish a mixed workload with injected loss, and show that every replica converges.
+    Demo(demo::DemoArgs),
+    /// Publish: open a publisher store, serve repair requests, and publish lines read from
+    /// standard input (`put KEY VALUE` / `del KEY`) into a database.
+    Serve(serve::ServeArgs),
+    /// Subscribe to a database and print every update as it is applied.
+    Subscribe(serve::SubscribeArgs),
+    /// Print the databases, versions and record counts held in a data directory.
+    Status(serve::StatusArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Subscribe(a) => serve::subscribe(a),
+        Command::Status(a) => serve::status(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mcsync: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -365,6 +365,8 @@ fn intake_loop(rx: chan::Receiver<CommitRequest>, store: &PublisherStore, c: &Pu
             Ok(()) => {
                 inc(&c.journal_commits);
                 add(&c.updates_committed, batch.len() as u64);
+                let enc_bytes: usize = staged.iter().map(|(_, e)| e.len()).sum();
+                add(&c.bytes_committed, enc_bytes as u64);
                 for (r, (u, enc)) in batch.into_iter().zip(staged) {
                     r.db.committed.store(u.version, Ordering::SeqCst);
                     if let Some(tx) = &*r.db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()) {

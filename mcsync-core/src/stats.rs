@@ -50,6 +50,8 @@ counters!(
     PublisherStats, PublisherCounters {
         /// Updates committed (master transactions).
         updates_committed,
+        /// Encoded bytes of the updates committed (what one unicast copy would carry).
+        bytes_committed,
         /// LMDB write transactions used to commit them (group commit makes this smaller).
         journal_commits,
         /// Commits refused (too large, invalid, storage failure).
@@ -108,6 +110,8 @@ counters!(
         chains_received,
         /// Chains lost to a missing packet.
         chains_dropped,
+        /// Packets discarded because the start of their chain was lost.
+        orphan_packets,
         /// Chains whose content did not decode.
         chains_invalid,
         /// Heartbeats received.

@@ -9,7 +9,7 @@ use crate::crypto::Keyring;
 use crate::net::receive::{self, Inbound, ReceiveParts};
 use crate::net::repair_client::RepairClient;
 use crate::net::{socket, StopFlag};
-use crate::proto::{decode_chain, ChainAssembler, LossGenerator, Receiver, ReceiverConfig};
+use crate::proto::{decode_chain, ChainAssembler, ChainDrop, LossGenerator, Receiver, ReceiverConfig};
 use crate::publisher::validate_database_name;
 use crate::stats::{add, inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
@@ -362,8 +362,10 @@ impl Process {
             },
             PacketKind::Data => {
                 let out = self.assembler.on_packet(&pkt.header, &pkt.payload);
-                if out.dropped.is_some() {
-                    inc(&c.chains_dropped);
+                match out.dropped {
+                    Some(ChainDrop::Orphan) => inc(&c.orphan_packets),
+                    Some(_) => inc(&c.chains_dropped),
+                    None => {}
                 }
                 let Some(chain) = out.chain else { return };
                 let max = self.limits.max_update_bytes + (64 << 10);

@@ -146,3 +146,214 @@ impl ChainAssembler {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{ChainBuilder, PlainPacket};
+    use crate::wire::packet::{PacketKind, MIC, OIC};
+
+    fn chain_bytes(n: usize, salt: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
+    }
+
+    /// Packets of consecutive chains, built like the sender does (100-byte datagrams:
+    /// 60 bytes of payload each).
+    fn build(chains: &[&[u8]]) -> Vec<PlainPacket> {
+        let mut b = ChainBuilder::new(9, 1, 100);
+        let mut out = Vec::new();
+        for c in chains {
+            b.build(c, Compression::None, &mut out);
+        }
+        out
+    }
+
+    fn feed(a: &mut ChainAssembler, p: &PlainPacket) -> Assembled {
+        a.on_packet(&p.header, &p.payload)
+    }
+
+    fn complete(bytes: &[u8]) -> Assembled {
+        Assembled {
+            chain: Some(Chain {
+                bytes: bytes.to_vec(),
+                compression: Compression::None,
+            }),
+            dropped: None,
+        }
+    }
+
+    #[test]
+    fn one_packet_chain_completes_at_once() {
+        let c = chain_bytes(40, 1);
+        let pkts = build(&[&c]);
+        assert_eq!(pkts.len(), 1);
+        assert_eq!(pkts[0].header.flags, OIC);
+        let mut a = ChainAssembler::new(1 << 20);
+        assert_eq!(feed(&mut a, &pkts[0]), complete(&c));
+    }
+
+    #[test]
+    fn multi_packet_chain_reassembles_exactly() {
+        let c = chain_bytes(1_000, 2);
+        let pkts = build(&[&c]);
+        assert_eq!(pkts.len(), (1_000 + 4 + 59) / 60);
+        let mut a = ChainAssembler::new(1 << 20);
+        for p in &pkts[..pkts.len() - 1] {
+            assert_eq!(feed(&mut a, p), Assembled::default());
+        }
+        assert_eq!(feed(&mut a, pkts.last().unwrap()), complete(&c));
+    }
+
+    #[test]
+    fn a_lost_middle_packet_drops_the_rest_and_resumes_at_the_next_first() {
+        let (c1, c2, c3) = (chain_bytes(200, 3), chain_bytes(30, 4), chain_bytes(150, 5));
+        let pkts = build(&[&c1, &c2, &c3]);
+        // c1 is packets 0..=3, c2 is packet 4, c3 is packets 5..=7.
+        assert_eq!(pkts.len(), 8);
+        assert_eq!(pkts[4].header.flags, OIC);
+        let mut a = ChainAssembler::new(1 << 20);
+        assert_eq!(feed(&mut a, &pkts[0]), Assembled::default());
+        // pkts[1] is lost.
+        assert_eq!(feed(&mut a, &pkts[2]).dropped, Some(ChainDrop::Broken));
+        let last = feed(&mut a, &pkts[3]);
+        assert_eq!(last.dropped, Some(ChainDrop::Orphan));
+        assert_eq!(last.chain, None);
+        assert_eq!(feed(&mut a, &pkts[4]), complete(&c2));
+        for p in &pkts[5..7] {
+            assert_eq!(feed(&mut a, p), Assembled::default());
+        }
+        assert_eq!(feed(&mut a, &pkts[7]), complete(&c3));
+    }
+
+    #[test]
+    fn a_lost_first_packet_orphans_the_chain() {
+        let (c1, c2) = (chain_bytes(200, 6), chain_bytes(10, 7));
+        let pkts = build(&[&c1, &c2]);
+        let mut a = ChainAssembler::new(1 << 20);
+        for p in &pkts[1..4] {
+            assert_eq!(feed(&mut a, p), Assembled::dropped(ChainDrop::Orphan));
+        }
+        assert_eq!(feed(&mut a, &pkts[4]), complete(&c2));
+    }
+
+    #[test]
+    fn a_lost_last_packet_is_reported_when_the_next_chain_starts() {
+        let (c1, c2) = (chain_bytes(200, 8), chain_bytes(10, 9));
+        let pkts = build(&[&c1, &c2]);
+        let mut a = ChainAssembler::new(1 << 20);
+        for p in &pkts[..3] {
+            assert_eq!(feed(&mut a, p), Assembled::default());
+        }
+        let out = feed(&mut a, &pkts[4]);
+        assert_eq!(out.dropped, Some(ChainDrop::Broken));
+        assert_eq!(out.chain, complete(&c2).chain);
+    }
+
+    #[test]
+    fn reordered_packets_break_the_chain() {
+        let (c1, c2) = (chain_bytes(200, 10), chain_bytes(10, 11));
+        let pkts = build(&[&c1, &c2]);
+        let mut a = ChainAssembler::new(1 << 20);
+        feed(&mut a, &pkts[0]);
+        assert_eq!(feed(&mut a, &pkts[2]).dropped, Some(ChainDrop::Broken));
+        assert_eq!(feed(&mut a, &pkts[1]).dropped, Some(ChainDrop::Orphan));
+        assert_eq!(feed(&mut a, &pkts[4]), complete(&c2));
+    }
+
+    #[test]
+    fn an_announced_length_above_the_maximum_is_refused() {
+        let c = chain_bytes(500, 12);
+        let pkts = build(&[&c]);
+        let mut a = ChainAssembler::new(499);
+        assert_eq!(
+            feed(&mut a, &pkts[0]),
+            Assembled::dropped(ChainDrop::BadLength)
+        );
+        // Nothing was started, so the rest are orphans.
+        assert_eq!(feed(&mut a, &pkts[1]).dropped, Some(ChainDrop::Orphan));
+    }
+
+    fn packet(seq: u64, flags: u8, payload: Vec<u8>) -> PlainPacket {
+        PlainPacket {
+            header: PacketHeader {
+                kind: PacketKind::Data,
+                flags,
+                compression: Compression::None,
+                length: 0,
+                stream_id: 1,
+                key_epoch: 1,
+                seq,
+            },
+            payload,
+        }
+    }
+
+    fn first(seq: u64, flags: u8, total: u32, piece: &[u8]) -> PlainPacket {
+        let mut p = total.to_be_bytes().to_vec();
+        p.extend_from_slice(piece);
+        packet(seq, flags, p)
+    }
+
+    #[test]
+    fn pieces_that_disagree_with_the_announced_length_are_dropped() {
+        let mut a = ChainAssembler::new(1 << 20);
+        // More bytes than announced, in the first packet.
+        assert_eq!(
+            feed(&mut a, &first(1, FIC, 3, b"abcd")),
+            Assembled::dropped(ChainDrop::BadLength)
+        );
+        // More bytes than announced, in a later packet.
+        assert_eq!(
+            feed(&mut a, &first(2, FIC, 6, b"abc")),
+            Assembled::default()
+        );
+        assert_eq!(
+            feed(&mut a, &packet(3, LIC, b"defg".to_vec())),
+            Assembled::dropped(ChainDrop::BadLength)
+        );
+        // Fewer bytes than announced when the last packet arrives.
+        assert_eq!(
+            feed(&mut a, &first(4, FIC, 8, b"abc")),
+            Assembled::default()
+        );
+        assert_eq!(
+            feed(&mut a, &packet(5, LIC, b"de".to_vec())),
+            Assembled::dropped(ChainDrop::BadLength)
+        );
+        // A first packet too short to hold the length prefix.
+        assert_eq!(
+            feed(&mut a, &packet(6, OIC, vec![0, 0])),
+            Assembled::dropped(ChainDrop::BadLength)
+        );
+        // The stream still works afterwards.
+        assert_eq!(feed(&mut a, &first(7, FIC, 5, b"ab")), Assembled::default());
+        assert_eq!(
+            feed(&mut a, &packet(8, MIC, b"c".to_vec())),
+            Assembled::default()
+        );
+        assert_eq!(
+            feed(&mut a, &packet(9, LIC, b"de".to_vec())),
+            complete(b"abcde")
+        );
+    }
+
+    #[test]
+    fn a_compression_change_mid_chain_breaks_it() {
+        let mut a = ChainAssembler::new(1 << 20);
+        feed(&mut a, &first(1, FIC, 4, b"ab"));
+        let mut p = packet(2, LIC, b"cd".to_vec());
+        p.header.compression = Compression::Lz4;
+        assert_eq!(feed(&mut a, &p), Assembled::dropped(ChainDrop::Broken));
+    }
+
+    #[test]
+    fn reset_forgets_the_chain_in_progress() {
+        let mut a = ChainAssembler::new(1 << 20);
+        feed(&mut a, &first(1, FIC, 4, b"ab"));
+        a.reset();
+        assert_eq!(
+            feed(&mut a, &packet(2, LIC, b"cd".to_vec())),
+            Assembled::dropped(ChainDrop::Orphan)
+        );
+    }
+}

@@ -248,3 +248,289 @@ impl Receiver {
         Some(self.retry_at.map_or(t, |r| r.max(t)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::Op;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn up(v: u64) -> Update {
+        Update {
+            version: v,
+            timestamp_us: v * 10,
+            ops: vec![Op::put(format!("k{v}"), vec![v as u8; 10])],
+        }
+    }
+
+    fn config() -> ReceiverConfig {
+        ReceiverConfig {
+            buffer_bytes: 1 << 20,
+            repair_delay: Duration::ZERO,
+            repair_retry: 50 * MS,
+            max_ranges: 64,
+        }
+    }
+
+    fn drain(r: &mut Receiver) -> Vec<u64> {
+        std::iter::from_fn(|| r.poll_ready().map(|u| u.version)).collect()
+    }
+
+    #[test]
+    fn in_order_updates_are_handed_out_at_once() {
+        let t = Instant::now();
+        let mut r = Receiver::new(0, config());
+        for v in 1..=3 {
+            assert!(r.on_update(t, up(v)));
+            assert_eq!(r.poll_ready(), Some(up(v)));
+        }
+        assert_eq!(r.applied(), 3);
+        assert_eq!(r.poll_repair(t), None);
+        assert_eq!(r.next_timeout(), None);
+        assert_eq!(r.counters().gaps, 0);
+    }
+
+    #[test]
+    fn out_of_order_updates_wait_for_the_missing_one() {
+        let t = Instant::now();
+        let mut r = Receiver::new(0, config());
+        r.on_update(t, up(3));
+        r.on_update(t, up(2));
+        assert_eq!(drain(&mut r), Vec::<u64>::new());
+        assert!(r.buffered_bytes() > 0);
+        r.on_update(t, up(1));
+        assert_eq!(drain(&mut r), [1, 2, 3]);
+        assert_eq!(r.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn repair_asks_for_exactly_the_missing_versions() {
+        let t = Instant::now();
+        let mut r = Receiver::new(0, config());
+        for v in [1, 4, 7, 8] {
+            r.on_update(t, up(v));
+        }
+        r.on_heartbeat(t, 10);
+        assert_eq!(drain(&mut r), [1]);
+        assert_eq!(r.missing(), [(2, 3), (5, 6), (9, 10)]);
+        assert_eq!(r.poll_repair(t), Some(vec![(2, 3), (5, 6), (9, 10)]));
+        // One repair at a time.
+        assert_eq!(r.poll_repair(t), None);
+        assert_eq!(r.next_timeout(), None);
+        for v in [2, 3, 5, 6, 9, 10] {
+            assert!(r.on_update(t, up(v)));
+        }
+        r.on_repair_done(t, true);
+        assert_eq!(drain(&mut r), (2..=10).collect::<Vec<_>>());
+        assert_eq!(r.poll_repair(t + MS), None);
+        assert_eq!(r.counters().repair_requests, 1);
+    }
+
+    #[test]
+    fn a_heartbeat_reveals_a_lost_tail() {
+        let t = Instant::now();
+        let mut r = Receiver::new(0, config());
+        r.on_update(t, up(1));
+        drain(&mut r);
+        r.on_heartbeat(t, 1);
+        assert_eq!(r.poll_repair(t), None);
+        r.on_heartbeat(t + MS, 3);
+        assert_eq!(r.known_latest(), 3);
+        assert_eq!(r.poll_repair(t + MS), Some(vec![(2, 3)]));
+        assert_eq!(r.counters().gaps, 1);
+    }
+
+    #[test]
+    fn duplicates_are_counted_and_never_handed_out_twice() {
+        let t = Instant::now();
+        let mut r = Receiver::new(0, config());
+        assert!(r.on_update(t, up(2)));
+        assert!(!r.on_update(t, up(2)));
+        assert!(r.on_update(t, up(1)));
+        assert_eq!(drain(&mut r), [1, 2]);
+        assert!(!r.on_update(t, up(1)));
+        assert!(!r.on_update(t, up(2)));
+        assert_eq!(drain(&mut r), Vec::<u64>::new());
+        assert_eq!(r.counters().duplicates, 3);
+    }
+
+    #[test]
+    fn a_restarted_receiver_ignores_what_it_applied() {
+        let t = Instant::now();
+        let mut r = Receiver::new(10, config());
+        assert!(!r.on_update(t, up(10)));
+        assert!(!r.on_update(t, up(3)));
+        r.on_heartbeat(t, 10);
+        assert_eq!(r.poll_repair(t), None);
+        r.on_heartbeat(t, 12);
+        assert_eq!(r.poll_repair(t), Some(vec![(11, 12)]));
+    }
+
+    #[test]
+    fn repair_waits_for_the_repair_delay() {
+        let t = Instant::now();
+        let mut r = Receiver::new(
+            0,
+            ReceiverConfig {
+                repair_delay: 5 * MS,
+                ..config()
+            },
+        );
+        r.on_update(t, up(2));
+        assert_eq!(r.next_timeout(), Some(t + 5 * MS));
+        assert_eq!(r.poll_repair(t + 4 * MS), None);
+        assert_eq!(r.poll_repair(t + 5 * MS), Some(vec![(1, 1)]));
+    }
+
+    #[test]
+    fn a_gap_filled_in_time_needs_no_repair() {
+        let t = Instant::now();
+        let mut r = Receiver::new(
+            0,
+            ReceiverConfig {
+                repair_delay: 5 * MS,
+                ..config()
+            },
+        );
+        r.on_update(t, up(2));
+        r.on_update(t + MS, up(1));
+        assert_eq!(r.next_timeout(), None);
+        assert_eq!(r.poll_repair(t + 10 * MS), None);
+        assert_eq!(drain(&mut r), [1, 2]);
+    }
+
+    #[test]
+    fn a_failed_repair_is_retried_after_the_retry_interval() {
+        let t = Instant::now();
+        let mut r = Receiver::new(0, config());
+        r.on_heartbeat(t, 4);
+        assert_eq!(r.poll_repair(t), Some(vec![(1, 4)]));
+        r.on_update(t + MS, up(1));
+        r.on_repair_done(t + MS, false);
+        drain(&mut r);
+        assert_eq!(r.poll_repair(t + MS), None);
+        assert_eq!(r.next_timeout(), Some(t + 51 * MS));
+        assert_eq!(r.poll_repair(t + 50 * MS), None);
+        assert_eq!(r.poll_repair(t + 51 * MS), Some(vec![(2, 4)]));
+        assert_eq!(r.counters().repair_requests, 2);
+    }
+
+    #[test]
+    fn a_repair_that_left_versions_out_is_retried_later() {
+        let t = Instant::now();
+        let mut r = Receiver::new(0, config());
+        r.on_heartbeat(t, 4);
+        assert_eq!(r.poll_repair(t), Some(vec![(1, 4)]));
+        for v in 1..=2 {
+            r.on_update(t, up(v));
+        }
+        r.on_repair_done(t, true);
+        assert_eq!(drain(&mut r), [1, 2]);
+        assert_eq!(r.poll_repair(t), None);
+        assert_eq!(r.poll_repair(t + 50 * MS), Some(vec![(3, 4)]));
+    }
+
+    #[test]
+    fn new_versions_announced_during_a_repair_are_asked_for_at_once() {
+        let t = Instant::now();
+        let mut r = Receiver::new(0, config());
+        r.on_heartbeat(t, 2);
+        assert_eq!(r.poll_repair(t), Some(vec![(1, 2)]));
+        r.on_heartbeat(t + MS, 5);
+        r.on_update(t + MS, up(1));
+        r.on_update(t + MS, up(2));
+        r.on_repair_done(t + MS, true);
+        assert_eq!(drain(&mut r), [1, 2]);
+        assert_eq!(r.poll_repair(t + MS), Some(vec![(3, 5)]));
+    }
+
+    #[test]
+    fn requests_are_capped_at_max_ranges() {
+        let t = Instant::now();
+        let mut r = Receiver::new(
+            0,
+            ReceiverConfig {
+                max_ranges: 2,
+                ..config()
+            },
+        );
+        for v in [2, 4, 6] {
+            r.on_update(t, up(v));
+        }
+        r.on_heartbeat(t, 8);
+        assert_eq!(r.poll_repair(t), Some(vec![(1, 1), (3, 3)]));
+        r.on_update(t, up(1));
+        r.on_update(t, up(3));
+        r.on_repair_done(t, true);
+        assert_eq!(drain(&mut r), [1, 2, 3, 4]);
+        assert_eq!(r.poll_repair(t), Some(vec![(5, 5), (7, 8)]));
+    }
+
+    #[test]
+    fn clamp_latest_forgets_versions_that_do_not_exist() {
+        let t = Instant::now();
+        let mut r = Receiver::new(0, config());
+        r.on_update(t, up(1));
+        r.on_update(t, up(3));
+        drain(&mut r);
+        r.on_heartbeat(t, 1 << 60);
+        assert_eq!(r.poll_repair(t), Some(vec![(2, 2), (4, 1 << 60)]));
+        r.clamp_latest(3);
+        r.on_update(t, up(2));
+        r.on_repair_done(t, true);
+        assert_eq!(r.known_latest(), 3);
+        assert_eq!(drain(&mut r), [2, 3]);
+        assert_eq!(r.missing(), []);
+        assert_eq!(r.poll_repair(t + Duration::from_secs(1)), None);
+        // Never below what is buffered or applied.
+        r.on_update(t, up(6));
+        r.clamp_latest(1);
+        assert_eq!(r.known_latest(), 6);
+        assert_eq!(r.missing(), [(4, 5)]);
+    }
+
+    #[test]
+    fn a_full_buffer_evicts_the_highest_versions_which_are_repaired_later() {
+        let t = Instant::now();
+        let one = update_size(&up(1));
+        let mut r = Receiver::new(
+            0,
+            ReceiverConfig {
+                buffer_bytes: 3 * one,
+                ..config()
+            },
+        );
+        for v in 2..=6 {
+            r.on_update(t, up(v));
+        }
+        assert_eq!(r.counters().evicted, 2);
+        assert!(r.buffered_bytes() <= 3 * one);
+        assert_eq!(r.missing(), [(1, 1), (5, 6)]);
+        // Version 1 overfills the buffer too: the highest (4) goes, not the one to apply.
+        r.on_update(t, up(1));
+        assert_eq!(r.counters().evicted, 3);
+        assert_eq!(drain(&mut r), [1, 2, 3]);
+        assert_eq!(r.poll_repair(t), Some(vec![(4, 6)]));
+    }
+
+    #[test]
+    fn the_next_version_is_never_evicted() {
+        let t = Instant::now();
+        let mut r = Receiver::new(
+            0,
+            ReceiverConfig {
+                buffer_bytes: 1,
+                ..config()
+            },
+        );
+        r.on_update(t, up(3));
+        r.on_update(t, up(2));
+        assert_eq!(r.missing(), [(1, 1), (3, 3)]);
+        // A single update larger than the buffer is kept when it is the next to apply.
+        r.on_update(t, up(1));
+        assert_eq!(r.counters().evicted, 2);
+        assert_eq!(drain(&mut r), [1]);
+        assert_eq!(r.missing(), [(2, 3)]);
+    }
+}

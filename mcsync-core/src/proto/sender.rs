@@ -196,7 +196,12 @@ impl Sender {
         if !self.queue.is_empty() {
             return now;
         }
-        self.heartbeat.due()
+        let due = self.heartbeat.due();
+        if due <= now {
+            // Due but held back by pacing: wake when the pacer allows it, not in a busy loop.
+            return now + self.pacer.delay(now, Heartbeat::LEN);
+        }
+        due
     }
 }
 
@@ -222,5 +227,186 @@ pub fn decode_chain(
                 .map_err(|_| WireError::Invalid("lz4 data", 0))?;
             crate::wire::update::decode_bundle(&raw, limits)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ChainAssembler;
+    use crate::update::{Op, Update};
+    use crate::wire::packet::{PacketKind, OIC};
+    use crate::wire::update::{update_to_vec, Limits};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn config() -> SenderConfig {
+        SenderConfig {
+            datagram_bytes: 1_400,
+            max_bundle_bytes: 8_192,
+            heartbeat_initial: 2 * MS,
+            heartbeat_max: 16 * MS,
+            packets_per_sec: 0,
+            bytes_per_sec: 0,
+            compress: true,
+        }
+    }
+
+    fn update(v: u64, value: Vec<u8>) -> Update {
+        Update {
+            version: v,
+            timestamp_us: v,
+            ops: vec![Op::put(format!("key-{v}"), value)],
+        }
+    }
+
+    fn push(s: &mut Sender, u: &Update) {
+        s.push(u.version, Arc::new(update_to_vec(u)));
+    }
+
+    /// Every packet `poll_transmit` hands out at `now`.
+    fn drain(s: &mut Sender, now: Instant) -> Vec<PlainPacket> {
+        std::iter::from_fn(|| s.poll_transmit(now, 0)).collect()
+    }
+
+    fn decode(pkts: &[PlainPacket]) -> Vec<Update> {
+        let mut a = ChainAssembler::new(1 << 24);
+        let mut out = Vec::new();
+        for p in pkts.iter().filter(|p| p.header.kind == PacketKind::Data) {
+            let r = a.on_packet(&p.header, &p.payload);
+            assert_eq!(r.dropped, None);
+            if let Some(c) = r.chain {
+                out.extend(decode_chain(&c, &Limits::default(), 1 << 24).unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn queued_updates_share_one_chain() {
+        let t = Instant::now();
+        let mut s = Sender::new(t, 1, 1, 0, config());
+        let ups: Vec<_> = (1..=3).map(|v| update(v, vec![v as u8; 20])).collect();
+        ups.iter().for_each(|u| push(&mut s, u));
+        let pkts = drain(&mut s, t);
+        assert_eq!(pkts.len(), 1);
+        assert_eq!(pkts[0].header.flags, OIC);
+        assert_eq!(decode(&pkts), ups);
+        assert_eq!(s.sent_version(), 3);
+        assert!(!s.is_busy());
+        let c = s.counters();
+        assert_eq!((c.chains, c.updates, c.data_packets), (1, 3, 1));
+    }
+
+    #[test]
+    fn bundles_respect_the_size_limit_and_big_updates_go_alone() {
+        let t = Instant::now();
+        let mut s = Sender::new(
+            t,
+            1,
+            1,
+            0,
+            SenderConfig {
+                max_bundle_bytes: 1_000,
+                compress: false,
+                ..config()
+            },
+        );
+        let ups = vec![
+            update(1, vec![1; 400]),
+            update(2, vec![2; 400]),
+            update(3, vec![3; 400]),
+            update(4, vec![4; 20_000]),
+            update(5, vec![5; 10]),
+        ];
+        ups.iter().for_each(|u| push(&mut s, u));
+        let pkts = drain(&mut s, t);
+        assert_eq!(decode(&pkts), ups);
+        // {1, 2}, {3}, {4} alone across several packets, {5}.
+        assert_eq!(s.counters().chains, 4);
+        assert!(pkts.len() > 15);
+    }
+
+    #[test]
+    fn compresses_only_when_it_shrinks() {
+        let t = Instant::now();
+        let mut s = Sender::new(t, 1, 1, 0, config());
+        let text = update(1, b"the same words again and again ".repeat(100));
+        push(&mut s, &text);
+        let pkts = drain(&mut s, t);
+        assert_eq!(pkts[0].header.compression, Compression::Lz4);
+        assert!(pkts.iter().map(|p| p.payload.len()).sum::<usize>() < 1_000);
+        assert_eq!(decode(&pkts), [text]);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..3_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let noise = update(2, noise);
+        push(&mut s, &noise);
+        let pkts = drain(&mut s, t);
+        assert_eq!(pkts[0].header.compression, Compression::None);
+        assert_eq!(decode(&pkts), [noise]);
+        assert_eq!(s.counters().compressed_chains, 1);
+    }
+
+    #[test]
+    fn heartbeats_announce_the_sent_version_and_back_off_while_idle() {
+        let t = Instant::now();
+        let mut s = Sender::new(t, 1, 1, 7, config());
+        s.set_oldest_version(3);
+        push(&mut s, &update(8, vec![0; 10]));
+        assert_eq!(drain(&mut s, t).len(), 1);
+        assert_eq!(s.next_timeout(t), t + 2 * MS);
+        assert!(drain(&mut s, t + MS).is_empty());
+        let mut at = Vec::new();
+        let mut now = t;
+        while now < t + 100 * MS {
+            now = s.next_timeout(now);
+            for p in drain(&mut s, now) {
+                assert_eq!(p.header.kind, PacketKind::Heartbeat);
+                let hb = Heartbeat::parse(&p.payload).unwrap();
+                assert_eq!((hb.latest_version, hb.oldest_version), (8, 3));
+                at.push((now - t).as_millis());
+            }
+        }
+        assert_eq!(at[..6], [2, 6, 14, 30, 46, 62]);
+    }
+
+    #[test]
+    fn next_timeout_is_never_in_the_past_while_pacing_holds_a_heartbeat() {
+        let t = Instant::now();
+        let mut s = Sender::new(
+            t,
+            1,
+            1,
+            0,
+            SenderConfig {
+                packets_per_sec: 100,
+                heartbeat_initial: MS,
+                ..config()
+            },
+        );
+        // 64 packets use up the burst; each later packet waits 10 ms.
+        for v in 1..=64 {
+            push(&mut s, &update(v, vec![v as u8; 1_300]));
+            assert_eq!(drain(&mut s, t).len(), 1, "version {v}");
+        }
+        let mut now = t;
+        let mut polls = 0;
+        while now < t + 100 * MS {
+            polls += 1;
+            assert!(polls < 1_000, "the sender asks to be polled in a busy loop");
+            if s.poll_transmit(now, 0).is_none() {
+                let next = s.next_timeout(now);
+                assert!(next > now, "next timeout {next:?} is not after {now:?}");
+                now = next;
+            }
+        }
+        assert!(s.counters().heartbeats >= 5);
     }
 }

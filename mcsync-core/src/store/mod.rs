@@ -22,6 +22,16 @@ pub fn record_hash(key: &[u8], value: &[u8]) -> u64 {
     h.digest()
 }
 
+/// A digest of a whole state: xxh3-64 over every record's content hash, in key order.
+/// Two stores with the same records have the same digest.
+pub fn state_digest<'a>(records: impl IntoIterator<Item = &'a crate::Record>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (k, v) in records {
+        h.update(&record_hash(k, v).to_be_bytes());
+    }
+    h.digest()
+}
+
 /// An LMDB environment that grows its map when full instead of failing.
 ///
 /// LMDB allows a resize only while this process has no transaction open, so every

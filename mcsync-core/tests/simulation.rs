@@ -1,0 +1,1121 @@
+//! Seeded simulation of one-phase replication: the real sans-IO publisher and subscriber
+//! code (`proto::Sender`, `crypto::Keyring`, `wire::packet`, `proto::ReplayWindow`,
+//! `proto::ChainAssembler`, `proto::decode_chain`, `proto::Receiver`) driven by a virtual
+//! clock over a simulated network that loses (in bursts), duplicates, delays, reorders and
+//! tampers with packets, with subscriber and publisher restarts and a repair service that
+//! answers from the master's journal, sometimes slowly, sometimes failing half-way.
+//!
+//! Every scenario asserts that each replica ends byte-for-byte equal to the master and that
+//! the application saw every version exactly once, in order, across restarts.
+//!
+//! A failing scenario prints its seed; rerun it alone with
+//! `MCSYNC_SIM_SEED=<seed> cargo test -p mcsync-core --test simulation -- --nocapture`.
+//! `MCSYNC_SIM_SCENARIOS=<n>` changes how many scenarios each test runs.
+
+use mcsync::crypto::{Key, Keyring};
+use mcsync::proto::{
+    decode_chain, ChainAssembler, ChainDrop, LossGenerator, Receiver, ReceiverConfig,
+    RepairRanges, ReplayWindow, Sender, SenderConfig,
+};
+use mcsync::wire::packet::{Compression, Heartbeat, PacketHeader, PacketKind};
+use mcsync::wire::update::{decode_update, update_to_vec, Limits};
+use mcsync::{LossConfig, Op, OpKind, Update};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MS: Duration = Duration::from_millis(1);
+/// Largest chain a subscriber accepts (as `subscriber.rs` sizes it).
+const MAX_CHAIN: usize = (16 << 20) + (64 << 10);
+/// A scenario that has not converged this long after its last commit has failed.
+const CONVERGE_WITHIN: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------
+// Scenario parameters
+
+#[derive(Debug, Clone)]
+struct Params {
+    updates: usize,
+    subscribers: usize,
+    keyspace: usize,
+    /// Overall loss rate of each subscriber's link.
+    loss: f64,
+    burst_len: u32,
+    /// Probability that a delivered packet arrives twice.
+    dup: f64,
+    /// Probability that a delivered packet is followed by a tampered copy.
+    tamper: f64,
+    /// Probability that an attacker injects a forged heartbeat after a packet.
+    forge: f64,
+    base_delay: Duration,
+    /// Extra random delay per packet, bounded; reorders packets.
+    jitter: Duration,
+    /// Probability that a commit follows an idle gap.
+    idle_gap: f64,
+    max_idle: Duration,
+    /// Probability that a put carries a large (multi-packet) value.
+    large: f64,
+    ops_max: usize,
+    restarts_per_sub: usize,
+    max_downtime: Duration,
+    publisher_restart: bool,
+    repair_fail: f64,
+    repair_rtt: Duration,
+    sender: SenderConfig,
+    receiver: ReceiverConfig,
+}
+
+fn dur_us(rng: &mut ChaCha8Rng, lo: u64, hi: u64) -> Duration {
+    Duration::from_micros(rng.gen_range(lo..=hi))
+}
+
+impl Params {
+    fn random(rng: &mut ChaCha8Rng) -> Params {
+        let loss = if rng.gen_bool(0.15) {
+            0.0
+        } else {
+            rng.gen_range(0.0..0.30)
+        };
+        let heartbeat_initial = dur_us(rng, 500, 5_000);
+        Params {
+            updates: rng.gen_range(20..=200),
+            subscribers: rng.gen_range(1..=4),
+            keyspace: rng.gen_range(5..=200),
+            loss,
+            burst_len: if rng.gen_bool(0.5) {
+                1
+            } else {
+                rng.gen_range(2..=8)
+            },
+            dup: if rng.gen_bool(0.7) {
+                0.0
+            } else {
+                rng.gen_range(0.0..0.1)
+            },
+            tamper: if rng.gen_bool(0.8) {
+                0.0
+            } else {
+                rng.gen_range(0.0..0.05)
+            },
+            forge: if rng.gen_bool(0.9) { 0.0 } else { 0.01 },
+            base_delay: dur_us(rng, 50, 2_000),
+            jitter: if rng.gen_bool(0.4) {
+                Duration::ZERO
+            } else {
+                dur_us(rng, 10, 5_000)
+            },
+            idle_gap: rng.gen_range(0.0..0.1),
+            max_idle: dur_us(rng, 5_000, 500_000),
+            large: if rng.gen_bool(0.3) {
+                0.0
+            } else {
+                rng.gen_range(0.0..0.08)
+            },
+            ops_max: if rng.gen_bool(0.8) { 4 } else { 20 },
+            restarts_per_sub: rng.gen_range(0..=2),
+            max_downtime: dur_us(rng, 0, 100_000),
+            publisher_restart: rng.gen_bool(0.2),
+            repair_fail: if rng.gen_bool(0.5) {
+                0.0
+            } else {
+                rng.gen_range(0.0..0.4)
+            },
+            repair_rtt: dur_us(rng, 100, 10_000),
+            sender: SenderConfig {
+                datagram_bytes: [128, 300, 576, 1_400, 1_400, 1_400, 9_000][rng.gen_range(0..7)],
+                max_bundle_bytes: rng.gen_range(64..=16_384),
+                heartbeat_initial,
+                heartbeat_max: heartbeat_initial.max(dur_us(rng, 5_000, 200_000)),
+                packets_per_sec: if rng.gen_bool(0.5) {
+                    0
+                } else {
+                    rng.gen_range(500..=50_000)
+                },
+                bytes_per_sec: if rng.gen_bool(0.7) {
+                    0
+                } else {
+                    rng.gen_range(500_000..=50_000_000)
+                },
+                compress: rng.gen_bool(0.7),
+            },
+            receiver: ReceiverConfig {
+                buffer_bytes: if rng.gen_bool(0.8) {
+                    64 << 20
+                } else {
+                    rng.gen_range(1_000..=64_000)
+                },
+                repair_delay: if rng.gen_bool(0.3) {
+                    Duration::ZERO
+                } else {
+                    dur_us(rng, 0, 5_000)
+                },
+                repair_retry: dur_us(rng, 1_000, 50_000),
+                max_ranges: if rng.gen_bool(0.3) {
+                    rng.gen_range(1..=4)
+                } else {
+                    64
+                },
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Workload
+
+fn value(rng: &mut ChaCha8Rng, len: usize, version: u64) -> Vec<u8> {
+    if rng.gen_bool(0.5) {
+        // Compressible text.
+        let word = format!("v{version}-{} ", rng.gen_range(0..1_000));
+        word.bytes().cycle().take(len).collect()
+    } else {
+        let mut v = vec![0u8; len];
+        rng.fill(&mut v[..]);
+        v
+    }
+}
+
+fn random_update(rng: &mut ChaCha8Rng, p: &Params, version: u64) -> Update {
+    let n = rng.gen_range(1..=p.ops_max);
+    let ops = (0..n)
+        .map(|_| {
+            let key = format!("key-{:04}", rng.gen_range(0..p.keyspace)).into_bytes();
+            let mut op = if rng.gen_bool(0.25) {
+                Op::delete(key)
+            } else {
+                let len = if rng.gen_bool(p.large) {
+                    rng.gen_range(2_000..=60_000)
+                } else {
+                    rng.gen_range(0..=300)
+                };
+                Op::put(key, value(rng, len, version))
+            };
+            if rng.gen_bool(0.1) {
+                op.groups = vec!["sales".into(), format!("g{}", rng.gen_range(0..3))];
+            }
+            op
+        })
+        .collect();
+    Update {
+        version,
+        timestamp_us: version * 1_000,
+        ops,
+    }
+}
+
+fn apply(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, u: &Update) {
+    for op in &u.ops {
+        match op.kind {
+            OpKind::Put => {
+                state.insert(op.key.clone(), op.value.clone());
+            }
+            OpKind::Delete => {
+                state.remove(&op.key);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Counters
+
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    scenarios: u64,
+    lossy_scenarios: u64,
+    lossy_scenarios_repaired: u64,
+    updates: u64,
+    data_packets: u64,
+    heartbeats: u64,
+    compressed_chains: u64,
+    delivered: u64,
+    dropped: u64,
+    dropped_data: u64,
+    duplicated: u64,
+    reordered: u64,
+    arrived_while_down: u64,
+    tampered: u64,
+    forged: u64,
+    bad_delivered: u64,
+    rejected_malformed: u64,
+    rejected_auth: u64,
+    rejected_replay: u64,
+    chains_broken: u64,
+    chains_orphaned: u64,
+    chains_complete: u64,
+    heartbeat_revealed_gap: u64,
+    repairs: u64,
+    repair_failures: u64,
+    versions_repaired: u64,
+    evicted: u64,
+    restarts: u64,
+    publisher_restarts: u64,
+    applied: u64,
+    virtual_time: Duration,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        macro_rules! sum {
+            ($($f:ident),*) => { $(self.$f += o.$f;)* };
+        }
+        sum!(
+            scenarios,
+            lossy_scenarios,
+            lossy_scenarios_repaired,
+            updates,
+            data_packets,
+            heartbeats,
+            compressed_chains,
+            bad_delivered,
+            delivered,
+            dropped,
+            dropped_data,
+            duplicated,
+            reordered,
+            arrived_while_down,
+            tampered,
+            forged,
+            rejected_malformed,
+            rejected_auth,
+            rejected_replay,
+            chains_broken,
+            chains_orphaned,
+            chains_complete,
+            heartbeat_revealed_gap,
+            repairs,
+            repair_failures,
+            versions_repaired,
+            evicted,
+            restarts,
+            publisher_restarts,
+            applied,
+            virtual_time
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Events
+
+enum Event {
+    /// The master commits its next update.
+    Commit,
+    /// A datagram reaches a subscriber.
+    Arrive {
+        sub: usize,
+        datagram: Arc<Vec<u8>>,
+        /// Tampered or forged: must be rejected.
+        bad: bool,
+    },
+    /// A repair asked for by a subscriber (in incarnation `generation`) finishes.
+    RepairDone { sub: usize, generation: u64 },
+    /// A subscriber process dies, losing everything but its persisted replica.
+    Crash { sub: usize },
+    /// A crashed subscriber starts again.
+    Up { sub: usize },
+    /// The publisher restarts: fresh stream id, possibly a new key epoch, queue lost.
+    PublisherRestart,
+}
+
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Subscribers
+
+/// What survives a subscriber restart: the replica and its applied version, committed
+/// together (as the LMDB store does).
+#[derive(Default)]
+struct Replica {
+    applied: u64,
+    state: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// A subscriber process's in-memory state, lost on a crash.
+struct Live {
+    receiver: Receiver,
+    assembler: ChainAssembler,
+    windows: HashMap<u32, ReplayWindow>,
+    highest_seq: HashMap<u32, u64>,
+    stream: Option<u32>,
+    repair: Option<RepairRanges>,
+}
+
+struct Sub {
+    loss: LossGenerator,
+    keyring: Keyring,
+    replica: Replica,
+    /// Versions the application saw, in order, across restarts.
+    seen: Vec<u64>,
+    live: Option<Live>,
+    generation: u64,
+    lost_data: u64,
+    repairs: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// The simulation
+
+struct Sim {
+    seed: u64,
+    rng: ChaCha8Rng,
+    p: Params,
+    base: Instant,
+    now: Duration,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    next_seq: u64,
+    /// Commit time and update of every version, in order.
+    workload: Vec<(Duration, Update)>,
+    committed: usize,
+    master: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Encoded update of version v at index v - 1.
+    journal: Vec<Arc<Vec<u8>>>,
+    keyring: Keyring,
+    attacker: Keyring,
+    epoch: u32,
+    stream_id: u32,
+    sender: Sender,
+    subs: Vec<Sub>,
+    lifecycle_pending: usize,
+    limits: Limits,
+    stats: Stats,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let p = Params::random(&mut rng);
+        let base = Instant::now();
+        let keys = [1u32, 2].map(|_| Key::from_bytes(rng.gen()));
+        let mut keyring = Keyring::with_key(1, &keys[0]);
+        keyring.insert(2, &keys[1]);
+        let attacker = Keyring::with_key(1, &Key::from_bytes(rng.gen()));
+
+        let mut t = dur_us(&mut rng, 0, 5_000);
+        let mut workload = Vec::with_capacity(p.updates);
+        for v in 1..=p.updates as u64 {
+            if rng.gen_bool(p.idle_gap) {
+                t += dur_us(&mut rng, 1_000, p.max_idle.as_micros() as u64);
+            } else if rng.gen_bool(0.5) {
+                t += dur_us(&mut rng, 0, 2_000);
+            }
+            workload.push((t, random_update(&mut rng, &p, v)));
+        }
+
+        let subs = (0..p.subscribers)
+            .map(|_| {
+                let mut keyring = Keyring::with_key(1, &keys[0]);
+                keyring.insert(2, &keys[1]);
+                Sub {
+                    loss: LossGenerator::new(&LossConfig {
+                        probability: p.loss,
+                        burst_len: p.burst_len,
+                        seed: rng.gen(),
+                    }),
+                    keyring,
+                    replica: Replica::default(),
+                    seen: Vec::new(),
+                    live: None,
+                    generation: 0,
+                    lost_data: 0,
+                    repairs: 0,
+                }
+            })
+            .collect();
+        let stream_id = rng.gen();
+        let sender = Sender::new(base, stream_id, 1, 0, p.sender.clone());
+        let mut sim = Sim {
+            seed,
+            rng,
+            base,
+            now: Duration::ZERO,
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            workload,
+            committed: 0,
+            master: BTreeMap::new(),
+            journal: Vec::new(),
+            keyring,
+            attacker,
+            epoch: 1,
+            stream_id,
+            sender,
+            subs,
+            lifecycle_pending: 0,
+            limits: Limits::default(),
+            stats: Stats::default(),
+            p,
+        };
+        for i in 0..sim.subs.len() {
+            sim.start_sub(i);
+        }
+        let first = sim.workload[0].0;
+        sim.schedule(first, Event::Commit);
+        let end = sim.workload.last().map_or(Duration::ZERO, |w| w.0) + 50 * MS;
+        for sub in 0..sim.subs.len() {
+            for _ in 0..sim.p.restarts_per_sub {
+                let at = dur_us(&mut sim.rng, 0, end.as_micros() as u64);
+                sim.lifecycle_pending += 1;
+                sim.schedule(at, Event::Crash { sub });
+            }
+        }
+        if sim.p.publisher_restart {
+            let at = dur_us(&mut sim.rng, 0, end.as_micros() as u64);
+            sim.lifecycle_pending += 1;
+            sim.schedule(at, Event::PublisherRestart);
+        }
+        sim
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    fn latest(&self) -> u64 {
+        self.journal.len() as u64
+    }
+
+    fn schedule(&mut self, at: Duration, event: Event) {
+        self.next_seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.next_seq,
+            event,
+        }));
+    }
+
+    // -- publisher side -----------------------------------------------------------------
+
+    fn commit(&mut self) {
+        let (_, u) = &self.workload[self.committed];
+        let v = u.version;
+        assert_eq!(v, self.latest() + 1);
+        apply(&mut self.master, u);
+        let encoded = Arc::new(update_to_vec(u));
+        self.journal.push(encoded.clone());
+        self.sender.push(v, encoded);
+        self.committed += 1;
+        self.stats.updates += 1;
+        if let Some(&(at, _)) = self.workload.get(self.committed) {
+            self.schedule(at, Event::Commit);
+        }
+    }
+
+    fn restart_publisher(&mut self) {
+        self.stats.publisher_restarts += 1;
+        let mut id = self.rng.gen();
+        while id == self.stream_id {
+            id = self.rng.gen();
+        }
+        self.stream_id = id;
+        if self.rng.gen_bool(0.5) {
+            self.epoch = 2;
+        }
+        self.stats.compressed_chains += self.sender.counters().compressed_chains;
+        // Whatever was queued and not sent is now only in the journal.
+        self.sender = Sender::new(
+            self.instant(),
+            id,
+            self.epoch,
+            self.latest(),
+            self.p.sender.clone(),
+        );
+    }
+
+    /// Sends every packet the sender lets out now.
+    fn transmit(&mut self) {
+        let wall_us = self.now.as_micros() as u64;
+        let mut datagram = Vec::new();
+        while let Some(pkt) = self.sender.poll_transmit(self.instant(), wall_us) {
+            assert!(self.keyring.seal(pkt.header, &pkt.payload, &mut datagram));
+            let data = pkt.header.kind == PacketKind::Data;
+            if data {
+                self.stats.data_packets += 1;
+            } else {
+                self.stats.heartbeats += 1;
+            }
+            let dg = Arc::new(datagram.clone());
+            for sub in 0..self.subs.len() {
+                self.send_to(sub, &dg, data);
+            }
+            if self.p.forge > 0.0 && self.rng.gen_bool(self.p.forge) {
+                self.forge_heartbeat(pkt.header.seq + 1);
+            }
+        }
+    }
+
+    /// An attacker without the key announces a huge version, on the real stream, with the
+    /// next sequence number (so a replay window that recorded it would drop the real one).
+    fn forge_heartbeat(&mut self, seq: u64) {
+        let mut body = Vec::new();
+        Heartbeat {
+            latest_version: 1 << 60,
+            oldest_version: 1,
+            timestamp_us: 0,
+        }
+        .encode(&mut body);
+        let header = PacketHeader {
+            kind: PacketKind::Heartbeat,
+            flags: 0,
+            compression: Compression::None,
+            length: 0,
+            stream_id: self.stream_id,
+            key_epoch: 1,
+            seq,
+        };
+        let mut dg = Vec::new();
+        assert!(self.attacker.seal(header, &body, &mut dg));
+        let dg = Arc::new(dg);
+        for sub in 0..self.subs.len() {
+            self.stats.forged += 1;
+            let at = self.now + self.p.base_delay;
+            self.schedule(
+                at,
+                Event::Arrive {
+                    sub,
+                    datagram: dg.clone(),
+                    bad: true,
+                },
+            );
+        }
+    }
+
+    fn delay(&mut self) -> Duration {
+        let j = self.p.jitter.as_micros() as u64;
+        self.p.base_delay + Duration::from_micros(if j == 0 {
+            0
+        } else {
+            self.rng.gen_range(0..=j)
+        })
+    }
+
+    fn send_to(&mut self, sub: usize, dg: &Arc<Vec<u8>>, data: bool) {
+        if self.subs[sub].loss.drop_next() {
+            self.stats.dropped += 1;
+            if data {
+                self.stats.dropped_data += 1;
+                self.subs[sub].lost_data += 1;
+            }
+            return;
+        }
+        let at = self.now + self.delay();
+        self.schedule(
+            at,
+            Event::Arrive {
+                sub,
+                datagram: dg.clone(),
+                bad: false,
+            },
+        );
+        if self.p.dup > 0.0 && self.rng.gen_bool(self.p.dup) {
+            self.stats.duplicated += 1;
+            let at = self.now + self.delay();
+            self.schedule(
+                at,
+                Event::Arrive {
+                    sub,
+                    datagram: dg.clone(),
+                    bad: false,
+                },
+            );
+        }
+        if self.p.tamper > 0.0 && self.rng.gen_bool(self.p.tamper) {
+            self.stats.tampered += 1;
+            let mut bad = dg.as_ref().clone();
+            let bit = self.rng.gen_range(0..bad.len() * 8);
+            bad[bit / 8] ^= 1 << (bit % 8);
+            // Sometimes ahead of the genuine packet, so it must not take its replay slot.
+            let at = self.now + self.delay().saturating_sub(self.p.base_delay / 2);
+            self.schedule(
+                at,
+                Event::Arrive {
+                    sub,
+                    datagram: Arc::new(bad),
+                    bad: true,
+                },
+            );
+        }
+    }
+
+    // -- subscriber side ----------------------------------------------------------------
+
+    fn start_sub(&mut self, i: usize) {
+        let now = self.instant();
+        let latest = self.latest();
+        let s = &mut self.subs[i];
+        let mut receiver = Receiver::new(s.replica.applied, self.p.receiver.clone());
+        // HELLO tells a (re)started subscriber the current version: catch up at once.
+        receiver.on_heartbeat(now, latest);
+        s.live = Some(Live {
+            receiver,
+            assembler: ChainAssembler::new(MAX_CHAIN),
+            windows: HashMap::new(),
+            highest_seq: HashMap::new(),
+            stream: None,
+            repair: None,
+        });
+        self.after_input(i);
+    }
+
+    fn crash(&mut self, i: usize) {
+        let s = &mut self.subs[i];
+        let Some(live) = s.live.take() else {
+            return; // already down
+        };
+        self.stats.evicted += live.receiver.counters().evicted;
+        s.generation += 1;
+        self.stats.restarts += 1;
+        let down = dur_us(&mut self.rng, 0, self.p.max_downtime.as_micros() as u64);
+        self.lifecycle_pending += 1;
+        self.schedule(self.now + down, Event::Up { sub: i });
+    }
+
+    fn arrive(&mut self, i: usize, dg: &[u8], bad: bool) {
+        let now = self.instant();
+        let st = &mut self.stats;
+        let s = &mut self.subs[i];
+        let Some(live) = s.live.as_mut() else {
+            st.arrived_while_down += 1;
+            return;
+        };
+        st.delivered += 1;
+        st.bad_delivered += bad as u64;
+        // The receive thread: parse, authenticate, replay check.
+        let Ok((header, sealed)) = PacketHeader::parse(dg) else {
+            assert!(bad, "a genuine datagram failed to parse");
+            st.rejected_malformed += 1;
+            return;
+        };
+        let payload = match s.keyring.open(&header, sealed) {
+            Ok(p) => {
+                assert!(!bad, "a tampered or forged packet opened: {header:?}");
+                p
+            }
+            Err(e) => {
+                assert!(bad, "a genuine packet failed to open: {e:?}");
+                st.rejected_auth += 1;
+                return;
+            }
+        };
+        if !live
+            .windows
+            .entry(header.stream_id)
+            .or_default()
+            .check_and_record(header.seq)
+        {
+            st.rejected_replay += 1;
+            return;
+        }
+        let hi = live.highest_seq.entry(header.stream_id).or_default();
+        if header.seq < *hi {
+            st.reordered += 1;
+        }
+        *hi = (*hi).max(header.seq);
+        // The process thread: stream change, heartbeats, chain assembly, ordering.
+        if live.stream != Some(header.stream_id) {
+            live.stream = Some(header.stream_id);
+            live.assembler.reset();
+        }
+        match header.kind {
+            PacketKind::Heartbeat => {
+                let hb = Heartbeat::parse(&payload).expect("an authentic heartbeat parses");
+                if hb.latest_version > live.receiver.known_latest() {
+                    st.heartbeat_revealed_gap += 1;
+                }
+                live.receiver.on_heartbeat(now, hb.latest_version);
+            }
+            PacketKind::Data => {
+                let out = live.assembler.on_packet(&header, &payload);
+                match out.dropped {
+                    Some(ChainDrop::Broken) => st.chains_broken += 1,
+                    Some(ChainDrop::Orphan) => st.chains_orphaned += 1,
+                    Some(ChainDrop::BadLength) => panic!("an authentic chain has a bad length"),
+                    None => {}
+                }
+                if let Some(chain) = out.chain {
+                    st.chains_complete += 1;
+                    let updates = decode_chain(&chain, &self.limits, MAX_CHAIN)
+                        .expect("an authentic chain decodes");
+                    for u in updates {
+                        live.receiver.on_update(now, u);
+                    }
+                }
+            }
+        }
+        self.after_input(i);
+    }
+
+    /// Applies what is ready, then asks for repair if the receiver wants one.
+    fn after_input(&mut self, i: usize) {
+        self.apply_ready(i);
+        let now = self.instant();
+        let latest = self.latest();
+        let s = &mut self.subs[i];
+        let Some(live) = s.live.as_mut() else { return };
+        assert!(
+            live.receiver.known_latest() <= latest,
+            "receiver believes in version {} but the master is at {latest}",
+            live.receiver.known_latest()
+        );
+        if live.repair.is_some() {
+            return;
+        }
+        let Some(ranges) = live.receiver.poll_repair(now) else {
+            return;
+        };
+        assert!(!ranges.is_empty(), "an empty repair request");
+        let mut prev = s.replica.applied;
+        for &(a, b) in &ranges {
+            assert!(a > prev && a <= b, "bad ranges {ranges:?} at {prev}");
+            prev = b;
+        }
+        assert!(prev <= latest, "repair of {ranges:?} beyond the master's {latest}");
+        assert!(ranges.len() <= self.p.receiver.max_ranges);
+        live.repair = Some(ranges);
+        s.repairs += 1;
+        self.stats.repairs += 1;
+        let rtt = self.p.repair_rtt.as_micros() as u64;
+        let at = self.now + dur_us(&mut self.rng, rtt / 2, rtt * 3 / 2);
+        let generation = s.generation;
+        self.schedule(at, Event::RepairDone { sub: i, generation });
+    }
+
+    /// The application: applies updates in the order the receiver hands them out.
+    fn apply_ready(&mut self, i: usize) {
+        let s = &mut self.subs[i];
+        let Some(live) = s.live.as_mut() else { return };
+        while let Some(u) = live.receiver.poll_ready() {
+            let v = u.version;
+            assert_eq!(
+                v,
+                s.replica.applied + 1,
+                "the application got version {v} after {}",
+                s.replica.applied
+            );
+            let journal = &self.journal[(v - 1) as usize];
+            assert!(
+                update_to_vec(&u) == **journal,
+                "version {v} differs from the journal"
+            );
+            apply(&mut s.replica.state, &u);
+            s.replica.applied = v;
+            s.seen.push(v);
+            self.stats.applied += 1;
+        }
+    }
+
+    /// The repair service answers from the journal, like `repair_server.rs`; sometimes the
+    /// connection drops part-way.
+    fn repair_done(&mut self, i: usize, generation: u64) {
+        let now = self.instant();
+        let latest = self.latest();
+        if self.subs[i].generation != generation {
+            return; // the subscriber restarted meanwhile
+        }
+        let ranges = self.subs[i]
+            .live
+            .as_mut()
+            .and_then(|l| l.repair.take())
+            .expect("a repair in flight");
+        let versions: Vec<u64> = ranges.iter().flat_map(|&(a, b)| a..=b).collect();
+        let fail = self.p.repair_fail > 0.0 && self.rng.gen_bool(self.p.repair_fail);
+        let n = if fail {
+            self.rng.gen_range(0..=versions.len())
+        } else {
+            versions.len()
+        };
+        for &v in &versions[..n] {
+            let bytes = &self.journal[(v - 1) as usize];
+            let u = decode_update(bytes, &self.limits).expect("a journaled update decodes");
+            self.stats.versions_repaired += 1;
+            let live = self.subs[i].live.as_mut().expect("live");
+            live.receiver.on_update(now, u);
+            self.apply_ready(i);
+        }
+        let live = self.subs[i].live.as_mut().expect("live");
+        if fail {
+            self.stats.repair_failures += 1;
+            live.receiver.on_repair_done(now, false);
+        } else {
+            // CATCHUP_END carries the publisher's current version.
+            live.receiver.clamp_latest(latest);
+            live.receiver.on_repair_done(now, true);
+        }
+        self.after_input(i);
+    }
+
+    // -- driver ---------------------------------------------------------------------------
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Commit => self.commit(),
+            Event::Arrive { sub, datagram, bad } => self.arrive(sub, &datagram, bad),
+            Event::RepairDone { sub, generation } => self.repair_done(sub, generation),
+            Event::Crash { sub } => {
+                self.lifecycle_pending -= 1;
+                self.crash(sub);
+            }
+            Event::Up { sub } => {
+                self.lifecycle_pending -= 1;
+                self.start_sub(sub);
+            }
+            Event::PublisherRestart => {
+                self.lifecycle_pending -= 1;
+                self.restart_publisher();
+            }
+        }
+    }
+
+    fn converged(&self) -> bool {
+        self.committed == self.workload.len()
+            && self.lifecycle_pending == 0
+            && self.subs.iter().all(|s| {
+                s.live.as_ref().is_some_and(|l| l.repair.is_none())
+                    && s.replica.applied == self.latest()
+            })
+    }
+
+    fn run(mut self) -> Stats {
+        let deadline = self.workload.last().map_or(Duration::ZERO, |w| w.0) + CONVERGE_WITHIN;
+        let mut stuck = 0;
+        loop {
+            self.transmit();
+            if self.converged() {
+                break;
+            }
+            let mut next = self.sender.next_timeout(self.instant());
+            if let Some(Reverse(e)) = self.queue.peek() {
+                next = next.min(self.base + e.at);
+            }
+            for s in &self.subs {
+                if let Some(t) = s.live.as_ref().and_then(|l| l.receiver.next_timeout()) {
+                    next = next.min(t);
+                }
+            }
+            let next = next.duration_since(self.base);
+            if next <= self.now {
+                stuck += 1;
+                assert!(stuck < 10_000, "no progress at {:?}", self.now);
+            } else {
+                stuck = 0;
+                self.now = next;
+            }
+            assert!(
+                self.now < deadline,
+                "not converged after {CONVERGE_WITHIN:?}: master at {}, replicas at {:?}",
+                self.latest(),
+                self.subs
+                    .iter()
+                    .map(|s| s.replica.applied)
+                    .collect::<Vec<_>>()
+            );
+            while self.queue.peek().is_some_and(|Reverse(e)| e.at <= self.now) {
+                let Reverse(e) = self.queue.pop().expect("peeked");
+                self.handle(e.event);
+            }
+            for i in 0..self.subs.len() {
+                let due = self.subs[i]
+                    .live
+                    .as_ref()
+                    .and_then(|l| l.receiver.next_timeout())
+                    .is_some_and(|t| t <= self.instant());
+                if due {
+                    self.after_input(i);
+                }
+            }
+        }
+        // Let what is still in flight arrive (late duplicates, old heartbeats): none of it
+        // may reach the application again.
+        while let Some(Reverse(e)) = self.queue.pop() {
+            self.now = self.now.max(e.at);
+            self.handle(e.event);
+        }
+        self.check_end();
+        self.stats.compressed_chains += self.sender.counters().compressed_chains;
+        self.stats.scenarios = 1;
+        self.stats.virtual_time = self.now;
+        let lossy = self.stats.dropped_data > 0;
+        self.stats.lossy_scenarios = lossy as u64;
+        self.stats.lossy_scenarios_repaired = (lossy && self.stats.repairs > 0) as u64;
+        for s in &self.subs {
+            if let Some(l) = &s.live {
+                self.stats.evicted += l.receiver.counters().evicted;
+            }
+        }
+        self.stats
+    }
+
+    fn check_end(&self) {
+        let latest = self.latest();
+        assert_eq!(latest, self.p.updates as u64);
+        let expected: Vec<u64> = (1..=latest).collect();
+        for (i, s) in self.subs.iter().enumerate() {
+            assert_eq!(s.replica.applied, latest, "subscriber {i}");
+            assert!(
+                s.seen == expected,
+                "subscriber {i}: the application did not see every version once, in order"
+            );
+            assert!(
+                s.replica.state == self.master,
+                "subscriber {i}: replica differs from the master"
+            );
+            // With no duplicated packets, a lost data packet can only be made good by repair.
+            if s.lost_data > 0 && self.p.dup == 0.0 {
+                assert!(s.repairs > 0, "subscriber {i} lost data but never repaired");
+            }
+        }
+        // Every tampered or forged packet that reached a running subscriber was rejected
+        // before the replay window and the assembler (and no genuine one was).
+        let rejected = self.stats.rejected_malformed + self.stats.rejected_auth;
+        assert_eq!(rejected, self.stats.bad_delivered);
+    }
+}
+
+fn run_seed(seed: u64) -> Stats {
+    match std::panic::catch_unwind(|| Sim::new(seed).run()) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!(
+                "simulation scenario failed: {msg}\n  rerun with MCSYNC_SIM_SEED={seed:#x} \
+                 cargo test -p mcsync-core --test simulation -- --nocapture\n  parameters: \
+                 {:#?}",
+                Params::random(&mut ChaCha8Rng::seed_from_u64(seed))
+            );
+        }
+    }
+}
+
+fn scenario_count(default: u64) -> u64 {
+    std::env::var("MCSYNC_SIM_SCENARIOS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn parse_seed(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// Runs `count` scenarios from `first_seed` (or only `MCSYNC_SIM_SEED` if set) and returns
+/// the summed counters.
+fn run_many(name: &str, first_seed: u64, count: u64) -> Stats {
+    let started = std::time::Instant::now();
+    let seeds: Vec<u64> = match std::env::var("MCSYNC_SIM_SEED") {
+        Ok(s) => vec![parse_seed(&s).expect("MCSYNC_SIM_SEED is a number")],
+        Err(_) => (0..count).map(|i| first_seed + i).collect(),
+    };
+    let mut total = Stats::default();
+    for seed in seeds {
+        total.add(&run_seed(seed));
+    }
+    let mut line = String::new();
+    let t = &total;
+    let _ = write!(
+        line,
+        "{name}: {} scenarios in {:?} (virtual {:?}): {} updates, {} data packets + {} \
+         heartbeats sent, {} arrived, {} dropped ({} data), {} duplicated, {} reordered, \
+         {} tampered + {} forged ({} rejected malformed, {} auth, {} replay), \
+         {} chains complete, {} broken, {} orphaned, {} compressed, {} gaps revealed by \
+         heartbeats, {} repairs ({} failed, {} versions), {} evicted, {} subscriber \
+         restarts, {} publisher restarts, {} applied",
+        t.scenarios,
+        started.elapsed(),
+        t.virtual_time,
+        t.updates,
+        t.data_packets,
+        t.heartbeats,
+        t.delivered,
+        t.dropped,
+        t.dropped_data,
+        t.duplicated,
+        t.reordered,
+        t.tampered,
+        t.forged,
+        t.rejected_malformed,
+        t.rejected_auth,
+        t.rejected_replay,
+        t.chains_complete,
+        t.chains_broken,
+        t.chains_orphaned,
+        t.compressed_chains,
+        t.heartbeat_revealed_gap,
+        t.repairs,
+        t.repair_failures,
+        t.versions_repaired,
+        t.evicted,
+        t.restarts,
+        t.publisher_restarts,
+        t.applied,
+    );
+    println!("{line}");
+    total
+}
+
+/// The summed counters show that the scenarios exercised what they claim to, so the suite
+/// cannot pass vacuously.
+fn assert_exercised(t: &Stats) {
+    assert!(t.dropped_data > t.data_packets / 50, "too little loss: {t:?}");
+    assert!(t.repairs > t.scenarios, "too few repairs: {t:?}");
+    assert!(t.repair_failures > 0 && t.versions_repaired > 0, "{t:?}");
+    assert!(
+        t.lossy_scenarios_repaired * 100 >= t.lossy_scenarios * 95,
+        "lossy scenarios without repair: {t:?}"
+    );
+    assert!(t.heartbeat_revealed_gap > 0, "no tail loss found by heartbeats");
+    assert!(t.chains_broken > 0 && t.chains_orphaned > 0, "{t:?}");
+    assert!(t.duplicated > 0 && t.rejected_replay >= t.duplicated / 2, "{t:?}");
+    assert!(t.reordered > 0, "no reordering: {t:?}");
+    assert!(t.tampered > 0 && t.forged > 0, "{t:?}");
+    assert!(t.restarts > 0 && t.publisher_restarts > 0, "{t:?}");
+    assert!(t.compressed_chains > 0 && t.evicted > 0, "{t:?}");
+    assert!(t.applied >= t.updates, "{t:?}");
+}
+
+#[test]
+fn random_scenarios_first_half() {
+    let t = run_many("simulation 1", 0x5EED_0000, scenario_count(500));
+    if std::env::var("MCSYNC_SIM_SEED").is_err() {
+        assert_exercised(&t);
+    }
+}
+
+#[test]
+fn random_scenarios_second_half() {
+    let t = run_many("simulation 2", 0x5EED_0000 + 500, scenario_count(500));
+    if std::env::var("MCSYNC_SIM_SEED").is_err() {
+        assert_exercised(&t);
+    }
+}
