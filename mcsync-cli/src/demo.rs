@@ -27,7 +27,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 256 * 1024)]
     max_value: usize,
     /// Threads publishing concurrently (their commits share journal fsyncs).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     threads: u32,
     /// Seed of the workload and of the loss generators.
     #[arg(long, default_value_t = 42)]
@@ -48,7 +48,7 @@ pub struct DemoArgs {
 
 fn value(rng: &mut StdRng, max: usize) -> Vec<u8> {
     let len = match rng.gen_range(0..100) {
-        0 => rng.gen_range(16 * 1024.min(max)..=max),
+        0 => rng.gen_range((16 * 1024).min(max)..=max),
         1..=9 => rng.gen_range(1024.min(max)..=8192.min(max)),
         _ => rng.gen_range(0..=600.min(max)),
     };

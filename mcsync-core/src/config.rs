@@ -37,6 +37,8 @@ pub struct MulticastConfig {
     pub max_bytes_per_sec: u64,
     /// Most encoded bytes bundled into one chain when updates queue up.
     pub max_bundle_bytes: usize,
+    /// Bytes of recently sent datagrams kept per database for packet repair.
+    pub retransmit_buffer_bytes: usize,
     /// First heartbeat after the last update.
     pub heartbeat_initial: Duration,
     /// Heartbeat interval while idle (the interval doubles up to this).
@@ -55,6 +57,7 @@ impl Default for MulticastConfig {
             max_packets_per_sec: 40_000,
             max_bytes_per_sec: 0,
             max_bundle_bytes: 60 * 1024,
+            retransmit_buffer_bytes: 64 << 20,
             heartbeat_initial: Duration::from_millis(5),
             heartbeat_max: Duration::from_secs(1),
         }

@@ -9,7 +9,7 @@ use crate::crypto::Keyring;
 use crate::net::multicaster::{self, MulticasterParts, Outgoing};
 use crate::net::repair_server::{PublishedDatabase, RepairServer, ServerContext};
 use crate::net::{socket, wall_clock_us, StopFlag};
-use crate::proto::SenderConfig;
+use crate::proto::{RetransmitBuffer, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters, PublisherStats};
 use crate::store::publisher::{DbTables, JournalEntry};
 use crate::store::PublisherStore;
@@ -59,6 +59,7 @@ struct DbShared {
     committed: AtomicU64,
     mcast_tx: Mutex<Option<chan::Sender<Outgoing>>>,
     mcast_thread: Mutex<Option<JoinHandle<()>>>,
+    retransmit: Arc<Mutex<RetransmitBuffer>>,
 }
 
 impl PublishedDatabase for DbShared {
@@ -72,6 +73,12 @@ impl PublishedDatabase for DbShared {
     }
     fn committed_version(&self) -> u64 {
         self.committed.load(Ordering::SeqCst)
+    }
+    fn resend(&self, stream_id: u32, seq: u64) -> Option<Arc<Vec<u8>>> {
+        let buf = self.retransmit.lock().unwrap_or_else(|e| e.into_inner());
+        (buf.stream_id() == stream_id)
+            .then(|| buf.get(seq))
+            .flatten()
     }
 }
 
@@ -279,7 +286,12 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
         .local_addr()
         .map_err(|e| Error::io("multicast socket address", e))?;
     let (tx, rx) = chan::unbounded();
+    let retransmit = Arc::new(Mutex::new(RetransmitBuffer::new(
+        stream_id,
+        m.retransmit_buffer_bytes,
+    )));
     let parts = MulticasterParts {
+        retransmit: retransmit.clone(),
         database: name.to_owned(),
         socket: sock,
         group,
@@ -313,6 +325,7 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
         committed: AtomicU64::new(latest),
         mcast_tx: Mutex::new(Some(tx)),
         mcast_thread: Mutex::new(Some(thread)),
+        retransmit,
     }))
 }
 

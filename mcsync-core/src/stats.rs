@@ -80,6 +80,12 @@ counters!(
         repair_updates_sent,
         /// Bytes sent by repair (frames).
         repair_bytes_sent,
+        /// Packet-repair requests served.
+        packet_repairs_served,
+        /// Datagrams resent by packet repair.
+        packets_resent,
+        /// Packets asked for that the retransmit buffer no longer held.
+        packets_not_resent,
         /// Repair requests refused (unknown database, versions that do not exist, bad frames).
         repair_errors,
     }
@@ -132,6 +138,17 @@ counters!(
         repair_updates,
         /// Bytes received by repair (frames).
         repair_bytes,
+        /// Packet-repair requests sent (lost packets fetched one by one).
+        packet_repairs_requested,
+        /// Datagrams received by packet repair.
+        packets_repaired,
+        /// Bytes received by packet repair (frames).
+        packet_repair_bytes,
+        /// Lost packets that packet repair could not deliver (their updates came from the
+        /// journal instead).
+        packets_skipped,
+        /// Packets that arrived out of sequence order.
+        packets_reordered,
         /// Updates evicted from the reorder buffer (repaired later).
         reorder_evicted,
         /// Times the subscriber said HELLO again (publisher silent or sending from a new

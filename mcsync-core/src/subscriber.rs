@@ -9,11 +9,15 @@ use crate::crypto::Keyring;
 use crate::net::receive::{self, Inbound, ReceiveParts};
 use crate::net::repair_client::RepairClient;
 use crate::net::{socket, StopFlag};
-use crate::proto::{decode_chain, ChainAssembler, ChainDrop, LossGenerator, Receiver, ReceiverConfig};
+use crate::proto::{
+    decode_chain, ChainAssembler, ChainDrop, LossGenerator, OpenPacket, PacketReorder, Receiver,
+    ReceiverConfig, ReorderConfig,
+};
 use crate::publisher::validate_database_name;
 use crate::stats::{add, inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
 use crate::store::SubscriberStore;
+use crate::wire::packet::PacketHeader;
 use crate::wire::packet::{Heartbeat, PacketKind};
 use crate::wire::update::{decode_update, Limits};
 use crate::{Error, Result, Update};
@@ -232,7 +236,12 @@ fn start(
         seen_dropped_source: 0,
         receiver,
         assembler: ChainAssembler::new(cfg.max_update_bytes + (64 << 10)),
-        stream: None,
+        reorder: PacketReorder::new(ReorderConfig {
+            repair_delay: cfg.repair_delay,
+            max_bytes: cfg.reorder_buffer_bytes,
+            max_ranges: 64,
+        }),
+        keyring: Keyring::with_key(cfg.key_epoch, &cfg.key),
         callback,
         limits: Limits {
             max_update_bytes: cfg.max_update_bytes,
@@ -270,7 +279,8 @@ struct Process {
     seen_dropped_source: u64,
     receiver: Receiver,
     assembler: ChainAssembler,
-    stream: Option<u32>,
+    reorder: PacketReorder,
+    keyring: Keyring,
     callback: Option<UpdateCallback>,
     limits: Limits,
 }
@@ -279,10 +289,10 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
     let stop = st.shared.stop.clone();
     while !stop.is_stopped() {
         let now = Instant::now();
-        let deadline = st
-            .receiver
-            .next_timeout()
-            .map_or(now + IDLE_WAIT, |t| t.min(now + IDLE_WAIT));
+        let deadline = [st.receiver.next_timeout(), st.reorder.next_timeout()]
+            .into_iter()
+            .flatten()
+            .fold(now + IDLE_WAIT, Instant::min);
         match rx.recv_deadline(deadline) {
             Ok(pkt) => {
                 st.on_packet(pkt);
@@ -292,6 +302,9 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
             }
             Err(chan::RecvTimeoutError::Timeout) => {}
             Err(chan::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some((stream, ranges)) = st.reorder.poll_repair(Instant::now()) {
+            st.packet_repair(&mut client, stream, &ranges);
         }
         if st.apply_ready().is_err() {
             break;
@@ -344,13 +357,59 @@ impl Process {
         }
     }
 
+    /// Takes an authenticated packet from multicast and releases, in sequence order,
+    /// every packet that is now ready.
     fn on_packet(&mut self, pkt: Inbound) {
-        self.last_heard = Instant::now();
-        let c = &self.shared.counters;
-        if self.stream != Some(pkt.header.stream_id) {
-            self.stream = Some(pkt.header.stream_id);
+        let now = Instant::now();
+        self.last_heard = now;
+        if self.reorder.on_packet(now, pkt) {
             self.assembler.reset();
         }
+        self.release_ordered();
+    }
+
+    fn release_ordered(&mut self) {
+        while let Some(p) = self.reorder.poll_release() {
+            self.on_ordered(p);
+        }
+    }
+
+    /// Fetches lost packets one by one from the publisher's retransmit buffer; whatever it
+    /// no longer has is skipped, and the journal repairs those versions.
+    fn packet_repair(&mut self, client: &mut RepairClient, stream: u32, ranges: &[(u64, u64)]) {
+        let c = self.shared.counters.clone();
+        inc(&c.packet_repairs_requested);
+        let mut datagrams = Vec::new();
+        match client.fetch_packets(stream, ranges, |d| datagrams.push(d.to_vec())) {
+            Ok((got, _missing, bytes)) => {
+                add(&c.packets_repaired, got);
+                add(&c.packet_repair_bytes, bytes);
+            }
+            Err(e) => {
+                inc(&c.repair_failures);
+                log::warn!("{}: packet repair failed: {e}", self.shared.name);
+            }
+        }
+        let now = Instant::now();
+        for d in datagrams {
+            let Ok((header, sealed)) = PacketHeader::parse(&d) else {
+                inc(&c.dropped_malformed);
+                continue;
+            };
+            match self.keyring.open(&header, sealed) {
+                Ok(payload) if header.stream_id == stream => {
+                    self.reorder.on_packet(now, OpenPacket { header, payload });
+                }
+                Ok(_) => inc(&c.dropped_malformed),
+                Err(_) => inc(&c.dropped_auth),
+            }
+        }
+        self.reorder.on_repair_done(now);
+        self.release_ordered();
+    }
+
+    fn on_ordered(&mut self, pkt: OpenPacket) {
+        let c = &self.shared.counters;
         let now = Instant::now();
         match pkt.header.kind {
             PacketKind::Heartbeat => match Heartbeat::parse(&pkt.payload) {
@@ -496,6 +555,9 @@ impl Process {
         c.duplicates.store(r.duplicates, Ordering::Relaxed);
         c.gaps_detected.store(r.gaps, Ordering::Relaxed);
         c.reorder_evicted.store(r.evicted, Ordering::Relaxed);
+        let o = self.reorder.counters();
+        c.packets_skipped.store(o.skipped, Ordering::Relaxed);
+        c.packets_reordered.store(o.out_of_order, Ordering::Relaxed);
     }
 }
 

@@ -87,7 +87,7 @@ fn nonce(stream_id: u32, key_epoch: u32, seq: u64) -> [u8; 12] {
 }
 
 /// Seals and opens packets with the key of each epoch it holds.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Keyring {
     keys: BTreeMap<u32, Aes256Gcm>,
 }

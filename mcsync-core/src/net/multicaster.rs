@@ -3,11 +3,11 @@
 
 use super::wall_clock_us;
 use crate::crypto::Keyring;
-use crate::proto::{Sender, SenderConfig};
+use crate::proto::{RetransmitBuffer, Sender, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -41,6 +41,8 @@ pub struct MulticasterParts {
     pub config: SenderConfig,
     /// Publisher counters.
     pub counters: Arc<PublisherCounters>,
+    /// Where sent datagrams are kept for packet repair.
+    pub retransmit: Arc<Mutex<RetransmitBuffer>>,
 }
 
 /// Starts the thread. It runs until every sender of `rx` is dropped, then sends what is
@@ -72,6 +74,10 @@ fn run(p: MulticasterParts, rx: Receiver<Outgoing>) {
                 continue;
             }
             send(&p, &datagram);
+            p.retransmit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(pkt.header.seq, Arc::new(datagram.clone()));
         }
         account(&p.counters, &mut last_counters, sender.counters());
         if !open && !sender.is_busy() {

@@ -4,7 +4,7 @@
 
 use super::StopFlag;
 use crate::crypto::{Keyring, OpenError};
-use crate::proto::{LossGenerator, ReplayWindow};
+use crate::proto::{LossGenerator, OpenPacket, ReplayWindow};
 use crate::stats::{add, inc, SubscriptionCounters};
 use crate::wire::packet::PacketHeader;
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
@@ -15,13 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// An authenticated packet for the process thread.
-#[derive(Debug)]
-pub struct Inbound {
-    /// Its header.
-    pub header: PacketHeader,
-    /// Its decrypted payload.
-    pub payload: Vec<u8>,
-}
+pub type Inbound = OpenPacket;
 
 /// What the receive thread needs.
 pub struct ReceiveParts {

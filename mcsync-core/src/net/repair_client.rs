@@ -118,6 +118,38 @@ impl RepairClient {
         out
     }
 
+    /// Fetches sealed datagrams of `stream_id` (inclusive sequence ranges) from the
+    /// publisher's retransmit buffer, handing each to `on_packet`. Returns how many it
+    /// received, how many the publisher no longer had, and the bytes received.
+    pub fn fetch_packets(
+        &mut self,
+        stream_id: u32,
+        ranges: &[(u64, u64)],
+        mut on_packet: impl FnMut(&[u8]),
+    ) -> Result<(u64, u64, u64)> {
+        if self.conn.is_none() {
+            self.connect()?;
+        }
+        let req = Message::PacketRequest {
+            stream_id,
+            ranges: ranges.to_vec(),
+        };
+        let (mut got, mut bytes) = (0, 0);
+        let mut reply = self.request(&req)?;
+        loop {
+            bytes += reply.1 as u64;
+            match reply.0 {
+                Message::PacketData(d) => {
+                    got += 1;
+                    on_packet(&d);
+                }
+                Message::PacketEnd { missing } => return Ok((got, missing, bytes)),
+                other => return Err(self.unexpected(other)),
+            }
+            reply = self.receive().inspect_err(|_| self.conn = None)?;
+        }
+    }
+
     /// Fetches the inclusive version ranges, handing each encoded update to `on_update`
     /// as it arrives.
     pub fn catch_up(

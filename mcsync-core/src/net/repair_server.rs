@@ -26,6 +26,8 @@ pub trait PublishedDatabase: Send + Sync {
     fn tables(&self) -> DbTables;
     /// Latest committed (journaled) version.
     fn committed_version(&self) -> u64;
+    /// A recently multicast datagram, for packet repair.
+    fn resend(&self, stream_id: u32, seq: u64) -> Option<Arc<Vec<u8>>>;
 }
 
 /// State shared by the accept thread and the connection threads.
@@ -202,6 +204,10 @@ fn serve(stream: TcpStream, ctx: &ServerContext) -> Result<()> {
                 Some(d) => catch_up(ctx, d.as_ref(), &ranges, &mut writer),
                 None => Err(error(ErrorCode::BadRequest, "catch-up before HELLO")),
             },
+            Message::PacketRequest { stream_id, ranges } => match &db {
+                Some(d) => resend(ctx, d.as_ref(), stream_id, &ranges, &mut writer),
+                None => Err(error(ErrorCode::BadRequest, "packet request before HELLO")),
+            },
             other => Err(error(
                 ErrorCode::BadRequest,
                 format!("unexpected message from client: {other:?}"),
@@ -249,6 +255,41 @@ fn hello(
     let info = d.info();
     *db = Some(d);
     Ok(Message::HelloOk(info))
+}
+
+/// Most packets resent for one request.
+const MAX_RESEND: u64 = 65_536;
+
+fn resend(
+    ctx: &ServerContext,
+    db: &dyn PublishedDatabase,
+    stream_id: u32,
+    ranges: &[(u64, u64)],
+    w: &mut impl Write,
+) -> std::result::Result<Message, Message> {
+    let total: u64 = ranges.iter().map(|&(a, b)| b - a + 1).sum();
+    if total > MAX_RESEND {
+        return Err(error(
+            ErrorCode::BadRequest,
+            format!("{total} packets requested; at most {MAX_RESEND} per request"),
+        ));
+    }
+    inc(&ctx.counters.packet_repairs_served);
+    let mut missing = 0;
+    for &(first, last) in ranges {
+        for seq in first..=last {
+            let Some(d) = db.resend(stream_id, seq) else {
+                missing += 1;
+                continue;
+            };
+            let n = write_message(w, &Message::PacketData(d.to_vec()))
+                .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
+            inc(&ctx.counters.packets_resent);
+            add(&ctx.counters.repair_bytes_sent, n as u64);
+        }
+    }
+    add(&ctx.counters.packets_not_resent, missing);
+    Ok(Message::PacketEnd { missing })
 }
 
 fn catch_up(

@@ -8,7 +8,9 @@ pub mod heartbeat;
 pub mod loss;
 pub mod pacer;
 pub mod receiver;
+pub mod reorder;
 pub mod replay;
+pub mod retransmit;
 pub mod sender;
 
 pub use assembler::{Assembled, Chain, ChainAssembler, ChainDrop};
@@ -17,5 +19,7 @@ pub use heartbeat::HeartbeatTimer;
 pub use loss::LossGenerator;
 pub use pacer::Pacer;
 pub use receiver::{Receiver, ReceiverConfig, ReceiverCounters, RepairRanges};
+pub use reorder::{OpenPacket, PacketReorder, ReorderConfig, ReorderCounters};
 pub use replay::ReplayWindow;
+pub use retransmit::RetransmitBuffer;
 pub use sender::{decode_chain, Sender, SenderConfig, SenderCounters};

@@ -93,6 +93,21 @@ pub enum Message {
         /// Latest committed version at the end of the catch-up.
         current_version: u64,
     },
+    /// Client → publisher: resend these packets of a stream (inclusive sequence ranges)
+    /// from the retransmit buffer.
+    PacketRequest {
+        /// Stream id.
+        stream_id: u32,
+        /// Inclusive `(first, last)` sequence ranges, ascending, non-overlapping.
+        ranges: Vec<(u64, u64)>,
+    },
+    /// Publisher → client: one sealed datagram exactly as it was multicast.
+    PacketData(Vec<u8>),
+    /// Publisher → client: the packet repair is complete.
+    PacketEnd {
+        /// Packets requested that the retransmit buffer no longer held.
+        missing: u64,
+    },
     /// Either direction: a failure, with a code and a human-readable message.
     Error {
         /// Machine-readable code.
@@ -108,6 +123,35 @@ const T_CATCHUP_REQUEST: u8 = 3;
 const T_CATCHUP_UPDATE: u8 = 4;
 const T_CATCHUP_END: u8 = 5;
 const T_ERROR: u8 = 6;
+const T_PACKET_REQUEST: u8 = 7;
+const T_PACKET_DATA: u8 = 8;
+const T_PACKET_END: u8 = 9;
+
+fn put_ranges(out: &mut Vec<u8>, ranges: &[(u64, u64)]) {
+    out.put_u16(ranges.len() as u16);
+    for (a, b) in ranges {
+        out.put_u64(*a);
+        out.put_u64(*b);
+    }
+}
+
+/// Reads ascending, non-overlapping, non-empty inclusive ranges of non-zero numbers.
+fn read_ranges(r: &mut Reader<'_>) -> Result<Vec<(u64, u64)>, WireError> {
+    let n = r.u16("range count")? as usize;
+    if n == 0 || n > MAX_RANGES {
+        return Err(WireError::Invalid("range count", n as u64));
+    }
+    let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let a = r.u64("range start")?;
+        let b = r.u64("range end")?;
+        if a == 0 || b < a || ranges.last().is_some_and(|&(_, pb)| a <= pb) {
+            return Err(WireError::Invalid("range", a));
+        }
+        ranges.push((a, b));
+    }
+    Ok(ranges)
+}
 
 fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
     match a.ip() {
@@ -158,11 +202,20 @@ impl Message {
             }
             Message::CatchupRequest { ranges } => {
                 out.put_u8(T_CATCHUP_REQUEST);
-                out.put_u16(ranges.len() as u16);
-                for (a, b) in ranges {
-                    out.put_u64(*a);
-                    out.put_u64(*b);
-                }
+                put_ranges(out, ranges);
+            }
+            Message::PacketRequest { stream_id, ranges } => {
+                out.put_u8(T_PACKET_REQUEST);
+                out.put_u32(*stream_id);
+                put_ranges(out, ranges);
+            }
+            Message::PacketData(bytes) => {
+                out.put_u8(T_PACKET_DATA);
+                out.extend_from_slice(bytes);
+            }
+            Message::PacketEnd { missing } => {
+                out.put_u8(T_PACKET_END);
+                out.put_u64(*missing);
             }
             Message::CatchupUpdate(bytes) => {
                 out.put_u8(T_CATCHUP_UPDATE);
@@ -205,22 +258,20 @@ impl Message {
                 current_version: r.u64("current version")?,
                 oldest_version: r.u64("oldest version")?,
             }),
-            T_CATCHUP_REQUEST => {
-                let n = r.u16("range count")? as usize;
-                if n == 0 || n > MAX_RANGES {
-                    return Err(WireError::Invalid("range count", n as u64));
-                }
-                let mut ranges = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let a = r.u64("range start")?;
-                    let b = r.u64("range end")?;
-                    if a == 0 || b < a || ranges.last().is_some_and(|&(_, pb)| a <= pb) {
-                        return Err(WireError::Invalid("range", a));
-                    }
-                    ranges.push((a, b));
-                }
-                Message::CatchupRequest { ranges }
+            T_CATCHUP_REQUEST => Message::CatchupRequest {
+                ranges: read_ranges(&mut r)?,
+            },
+            T_PACKET_REQUEST => Message::PacketRequest {
+                stream_id: r.u32("stream")?,
+                ranges: read_ranges(&mut r)?,
+            },
+            T_PACKET_DATA => {
+                let n = r.remaining();
+                Message::PacketData(r.bytes(n, "datagram")?.to_vec())
             }
+            T_PACKET_END => Message::PacketEnd {
+                missing: r.u64("missing")?,
+            },
             T_CATCHUP_UPDATE => {
                 let n = r.remaining();
                 Message::CatchupUpdate(r.bytes(n, "update")?.to_vec())

@@ -1,0 +1,222 @@
+//! Puts authenticated packets of a stream back in sequence order and finds the holes, so a
+//! lost packet can be fetched by itself (packet repair from the publisher's retransmit
+//! buffer) instead of re-fetching the whole update it belonged to. Packets are released in
+//! order; a hole that cannot be repaired is skipped, and the chain assembler then drops
+//! the broken chain as usual (its versions are repaired from the journal).
+
+use crate::wire::packet::PacketHeader;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// An authenticated packet: header and decrypted payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPacket {
+    /// Its header.
+    pub header: PacketHeader,
+    /// Its plaintext payload.
+    pub payload: Vec<u8>,
+}
+
+/// Tuning of a [`PacketReorder`].
+#[derive(Debug, Clone)]
+pub struct ReorderConfig {
+    /// Wait after a hole appears before asking for its packets (lets reordered packets in).
+    pub repair_delay: Duration,
+    /// Most payload bytes held behind a hole; above it the hole is skipped.
+    pub max_bytes: usize,
+    /// Most sequence ranges in one packet-repair request.
+    pub max_ranges: usize,
+}
+
+impl Default for ReorderConfig {
+    fn default() -> Self {
+        ReorderConfig {
+            repair_delay: Duration::ZERO,
+            max_bytes: 64 << 20,
+            max_ranges: 64,
+        }
+    }
+}
+
+/// Counters kept by the reorder stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReorderCounters {
+    /// Packets that arrived after one with a higher sequence number.
+    pub out_of_order: u64,
+    /// Packets already released or already held (duplicates).
+    pub duplicates: u64,
+    /// Holes that appeared.
+    pub holes: u64,
+    /// Packet-repair requests issued.
+    pub repair_requests: u64,
+    /// Packets given up on (skipped holes).
+    pub skipped: u64,
+}
+
+/// Sequence ordering for one stream.
+#[derive(Debug)]
+pub struct PacketReorder {
+    config: ReorderConfig,
+    stream: Option<u32>,
+    next_seq: u64,
+    pending: BTreeMap<u64, OpenPacket>,
+    pending_bytes: usize,
+    hole_since: Option<Instant>,
+    in_flight: bool,
+    counters: ReorderCounters,
+}
+
+impl PacketReorder {
+    /// An empty reorder stage; the first packet seen starts the stream.
+    pub fn new(config: ReorderConfig) -> PacketReorder {
+        PacketReorder {
+            config,
+            stream: None,
+            next_seq: 0,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            hole_since: None,
+            in_flight: false,
+            counters: ReorderCounters::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &ReorderCounters {
+        &self.counters
+    }
+
+    /// The stream being ordered.
+    pub fn stream(&self) -> Option<u32> {
+        self.stream
+    }
+
+    /// Feeds an authenticated packet (from multicast or from packet repair). Returns
+    /// whether the stream changed (the caller resets its chain assembly).
+    pub fn on_packet(&mut self, now: Instant, packet: OpenPacket) -> bool {
+        let seq = packet.header.seq;
+        let mut changed = false;
+        if self.stream != Some(packet.header.stream_id) {
+            // A new stream (publisher restart): what was held of the old one is dropped;
+            // the journal repairs its versions.
+            self.counters.skipped += self.pending.len() as u64;
+            self.pending.clear();
+            self.pending_bytes = 0;
+            self.stream = Some(packet.header.stream_id);
+            self.next_seq = seq;
+            self.hole_since = None;
+            self.in_flight = false;
+            changed = true;
+        }
+        if seq < self.next_seq || self.pending.contains_key(&seq) {
+            self.counters.duplicates += 1;
+            return changed;
+        }
+        if self
+            .pending
+            .last_key_value()
+            .is_some_and(|(&top, _)| seq < top)
+        {
+            self.counters.out_of_order += 1;
+        }
+        self.pending_bytes += packet.payload.len();
+        self.pending.insert(seq, packet);
+        if self.pending_bytes > self.config.max_bytes {
+            self.skip_hole();
+        }
+        self.note_hole(now);
+        changed
+    }
+
+    fn has_hole(&self) -> bool {
+        self.pending
+            .first_key_value()
+            .is_some_and(|(&first, _)| first > self.next_seq)
+    }
+
+    fn note_hole(&mut self, now: Instant) {
+        if self.has_hole() {
+            if self.hole_since.is_none() {
+                self.hole_since = Some(now);
+                self.counters.holes += 1;
+            }
+        } else {
+            self.hole_since = None;
+        }
+    }
+
+    /// Gives up on the packets missing before the first held one.
+    fn skip_hole(&mut self) {
+        if let Some((&first, _)) = self.pending.first_key_value() {
+            if first > self.next_seq {
+                self.counters.skipped += first - self.next_seq;
+                self.next_seq = first;
+            }
+        }
+        self.hole_since = None;
+    }
+
+    /// The next packet in sequence order, if it is here.
+    pub fn poll_release(&mut self) -> Option<OpenPacket> {
+        let p = self.pending.remove(&self.next_seq)?;
+        self.pending_bytes -= p.payload.len();
+        self.next_seq += 1;
+        Some(p)
+    }
+
+    /// Missing inclusive sequence ranges below the highest held packet.
+    pub fn missing(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut next = self.next_seq;
+        for &s in self.pending.keys() {
+            if out.len() == self.config.max_ranges {
+                break;
+            }
+            if s > next {
+                out.push((next, s - 1));
+            }
+            next = s + 1;
+        }
+        out
+    }
+
+    /// Packets to fetch now: the stream id and inclusive sequence ranges. After `Some`, the
+    /// caller fetches them, feeds each through [`on_packet`](Self::on_packet), and calls
+    /// [`on_repair_done`](Self::on_repair_done).
+    pub fn poll_repair(&mut self, now: Instant) -> Option<(u32, Vec<(u64, u64)>)> {
+        if self.in_flight {
+            return None;
+        }
+        let since = self.hole_since?;
+        if now < since + self.config.repair_delay {
+            return None;
+        }
+        let ranges = self.missing();
+        let stream = self.stream?;
+        if ranges.is_empty() {
+            return None;
+        }
+        self.in_flight = true;
+        self.counters.repair_requests += 1;
+        Some((stream, ranges))
+    }
+
+    /// The packet repair finished. Whatever is still missing below the held packets is
+    /// given up on (the publisher no longer has it, or the repair failed): the chain
+    /// assembler drops the affected chains and the journal repairs their versions.
+    pub fn on_repair_done(&mut self, now: Instant) {
+        self.in_flight = false;
+        if self.has_hole() {
+            self.skip_hole();
+        }
+        self.note_hole(now);
+    }
+
+    /// When [`poll_repair`](Self::poll_repair) should next be called.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        if self.in_flight {
+            return None;
+        }
+        self.hole_since.map(|t| t + self.config.repair_delay)
+    }
+}
