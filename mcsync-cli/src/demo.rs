@@ -3,7 +3,10 @@
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mcsync::store::state_digest;
-use mcsync::{Key, LossConfig, Publisher, PublisherConfig, Subscriber, SubscriberConfig};
+use mcsync::{
+    Authentication, LossConfig, Publisher, PublisherConfig, ServerTrust, Subscriber,
+    SubscriberConfig,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::net::Ipv4Addr;
@@ -95,8 +98,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     let tmp = tempfile::tempdir()?;
     let root = a.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
-    let key = Key::generate();
-    let mut pc = PublisherConfig::new(root.join("publisher"), key.clone());
+    // Real TLS with a self-signed certificate the subscribers pin; anyone may subscribe.
+    let mut pc = PublisherConfig::new(root.join("publisher"));
+    pc.authentication = Authentication::Open;
     pc.multicast.group = a.group;
     pc.multicast.port = a.port;
     let publisher = Publisher::open(pc)?;
@@ -112,10 +116,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     );
     let mut subs = Vec::new();
     for i in 0..a.subscribers {
+        let trust = ServerTrust::Fingerprint(publisher.fingerprint().unwrap_or_default().into());
         let mut sc = SubscriberConfig::new(
             root.join(format!("subscriber-{i}")),
             publisher.control_addr(),
-            key.clone(),
+            trust,
         );
         sc.loss = (a.loss > 0.0).then_some(LossConfig {
             probability: a.loss,

@@ -26,6 +26,9 @@ enum Command {
     Subscribe(serve::SubscribeArgs),
     /// Print the databases, versions and record counts held in a data directory.
     Status(serve::StatusArgs),
+    /// Manage the users file the publisher authenticates subscribers with.
+    #[command(subcommand)]
+    Users(serve::UsersCommand),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::serve(a),
         Command::Subscribe(a) => serve::subscribe(a),
         Command::Status(a) => serve::status(a),
+        Command::Users(c) => serve::users(c),
     };
     match result {
         Ok(code) => code,

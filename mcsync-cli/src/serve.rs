@@ -1,36 +1,48 @@
-//! `mcsync serve`, `mcsync subscribe`, `mcsync status`.
+//! `mcsync serve`, `mcsync subscribe`, `mcsync status`, `mcsync users`.
 
-use clap::Args;
-use mcsync::{Key, Publisher, PublisherConfig, Subscriber, SubscriberConfig};
+use clap::{Args, Subcommand};
+use mcsync::auth::UsersFile;
+use mcsync::{
+    Authentication, Publisher, PublisherConfig, ServerIdentity, ServerTrust, Subscriber,
+    SubscriberConfig,
+};
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
 /// Options of `mcsync serve`.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Data directory of the publisher's store.
+    /// Data directory of the publisher's store (also holds the self-signed certificate).
     #[arg(long)]
     data_dir: PathBuf,
-    /// Database to publish stdin into.
+    /// Database to publish standard input into.
     #[arg(long, default_value = "default")]
     database: String,
-    /// Control (repair) address to listen on.
+    /// Control (registration and repair) address to listen on.
     #[arg(long, default_value = "127.0.0.1:47000")]
     listen: SocketAddr,
-    /// Key as 64 hex digits (share it with subscribers); `--key-file` reads it from a file.
-    #[arg(long, conflicts_with = "key_file")]
-    key: Option<String>,
-    /// File holding the key as 64 hex digits.
+    /// Users file (see `mcsync users add`); default `<data-dir>/users`.
     #[arg(long)]
-    key_file: Option<PathBuf>,
-    /// First multicast group.
-    #[arg(long, default_value = "239.255.77.1")]
-    group: Ipv4Addr,
-    /// Multicast port.
-    #[arg(long, default_value_t = 47_100)]
-    port: u16,
+    users: Option<PathBuf>,
+    /// TLS certificate chain (PEM); without it a self-signed certificate is generated.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Multicast group range (CIDR).
+    #[arg(long, default_value = "239.255.77.0/24")]
+    groups: String,
+    /// Multicast port range (`first-last`).
+    #[arg(long, default_value = "47100-47109")]
+    ports: String,
+    /// Interface to multicast from.
+    #[arg(long, default_value = "127.0.0.1")]
+    interface: Ipv4Addr,
 }
 
 /// Options of `mcsync subscribe`.
@@ -45,12 +57,21 @@ pub struct SubscribeArgs {
     /// Database to replicate.
     #[arg(long, default_value = "default")]
     database: String,
-    /// Key as 64 hex digits.
-    #[arg(long, conflicts_with = "key_file")]
-    key: Option<String>,
-    /// File holding the key as 64 hex digits.
+    /// User name.
     #[arg(long)]
-    key_file: Option<PathBuf>,
+    user: String,
+    /// File whose first line is the password (default: the MCSYNC_PASSWORD variable).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Pinned SHA-256 fingerprint of the publisher's certificate (`mcsync serve` prints it).
+    #[arg(long, conflicts_with = "ca_file")]
+    fingerprint: Option<String>,
+    /// CA certificates (PEM) to verify the publisher with.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Name to verify in the publisher's certificate (with --ca-file).
+    #[arg(long)]
+    server_name: Option<String>,
 }
 
 /// Options of `mcsync status`.
@@ -61,30 +82,84 @@ pub struct StatusArgs {
     data_dir: PathBuf,
 }
 
-fn load_key(key: Option<String>, file: Option<PathBuf>) -> Result<Key, Box<dyn std::error::Error>> {
-    match (key, file) {
-        (Some(k), _) => Ok(Key::from_hex(&k)?),
-        (None, Some(f)) => Ok(Key::from_hex(&std::fs::read_to_string(&f)?)?),
-        (None, None) => Err("give the key with --key or --key-file".into()),
+/// `mcsync users` subcommands.
+#[derive(Subcommand)]
+pub enum UsersCommand {
+    /// Add a user to a users file (the password is read from standard input's first line,
+    /// or MCSYNC_PASSWORD).
+    Add {
+        /// Users file (created if missing).
+        #[arg(long)]
+        file: PathBuf,
+        /// User name.
+        #[arg(long)]
+        name: String,
+        /// Databases the user may read (comma-separated); all if omitted.
+        #[arg(long, value_delimiter = ',')]
+        databases: Option<Vec<String>>,
+        /// Access groups (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "")]
+        groups: Vec<String>,
+    },
+}
+
+fn read_password(file: Option<&PathBuf>) -> Result<String, Box<dyn std::error::Error>> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)?;
+        return Ok(text.lines().next().unwrap_or("").to_owned());
+    }
+    if let Ok(p) = std::env::var("MCSYNC_PASSWORD") {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Runs `mcsync users ...`.
+pub fn users(cmd: UsersCommand) -> CliResult {
+    match cmd {
+        UsersCommand::Add {
+            file,
+            name,
+            databases,
+            groups,
+        } => {
+            let password = read_password(None)?;
+            if password.is_empty() {
+                return Err("empty password".into());
+            }
+            let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+            UsersFile::add_user(&file, &name, &password, databases.as_deref(), &groups)?;
+            println!("added {name} to {}", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 /// Runs `mcsync serve` until standard input ends.
-pub fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let key = load_key(a.key, a.key_file)?;
-    let mut cfg = PublisherConfig::new(&a.data_dir, key);
+pub fn serve(a: ServeArgs) -> CliResult {
+    let mut cfg = PublisherConfig::new(&a.data_dir);
     cfg.control_addr = a.listen;
-    cfg.multicast.group = a.group;
-    cfg.multicast.port = a.port;
+    cfg.multicast.set_ranges(&a.groups, &a.ports)?;
+    cfg.multicast.interface = a.interface;
+    if let Some(u) = a.users {
+        cfg.authentication = Authentication::UsersFile(u);
+    }
+    if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
+        cfg.identity = ServerIdentity::Files { cert, key };
+    }
     let publisher = Publisher::open(cfg)?;
     let db = publisher.database(&a.database)?;
-    eprintln!(
-        "serving database {:?} at version {} on {} (multicast {}); reading `put KEY VALUE` / `del KEY` lines",
+    println!(
+        "serving database {:?} at version {} on {} (TLS 1.3, certificate SHA-256 fingerprint {}); multicast {}",
         a.database,
         db.version(),
         publisher.control_addr(),
+        publisher.fingerprint().unwrap_or("-"),
         db.group()
     );
+    eprintln!("reading `put KEY VALUE` / `del KEY` lines from standard input");
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line?;
         let mut parts = line.splitn(3, ' ');
@@ -107,9 +182,19 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 }
 
 /// Runs `mcsync subscribe` until interrupted.
-pub fn subscribe(a: SubscribeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let key = load_key(a.key, a.key_file)?;
-    let s = Subscriber::open(SubscriberConfig::new(&a.data_dir, a.server, key))?;
+pub fn subscribe(a: SubscribeArgs) -> CliResult {
+    let trust = match (a.fingerprint, a.ca_file) {
+        (Some(f), _) => ServerTrust::Fingerprint(f),
+        (None, Some(c)) => ServerTrust::CaFile(c),
+        (None, None) => {
+            return Err("give --fingerprint or --ca-file to verify the publisher".into())
+        }
+    };
+    let mut cfg = SubscriberConfig::new(&a.data_dir, a.server, trust);
+    cfg.server_name = a.server_name;
+    cfg.user = a.user;
+    cfg.secret = read_password(a.password_file.as_ref())?.into();
+    let s = Subscriber::open(cfg)?;
     let sub = s.subscribe(&a.database, |u| {
         for op in &u.ops {
             match op.kind {
@@ -139,7 +224,7 @@ pub fn subscribe(a: SubscribeArgs) -> Result<ExitCode, Box<dyn std::error::Error
 }
 
 /// Prints what a publisher's data directory holds.
-pub fn status(a: StatusArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+pub fn status(a: StatusArgs) -> CliResult {
     let store = mcsync::store::PublisherStore::open(&a.data_dir, 1 << 20)?;
     let names = store.database_names()?;
     if names.is_empty() {

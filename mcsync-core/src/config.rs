@@ -1,9 +1,11 @@
 //! Configuration of publishers and subscribers, with the defaults a user gets.
 
-use crate::crypto::Key;
+use crate::auth::Authenticator;
+use crate::net::tls::{ServerIdentity, ServerTrust};
 use crate::{Error, Result};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default largest update (one master transaction, encoded): 16 MiB.
@@ -18,11 +20,16 @@ pub const MAX_DATAGRAM_BYTES: usize = 65_000;
 /// How a publisher multicasts: group allocation, socket options, pacing, heartbeats.
 #[derive(Debug, Clone)]
 pub struct MulticastConfig {
-    /// First group address; database number `i` (in order of first use) gets `group + i`.
-    /// Must be an IPv4 multicast address; 239.0.0.0/8 (administratively scoped) is advised.
+    /// First group address of the range databases are given groups from. Must be an IPv4
+    /// multicast address; 239.0.0.0/8 (administratively scoped) is advised.
     pub group: Ipv4Addr,
-    /// UDP port of every group.
+    /// Number of group addresses in the range (`group`, `group + 1`, ...).
+    pub group_count: u32,
+    /// First UDP port of the range.
     pub port: u16,
+    /// Number of ports in the range. Database number `i` (in order of creation, stable
+    /// across restarts) gets group `i % group_count` and port `i / group_count`.
+    pub port_count: u16,
     /// Interface address to send from (`IP_MULTICAST_IF`); 127.0.0.1 keeps traffic on loopback.
     pub interface: Ipv4Addr,
     /// `IP_MULTICAST_TTL`: 0 stays on the host, 1 on the local network.
@@ -45,11 +52,102 @@ pub struct MulticastConfig {
     pub heartbeat_max: Duration,
 }
 
+impl MulticastConfig {
+    /// Sets the group range from CIDR notation (`239.255.77.0/24`) and the ports from
+    /// `first-last` (or a single port).
+    pub fn set_ranges(&mut self, cidr: &str, ports: &str) -> Result<()> {
+        let bad = |what: &str| Error::Config(what.to_owned());
+        let (addr, len) = cidr
+            .split_once('/')
+            .ok_or_else(|| bad(&format!("group range {cidr:?} is not CIDR (a.b.c.d/n)")))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| bad(&format!("bad address in {cidr:?}")))?;
+        let len: u32 = len
+            .parse()
+            .ok()
+            .filter(|l| (4..=32).contains(l))
+            .ok_or_else(|| bad(&format!("prefix length in {cidr:?} must be 4..=32")))?;
+        let count = 1u64 << (32 - len);
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u16>(), b.trim().parse::<u16>()),
+            None => (ports.trim().parse::<u16>(), ports.trim().parse::<u16>()),
+        };
+        let (first, last) = match (first, last) {
+            (Ok(a), Ok(b)) if a > 0 && a <= b => (a, b),
+            _ => {
+                return Err(bad(&format!(
+                    "port range {ports:?} must be first-last, 1..=65535"
+                )))
+            }
+        };
+        self.group = addr;
+        self.group_count = count.min(u64::from(u32::MAX)) as u32;
+        self.port = first;
+        self.port_count = last - first + 1;
+        Ok(())
+    }
+}
+
+/// When a database is multicast. Outside the schedule updates are only journaled;
+/// subscribers learn of them from heartbeats and catch up by unicast repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// Always multicast (the default).
+    Always,
+    /// Never multicast: every subscriber catches up by unicast.
+    Never,
+    /// Multicast inside these daily windows, `(start, end)` in minutes after midnight UTC;
+    /// a window with `end < start` runs over midnight.
+    Windows(Vec<(u32, u32)>),
+}
+
+impl Schedule {
+    /// Whether multicast is on at `minute_of_day` (0..1440, UTC).
+    pub fn is_open(&self, minute_of_day: u32) -> bool {
+        match self {
+            Schedule::Always => true,
+            Schedule::Never => false,
+            Schedule::Windows(w) => w.iter().any(|&(a, b)| {
+                if a <= b {
+                    (a..b).contains(&minute_of_day)
+                } else {
+                    minute_of_day >= a || minute_of_day < b
+                }
+            }),
+        }
+    }
+}
+
+/// Who may subscribe.
+#[derive(Clone)]
+pub enum Authentication {
+    /// Users and grants from a users file (see [`crate::auth::UsersFile`]); the default is
+    /// `<data_dir>/users`.
+    UsersFile(PathBuf),
+    /// A host-supplied authenticator.
+    Custom(Arc<dyn Authenticator>),
+    /// Anyone may subscribe to every database with no access groups. For tests and demos.
+    Open,
+}
+
+impl std::fmt::Debug for Authentication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Authentication::UsersFile(p) => write!(f, "UsersFile({})", p.display()),
+            Authentication::Custom(_) => f.write_str("Custom(..)"),
+            Authentication::Open => f.write_str("Open"),
+        }
+    }
+}
+
 impl Default for MulticastConfig {
     fn default() -> Self {
         MulticastConfig {
             group: Ipv4Addr::new(239, 255, 77, 1),
+            group_count: 256,
             port: 47_100,
+            port_count: 1,
             interface: Ipv4Addr::LOCALHOST,
             ttl: 1,
             loopback: true,
@@ -71,10 +169,19 @@ pub struct PublisherConfig {
     pub data_dir: PathBuf,
     /// Address the repair (control) server listens on; port 0 picks a free port.
     pub control_addr: SocketAddr,
-    /// Key every database's packets are sealed with (until registration hands out keys).
-    pub key: Key,
-    /// Key epoch of `key`.
-    pub key_epoch: u32,
+    /// The certificate the control channel presents (default: self-signed, kept in the
+    /// data directory).
+    pub identity: ServerIdentity,
+    /// Who may subscribe (default: the users file `<data_dir>/users`).
+    pub authentication: Authentication,
+    /// Rotate every database's key this often (`None`: only on revocation and on demand).
+    pub key_rotation_interval: Option<std::time::Duration>,
+    /// When to multicast.
+    pub schedule: Schedule,
+    /// Rotate keys when a multicast window opens, so subscribers re-register.
+    pub rotate_key_at_window_start: bool,
+    /// Start a database's multicast only once a subscriber has registered for it.
+    pub multicast_on_first_subscription: bool,
     /// Multicast settings.
     pub multicast: MulticastConfig,
     /// Largest encoded update accepted; larger commits fail with `TooLarge` and write nothing.
@@ -84,13 +191,18 @@ pub struct PublisherConfig {
 }
 
 impl PublisherConfig {
-    /// A configuration with defaults, storing in `data_dir` and sealing with `key`.
-    pub fn new(data_dir: impl Into<PathBuf>, key: Key) -> PublisherConfig {
+    /// A configuration with defaults, storing in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> PublisherConfig {
+        let data_dir = data_dir.into();
         PublisherConfig {
-            data_dir: data_dir.into(),
             control_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            key,
-            key_epoch: 1,
+            identity: ServerIdentity::SelfSigned,
+            authentication: Authentication::UsersFile(data_dir.join("users")),
+            key_rotation_interval: None,
+            schedule: Schedule::Always,
+            rotate_key_at_window_start: false,
+            multicast_on_first_subscription: false,
+            data_dir,
             multicast: MulticastConfig::default(),
             max_update_bytes: DEFAULT_MAX_UPDATE_BYTES,
             map_size: 256 << 20,
@@ -105,8 +217,21 @@ impl PublisherConfig {
                 m.group
             )));
         }
-        if m.port == 0 {
-            return Err(Error::Config("multicast port must not be 0".into()));
+        if m.port == 0 || m.group_count == 0 || m.port_count == 0 {
+            return Err(Error::Config(
+                "multicast port must not be 0 and the group and port ranges not empty".into(),
+            ));
+        }
+        if u32::from(m.port) + u32::from(m.port_count) > 65_536 {
+            return Err(Error::Config("multicast port range passes 65535".into()));
+        }
+        if self.identity == ServerIdentity::InsecureLoopback {
+            crate::net::tls::require_loopback(self.control_addr, "control address")?;
+        }
+        if let Schedule::Windows(w) = &self.schedule {
+            if w.iter().any(|&(a, b)| a >= 1440 || b > 1440) {
+                return Err(Error::Config("schedule windows are minutes 0..1440".into()));
+            }
         }
         if !(MIN_DATAGRAM_BYTES..=MAX_DATAGRAM_BYTES).contains(&m.datagram_bytes) {
             return Err(Error::Config(format!(
@@ -147,10 +272,15 @@ pub struct SubscriberConfig {
     pub data_dir: PathBuf,
     /// The publisher's control address.
     pub server: SocketAddr,
-    /// Key the publisher seals with, and its epoch.
-    pub key: Key,
-    /// Key epoch of `key`.
-    pub key_epoch: u32,
+    /// How to check the publisher's certificate.
+    pub trust: ServerTrust,
+    /// Name checked against the publisher's certificate with `ServerTrust::CaFile`
+    /// (default: the server's IP address).
+    pub server_name: Option<String>,
+    /// User name presented at registration.
+    pub user: String,
+    /// The user's secret.
+    pub secret: crate::auth::Secret,
     /// Interface to join groups on.
     pub interface: Ipv4Addr,
     /// Requested `SO_RCVBUF` (the kernel may grant less; stats report what was obtained).
@@ -182,13 +312,19 @@ pub struct SubscriberConfig {
 }
 
 impl SubscriberConfig {
-    /// A configuration with defaults.
-    pub fn new(data_dir: impl Into<PathBuf>, server: SocketAddr, key: Key) -> SubscriberConfig {
+    /// A configuration with defaults, for the publisher at `server` checked as `trust` says.
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        server: SocketAddr,
+        trust: ServerTrust,
+    ) -> SubscriberConfig {
         SubscriberConfig {
             data_dir: data_dir.into(),
             server,
-            key,
-            key_epoch: 1,
+            trust,
+            server_name: None,
+            user: String::new(),
+            secret: crate::auth::Secret::default(),
             interface: Ipv4Addr::LOCALHOST,
             recv_buffer_bytes: 8 << 20,
             channel_capacity: 16_384,

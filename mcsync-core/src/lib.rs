@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod crypto;
 mod error;
@@ -19,9 +20,13 @@ mod subscriber;
 mod update;
 pub mod wire;
 
-pub use config::{LossConfig, MulticastConfig, PublisherConfig, SubscriberConfig};
+pub use auth::{Authenticator, Grant, Secret};
+pub use config::{
+    Authentication, LossConfig, MulticastConfig, PublisherConfig, Schedule, SubscriberConfig,
+};
 pub use crypto::Key;
 pub use error::{Error, ErrorKind, Result};
+pub use net::tls::{ServerIdentity, ServerTrust};
 pub use publisher::{Database, Publisher, Transaction};
 pub use stats::{PublisherStats, SubscriptionStats};
 pub use subscriber::{Subscriber, Subscription, UpdateCallback};

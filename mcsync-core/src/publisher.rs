@@ -4,10 +4,12 @@
 //! into one durable LMDB transaction and answers each caller with its version; one
 //! multicaster thread per database sends; the repair server answers catch-up requests.
 
-use crate::config::PublisherConfig;
-use crate::crypto::Keyring;
-use crate::net::multicaster::{self, MulticasterParts, Outgoing};
-use crate::net::repair_server::{PublishedDatabase, RepairServer, ServerContext};
+use crate::auth::{Authenticator, FailureLimiter, Grant, UsersFile};
+use crate::config::{Authentication, PublisherConfig, Schedule};
+use crate::crypto::{Key, Keyring};
+use crate::net::multicaster::{self, McastCmd, MulticasterParts, Outgoing};
+use crate::net::repair_server::{PublishedDatabase, RepairServer, ServerContext, SubscriberRecord};
+use crate::net::tls::ServerTls;
 use crate::net::{socket, wall_clock_us, StopFlag};
 use crate::proto::{RetransmitBuffer, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters, PublisherStats};
@@ -19,9 +21,10 @@ use crate::{Error, Op, Result, Update};
 use crossbeam_channel as chan;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Commits waiting for the intake thread; callers block when it is full.
 const INTAKE_QUEUE: usize = 4096;
@@ -57,7 +60,12 @@ struct DbShared {
     tables: DbTables,
     info: DatabaseInfo,
     committed: AtomicU64,
-    mcast_tx: Mutex<Option<chan::Sender<Outgoing>>>,
+    /// Keys by epoch, oldest first (current and previous); never written to disk.
+    keys: Mutex<Vec<(u32, Key)>>,
+    last_rotation: Mutex<Instant>,
+    registered: AtomicBool,
+    multicast_on: AtomicBool,
+    mcast_tx: Mutex<Option<chan::Sender<McastCmd>>>,
     mcast_thread: Mutex<Option<JoinHandle<()>>>,
     retransmit: Arc<Mutex<RetransmitBuffer>>,
 }
@@ -66,6 +74,7 @@ impl PublishedDatabase for DbShared {
     fn info(&self) -> DatabaseInfo {
         let mut i = self.info.clone();
         i.current_version = self.committed.load(Ordering::SeqCst);
+        i.oldest_version = i.oldest_version.min(i.current_version.max(1));
         i
     }
     fn tables(&self) -> DbTables {
@@ -73,6 +82,12 @@ impl PublishedDatabase for DbShared {
     }
     fn committed_version(&self) -> u64 {
         self.committed.load(Ordering::SeqCst)
+    }
+    fn keys(&self) -> Vec<(u32, Key)> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn on_registered(&self) {
+        self.registered.store(true, Ordering::SeqCst);
     }
     fn resend(&self, stream_id: u32, seq: u64) -> Option<Arc<Vec<u8>>> {
         let buf = self.retransmit.lock().unwrap_or_else(|e| e.into_inner());
@@ -92,6 +107,10 @@ struct Inner {
     server_ctx: Arc<ServerContext>,
     server: Mutex<Option<RepairServer>>,
     control_addr: SocketAddr,
+    fingerprint: Option<String>,
+    schedule: Mutex<Schedule>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+    stop: crate::net::StopFlag,
 }
 
 /// A publisher: the master side. Cheap to share across threads (`&Publisher` is enough
@@ -124,6 +143,8 @@ impl Publisher {
         config.validate()?;
         let store = Arc::new(PublisherStore::open(&config.data_dir, config.map_size)?);
         store.check()?;
+        let tls = ServerTls::load(&config.identity, &config.data_dir)?;
+        let authenticator = authenticator(&config.authentication)?;
         let counters = Arc::new(PublisherCounters::default());
         let server_ctx = Arc::new(ServerContext {
             store: store.clone(),
@@ -131,6 +152,14 @@ impl Publisher {
             counters: counters.clone(),
             max_request_frame: 64 << 10,
             stop: StopFlag::default(),
+            fingerprint: tls.fingerprint.clone(),
+            tls,
+            authenticator,
+            limiter: FailureLimiter::new(10, Duration::from_secs(60), Duration::from_secs(30)),
+            revoked: std::sync::RwLock::new(store.revoked()?.into_iter().collect()),
+            registry: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            auth_cache: Mutex::new(HashMap::new()),
         });
         let server = RepairServer::start(config.control_addr, server_ctx.clone())?;
         let control_addr = server.addr();
@@ -142,6 +171,8 @@ impl Publisher {
             .map_err(|e| Error::io("spawning intake thread", e))?;
         let publisher = Publisher {
             inner: Arc::new(Inner {
+                fingerprint: server_ctx.fingerprint.clone(),
+                schedule: Mutex::new(config.schedule.clone()),
                 config,
                 store,
                 counters,
@@ -151,12 +182,80 @@ impl Publisher {
                 server_ctx,
                 server: Mutex::new(Some(server)),
                 control_addr,
+                maintenance: Mutex::new(None),
+                stop: StopFlag::default(),
             }),
         };
         for name in publisher.inner.store.database_names()? {
             publisher.database(&name)?;
         }
+        let weak = Arc::downgrade(&publisher.inner);
+        let m = std::thread::Builder::new()
+            .name("mcsync-maintenance".into())
+            .spawn(move || maintenance_loop(weak))
+            .map_err(|e| Error::io("spawning maintenance thread", e))?;
+        *publisher
+            .inner
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(m);
+        if let Some(fp) = &publisher.inner.fingerprint {
+            log::info!("publisher on {control_addr}, certificate SHA-256 fingerprint {fp}");
+        }
         Ok(publisher)
+    }
+
+    /// SHA-256 fingerprint of the control channel's certificate (64 hex digits), for
+    /// subscribers to pin; `None` with `ServerIdentity::InsecureLoopback`.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.inner.fingerprint.as_deref()
+    }
+
+    /// Cuts `user` off: its sessions are refused from now on (also after a restart), and
+    /// every database's key is rotated so it cannot decrypt anything published after this
+    /// call. Other subscribers re-register and continue.
+    pub fn revoke(&self, user: &str) -> Result<()> {
+        self.inner.store.revoke(user)?;
+        self.inner.server_ctx.revoke(user);
+        let dbs: Vec<_> = self.all_databases();
+        for db in dbs {
+            rotate(&self.inner, &db)?;
+        }
+        Ok(())
+    }
+
+    /// Subscribers currently registered (released by CLOSE SUBSCRIPTION or revocation).
+    pub fn subscribers(&self) -> Vec<SubscriberRecord> {
+        let mut v: Vec<_> = self
+            .inner
+            .server_ctx
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|r| r.id);
+        v
+    }
+
+    /// Changes the multicast schedule at run time (takes effect within about 50 ms).
+    pub fn set_schedule(&self, schedule: Schedule) {
+        *self
+            .inner
+            .schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = schedule;
+    }
+
+    fn all_databases(&self) -> Vec<Arc<DbShared>> {
+        self.inner
+            .databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The address subscribers connect to (the repair / control server).
@@ -261,31 +360,134 @@ fn close_inner(inner: &Inner) {
     }
 }
 
-fn group_for(base: Ipv4Addr, index: u64) -> Result<Ipv4Addr> {
-    let g = u64::from(u32::from(base)) + index;
+fn group_for(m: &crate::MulticastConfig, index: u64) -> Result<SocketAddr> {
+    let groups = u64::from(m.group_count);
+    let port_off = index / groups;
+    if port_off >= u64::from(m.port_count) {
+        return Err(Error::Config(format!(
+            "database number {index} has no group left: {} groups × {} ports configured",
+            m.group_count, m.port_count
+        )));
+    }
+    let g = u64::from(u32::from(m.group)) + index % groups;
     let addr = Ipv4Addr::from(u32::try_from(g).unwrap_or(0));
     if !addr.is_multicast() {
         return Err(Error::Config(format!(
-            "database number {index} has no group left after {base}"
+            "database number {index}: group range from {} leaves the multicast space",
+            m.group
         )));
     }
-    Ok(addr)
+    Ok(SocketAddr::new(IpAddr::V4(addr), m.port + port_off as u16))
+}
+
+fn authenticator(a: &Authentication) -> Result<Arc<dyn Authenticator>> {
+    Ok(match a {
+        Authentication::Open => Arc::new(|_: &str, _: &str, _: SocketAddr| Ok(Grant::default())),
+        Authentication::Custom(a) => a.clone(),
+        Authentication::UsersFile(path) => {
+            if !path.exists() {
+                return Err(Error::Config(format!(
+                    "no users file at {}: create one with `mcsync users add`, or configure an authenticator",
+                    path.display()
+                )));
+            }
+            Arc::new(UsersFile::load(path)?)
+        }
+    })
+}
+
+/// Draws a new key epoch and key for `db`, hands it to the multicaster, and keeps the
+/// previous key for packets already built and for repairs of recent packets.
+fn rotate(inner: &Inner, db: &DbShared) -> Result<u32> {
+    let epoch = inner.store.next_key_epoch(&db.name)?;
+    let key = Key::generate();
+    {
+        let mut keys = db.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.push((epoch, key.clone()));
+        let excess = keys.len().saturating_sub(2);
+        keys.drain(..excess);
+    }
+    *db.last_rotation.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    if let Some(tx) = &*db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()) {
+        let _ = tx.send(McastCmd::Rekey(epoch, key));
+    }
+    inc(&inner.counters.key_rotations);
+    log::info!("database {:?}: key rotated to epoch {epoch}", db.name);
+    Ok(epoch)
+}
+
+/// Minute of the day, UTC.
+fn minute_of_day() -> u32 {
+    ((wall_clock_us() / 60_000_000) % 1440) as u32
+}
+
+/// Applies the schedule (multicast windows, multicast on first subscription) and timed
+/// key rotation, every 50 ms, until the publisher closes.
+fn maintenance_loop(weak: std::sync::Weak<Inner>) {
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.stop.is_stopped() {
+            return;
+        }
+        let open = inner
+            .schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_open(minute_of_day());
+        let dbs: Vec<_> = inner
+            .databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for db in dbs {
+            let want = open
+                && (!inner.config.multicast_on_first_subscription
+                    || db.registered.load(Ordering::SeqCst));
+            if db.multicast_on.swap(want, Ordering::SeqCst) != want {
+                if let Some(tx) = &*db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()) {
+                    let _ = tx.send(McastCmd::Multicast(want));
+                }
+                if want && inner.config.rotate_key_at_window_start {
+                    let _ = rotate(&inner, &db);
+                }
+            }
+            if let Some(every) = inner.config.key_rotation_interval {
+                let last = *db.last_rotation.lock().unwrap_or_else(|e| e.into_inner());
+                if last.elapsed() >= every {
+                    if let Err(e) = rotate(&inner, &db) {
+                        log::error!("database {:?}: key rotation failed: {e}", db.name);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
     let cfg = &inner.config;
     let m = &cfg.multicast;
     let index = inner.store.register_database(name)?;
-    let group = SocketAddr::new(IpAddr::V4(group_for(m.group, index)?), m.port);
+    let group = group_for(m, index)?;
     let tables = inner.store.tables(name)?;
     let latest = inner.store.last_version(name)?;
     let oldest = inner.store.oldest_version(tables)?.max(1);
     let stream_id = inner.store.next_stream_id()?;
+    // A fresh key and epoch at every start: a restarted publisher never seals under a key
+    // a previous run used, and keys never touch the disk.
+    let key_epoch = inner.store.next_key_epoch(name)?;
+    let key = Key::generate();
     let sock = socket::sender_socket(m.interface, m.ttl, m.loopback)?;
     let source = sock
         .local_addr()
         .map_err(|e| Error::io("multicast socket address", e))?;
     let (tx, rx) = chan::unbounded();
+    let multicast_on = !cfg.multicast_on_first_subscription;
+    if !multicast_on {
+        let _ = tx.send(McastCmd::Multicast(false));
+    }
     let retransmit = Arc::new(Mutex::new(RetransmitBuffer::new(
         stream_id,
         m.retransmit_buffer_bytes,
@@ -295,8 +497,8 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
         database: name.to_owned(),
         socket: sock,
         group,
-        keyring: Keyring::with_key(cfg.key_epoch, &cfg.key),
-        key_epoch: cfg.key_epoch,
+        keyring: Keyring::with_key(key_epoch, &key),
+        key_epoch,
         stream_id,
         latest,
         oldest,
@@ -318,11 +520,18 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
         info: DatabaseInfo {
             group,
             source,
-            key_epoch: cfg.key_epoch,
+            encrypted: true,
+            keys: Vec::new(),
+            groups: Vec::new(),
             current_version: latest,
             oldest_version: oldest,
+            subscriber_id: 0,
         },
         committed: AtomicU64::new(latest),
+        keys: Mutex::new(vec![(key_epoch, key)]),
+        last_rotation: Mutex::new(Instant::now()),
+        registered: AtomicBool::new(false),
+        multicast_on: AtomicBool::new(multicast_on),
         mcast_tx: Mutex::new(Some(tx)),
         mcast_thread: Mutex::new(Some(thread)),
         retransmit,
@@ -383,10 +592,10 @@ fn intake_loop(rx: chan::Receiver<CommitRequest>, store: &PublisherStore, c: &Pu
                 for (r, (u, enc)) in batch.into_iter().zip(staged) {
                     r.db.committed.store(u.version, Ordering::SeqCst);
                     if let Some(tx) = &*r.db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()) {
-                        let _ = tx.send(Outgoing {
+                        let _ = tx.send(McastCmd::Update(Outgoing {
                             version: u.version,
                             encoded: enc,
-                        });
+                        }));
                     }
                     let _ = r.reply.send(Ok(u.version));
                 }
@@ -415,6 +624,21 @@ impl Database {
     /// Latest committed version (0 before the first commit).
     pub fn version(&self) -> u64 {
         self.db.committed.load(Ordering::SeqCst)
+    }
+
+    /// Rotates this database's key now; returns the new epoch.
+    pub fn rotate_key(&self) -> Result<u32> {
+        rotate(&self.inner, &self.db)
+    }
+
+    /// The current key epoch.
+    pub fn key_epoch(&self) -> u32 {
+        self.db
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .map_or(0, |k| k.0)
     }
 
     /// The multicast group and port this database is sent to.

@@ -86,6 +86,16 @@ counters!(
         packets_resent,
         /// Packets asked for that the retransmit buffer no longer held.
         packets_not_resent,
+        /// Registrations (HELLOs answered with a database's parameters and keys).
+        registrations,
+        /// Authentication or authorization failures.
+        auth_failures,
+        /// Logins refused because their source failed too often.
+        auth_rate_limited,
+        /// Connections that failed the TLS handshake or broke mid-frame.
+        tls_failures,
+        /// Key rotations.
+        key_rotations,
         /// Repair requests refused (unknown database, versions that do not exist, bad frames).
         repair_errors,
     }
@@ -151,6 +161,12 @@ counters!(
         packets_reordered,
         /// Updates evicted from the reorder buffer (repaired later).
         reorder_evicted,
+        /// Registrations refused (wrong credentials, revoked, not allowed).
+        auth_failures,
+        /// Key epochs learned by re-registering.
+        key_changes,
+        /// Updates whose ops were partly or wholly withheld by access groups.
+        updates_filtered,
         /// Times the subscriber said HELLO again (publisher silent or sending from a new
         /// source).
         resubscriptions,

@@ -7,7 +7,8 @@
 use crate::config::SubscriberConfig;
 use crate::crypto::Keyring;
 use crate::net::receive::{self, Inbound, ReceiveParts};
-use crate::net::repair_client::RepairClient;
+use crate::net::repair_client::{ClientIdentity, RepairClient};
+use crate::net::tls::ClientTls;
 use crate::net::{socket, StopFlag};
 use crate::proto::{
     decode_chain, ChainAssembler, ChainDrop, LossGenerator, OpenPacket, PacketReorder, Receiver,
@@ -17,14 +18,15 @@ use crate::publisher::validate_database_name;
 use crate::stats::{add, inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
 use crate::store::SubscriberStore;
+use crate::wire::control::DatabaseInfo;
 use crate::wire::packet::PacketHeader;
 use crate::wire::packet::{Heartbeat, PacketKind};
 use crate::wire::update::{decode_update, Limits};
 use crate::{Error, Result, Update};
 use crossbeam_channel as chan;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -39,8 +41,23 @@ const APPLY_BATCH_BYTES: usize = 32 << 20;
 /// Longest the process thread sleeps before re-checking its stop flag.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
+/// A keyring holding the keys a registration handed out.
+fn keyring_from(info: &DatabaseInfo) -> Keyring {
+    let mut k = Keyring::default();
+    for (epoch, key) in &info.keys {
+        k.insert(*epoch, key);
+    }
+    k
+}
+
+/// Whether a record restricted to `op_groups` is visible to a holder of `mine`.
+fn visible(op_groups: &[String], mine: &[String]) -> bool {
+    op_groups.is_empty() || op_groups.iter().any(|g| mine.contains(g))
+}
+
 struct SubShared {
     name: String,
+    auth_error: Mutex<Option<String>>,
     store: Arc<SubscriberStore>,
     tables: ReplicaTables,
     counters: Arc<SubscriptionCounters>,
@@ -168,20 +185,16 @@ fn start(
     let tables = store.tables(name)?;
     let applied = store.applied_version(name)?;
     let max_frame = cfg.max_update_bytes + 1024;
-    let mut client = RepairClient::new(
-        cfg.server,
-        name,
-        &cfg.client_name,
-        cfg.repair_io_timeout,
-        max_frame,
-    );
+    let identity = ClientIdentity {
+        server: cfg.server,
+        tls: ClientTls::new(&cfg.trust, cfg.server, cfg.server_name.as_deref())?,
+        user: cfg.user.clone(),
+        secret: cfg.secret.clone(),
+        client_name: cfg.client_name.clone(),
+    };
+    let mut client = RepairClient::new(identity, name, cfg.repair_io_timeout, max_frame);
     let info = client.hello()?;
-    if info.key_epoch != cfg.key_epoch {
-        return Err(Error::Config(format!(
-            "database {name:?} is sealed under key epoch {}, configured epoch is {}",
-            info.key_epoch, cfg.key_epoch
-        )));
-    }
+    let keyring = Arc::new(RwLock::new(keyring_from(&info)));
     let (sock, granted) =
         socket::receiver_socket(info.group, cfg.interface, cfg.recv_buffer_bytes)?;
     let counters = Arc::new(SubscriptionCounters::default());
@@ -194,6 +207,7 @@ fn start(
         tables,
         counters: counters.clone(),
         version: Mutex::new(applied),
+        auth_error: Mutex::new(None),
         advanced: Condvar::new(),
         failure: Mutex::new(None),
         stop: StopFlag::default(),
@@ -202,12 +216,14 @@ fn start(
     });
     let (tx, rx) = chan::bounded(cfg.channel_capacity);
     let source = Arc::new(Mutex::new(cfg.verify_source.then_some(info.source)));
+    let rekey = Arc::new(AtomicBool::new(false));
     let recv = receive::spawn(
         ReceiveParts {
             database: name.to_owned(),
             socket: sock,
             source: source.clone(),
-            keyring: Keyring::with_key(cfg.key_epoch, &cfg.key),
+            keyring: keyring.clone(),
+            rekey: rekey.clone(),
             loss: cfg.loss.as_ref().map(LossGenerator::new),
             counters,
             stop: shared.stop.clone(),
@@ -241,7 +257,10 @@ fn start(
             max_bytes: cfg.reorder_buffer_bytes,
             max_ranges: 64,
         }),
-        keyring: Keyring::with_key(cfg.key_epoch, &cfg.key),
+        keyring,
+        rekey,
+        groups: info.groups.clone(),
+        auth_backoff: false,
         callback,
         limits: Limits {
             max_update_bytes: cfg.max_update_bytes,
@@ -280,7 +299,10 @@ struct Process {
     receiver: Receiver,
     assembler: ChainAssembler,
     reorder: PacketReorder,
-    keyring: Keyring,
+    keyring: Arc<RwLock<Keyring>>,
+    rekey: Arc<AtomicBool>,
+    groups: Vec<String>,
+    auth_backoff: bool,
     callback: Option<UpdateCallback>,
     limits: Limits,
 }
@@ -318,20 +340,41 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
         st.sync_counters();
     }
     st.sync_counters();
+    if st
+        .shared
+        .failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_none()
+    {
+        if let Err(e) = client.close_subscription() {
+            log::debug!("{}: CLOSE SUBSCRIPTION: {e}", st.shared.name);
+        }
+    }
 }
 
 impl Process {
-    /// Says HELLO again when the publisher has been silent too long, or packets arrive
-    /// from an unexpected source (it may have restarted on another port): learns its
-    /// current source and version, then catches up as usual.
+    /// Says HELLO again (re-registers) when the publisher has been silent too long,
+    /// packets arrive from an unexpected source (it may have restarted on another port),
+    /// or packets show a key epoch we do not hold (the key was rotated): learns the current
+    /// source, keys, groups and version, then catches up as usual.
     fn maybe_hello_again(&mut self, client: &mut RepairClient) {
         let now = Instant::now();
-        let c = &self.shared.counters;
+        let c = self.shared.counters.clone();
         let dropped = c.dropped_source.load(Ordering::Relaxed);
         let foreign = dropped > self.seen_dropped_source;
         let since_hello = now.duration_since(self.last_hello);
         let silent = now.duration_since(self.last_heard) > self.silence_timeout;
-        let due = (foreign && since_hello > Duration::from_secs(1))
+        let rekey = self.rekey.load(Ordering::Relaxed);
+        // After an authorization failure, try again only every few seconds.
+        let gap = if self.auth_backoff {
+            Duration::from_secs(3)
+        } else if foreign && !rekey {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        let due = ((rekey || foreign) && since_hello > gap)
             || (silent && since_hello > self.silence_timeout);
         if !due {
             return;
@@ -340,21 +383,52 @@ impl Process {
         self.seen_dropped_source = dropped;
         inc(&c.resubscriptions);
         match client.hello() {
-            Ok(info) => {
-                let mut src = self.source.lock().unwrap_or_else(|e| e.into_inner());
-                if src.is_some_and(|s| s != info.source) {
-                    log::info!(
-                        "{}: publisher now sends from {}",
-                        self.shared.name,
-                        info.source
-                    );
-                    *src = Some(info.source);
+            Ok(info) => self.on_registered(now, &info),
+            Err(e) => {
+                log::warn!("{}: registering again failed: {e}", self.shared.name);
+                if e.kind() == crate::ErrorKind::Auth {
+                    inc(&c.auth_failures);
+                    self.auth_backoff = true;
+                    *self
+                        .shared
+                        .auth_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    self.shared.advanced.notify_all();
                 }
-                drop(src);
-                self.receiver.on_heartbeat(now, info.current_version);
             }
-            Err(e) => log::warn!("{}: HELLO again failed: {e}", self.shared.name),
         }
+    }
+
+    /// Adopts what a registration returned: keys, groups, source, latest version.
+    fn on_registered(&mut self, now: Instant, info: &DatabaseInfo) {
+        self.auth_backoff = false;
+        *self
+            .shared
+            .auth_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        {
+            let mut k = self.keyring.write().unwrap_or_else(|e| e.into_inner());
+            let before = k.newest_epoch();
+            *k = keyring_from(info);
+            if k.newest_epoch() != before {
+                inc(&self.shared.counters.key_changes);
+            }
+        }
+        self.rekey.store(false, Ordering::Relaxed);
+        self.groups = info.groups.clone();
+        let mut src = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        if src.is_some_and(|s| s != info.source) {
+            log::info!(
+                "{}: publisher now sends from {}",
+                self.shared.name,
+                info.source
+            );
+            *src = Some(info.source);
+        }
+        drop(src);
+        self.receiver.on_heartbeat(now, info.current_version);
     }
 
     /// Takes an authenticated packet from multicast and releases, in sequence order,
@@ -396,7 +470,12 @@ impl Process {
                 inc(&c.dropped_malformed);
                 continue;
             };
-            match self.keyring.open(&header, sealed) {
+            let opened = self
+                .keyring
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .open(&header, sealed);
+            match opened {
                 Ok(payload) if header.stream_id == stream => {
                     self.reorder.on_packet(now, OpenPacket { header, payload });
                 }
@@ -465,6 +544,7 @@ impl Process {
             let Some(last) = batch.last().map(|u| u.version) else {
                 return Ok(());
             };
+            let shown = self.filter(&mut batch);
             if let Err(e) = self
                 .shared
                 .store
@@ -484,7 +564,7 @@ impl Process {
             inc(&c.apply_commits);
             add(&c.updates_applied, batch.len() as u64);
             if let Some(cb) = self.callback.as_mut() {
-                for u in &batch {
+                for u in &shown {
                     let run = std::panic::AssertUnwindSafe(|| cb(u));
                     if std::panic::catch_unwind(run).is_err() {
                         inc(&c.callback_panics);
@@ -500,6 +580,35 @@ impl Process {
                 .unwrap_or_else(|e| e.into_inner()) = last;
             self.shared.advanced.notify_all();
         }
+    }
+
+    /// Enforces access groups. Puts of records this subscriber may not read become deletes
+    /// of their keys in `batch` (so the record never lands in the replica, and an older
+    /// visible value does not linger); the returned updates, for the callbacks, hold only
+    /// the visible operations.
+    fn filter(&self, batch: &mut [Update]) -> Vec<Update> {
+        let mut shown = Vec::with_capacity(batch.len());
+        for u in batch.iter_mut() {
+            let mut withheld = false;
+            let mut visible_ops = Vec::new();
+            for op in &mut u.ops {
+                if visible(&op.groups, &self.groups) {
+                    visible_ops.push(op.clone());
+                } else {
+                    withheld = true;
+                    *op = crate::Op::delete(std::mem::take(&mut op.key));
+                }
+            }
+            if withheld {
+                inc(&self.shared.counters.updates_filtered);
+            }
+            shown.push(Update {
+                version: u.version,
+                timestamp_us: u.timestamp_us,
+                ops: visible_ops,
+            });
+        }
+        shown
     }
 
     fn repair(&mut self, client: &mut RepairClient, ranges: &[(u64, u64)]) -> Result<()> {
@@ -604,6 +713,17 @@ impl Subscription {
                 .unwrap_or_else(|e| e.into_inner())
             {
                 return Err(Error::Storage(f.clone()));
+            }
+            if let Some(a) = &*self
+                .shared
+                .auth_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+            {
+                return Err(Error::Auth(format!(
+                    "database {:?} at version {}: {a}",
+                    self.shared.name, *cur
+                )));
             }
             if self.shared.stop.is_stopped() {
                 return Err(Error::Closed(format!(

@@ -14,16 +14,17 @@
 
 use mcsync::crypto::{Key, Keyring};
 use mcsync::proto::{
-    decode_chain, ChainAssembler, ChainDrop, LossGenerator, Receiver, ReceiverConfig,
-    RepairRanges, ReplayWindow, Sender, SenderConfig,
+    decode_chain, ChainAssembler, ChainDrop, LossGenerator, OpenPacket, PacketReorder, Receiver,
+    ReceiverConfig, ReorderConfig, RepairRanges, ReplayWindow, RetransmitBuffer, Sender,
+    SenderConfig,
 };
-use mcsync::wire::packet::{Compression, Heartbeat, PacketHeader, PacketKind};
+use mcsync::wire::packet::{Compression, Heartbeat, PacketHeader, PacketKind, FIC};
 use mcsync::wire::update::{decode_update, update_to_vec, Limits};
 use mcsync::{LossConfig, Op, OpKind, Update};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +53,8 @@ struct Params {
     /// Probability that an attacker injects a forged heartbeat after a packet.
     forge: f64,
     base_delay: Duration,
-    /// Extra random delay per packet, bounded; reorders packets.
+    /// Probability that a packet is held back by up to `jitter` (which reorders it).
+    reorder: f64,
     jitter: Duration,
     /// Probability that a commit follows an idle gap.
     idle_gap: f64,
@@ -65,6 +67,10 @@ struct Params {
     publisher_restart: bool,
     repair_fail: f64,
     repair_rtt: Duration,
+    /// Whether subscribers put packets in sequence order and fetch lost packets from the
+    /// publisher's retransmit buffer (as `subscriber.rs` does) before repairing versions.
+    packet_repair: bool,
+    retransmit_bytes: usize,
     sender: SenderConfig,
     receiver: ReceiverConfig,
 }
@@ -82,8 +88,8 @@ impl Params {
         };
         let heartbeat_initial = dur_us(rng, 500, 5_000);
         Params {
-            updates: rng.gen_range(20..=200),
-            subscribers: rng.gen_range(1..=4),
+            updates: rng.gen_range(20..=150),
+            subscribers: rng.gen_range(1..=3),
             keyspace: rng.gen_range(5..=200),
             loss,
             burst_len: if rng.gen_bool(0.5) {
@@ -103,17 +109,18 @@ impl Params {
             },
             forge: if rng.gen_bool(0.9) { 0.0 } else { 0.01 },
             base_delay: dur_us(rng, 50, 2_000),
-            jitter: if rng.gen_bool(0.4) {
-                Duration::ZERO
+            reorder: if rng.gen_bool(0.4) {
+                0.0
             } else {
-                dur_us(rng, 10, 5_000)
+                rng.gen_range(0.0..0.1)
             },
+            jitter: dur_us(rng, 10, 5_000),
             idle_gap: rng.gen_range(0.0..0.1),
             max_idle: dur_us(rng, 5_000, 500_000),
             large: if rng.gen_bool(0.3) {
                 0.0
             } else {
-                rng.gen_range(0.0..0.08)
+                rng.gen_range(0.0..0.04)
             },
             ops_max: if rng.gen_bool(0.8) { 4 } else { 20 },
             restarts_per_sub: rng.gen_range(0..=2),
@@ -125,8 +132,14 @@ impl Params {
                 rng.gen_range(0.0..0.4)
             },
             repair_rtt: dur_us(rng, 100, 10_000),
+            packet_repair: rng.gen_bool(0.75),
+            retransmit_bytes: if rng.gen_bool(0.3) {
+                rng.gen_range(2_000..=100_000)
+            } else {
+                64 << 20
+            },
             sender: SenderConfig {
-                datagram_bytes: [128, 300, 576, 1_400, 1_400, 1_400, 9_000][rng.gen_range(0..7)],
+                datagram_bytes: [200, 576, 1_400, 1_400, 1_400, 9_000][rng.gen_range(0..6)],
                 max_bundle_bytes: rng.gen_range(64..=16_384),
                 heartbeat_initial,
                 heartbeat_max: heartbeat_initial.max(dur_us(rng, 5_000, 200_000)),
@@ -171,7 +184,9 @@ fn value(rng: &mut ChaCha8Rng, len: usize, version: u64) -> Vec<u8> {
     if rng.gen_bool(0.5) {
         // Compressible text.
         let word = format!("v{version}-{} ", rng.gen_range(0..1_000));
-        word.bytes().cycle().take(len).collect()
+        let mut v = word.as_bytes().repeat(len / word.len() + 1);
+        v.truncate(len);
+        v
     } else {
         let mut v = vec![0u8; len];
         rng.fill(&mut v[..]);
@@ -188,7 +203,7 @@ fn random_update(rng: &mut ChaCha8Rng, p: &Params, version: u64) -> Update {
                 Op::delete(key)
             } else {
                 let len = if rng.gen_bool(p.large) {
-                    rng.gen_range(2_000..=60_000)
+                    rng.gen_range(2_000..=24_000)
                 } else {
                     rng.gen_range(0..=300)
                 };
@@ -247,8 +262,14 @@ struct Stats {
     chains_broken: u64,
     chains_orphaned: u64,
     chains_complete: u64,
+    multi_packet_chains: u64,
     heartbeat_revealed_gap: u64,
     repairs: u64,
+    packet_repairs: u64,
+    packets_repaired: u64,
+    packets_gone: u64,
+    packets_skipped: u64,
+    requests_checked: u64,
     repair_failures: u64,
     versions_repaired: u64,
     evicted: u64,
@@ -286,8 +307,14 @@ impl Stats {
             chains_broken,
             chains_orphaned,
             chains_complete,
+            multi_packet_chains,
             heartbeat_revealed_gap,
             repairs,
+            packet_repairs,
+            packets_repaired,
+            packets_gone,
+            packets_skipped,
+            requests_checked,
             repair_failures,
             versions_repaired,
             evicted,
@@ -363,7 +390,93 @@ struct Live {
     windows: HashMap<u32, ReplayWindow>,
     highest_seq: HashMap<u32, u64>,
     stream: Option<u32>,
+    reorder: Option<PacketReorder>,
     repair: Option<RepairRanges>,
+    /// Versions handed to the receiver and not yet handed out (unless evicted).
+    buffered: BTreeSet<u64>,
+}
+
+impl Live {
+    /// The process thread: packet order (with the reorder stage), stream changes, then
+    /// heartbeats and chains.
+    fn on_authentic(&mut self, now: Instant, pkt: OpenPacket, st: &mut Stats, limits: &Limits) {
+        match self.reorder.as_mut() {
+            Some(r) => {
+                if r.on_packet(now, pkt) {
+                    self.assembler.reset();
+                }
+                self.release_ordered(now, st, limits);
+            }
+            None => {
+                if self.stream != Some(pkt.header.stream_id) {
+                    self.stream = Some(pkt.header.stream_id);
+                    self.assembler.reset();
+                }
+                self.on_ordered(now, pkt, st, limits);
+            }
+        }
+    }
+
+    fn release_ordered(&mut self, now: Instant, st: &mut Stats, limits: &Limits) {
+        while let Some(p) = self.reorder.as_mut().and_then(|r| r.poll_release()) {
+            self.on_ordered(now, p, st, limits);
+        }
+    }
+
+    fn on_ordered(&mut self, now: Instant, pkt: OpenPacket, st: &mut Stats, limits: &Limits) {
+        let header = pkt.header;
+        match header.kind {
+            PacketKind::Heartbeat => {
+                let hb = Heartbeat::parse(&pkt.payload).expect("an authentic heartbeat parses");
+                if hb.latest_version > self.receiver.known_latest() {
+                    st.heartbeat_revealed_gap += 1;
+                }
+                self.receiver.on_heartbeat(now, hb.latest_version);
+            }
+            PacketKind::Data => {
+                let out = self.assembler.on_packet(&header, &pkt.payload);
+                match out.dropped {
+                    Some(ChainDrop::Broken) => st.chains_broken += 1,
+                    Some(ChainDrop::Orphan) => st.chains_orphaned += 1,
+                    Some(ChainDrop::BadLength) => panic!("an authentic chain has a bad length"),
+                    None => {}
+                }
+                if let Some(chain) = out.chain {
+                    st.chains_complete += 1;
+                    st.multi_packet_chains += u64::from(header.flags & FIC == 0);
+                    let updates = decode_chain(&chain, limits, MAX_CHAIN)
+                        .expect("an authentic chain decodes");
+                    for u in updates {
+                        self.feed(now, u);
+                    }
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, now: Instant, u: Update) {
+        let v = u.version;
+        if self.receiver.on_update(now, u) {
+            self.buffered.insert(v);
+        }
+    }
+
+    /// What the receiver should ask for: every version in (applied, known latest] it was
+    /// not given, as at most `max` ranges. Only exact while nothing was evicted.
+    fn expected_missing(&self, applied: u64, max: usize) -> RepairRanges {
+        let mut out: RepairRanges = Vec::new();
+        for v in applied + 1..=self.receiver.known_latest() {
+            if self.buffered.contains(&v) {
+                continue;
+            }
+            match out.last_mut() {
+                Some(r) if r.1 + 1 == v => r.1 = v,
+                _ => out.push((v, v)),
+            }
+        }
+        out.truncate(max);
+        out
+    }
 }
 
 struct Sub {
@@ -382,7 +495,6 @@ struct Sub {
 // The simulation
 
 struct Sim {
-    seed: u64,
     rng: ChaCha8Rng,
     p: Params,
     base: Instant,
@@ -400,6 +512,7 @@ struct Sim {
     epoch: u32,
     stream_id: u32,
     sender: Sender,
+    retransmit: RetransmitBuffer,
     subs: Vec<Sub>,
     lifecycle_pending: usize,
     limits: Limits,
@@ -450,7 +563,6 @@ impl Sim {
         let stream_id = rng.gen();
         let sender = Sender::new(base, stream_id, 1, 0, p.sender.clone());
         let mut sim = Sim {
-            seed,
             rng,
             base,
             now: Duration::ZERO,
@@ -465,6 +577,7 @@ impl Sim {
             epoch: 1,
             stream_id,
             sender,
+            retransmit: RetransmitBuffer::new(stream_id, p.retransmit_bytes),
             subs,
             lifecycle_pending: 0,
             limits: Limits::default(),
@@ -537,6 +650,7 @@ impl Sim {
             self.epoch = 2;
         }
         self.stats.compressed_chains += self.sender.counters().compressed_chains;
+        self.retransmit = RetransmitBuffer::new(id, self.p.retransmit_bytes);
         // Whatever was queued and not sent is now only in the journal.
         self.sender = Sender::new(
             self.instant(),
@@ -560,6 +674,7 @@ impl Sim {
                 self.stats.heartbeats += 1;
             }
             let dg = Arc::new(datagram.clone());
+            self.retransmit.push(pkt.header.seq, dg.clone());
             for sub in 0..self.subs.len() {
                 self.send_to(sub, &dg, data);
             }
@@ -606,12 +721,11 @@ impl Sim {
     }
 
     fn delay(&mut self) -> Duration {
-        let j = self.p.jitter.as_micros() as u64;
-        self.p.base_delay + Duration::from_micros(if j == 0 {
-            0
+        if self.p.reorder > 0.0 && self.rng.gen_bool(self.p.reorder) {
+            self.p.base_delay + dur_us(&mut self.rng, 1, self.p.jitter.as_micros() as u64)
         } else {
-            self.rng.gen_range(0..=j)
-        })
+            self.p.base_delay
+        }
     }
 
     fn send_to(&mut self, sub: usize, dg: &Arc<Vec<u8>>, data: bool) {
@@ -649,8 +763,8 @@ impl Sim {
             let mut bad = dg.as_ref().clone();
             let bit = self.rng.gen_range(0..bad.len() * 8);
             bad[bit / 8] ^= 1 << (bit % 8);
-            // Sometimes ahead of the genuine packet, so it must not take its replay slot.
-            let at = self.now + self.delay().saturating_sub(self.p.base_delay / 2);
+            // Ahead of the genuine packet, so it must not take its replay slot.
+            let at = self.now + self.p.base_delay / 2;
             self.schedule(
                 at,
                 Event::Arrive {
@@ -677,7 +791,15 @@ impl Sim {
             windows: HashMap::new(),
             highest_seq: HashMap::new(),
             stream: None,
+            reorder: self.p.packet_repair.then(|| {
+                PacketReorder::new(ReorderConfig {
+                    repair_delay: self.p.receiver.repair_delay,
+                    max_bytes: self.p.receiver.buffer_bytes,
+                    max_ranges: 64,
+                })
+            }),
             repair: None,
+            buffered: BTreeSet::new(),
         });
         self.after_input(i);
     }
@@ -688,6 +810,7 @@ impl Sim {
             return; // already down
         };
         self.stats.evicted += live.receiver.counters().evicted;
+        self.stats.packets_skipped += live.reorder.as_ref().map_or(0, |r| r.counters().skipped);
         s.generation += 1;
         self.stats.restarts += 1;
         let down = dur_us(&mut self.rng, 0, self.p.max_downtime.as_micros() as u64);
@@ -736,42 +859,13 @@ impl Sim {
             st.reordered += 1;
         }
         *hi = (*hi).max(header.seq);
-        // The process thread: stream change, heartbeats, chain assembly, ordering.
-        if live.stream != Some(header.stream_id) {
-            live.stream = Some(header.stream_id);
-            live.assembler.reset();
-        }
-        match header.kind {
-            PacketKind::Heartbeat => {
-                let hb = Heartbeat::parse(&payload).expect("an authentic heartbeat parses");
-                if hb.latest_version > live.receiver.known_latest() {
-                    st.heartbeat_revealed_gap += 1;
-                }
-                live.receiver.on_heartbeat(now, hb.latest_version);
-            }
-            PacketKind::Data => {
-                let out = live.assembler.on_packet(&header, &payload);
-                match out.dropped {
-                    Some(ChainDrop::Broken) => st.chains_broken += 1,
-                    Some(ChainDrop::Orphan) => st.chains_orphaned += 1,
-                    Some(ChainDrop::BadLength) => panic!("an authentic chain has a bad length"),
-                    None => {}
-                }
-                if let Some(chain) = out.chain {
-                    st.chains_complete += 1;
-                    let updates = decode_chain(&chain, &self.limits, MAX_CHAIN)
-                        .expect("an authentic chain decodes");
-                    for u in updates {
-                        live.receiver.on_update(now, u);
-                    }
-                }
-            }
-        }
+        live.on_authentic(now, OpenPacket { header, payload }, st, &self.limits);
         self.after_input(i);
     }
 
     /// Applies what is ready, then asks for repair if the receiver wants one.
     fn after_input(&mut self, i: usize) {
+        self.packet_repair(i);
         self.apply_ready(i);
         let now = self.instant();
         let latest = self.latest();
@@ -794,7 +888,18 @@ impl Sim {
             assert!(a > prev && a <= b, "bad ranges {ranges:?} at {prev}");
             prev = b;
         }
-        assert!(prev <= latest, "repair of {ranges:?} beyond the master's {latest}");
+        assert!(
+            prev <= latest,
+            "repair of {ranges:?} beyond the master's {latest}"
+        );
+        if live.receiver.counters().evicted == 0 {
+            let expected = live.expected_missing(s.replica.applied, self.p.receiver.max_ranges);
+            assert_eq!(
+                ranges, expected,
+                "repair asks for other than the missing versions"
+            );
+            self.stats.requests_checked += 1;
+        }
         assert!(ranges.len() <= self.p.receiver.max_ranges);
         live.repair = Some(ranges);
         s.repairs += 1;
@@ -803,6 +908,61 @@ impl Sim {
         let at = self.now + dur_us(&mut self.rng, rtt / 2, rtt * 3 / 2);
         let generation = s.generation;
         self.schedule(at, Event::RepairDone { sub: i, generation });
+    }
+
+    /// Fetches the packets the reorder stage misses from the publisher's retransmit buffer,
+    /// at once, like `subscriber.rs` (sometimes the connection drops part-way).
+    fn packet_repair(&mut self, i: usize) {
+        let now = self.instant();
+        let Sim {
+            subs,
+            retransmit,
+            rng,
+            stats,
+            limits,
+            p,
+            ..
+        } = self;
+        let s = &mut subs[i];
+        let Some(live) = s.live.as_mut() else { return };
+        let Some((stream, ranges)) = live.reorder.as_mut().and_then(|r| r.poll_repair(now)) else {
+            return;
+        };
+        let mut prev = 0;
+        for &(a, b) in &ranges {
+            assert!(a > prev && a <= b, "bad packet ranges {ranges:?}");
+            prev = b;
+        }
+        assert!(ranges.len() <= 64);
+        stats.packet_repairs += 1;
+        s.repairs += 1;
+        let seqs: Vec<u64> = ranges.iter().flat_map(|&(a, b)| a..=b).collect();
+        let fail = p.repair_fail > 0.0 && rng.gen_bool(p.repair_fail);
+        let n = if fail {
+            rng.gen_range(0..=seqs.len())
+        } else {
+            seqs.len()
+        };
+        let reorder = live.reorder.as_mut().expect("reorder stage");
+        for &seq in &seqs[..n] {
+            let held = (retransmit.stream_id() == stream)
+                .then(|| retransmit.get(seq))
+                .flatten();
+            let Some(dg) = held else {
+                stats.packets_gone += 1;
+                continue;
+            };
+            let (header, sealed) = PacketHeader::parse(&dg).expect("a sent datagram parses");
+            let payload = s
+                .keyring
+                .open(&header, sealed)
+                .expect("a sent datagram opens");
+            assert_eq!((header.stream_id, header.seq), (stream, seq));
+            stats.packets_repaired += 1;
+            reorder.on_packet(now, OpenPacket { header, payload });
+        }
+        reorder.on_repair_done(now);
+        live.release_ordered(now, stats, limits);
     }
 
     /// The application: applies updates in the order the receiver hands them out.
@@ -824,6 +984,7 @@ impl Sim {
             );
             apply(&mut s.replica.state, &u);
             s.replica.applied = v;
+            live.buffered.remove(&v);
             s.seen.push(v);
             self.stats.applied += 1;
         }
@@ -853,8 +1014,7 @@ impl Sim {
             let bytes = &self.journal[(v - 1) as usize];
             let u = decode_update(bytes, &self.limits).expect("a journaled update decodes");
             self.stats.versions_repaired += 1;
-            let live = self.subs[i].live.as_mut().expect("live");
-            live.receiver.on_update(now, u);
+            self.subs[i].live.as_mut().expect("live").feed(now, u);
             self.apply_ready(i);
         }
         let live = self.subs[i].live.as_mut().expect("live");
@@ -912,8 +1072,9 @@ impl Sim {
             if let Some(Reverse(e)) = self.queue.peek() {
                 next = next.min(self.base + e.at);
             }
-            for s in &self.subs {
-                if let Some(t) = s.live.as_ref().and_then(|l| l.receiver.next_timeout()) {
+            for l in self.subs.iter().filter_map(|s| s.live.as_ref()) {
+                let reorder = l.reorder.as_ref().and_then(|r| r.next_timeout());
+                for t in [l.receiver.next_timeout(), reorder].into_iter().flatten() {
                     next = next.min(t);
                 }
             }
@@ -939,11 +1100,14 @@ impl Sim {
                 self.handle(e.event);
             }
             for i in 0..self.subs.len() {
-                let due = self.subs[i]
-                    .live
-                    .as_ref()
-                    .and_then(|l| l.receiver.next_timeout())
-                    .is_some_and(|t| t <= self.instant());
+                let now = self.instant();
+                let due = self.subs[i].live.as_ref().is_some_and(|l| {
+                    let reorder = l.reorder.as_ref().and_then(|r| r.next_timeout());
+                    [l.receiver.next_timeout(), reorder]
+                        .into_iter()
+                        .flatten()
+                        .any(|t| t <= now)
+                });
                 if due {
                     self.after_input(i);
                 }
@@ -961,10 +1125,13 @@ impl Sim {
         self.stats.virtual_time = self.now;
         let lossy = self.stats.dropped_data > 0;
         self.stats.lossy_scenarios = lossy as u64;
-        self.stats.lossy_scenarios_repaired = (lossy && self.stats.repairs > 0) as u64;
+        let repaired = self.stats.repairs + self.stats.packet_repairs > 0;
+        self.stats.lossy_scenarios_repaired = (lossy && repaired) as u64;
         for s in &self.subs {
             if let Some(l) = &s.live {
                 self.stats.evicted += l.receiver.counters().evicted;
+                self.stats.packets_skipped +=
+                    l.reorder.as_ref().map_or(0, |r| r.counters().skipped);
             }
         }
         self.stats
@@ -984,7 +1151,8 @@ impl Sim {
                 s.replica.state == self.master,
                 "subscriber {i}: replica differs from the master"
             );
-            // With no duplicated packets, a lost data packet can only be made good by repair.
+            // With no duplicated packets, a lost data packet can only be made good by repair
+            // (of the packet or of its versions).
             if s.lost_data > 0 && self.p.dup == 0.0 {
                 assert!(s.repairs > 0, "subscriber {i} lost data but never repaired");
             }
@@ -1029,13 +1197,20 @@ fn parse_seed(s: &str) -> Option<u64> {
     }
 }
 
-/// Runs `count` scenarios from `first_seed` (or only `MCSYNC_SIM_SEED` if set) and returns
-/// the summed counters.
-fn run_many(name: &str, first_seed: u64, count: u64) -> Stats {
+/// Seed of the first scenario; scenario `i` of the suite uses `BASE_SEED + i`.
+const BASE_SEED: u64 = 0x5EED_0000;
+/// Scenarios per test (two tests, so the suite uses both cores of a small machine).
+const SCENARIOS_PER_TEST: u64 = 500;
+
+/// Runs the `part`-th batch of scenarios (or, in part 0, only `MCSYNC_SIM_SEED` if set) and
+/// returns the summed counters.
+fn run_many(name: &str, part: u64) -> Stats {
     let started = std::time::Instant::now();
+    let count = scenario_count(SCENARIOS_PER_TEST);
     let seeds: Vec<u64> = match std::env::var("MCSYNC_SIM_SEED") {
-        Ok(s) => vec![parse_seed(&s).expect("MCSYNC_SIM_SEED is a number")],
-        Err(_) => (0..count).map(|i| first_seed + i).collect(),
+        Ok(s) if part == 0 => vec![parse_seed(&s).expect("MCSYNC_SIM_SEED is a number")],
+        Ok(_) => Vec::new(),
+        Err(_) => (0..count).map(|i| BASE_SEED + part * count + i).collect(),
     };
     let mut total = Stats::default();
     for seed in seeds {
@@ -1048,8 +1223,9 @@ fn run_many(name: &str, first_seed: u64, count: u64) -> Stats {
         "{name}: {} scenarios in {:?} (virtual {:?}): {} updates, {} data packets + {} \
          heartbeats sent, {} arrived, {} dropped ({} data), {} duplicated, {} reordered, \
          {} tampered + {} forged ({} rejected malformed, {} auth, {} replay), \
-         {} chains complete, {} broken, {} orphaned, {} compressed, {} gaps revealed by \
-         heartbeats, {} repairs ({} failed, {} versions), {} evicted, {} subscriber \
+         {} chains complete ({} multi-packet), {} broken, {} orphaned, {} compressed, {} gaps revealed by \
+         heartbeats, {} packet repairs ({} packets, {} gone, {} skipped), {} repairs \
+         ({} checked exact, {} failed, {} versions), {} evicted, {} subscriber \
          restarts, {} publisher restarts, {} applied",
         t.scenarios,
         started.elapsed(),
@@ -1068,11 +1244,17 @@ fn run_many(name: &str, first_seed: u64, count: u64) -> Stats {
         t.rejected_auth,
         t.rejected_replay,
         t.chains_complete,
+        t.multi_packet_chains,
         t.chains_broken,
         t.chains_orphaned,
         t.compressed_chains,
         t.heartbeat_revealed_gap,
+        t.packet_repairs,
+        t.packets_repaired,
+        t.packets_gone,
+        t.packets_skipped,
         t.repairs,
+        t.requests_checked,
         t.repair_failures,
         t.versions_repaired,
         t.evicted,
@@ -1087,26 +1269,39 @@ fn run_many(name: &str, first_seed: u64, count: u64) -> Stats {
 /// The summed counters show that the scenarios exercised what they claim to, so the suite
 /// cannot pass vacuously.
 fn assert_exercised(t: &Stats) {
-    assert!(t.dropped_data > t.data_packets / 50, "too little loss: {t:?}");
+    assert!(
+        t.dropped_data > t.data_packets / 50,
+        "too little loss: {t:?}"
+    );
     assert!(t.repairs > t.scenarios, "too few repairs: {t:?}");
+    assert!(t.requests_checked * 2 > t.repairs, "{t:?}");
     assert!(t.repair_failures > 0 && t.versions_repaired > 0, "{t:?}");
     assert!(
         t.lossy_scenarios_repaired * 100 >= t.lossy_scenarios * 95,
         "lossy scenarios without repair: {t:?}"
     );
-    assert!(t.heartbeat_revealed_gap > 0, "no tail loss found by heartbeats");
+    assert!(
+        t.heartbeat_revealed_gap > 0,
+        "no tail loss found by heartbeats"
+    );
     assert!(t.chains_broken > 0 && t.chains_orphaned > 0, "{t:?}");
-    assert!(t.duplicated > 0 && t.rejected_replay >= t.duplicated / 2, "{t:?}");
+    assert!(
+        t.duplicated > 0 && t.rejected_replay >= t.duplicated / 2,
+        "{t:?}"
+    );
     assert!(t.reordered > 0, "no reordering: {t:?}");
     assert!(t.tampered > 0 && t.forged > 0, "{t:?}");
     assert!(t.restarts > 0 && t.publisher_restarts > 0, "{t:?}");
     assert!(t.compressed_chains > 0 && t.evicted > 0, "{t:?}");
+    assert!(t.multi_packet_chains > 0, "{t:?}");
+    assert!(t.packet_repairs > 0 && t.packets_repaired > 0, "{t:?}");
+    assert!(t.packets_gone > 0 && t.packets_skipped > 0, "{t:?}");
     assert!(t.applied >= t.updates, "{t:?}");
 }
 
 #[test]
 fn random_scenarios_first_half() {
-    let t = run_many("simulation 1", 0x5EED_0000, scenario_count(500));
+    let t = run_many("simulation 1", 0);
     if std::env::var("MCSYNC_SIM_SEED").is_err() {
         assert_exercised(&t);
     }
@@ -1114,8 +1309,82 @@ fn random_scenarios_first_half() {
 
 #[test]
 fn random_scenarios_second_half() {
-    let t = run_many("simulation 2", 0x5EED_0000 + 500, scenario_count(500));
+    let t = run_many("simulation 2", 1);
     if std::env::var("MCSYNC_SIM_SEED").is_err() {
         assert_exercised(&t);
     }
+}
+
+/// A subscriber that loses the last chain before the stream goes idle learns of it from
+/// the first heartbeat it receives, and asks for exactly that version.
+#[test]
+fn lost_tail_is_detected_from_heartbeats() {
+    let t0 = Instant::now();
+    let key = Key::from_bytes([7; 32]);
+    let ring = Keyring::with_key(1, &key);
+    let config = SenderConfig {
+        datagram_bytes: 1_400,
+        max_bundle_bytes: 1,
+        heartbeat_initial: 2 * MS,
+        heartbeat_max: 50 * MS,
+        packets_per_sec: 0,
+        bytes_per_sec: 0,
+        compress: false,
+    };
+    let mut sender = Sender::new(t0, 42, 1, 0, config);
+    let mut receiver = Receiver::new(0, ReceiverConfig::default());
+    let mut assembler = ChainAssembler::new(MAX_CHAIN);
+    let mut window = ReplayWindow::default();
+    let limits = Limits::default();
+    for v in 1..=5u64 {
+        let u = Update {
+            version: v,
+            timestamp_us: v,
+            ops: vec![Op::put(format!("k{v}"), vec![v as u8; 3_000])],
+        };
+        sender.push(v, Arc::new(update_to_vec(&u)));
+    }
+    let mut now = t0;
+    let mut heartbeats = 0;
+    let mut found_at = None;
+    let mut dg = Vec::new();
+    while now < t0 + Duration::from_secs(1) && found_at.is_none() {
+        while let Some(pkt) = sender.poll_transmit(now, 0) {
+            assert!(ring.seal(pkt.header, &pkt.payload, &mut dg));
+            let (h, sealed) = PacketHeader::parse(&dg).unwrap();
+            let payload = ring.open(&h, sealed).unwrap();
+            assert!(window.check_and_record(h.seq));
+            match h.kind {
+                PacketKind::Heartbeat => {
+                    heartbeats += 1;
+                    // The first heartbeat is lost too; the second must reveal the tail.
+                    if heartbeats > 1 {
+                        let hb = Heartbeat::parse(&payload).unwrap();
+                        assert_eq!(hb.latest_version, 5);
+                        receiver.on_heartbeat(now, hb.latest_version);
+                    }
+                }
+                PacketKind::Data => {
+                    let out = assembler.on_packet(&h, &payload);
+                    // Version 5 is the last chain: all of its packets are lost.
+                    let Some(chain) = out.chain else { continue };
+                    for u in decode_chain(&chain, &limits, MAX_CHAIN).unwrap() {
+                        if u.version < 5 {
+                            receiver.on_update(now, u);
+                        }
+                    }
+                }
+            }
+        }
+        while receiver.poll_ready().is_some() {}
+        if let Some(ranges) = receiver.poll_repair(now) {
+            assert_eq!(ranges, [(5, 5)]);
+            found_at = Some(now);
+        }
+        now = sender.next_timeout(now);
+    }
+    assert_eq!(receiver.applied(), 4);
+    assert_eq!(heartbeats, 2);
+    // Data ended at t0; heartbeats at +2 ms (lost) and +6 ms.
+    assert_eq!(found_at, Some(t0 + 6 * MS));
 }

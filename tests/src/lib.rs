@@ -1,7 +1,10 @@
 //! Shared helpers for the integration tests: every test gets its own multicast group and
 //! port, its own temporary data directories, and real sockets and LMDB files.
 
-use mcsync::{Key, LossConfig, Publisher, PublisherConfig, Subscriber, SubscriberConfig};
+use mcsync::{
+    Authentication, LossConfig, Publisher, PublisherConfig, ServerTrust, Subscriber,
+    SubscriberConfig,
+};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -20,23 +23,27 @@ pub fn unique_group() -> (Ipv4Addr, u16) {
     (group, port)
 }
 
-/// A publisher config on loopback with a unique group.
-pub fn publisher_config(dir: &Path, key: &Key) -> PublisherConfig {
-    let mut c = PublisherConfig::new(dir, key.clone());
+/// A publisher config on loopback with a unique group, real TLS (a self-signed
+/// certificate) and open authentication.
+pub fn publisher_config(dir: &Path) -> PublisherConfig {
+    let mut c = PublisherConfig::new(dir);
+    c.authentication = Authentication::Open;
     let (g, p) = unique_group();
     c.multicast.group = g;
     c.multicast.port = p;
     c
 }
 
-/// A subscriber config for `publisher`, with optional injected loss.
+/// A subscriber config for `publisher` (pinning its certificate), with optional injected
+/// loss.
 pub fn subscriber_config(
     dir: &Path,
     publisher: &Publisher,
-    key: &Key,
     loss: Option<(f64, u64)>,
 ) -> SubscriberConfig {
-    let mut c = SubscriberConfig::new(dir, publisher.control_addr(), key.clone());
+    let fp = publisher.fingerprint().expect("TLS publisher").to_owned();
+    let mut c = SubscriberConfig::new(dir, publisher.control_addr(), ServerTrust::Fingerprint(fp));
+    c.user = "tester".into();
     c.loss = loss.map(|(p, seed)| LossConfig {
         probability: p,
         burst_len: 1,
@@ -46,14 +53,34 @@ pub fn subscriber_config(
 }
 
 /// Opens a subscriber.
-pub fn open_subscriber(
-    dir: &Path,
-    publisher: &Publisher,
-    key: &Key,
-    loss: Option<(f64, u64)>,
-) -> Subscriber {
-    Subscriber::open(subscriber_config(dir, publisher, key, loss)).expect("open subscriber")
+pub fn open_subscriber(dir: &Path, publisher: &Publisher, loss: Option<(f64, u64)>) -> Subscriber {
+    Subscriber::open(subscriber_config(dir, publisher, loss)).expect("open subscriber")
 }
 
 /// Generous timeout for convergence on a loaded 2-core machine.
 pub const CONVERGE: Duration = Duration::from_secs(120);
+
+/// A raw control-channel client for `database` (TLS, pinned to `publisher`).
+pub fn repair_client(
+    publisher: &Publisher,
+    database: &str,
+    user: &str,
+    secret: &str,
+) -> mcsync::net::repair_client::RepairClient {
+    use mcsync::net::repair_client::{ClientIdentity, RepairClient};
+    let fp = publisher.fingerprint().expect("TLS publisher").to_owned();
+    let tls = mcsync::net::tls::ClientTls::new(
+        &ServerTrust::Fingerprint(fp),
+        publisher.control_addr(),
+        None,
+    )
+    .expect("client TLS");
+    let id = ClientIdentity {
+        server: publisher.control_addr(),
+        tls,
+        user: user.into(),
+        secret: secret.into(),
+        client_name: "test".into(),
+    };
+    RepairClient::new(id, database, Duration::from_secs(10), 1 << 20)
+}

@@ -1,7 +1,6 @@
 //! Hostile and malformed input: counted, dropped, and replication carries on.
 
-use mcsync::net::repair_client::RepairClient;
-use mcsync::{ErrorKind, Key, Publisher, Subscriber};
+use mcsync::{ErrorKind, Publisher, Subscriber};
 use mcsync_tests::*;
 use rand::Rng;
 use std::io::{Read, Write};
@@ -16,11 +15,10 @@ fn sniffer(group: SocketAddr) -> UdpSocket {
 #[test]
 fn garbage_forgeries_and_replays_are_counted_and_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let key = Key::generate();
-    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"), &key)).unwrap();
+    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
     let db = publisher.database("prices").unwrap();
     let open_sub = |name: &str, verify: bool| {
-        let mut c = subscriber_config(&dir.path().join(name), &publisher, &key, None);
+        let mut c = subscriber_config(&dir.path().join(name), &publisher, None);
         c.verify_source = verify;
         Subscriber::open(c).unwrap()
     };
@@ -88,19 +86,12 @@ fn garbage_forgeries_and_replays_are_counted_and_dropped() {
 #[test]
 fn repair_of_versions_that_do_not_exist_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let key = Key::generate();
-    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"), &key)).unwrap();
+    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
     let db = publisher.database("ledger").unwrap();
     for i in 0..10u32 {
         db.put(format!("k{i}"), b"v").unwrap();
     }
-    let mut client = RepairClient::new(
-        publisher.control_addr(),
-        "ledger",
-        "test",
-        Duration::from_secs(5),
-        1 << 20,
-    );
+    let mut client = repair_client(&publisher, "ledger", "tester", "");
     let info = client.hello().unwrap();
     assert_eq!(info.current_version, 10);
     let err = client.catch_up(&[(1000, 2000)], |_| Ok(())).unwrap_err();
@@ -120,13 +111,7 @@ fn repair_of_versions_that_do_not_exist_is_refused_clearly() {
     assert_eq!(got, vec![3, 4, 5]);
     assert_eq!(out.current_version, 10);
     // Unknown database.
-    let mut c2 = RepairClient::new(
-        publisher.control_addr(),
-        "nope",
-        "test",
-        Duration::from_secs(5),
-        1 << 20,
-    );
+    let mut c2 = repair_client(&publisher, "nope", "tester", "");
     let err = c2.hello().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused);
     assert!(err.to_string().contains("not published"), "{err}");
@@ -136,8 +121,7 @@ fn repair_of_versions_that_do_not_exist_is_refused_clearly() {
 #[test]
 fn garbage_on_the_control_port_does_not_hurt_the_publisher() {
     let dir = tempfile::tempdir().unwrap();
-    let key = Key::generate();
-    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"), &key)).unwrap();
+    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
     let db = publisher.database("d").unwrap();
     db.put("a", "1").unwrap();
     for payload in [
@@ -156,7 +140,7 @@ fn garbage_on_the_control_port_does_not_hurt_the_publisher() {
         );
     }
     // Still serving.
-    let s = open_subscriber(&dir.path().join("sub"), &publisher, &key, None);
+    let s = open_subscriber(&dir.path().join("sub"), &publisher, None);
     let sub = s.subscribe("d", |_| {}).unwrap();
     let v = db.put("b", "2").unwrap();
     sub.wait_for_version(v, CONVERGE).unwrap();
@@ -167,8 +151,7 @@ fn garbage_on_the_control_port_does_not_hurt_the_publisher() {
 #[test]
 fn a_publish_over_the_maximum_is_refused_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let key = Key::generate();
-    let mut cfg = publisher_config(&dir.path().join("pub"), &key);
+    let mut cfg = publisher_config(&dir.path().join("pub"));
     cfg.max_update_bytes = 64 * 1024;
     let publisher = Publisher::open(cfg).unwrap();
     let db = publisher.database("big").unwrap();

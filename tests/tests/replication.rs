@@ -1,6 +1,6 @@
 //! End-to-end replication over real loopback multicast with real LMDB stores.
 
-use mcsync::{Key, Publisher, Subscription};
+use mcsync::{Publisher, Subscription};
 use mcsync_tests::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -46,15 +46,13 @@ fn value_len(rng: &mut StdRng) -> usize {
 #[test]
 fn three_subscribers_converge_under_five_percent_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let key = Key::generate();
-    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"), &key)).unwrap();
+    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
     let db = publisher.database("inventory").unwrap();
     let mut subs = Vec::new();
     for i in 0..3u64 {
         let s = open_subscriber(
             &dir.path().join(format!("sub{i}")),
             &publisher,
-            &key,
             Some((0.05, 1000 + i)),
         );
         let (seen, cb) = recorder();
@@ -91,7 +89,10 @@ fn three_subscribers_converge_under_five_percent_loss() {
         let st = sub.stats();
         lost += st.dropped_injected;
         assert!(st.dropped_injected > 0, "loss was injected: {st:?}");
-        assert!(st.packets_repaired + st.repair_updates > 0, "losses were repaired: {st:?}");
+        assert!(
+            st.packets_repaired + st.repair_updates > 0,
+            "losses were repaired: {st:?}"
+        );
         assert_eq!(
             st.dropped_auth + st.dropped_malformed + st.dropped_source,
             0,
@@ -99,22 +100,24 @@ fn three_subscribers_converge_under_five_percent_loss() {
         );
     }
     let p = publisher.stats();
-    assert!(p.repairs_served + p.packet_repairs_served > 0 && p.updates_committed == last, "{p:?}");
+    assert!(
+        p.repairs_served + p.packet_repairs_served > 0 && p.updates_committed == last,
+        "{p:?}"
+    );
     println!("lost {lost} packets across 3 subscribers; publisher {p:?}");
 }
 
 #[test]
 fn late_subscriber_catches_up_and_reopened_one_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let key = Key::generate();
-    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"), &key)).unwrap();
+    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
     let db = publisher.database("catalog").unwrap();
     for i in 0..5_000u32 {
         db.put(format!("k{}", i % 1500), i.to_be_bytes()).unwrap();
     }
     // A new subscriber catches up from version 0 through the journal.
     let sdir = dir.path().join("late");
-    let s = open_subscriber(&sdir, &publisher, &key, None);
+    let s = open_subscriber(&sdir, &publisher, None);
     let (seen, cb) = recorder();
     let sub = s.subscribe("catalog", cb).unwrap();
     sub.wait_for_version(5_000, CONVERGE).unwrap();
@@ -129,7 +132,7 @@ fn late_subscriber_catches_up_and_reopened_one_resumes() {
     for i in 0..500u32 {
         db.put(format!("k{i}"), b"after").unwrap();
     }
-    let s = open_subscriber(&sdir, &publisher, &key, None);
+    let s = open_subscriber(&sdir, &publisher, None);
     let (seen, cb) = recorder();
     let sub = s.subscribe("catalog", cb).unwrap();
     assert_eq!(sub.version(), 5_000, "resumes from its stored version");
@@ -146,15 +149,14 @@ fn late_subscriber_catches_up_and_reopened_one_resumes() {
 #[test]
 fn reopened_publisher_continues_the_version_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let key = Key::generate();
     let pdir = dir.path().join("pub");
-    let cfg = publisher_config(&pdir, &key);
+    let cfg = publisher_config(&pdir);
     let publisher = Publisher::open(cfg.clone()).unwrap();
     let db = publisher.database("orders").unwrap();
     for i in 0..300u32 {
         db.put(format!("o{i}"), b"x").unwrap();
     }
-    let s = open_subscriber(&dir.path().join("sub"), &publisher, &key, Some((0.05, 3)));
+    let s = open_subscriber(&dir.path().join("sub"), &publisher, Some((0.05, 3)));
     let (seen, cb) = recorder();
     let sub = s.subscribe("orders", cb).unwrap();
     sub.wait_for_version(300, CONVERGE).unwrap();

@@ -1,16 +1,13 @@
-use mcsync::Key;
 use mcsync_tests::*;
 use std::sync::{Arc, Mutex};
 
 #[test]
 fn one_subscriber_receives_updates() {
     let dir = tempfile::tempdir().unwrap();
-    let key = Key::generate();
-    let publisher =
-        mcsync::Publisher::open(publisher_config(&dir.path().join("pub"), &key)).unwrap();
+    let publisher = mcsync::Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
     let db = publisher.database("smoke").unwrap();
     db.put("before", "subscribe").unwrap();
-    let sub = open_subscriber(&dir.path().join("sub"), &publisher, &key, None);
+    let sub = open_subscriber(&dir.path().join("sub"), &publisher, None);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let s = sub

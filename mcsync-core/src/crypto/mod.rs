@@ -63,6 +63,8 @@ impl fmt::Debug for Key {
     }
 }
 
+impl Eq for Key {}
+
 impl PartialEq for Key {
     fn eq(&self, other: &Key) -> bool {
         // Not constant-time; keys are compared only in configuration checks.
@@ -111,6 +113,11 @@ impl Keyring {
     /// Forgets every epoch older than `epoch`.
     pub fn retain_from(&mut self, epoch: u32) {
         self.keys = self.keys.split_off(&epoch);
+    }
+
+    /// The newest epoch held.
+    pub fn newest_epoch(&self) -> Option<u32> {
+        self.keys.keys().next_back().copied()
     }
 
     /// Whether the keyring has a key for `epoch`.

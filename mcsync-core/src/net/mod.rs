@@ -7,6 +7,7 @@ pub mod receive;
 pub mod repair_client;
 pub mod repair_server;
 pub mod socket;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -19,6 +19,17 @@ pub struct Outgoing {
     pub encoded: Arc<Vec<u8>>,
 }
 
+/// What the multicaster is told to do, in order.
+pub enum McastCmd {
+    /// Send a committed update.
+    Update(Outgoing),
+    /// Seal from now on under this epoch and key (the old key stays for packets already
+    /// built).
+    Rekey(u32, crate::crypto::Key),
+    /// Turn multicast of updates on or off (heartbeats continue).
+    Multicast(bool),
+}
+
 /// What a multicaster needs.
 pub struct MulticasterParts {
     /// Database name (thread name and logs).
@@ -47,13 +58,13 @@ pub struct MulticasterParts {
 
 /// Starts the thread. It runs until every sender of `rx` is dropped, then sends what is
 /// still queued and exits.
-pub fn spawn(parts: MulticasterParts, rx: Receiver<Outgoing>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(parts: MulticasterParts, rx: Receiver<McastCmd>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("mcsync-mcast-{}", parts.database))
         .spawn(move || run(parts, rx))
 }
 
-fn run(p: MulticasterParts, rx: Receiver<Outgoing>) {
+fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
     let mut sender = Sender::new(
         Instant::now(),
         p.stream_id,
@@ -89,10 +100,17 @@ fn run(p: MulticasterParts, rx: Receiver<Outgoing>) {
             continue;
         }
         match rx.recv_deadline(deadline) {
-            Ok(o) => {
-                sender.push(o.version, o.encoded);
-                while let Ok(o) = rx.try_recv() {
-                    sender.push(o.version, o.encoded);
+            Ok(cmd) => {
+                for cmd in std::iter::once(cmd).chain(rx.try_iter()) {
+                    match cmd {
+                        McastCmd::Update(o) => sender.push(o.version, o.encoded),
+                        McastCmd::Rekey(epoch, key) => {
+                            p.keyring.insert(epoch, &key);
+                            p.keyring.retain_from(epoch.saturating_sub(1));
+                            sender.rekey(Instant::now(), epoch);
+                        }
+                        McastCmd::Multicast(on) => sender.set_multicast(on),
+                    }
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}

@@ -10,7 +10,8 @@ use crate::wire::packet::PacketHeader;
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,8 +27,11 @@ pub struct ReceiveParts {
     /// The only source accepted (`None`: any source; tests only). The process thread
     /// updates it when the publisher restarts on another port.
     pub source: Arc<Mutex<Option<SocketAddr>>>,
-    /// Keys by epoch.
-    pub keyring: Keyring,
+    /// Keys by epoch (the process thread adds new epochs after re-registering).
+    pub keyring: Arc<RwLock<Keyring>>,
+    /// Set when a packet shows a newer key epoch than any held: the process thread then
+    /// re-registers to fetch the new key.
+    pub rekey: Arc<AtomicBool>,
     /// Injected loss, if configured.
     pub loss: Option<LossGenerator>,
     /// Counters.
@@ -85,10 +89,23 @@ fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
             inc(&c.dropped_malformed);
             continue;
         };
-        let payload = match p.keyring.open(&header, sealed) {
+        let opened = p
+            .keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .open(&header, sealed);
+        let payload = match opened {
             Ok(pl) => pl,
-            Err(OpenError::UnknownEpoch(_)) => {
+            Err(OpenError::UnknownEpoch(epoch)) => {
                 inc(&c.dropped_epoch);
+                let newest = p
+                    .keyring
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .newest_epoch();
+                if newest.is_none_or(|n| epoch > n) {
+                    p.rekey.store(true, Ordering::Relaxed);
+                }
                 continue;
             }
             Err(OpenError::BadTag) => {

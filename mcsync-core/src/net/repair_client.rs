@@ -1,7 +1,10 @@
-//! The subscriber's side of the repair channel: one persistent connection per
-//! subscription, reopened after any failure.
+//! The subscriber's side of the control channel: registration (HELLO), repair, and CLOSE
+//! SUBSCRIPTION over one persistent TLS connection per subscription, reopened after any
+//! failure (and retried once when a reused connection turns out to be closed).
 
 use super::frame::{read_message, write_message};
+use super::tls::{ClientTls, Stream};
+use crate::auth::Secret;
 use crate::wire::control::{DatabaseInfo, ErrorCode, Message, CONTROL_VERSION};
 use crate::{Error, Result};
 use std::io::{BufReader, BufWriter, Write};
@@ -19,14 +22,30 @@ pub struct CatchupOutcome {
     pub bytes: u64,
 }
 
-/// A connection to a publisher's repair server, bound to one database.
+/// Who the client is and how it reaches the publisher.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// The publisher's control address.
+    pub server: SocketAddr,
+    /// TLS (or insecure loopback) settings.
+    pub tls: ClientTls,
+    /// User name.
+    pub user: String,
+    /// Secret.
+    pub secret: Secret,
+    /// Client name for the publisher's records.
+    pub client_name: String,
+}
+
+/// A connection to a publisher's control server, bound to one database.
 pub struct RepairClient {
-    server: SocketAddr,
+    id: ClientIdentity,
     database: String,
-    client_name: String,
     timeout: Duration,
     max_frame: usize,
-    conn: Option<(BufReader<TcpStream>, BufWriter<TcpStream>)>,
+    subscriber_id: u64,
+    conn: Option<BufReader<Box<dyn Stream>>>,
+    last_info: Option<DatabaseInfo>,
 }
 
 fn refused(code: ErrorCode, message: String) -> Error {
@@ -38,45 +57,59 @@ fn refused(code: ErrorCode, message: String) -> Error {
 }
 
 impl RepairClient {
-    /// A client for `database` at `server` (connects lazily).
+    /// A client for `database` (connects lazily).
     pub fn new(
-        server: SocketAddr,
+        id: ClientIdentity,
         database: &str,
-        client_name: &str,
         timeout: Duration,
         max_frame: usize,
     ) -> RepairClient {
         RepairClient {
-            server,
+            id,
             database: database.to_owned(),
-            client_name: client_name.to_owned(),
             timeout,
             max_frame,
+            subscriber_id: 0,
             conn: None,
+            last_info: None,
         }
+    }
+
+    /// The registration id the publisher gave (0 before the first HELLO).
+    pub fn subscriber_id(&self) -> u64 {
+        self.subscriber_id
     }
 
     fn connect(&mut self) -> Result<DatabaseInfo> {
         self.conn = None;
-        let ctx = |e| Error::io(format!("connecting to publisher {}", self.server), e);
-        let s = TcpStream::connect_timeout(&self.server, self.timeout).map_err(ctx)?;
+        let server = self.id.server;
+        let ctx = |e| Error::io(format!("connecting to publisher {server}"), e);
+        let s = TcpStream::connect_timeout(&server, self.timeout).map_err(ctx)?;
         s.set_read_timeout(Some(self.timeout)).map_err(ctx)?;
         s.set_write_timeout(Some(self.timeout)).map_err(ctx)?;
         s.set_nodelay(true).map_err(ctx)?;
-        let r = BufReader::with_capacity(256 << 10, s.try_clone().map_err(ctx)?);
-        self.conn = Some((r, BufWriter::new(s)));
+        let stream = self.id.tls.connect(s)?;
+        self.conn = Some(BufReader::with_capacity(256 << 10, stream));
         let hello = Message::Hello {
             version: CONTROL_VERSION,
             database: self.database.clone(),
-            client: self.client_name.clone(),
+            client: self.id.client_name.clone(),
+            user: self.id.user.clone(),
+            secret: self.id.secret.clone(),
+            subscriber_id: self.subscriber_id,
+            flags: 0,
         };
-        match self.request(&hello)? {
-            (Message::HelloOk(info), _) => Ok(info),
+        match self.exchange(&hello)? {
+            (Message::HelloOk(info), _) => {
+                self.subscriber_id = info.subscriber_id;
+                self.last_info = Some(info.clone());
+                Ok(info)
+            }
             (other, _) => Err(self.unexpected(other)),
         }
     }
 
-    /// Opens a fresh session and returns the database's parameters.
+    /// Registers (or re-registers) and returns the database's parameters and keys.
     pub fn hello(&mut self) -> Result<DatabaseInfo> {
         self.connect().inspect_err(|_| self.conn = None)
     }
@@ -85,37 +118,60 @@ impl RepairClient {
         self.conn = None;
         match m {
             Message::Error { code, message } => refused(code, message),
-            other => Error::Protocol(format!("unexpected reply from publisher: {other:?}")),
+            _ => Error::Protocol("unexpected reply from publisher".into()),
         }
     }
 
     fn send(&mut self, m: &Message) -> Result<()> {
-        let (_, w) = self
+        let conn = self
             .conn
             .as_mut()
             .ok_or_else(|| Error::Closed("no connection".into()))?;
-        write_message(w, m)?;
+        let mut w = BufWriter::new(conn.get_mut());
+        write_message(&mut w, m)?;
         w.flush().map_err(|e| Error::io("sending to publisher", e))
     }
 
     fn receive(&mut self) -> Result<(Message, usize)> {
         let max = self.max_frame;
-        let (r, _) = self
+        let r = self
             .conn
             .as_mut()
             .ok_or_else(|| Error::Closed("no connection".into()))?;
-        match read_message(r, max)? {
-            Some(m) => Ok(m),
-            None => Err(Error::Protocol("publisher closed the connection".into())),
+        match read_message(r, max) {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(Error::io(
+                "publisher closed the connection",
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )),
+            Err(e) => Err(e),
         }
+        .inspect_err(|_| self.conn = None)
     }
 
-    fn request(&mut self, m: &Message) -> Result<(Message, usize)> {
+    fn exchange(&mut self, m: &Message) -> Result<(Message, usize)> {
         let out = self.send(m).and_then(|_| self.receive());
         if out.is_err() {
             self.conn = None;
         }
         out
+    }
+
+    /// Sends a request on the open connection (opening one if needed); if a reused
+    /// connection fails at the transport level (the publisher closed it while idle, or
+    /// restarted), reconnects once and tries again.
+    fn request(&mut self, m: &Message) -> Result<(Message, usize)> {
+        let reused = self.conn.is_some();
+        if !reused {
+            self.connect()?;
+        }
+        match self.exchange(m) {
+            Err(e) if reused && e.kind() == crate::ErrorKind::Io => {
+                self.connect()?;
+                self.exchange(m)
+            }
+            other => other,
+        }
     }
 
     /// Fetches sealed datagrams of `stream_id` (inclusive sequence ranges) from the
@@ -127,9 +183,6 @@ impl RepairClient {
         ranges: &[(u64, u64)],
         mut on_packet: impl FnMut(&[u8]),
     ) -> Result<(u64, u64, u64)> {
-        if self.conn.is_none() {
-            self.connect()?;
-        }
         let req = Message::PacketRequest {
             stream_id,
             ranges: ranges.to_vec(),
@@ -146,7 +199,7 @@ impl RepairClient {
                 Message::PacketEnd { missing } => return Ok((got, missing, bytes)),
                 other => return Err(self.unexpected(other)),
             }
-            reply = self.receive().inspect_err(|_| self.conn = None)?;
+            reply = self.receive()?;
         }
     }
 
@@ -157,9 +210,6 @@ impl RepairClient {
         ranges: &[(u64, u64)],
         mut on_update: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<CatchupOutcome> {
-        if self.conn.is_none() {
-            self.connect()?;
-        }
         let req = Message::CatchupRequest {
             ranges: ranges.to_vec(),
         };
@@ -185,7 +235,24 @@ impl RepairClient {
                 }
                 other => return Err(self.unexpected(other)),
             }
-            reply = self.receive().inspect_err(|_| self.conn = None)?;
+            reply = self.receive()?;
         }
+    }
+
+    /// Releases the registration at the publisher (CLOSE SUBSCRIPTION). Best effort: the
+    /// caller is closing anyway.
+    pub fn close_subscription(&mut self) -> Result<()> {
+        if self.subscriber_id == 0 {
+            return Ok(());
+        }
+        let m = Message::CloseSubscription {
+            subscriber_id: self.subscriber_id,
+        };
+        let out = match self.request(&m)? {
+            (Message::Ok, _) => Ok(()),
+            (other, _) => Err(self.unexpected(other)),
+        };
+        self.conn = None;
+        out
     }
 }

@@ -1,33 +1,62 @@
-//! The publisher's repair server: answers HELLO with a database's parameters and streams
-//! missed versions from the journal. One thread accepts; one thread serves each
-//! connection, so a slow subscriber costs only its own connection and never the
-//! multicaster.
+//! The publisher's control server: registration (OPEN / CLOSE SUBSCRIPTION) and repair,
+//! over TLS 1.3. Every connection starts with an authenticated HELLO; the grant decides
+//! which database it may read and which access groups it holds. One thread accepts; one
+//! thread serves each connection, so a slow subscriber costs only its own connection and
+//! never the multicaster.
+
+// Handlers return the error frame to send as their `Err`; it is rare and written at once.
+#![allow(clippy::result_large_err)]
 
 use super::frame::{read_message, write_message};
+use super::tls::{ServerTls, Stream};
 use super::StopFlag;
+use crate::auth::{Authenticator, FailureLimiter, Grant, Secret};
+use crate::crypto::Key;
 use crate::stats::{add, inc, PublisherCounters};
 use crate::store::publisher::DbTables;
 use crate::store::PublisherStore;
 use crate::wire::control::{DatabaseInfo, ErrorCode, Message, CONTROL_VERSION};
 use crate::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the server knows of a published database.
 pub trait PublishedDatabase: Send + Sync {
-    /// Parameters for HELLO.
+    /// Parameters for HELLO_OK (keys, groups and ids are filled in by the server).
     fn info(&self) -> DatabaseInfo;
+    /// Current and previous keys, oldest first.
+    fn keys(&self) -> Vec<(u32, Key)>;
     /// Journal tables.
     fn tables(&self) -> DbTables;
     /// Latest committed (journaled) version.
     fn committed_version(&self) -> u64;
     /// A recently multicast datagram, for packet repair.
     fn resend(&self, stream_id: u32, seq: u64) -> Option<Arc<Vec<u8>>>;
+    /// A subscriber registered (for multicast-on-first-subscription).
+    fn on_registered(&self);
+}
+
+/// A registered subscriber, as the publisher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberRecord {
+    /// Registration id.
+    pub id: u64,
+    /// User it authenticated as.
+    pub user: String,
+    /// Database it subscribed to.
+    pub database: String,
+    /// Client name it gave.
+    pub client: String,
+    /// Address of its last session.
+    pub peer: SocketAddr,
+    /// Registrations and repair sessions it opened.
+    pub sessions: u64,
 }
 
 /// State shared by the accept thread and the connection threads.
@@ -42,17 +71,66 @@ pub struct ServerContext {
     pub max_request_frame: usize,
     /// Stop flag of the whole server.
     pub stop: StopFlag,
+    /// TLS (or insecure loopback).
+    pub tls: ServerTls,
+    /// The certificate's fingerprint.
+    pub fingerprint: Option<String>,
+    /// Who may subscribe.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Failure rate limiting per source address.
+    pub limiter: FailureLimiter,
+    /// Revoked users.
+    pub revoked: RwLock<HashSet<String>>,
+    /// Registered subscribers by id.
+    pub registry: Mutex<HashMap<u64, SubscriberRecord>>,
+    /// Next registration id.
+    pub next_id: AtomicU64,
+    /// Recently verified credentials (user, secret digest) → grant, so reconnects do not pay
+    /// for a password hash each time. Cleared on revocation.
+    pub auth_cache: Mutex<AuthCache>,
 }
+
+impl ServerContext {
+    /// Marks `user` revoked: its sessions are refused from now on.
+    pub fn revoke(&self, user: &str) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.to_owned());
+        self.auth_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, r| r.user != user);
+    }
+
+    fn is_revoked(&self, user: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(user)
+    }
+}
+
+/// Verified credentials: (user, SHA-256 of the secret) → grant and when it was checked.
+pub type AuthCache = HashMap<(String, [u8; 32]), (Grant, Instant)>;
 
 /// Most connections served at once; more are refused with an error frame.
 const MAX_CONNECTIONS: usize = 512;
 /// Updates per journal read while streaming (bounds memory per connection).
 const BATCH_UPDATES: usize = 512;
 const BATCH_BYTES: usize = 4 << 20;
-/// How often an idle connection checks the stop flag.
-const IDLE_POLL: Duration = Duration::from_millis(100);
-/// Longest wait for the rest of a frame, or for a client to take what is sent.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the accept loop checks the stop flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
+/// An idle connection is closed after this long (the client reconnects when it needs to).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a client to take what is sent.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a verified credential is remembered.
+const AUTH_CACHE_TTL: Duration = Duration::from_secs(300);
 
 /// Open connections: a handle to shut each down, and its thread.
 type Connections = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
@@ -69,16 +147,16 @@ impl RepairServer {
     /// Binds `addr` and starts accepting.
     pub fn start(addr: SocketAddr, ctx: Arc<ServerContext>) -> Result<RepairServer> {
         let listener = TcpListener::bind(addr)
-            .map_err(|e| Error::io(format!("binding repair server {addr}"), e))?;
+            .map_err(|e| Error::io(format!("binding control server {addr}"), e))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| Error::io("repair server address", e))?;
+            .map_err(|e| Error::io("control server address", e))?;
         let conns = Arc::new(Mutex::new(Vec::new()));
         let (c2, k2) = (ctx.clone(), conns.clone());
         let accept = std::thread::Builder::new()
-            .name("mcsync-repair-accept".into())
+            .name("mcsync-control-accept".into())
             .spawn(move || accept_loop(listener, c2, k2))
-            .map_err(|e| Error::io("spawning repair server", e))?;
+            .map_err(|e| Error::io("spawning control server", e))?;
         Ok(RepairServer {
             addr,
             ctx,
@@ -126,13 +204,13 @@ fn wait_readable(fd: i32, timeout: Duration) -> bool {
 
 fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, conns: Connections) {
     while !ctx.stop.is_stopped() {
-        if !wait_readable(listener.as_raw_fd(), IDLE_POLL) {
+        if !wait_readable(listener.as_raw_fd(), ACCEPT_POLL) {
             continue;
         }
-        let (stream, peer) = match listener.accept() {
+        let (tcp, peer) = match listener.accept() {
             Ok(x) => x,
             Err(e) => {
-                log::warn!("repair server accept: {e}");
+                log::warn!("control server accept: {e}");
                 continue;
             }
         };
@@ -140,20 +218,17 @@ fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, conns: Connection
         list.retain(|(_, h)| !h.is_finished());
         if list.len() >= MAX_CONNECTIONS {
             inc(&ctx.counters.repair_errors);
-            let mut s = stream;
-            let _ = write_message(&mut s, &error(ErrorCode::Internal, "too many connections"));
             continue;
         }
-        let Ok(shut) = stream.try_clone() else {
+        let Ok(shut) = tcp.try_clone() else {
             continue;
         };
-        inc(&ctx.counters.repair_sessions);
         let c = ctx.clone();
         let spawned = std::thread::Builder::new()
-            .name("mcsync-repair-conn".into())
+            .name("mcsync-control-conn".into())
             .spawn(move || {
-                if let Err(e) = serve(stream, &c) {
-                    log::debug!("repair connection {peer}: {e}");
+                if let Err(e) = serve(tcp, peer, &c) {
+                    log::debug!("control connection {peer}: {e}");
                 }
             });
         if let Ok(h) = spawned {
@@ -169,75 +244,209 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Message {
     }
 }
 
-fn serve(stream: TcpStream, ctx: &ServerContext) -> Result<()> {
-    stream
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .and_then(|_| stream.set_read_timeout(Some(IO_TIMEOUT)))
-        .and_then(|_| stream.set_nodelay(true))
-        .map_err(|e| Error::io("repair socket options", e))?;
-    let fd = stream.as_raw_fd();
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| Error::io("clone", e))?);
-    let mut writer = BufWriter::with_capacity(256 << 10, stream);
-    let mut db: Option<Arc<dyn PublishedDatabase>> = None;
+/// An authenticated session: who, which database, which registration.
+struct Session {
+    user: String,
+    db: Arc<dyn PublishedDatabase>,
+}
+
+fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
+    tcp.set_write_timeout(Some(WRITE_TIMEOUT))
+        .and_then(|_| tcp.set_read_timeout(Some(IDLE_TIMEOUT)))
+        .and_then(|_| tcp.set_nodelay(true))
+        .map_err(|e| Error::io("control socket options", e))?;
+    let stream = ctx.tls.accept(tcp)?;
+    let mut conn = BufReader::with_capacity(64 << 10, stream);
+    let mut session: Option<Session> = None;
     loop {
-        // Wait for the next request without holding a timeout over a half-read frame.
-        while reader.buffer().is_empty() && !wait_readable(fd, IDLE_POLL) {
-            if ctx.stop.is_stopped() {
-                return Ok(());
-            }
-        }
-        let msg = match read_message(&mut reader, ctx.max_request_frame) {
+        let msg = match read_message(&mut conn, ctx.max_request_frame) {
             Ok(Some((m, _))) => m,
             Ok(None) => return Ok(()),
             Err(e) => {
                 inc(&ctx.counters.repair_errors);
-                let _ = write_message(&mut writer, &error(ErrorCode::BadRequest, e.to_string()));
-                let _ = writer.flush();
+                if matches!(e, Error::Protocol(_)) {
+                    let _ = reply(&mut conn, ctx, &error(ErrorCode::BadRequest, e.to_string()));
+                } else {
+                    // A failed TLS handshake (or a client that went away) lands here.
+                    inc(&ctx.counters.tls_failures);
+                }
                 return Err(e);
             }
         };
-        let reply = match msg {
+        if let Some(s) = &session {
+            if ctx.is_revoked(&s.user) {
+                inc(&ctx.counters.auth_failures);
+                let m = error(ErrorCode::Auth, format!("user {:?} is revoked", s.user));
+                let _ = reply(&mut conn, ctx, &m);
+                return Ok(());
+            }
+        }
+        let mut close = false;
+        let answer = match msg {
             Message::Hello {
-                version, database, ..
-            } => hello(ctx, version, &database, &mut db),
-            Message::CatchupRequest { ranges } => match &db {
-                Some(d) => catch_up(ctx, d.as_ref(), &ranges, &mut writer),
+                version,
+                database,
+                client,
+                user,
+                secret,
+                subscriber_id,
+                ..
+            } => {
+                let r = hello(
+                    ctx,
+                    peer,
+                    version,
+                    &database,
+                    &client,
+                    &user,
+                    &secret,
+                    subscriber_id,
+                );
+                match r {
+                    Ok((s, info)) => {
+                        session = Some(s);
+                        Ok(Message::HelloOk(info))
+                    }
+                    Err(m) => {
+                        close = matches!(
+                            m,
+                            Message::Error {
+                                code: ErrorCode::Auth,
+                                ..
+                            }
+                        );
+                        Err(m)
+                    }
+                }
+            }
+            Message::CatchupRequest { ranges } => match &session {
+                Some(s) => {
+                    let mut w = BufWriter::with_capacity(256 << 10, conn.get_mut());
+                    let r = catch_up(ctx, s.db.as_ref(), &ranges, &mut w);
+                    w.flush().map_err(|e| Error::io("flushing catch-up", e))?;
+                    r
+                }
                 None => Err(error(ErrorCode::BadRequest, "catch-up before HELLO")),
             },
-            Message::PacketRequest { stream_id, ranges } => match &db {
-                Some(d) => resend(ctx, d.as_ref(), stream_id, &ranges, &mut writer),
+            Message::PacketRequest { stream_id, ranges } => match &session {
+                Some(s) => {
+                    let mut w = BufWriter::with_capacity(256 << 10, conn.get_mut());
+                    let r = resend(ctx, s.db.as_ref(), stream_id, &ranges, &mut w);
+                    w.flush()
+                        .map_err(|e| Error::io("flushing packet repair", e))?;
+                    r
+                }
                 None => Err(error(ErrorCode::BadRequest, "packet request before HELLO")),
             },
-            other => Err(error(
+            Message::CloseSubscription { subscriber_id } => match &session {
+                Some(s) => {
+                    let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
+                    if reg.get(&subscriber_id).is_some_and(|r| r.user == s.user) {
+                        reg.remove(&subscriber_id);
+                    }
+                    close = true;
+                    Ok(Message::Ok)
+                }
+                None => Err(error(ErrorCode::BadRequest, "close before HELLO")),
+            },
+            _ => Err(error(
                 ErrorCode::BadRequest,
-                format!("unexpected message from client: {other:?}"),
+                "unexpected message from client",
             )),
         };
-        let msg = match reply {
-            Ok(m) => m,
-            Err(m) => {
-                inc(&ctx.counters.repair_errors);
-                m
-            }
-        };
-        let n = write_message(&mut writer, &msg)?;
-        add(&ctx.counters.repair_bytes_sent, n as u64);
-        writer
-            .flush()
-            .map_err(|e| Error::io("flushing repair stream", e))?;
+        let msg = answer.unwrap_or_else(|m| {
+            inc(&ctx.counters.repair_errors);
+            m
+        });
+        reply(&mut conn, ctx, &msg)?;
+        if close {
+            return Ok(());
+        }
     }
 }
 
+fn reply(conn: &mut BufReader<Box<dyn Stream>>, ctx: &ServerContext, msg: &Message) -> Result<()> {
+    let w = conn.get_mut();
+    let n = write_message(w, msg)?;
+    add(&ctx.counters.repair_bytes_sent, n as u64);
+    w.flush()
+        .map_err(|e| Error::io("flushing control reply", e))
+}
+
+fn authenticate(
+    ctx: &ServerContext,
+    peer: SocketAddr,
+    user: &str,
+    secret: &Secret,
+) -> std::result::Result<Grant, Message> {
+    use sha2::{Digest, Sha256};
+    let now = Instant::now();
+    let fail = |why: String| {
+        inc(&ctx.counters.auth_failures);
+        error(ErrorCode::Auth, why)
+    };
+    if ctx.limiter.is_blocked(peer.ip(), now) {
+        inc(&ctx.counters.auth_rate_limited);
+        return Err(fail(format!(
+            "too many failed logins from {}; try again later",
+            peer.ip()
+        )));
+    }
+    if ctx.is_revoked(user) {
+        ctx.limiter.failure(peer.ip(), now);
+        return Err(fail(format!("user {user:?} is revoked")));
+    }
+    let digest: [u8; 32] = Sha256::digest(secret.expose().as_bytes()).into();
+    let cache_key = (user.to_owned(), digest);
+    if let Some((g, at)) = ctx
+        .auth_cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&cache_key)
+    {
+        if now.duration_since(*at) < AUTH_CACHE_TTL {
+            return Ok(g.clone());
+        }
+    }
+    match ctx.authenticator.authenticate(user, secret.expose(), peer) {
+        Ok(g) => {
+            ctx.limiter.success(peer.ip());
+            ctx.auth_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cache_key, (g.clone(), now));
+            Ok(g)
+        }
+        Err(why) => {
+            ctx.limiter.failure(peer.ip(), now);
+            Err(fail(why))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn hello(
     ctx: &ServerContext,
+    peer: SocketAddr,
     version: u8,
     database: &str,
-    db: &mut Option<Arc<dyn PublishedDatabase>>,
-) -> std::result::Result<Message, Message> {
+    client: &str,
+    user: &str,
+    secret: &Secret,
+    subscriber_id: u64,
+) -> std::result::Result<(Session, DatabaseInfo), Message> {
     if version != CONTROL_VERSION {
         return Err(error(
             ErrorCode::Version,
             format!("control protocol {version} unsupported (server speaks {CONTROL_VERSION})"),
+        ));
+    }
+    let grant = authenticate(ctx, peer, user, secret)?;
+    if !grant.allows(database) {
+        inc(&ctx.counters.auth_failures);
+        return Err(error(
+            ErrorCode::Auth,
+            format!("user {user:?} may not subscribe to database {database:?}"),
         ));
     }
     let found = ctx
@@ -246,15 +455,59 @@ fn hello(
         .unwrap_or_else(|e| e.into_inner())
         .get(database)
         .cloned();
-    let Some(d) = found else {
+    let Some(db) = found else {
         return Err(error(
             ErrorCode::UnknownDatabase,
             format!("database {database:?} is not published"),
         ));
     };
-    let info = d.info();
-    *db = Some(d);
-    Ok(Message::HelloOk(info))
+    let id = register(ctx, peer, database, client, user, subscriber_id);
+    db.on_registered();
+    inc(&ctx.counters.registrations);
+    let mut info = db.info();
+    info.keys = db.keys();
+    info.groups = grant.groups;
+    info.subscriber_id = id;
+    Ok((
+        Session {
+            user: user.to_owned(),
+            db,
+        },
+        info,
+    ))
+}
+
+/// Records the registration; an id from an earlier HELLO of the same user and database is
+/// kept, so one subscriber has one record however often it reconnects.
+fn register(
+    ctx: &ServerContext,
+    peer: SocketAddr,
+    database: &str,
+    client: &str,
+    user: &str,
+    id: u64,
+) -> u64 {
+    let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = reg.get_mut(&id) {
+        if r.user == user && r.database == database {
+            r.sessions += 1;
+            r.peer = peer;
+            return id;
+        }
+    }
+    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    reg.insert(
+        id,
+        SubscriberRecord {
+            id,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            client: client.to_owned(),
+            peer,
+            sessions: 1,
+        },
+    );
+    id
 }
 
 /// Most packets resent for one request.

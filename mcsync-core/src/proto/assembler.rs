@@ -196,7 +196,7 @@ mod tests {
     fn multi_packet_chain_reassembles_exactly() {
         let c = chain_bytes(1_000, 2);
         let pkts = build(&[&c]);
-        assert_eq!(pkts.len(), (1_000 + 4 + 59) / 60);
+        assert_eq!(pkts.len(), (1_000usize + 4).div_ceil(60));
         let mut a = ChainAssembler::new(1 << 20);
         for p in &pkts[..pkts.len() - 1] {
             assert_eq!(feed(&mut a, p), Assembled::default());

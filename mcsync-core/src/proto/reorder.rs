@@ -220,3 +220,198 @@ impl PacketReorder {
         self.hole_since.map(|t| t + self.config.repair_delay)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::packet::{Compression, PacketKind};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn pkt(stream_id: u32, seq: u64) -> OpenPacket {
+        OpenPacket {
+            header: PacketHeader {
+                kind: PacketKind::Data,
+                flags: 0,
+                compression: Compression::None,
+                length: 0,
+                stream_id,
+                key_epoch: 1,
+                seq,
+            },
+            payload: vec![seq as u8; 10],
+        }
+    }
+
+    fn release(r: &mut PacketReorder) -> Vec<u64> {
+        std::iter::from_fn(|| r.poll_release().map(|p| p.header.seq)).collect()
+    }
+
+    fn config(delay: Duration) -> ReorderConfig {
+        ReorderConfig {
+            repair_delay: delay,
+            ..ReorderConfig::default()
+        }
+    }
+
+    #[test]
+    fn packets_in_order_pass_straight_through() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(config(Duration::ZERO));
+        assert!(r.on_packet(t, pkt(7, 10)));
+        assert_eq!(r.stream(), Some(7));
+        for s in 11..=13 {
+            assert!(!r.on_packet(t, pkt(7, s)));
+        }
+        assert_eq!(release(&mut r), [10, 11, 12, 13]);
+        assert_eq!(r.poll_repair(t), None);
+        assert_eq!(r.next_timeout(), None);
+    }
+
+    #[test]
+    fn a_hole_holds_later_packets_and_asks_for_exactly_the_missing_ones() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(config(2 * MS));
+        for s in [1, 2, 4, 7, 8] {
+            r.on_packet(t, pkt(7, s));
+        }
+        assert_eq!(release(&mut r), [1, 2]);
+        assert_eq!(r.missing(), [(3, 3), (5, 6)]);
+        assert_eq!(r.next_timeout(), Some(t + 2 * MS));
+        assert_eq!(r.poll_repair(t + MS), None);
+        assert_eq!(r.poll_repair(t + 2 * MS), Some((7, vec![(3, 3), (5, 6)])));
+        assert_eq!(r.poll_repair(t + 2 * MS), None);
+        for s in [3, 5, 6] {
+            r.on_packet(t + 3 * MS, pkt(7, s));
+        }
+        r.on_repair_done(t + 3 * MS);
+        assert_eq!(release(&mut r), [3, 4, 5, 6, 7, 8]);
+        let c = r.counters();
+        assert_eq!((c.holes, c.repair_requests, c.skipped), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_late_packet_fills_the_hole_without_repair() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(config(5 * MS));
+        r.on_packet(t, pkt(1, 1));
+        r.on_packet(t, pkt(1, 3));
+        r.on_packet(t + MS, pkt(1, 2));
+        assert_eq!(release(&mut r), [1, 2, 3]);
+        assert_eq!(r.next_timeout(), None);
+        assert_eq!(r.poll_repair(t + 10 * MS), None);
+        assert_eq!(r.counters().out_of_order, 1);
+    }
+
+    #[test]
+    fn what_a_repair_did_not_bring_is_skipped() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(config(Duration::ZERO));
+        for s in [1, 4, 5] {
+            r.on_packet(t, pkt(1, s));
+        }
+        assert_eq!(r.poll_repair(t), Some((1, vec![(2, 3)])));
+        r.on_packet(t, pkt(1, 2));
+        r.on_repair_done(t);
+        assert_eq!(release(&mut r), [1, 2, 4, 5]);
+        assert_eq!(r.counters().skipped, 1);
+        // The skipped packet arriving late is a duplicate, not a new hole.
+        r.on_packet(t, pkt(1, 3));
+        assert_eq!(release(&mut r), Vec::<u64>::new());
+        assert_eq!(r.counters().duplicates, 1);
+    }
+
+    #[test]
+    fn duplicates_are_released_once() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(config(Duration::ZERO));
+        r.on_packet(t, pkt(1, 1));
+        r.on_packet(t, pkt(1, 3));
+        r.on_packet(t, pkt(1, 3));
+        assert_eq!(release(&mut r), [1]);
+        r.on_packet(t, pkt(1, 1));
+        r.on_packet(t, pkt(1, 2));
+        assert_eq!(release(&mut r), [2, 3]);
+        assert_eq!(r.counters().duplicates, 2);
+    }
+
+    #[test]
+    fn a_new_stream_drops_what_was_held_of_the_old_one() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(config(Duration::ZERO));
+        r.on_packet(t, pkt(1, 1));
+        r.on_packet(t, pkt(1, 3));
+        assert_eq!(release(&mut r), [1]);
+        assert!(r.on_packet(t, pkt(2, 50)));
+        assert_eq!(r.stream(), Some(2));
+        assert_eq!(release(&mut r), [50]);
+        assert_eq!(r.poll_repair(t), None);
+        assert_eq!(r.counters().skipped, 1);
+    }
+
+    #[test]
+    fn too_many_bytes_behind_a_hole_skip_it() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(ReorderConfig {
+            max_bytes: 25,
+            ..config(Duration::ZERO)
+        });
+        r.on_packet(t, pkt(1, 1));
+        release(&mut r);
+        r.on_packet(t, pkt(1, 3));
+        r.on_packet(t, pkt(1, 4));
+        assert_eq!(release(&mut r), Vec::<u64>::new());
+        // 30 bytes held behind the hole at 2: give up on it.
+        r.on_packet(t, pkt(1, 5));
+        assert_eq!(release(&mut r), [3, 4, 5]);
+        assert_eq!(r.counters().skipped, 1);
+        assert_eq!(r.poll_repair(t), None);
+    }
+
+    #[test]
+    fn a_failed_repair_gives_up_on_every_hole_at_once() {
+        // The subscriber's pattern: release after every packet.
+        let t = Instant::now();
+        let mut r = PacketReorder::new(config(Duration::ZERO));
+        let mut out = Vec::new();
+        for s in [1, 3, 5, 6] {
+            r.on_packet(t, pkt(1, s));
+            out.extend(release(&mut r));
+        }
+        assert_eq!(out, [1]);
+        assert_eq!(r.poll_repair(t), Some((1, vec![(2, 2), (4, 4)])));
+        // The publisher no longer has them: nothing comes back.
+        r.on_repair_done(t + MS);
+        out.extend(release(&mut r));
+        assert_eq!(out, [1, 3, 5, 6]);
+        assert_eq!(r.counters().skipped, 2);
+        assert_eq!(r.poll_repair(t + 2 * MS), None);
+        assert_eq!(r.counters().repair_requests, 1);
+    }
+
+    #[test]
+    fn a_hole_behind_unreleased_packets_is_timed_from_when_it_appears() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(config(3 * MS));
+        r.on_packet(t, pkt(1, 1));
+        r.on_packet(t, pkt(1, 3));
+        r.on_packet(t, pkt(1, 2));
+        r.on_packet(t, pkt(1, 5));
+        assert_eq!(release(&mut r), [1, 2, 3]);
+        assert_eq!(r.next_timeout(), Some(t + 3 * MS));
+        assert_eq!(r.poll_repair(t + 3 * MS), Some((1, vec![(4, 4)])));
+    }
+
+    #[test]
+    fn requests_are_capped_at_max_ranges() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(ReorderConfig {
+            max_ranges: 2,
+            ..config(Duration::ZERO)
+        });
+        for s in [1, 3, 5, 7, 9] {
+            r.on_packet(t, pkt(1, s));
+        }
+        assert_eq!(r.poll_repair(t), Some((1, vec![(2, 2), (4, 4)])));
+    }
+}

@@ -56,3 +56,43 @@ impl RetransmitBuffer {
         self.packets.front().map(|&(s, _)| s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dg(n: usize, b: u8) -> Arc<Vec<u8>> {
+        Arc::new(vec![b; n])
+    }
+
+    #[test]
+    fn returns_what_it_holds_by_sequence() {
+        let mut b = RetransmitBuffer::new(9, 1_000);
+        assert_eq!(b.stream_id(), 9);
+        assert_eq!(b.oldest(), None);
+        for s in [3, 4, 7] {
+            b.push(s, dg(100, s as u8));
+        }
+        assert_eq!(b.get(4).as_deref(), Some(&vec![4; 100]));
+        assert_eq!(b.get(7).as_deref(), Some(&vec![7; 100]));
+        assert_eq!(b.get(5), None);
+        assert_eq!(b.get(8), None);
+        assert_eq!(b.get(0), None);
+        assert_eq!(b.oldest(), Some(3));
+    }
+
+    #[test]
+    fn evicts_the_oldest_beyond_its_byte_limit() {
+        let mut b = RetransmitBuffer::new(1, 1_000);
+        for s in 1..=25 {
+            b.push(s, dg(100, 0));
+        }
+        assert_eq!(b.oldest(), Some(16));
+        assert_eq!(b.get(15), None);
+        assert!(b.get(16).is_some() && b.get(25).is_some());
+        // A datagram larger than the whole buffer is not kept.
+        b.push(26, dg(1_001, 0));
+        assert_eq!(b.get(26), None);
+        assert_eq!(b.oldest(), None);
+    }
+}

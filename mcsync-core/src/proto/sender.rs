@@ -57,7 +57,12 @@ pub struct Sender {
     pacer: Pacer,
     counters: SenderCounters,
     scratch: Vec<u8>,
+    multicast: bool,
+    changekey_until: Option<Instant>,
 }
+
+/// How long packets carry CHANGEKEY after a rotation.
+const CHANGEKEY_FOR: Duration = Duration::from_secs(2);
 
 impl Sender {
     /// A sender for stream `stream_id`, whose last sent version is `latest`.
@@ -79,6 +84,8 @@ impl Sender {
             pacer: Pacer::new(now, config.packets_per_sec, config.bytes_per_sec),
             counters: SenderCounters::default(),
             scratch: Vec::new(),
+            multicast: true,
+            changekey_until: None,
             config,
         }
     }
@@ -87,6 +94,24 @@ impl Sender {
     pub fn push(&mut self, version: u64, encoded: Arc<Vec<u8>>) {
         debug_assert!(version > self.queue.back().map_or(self.pending_top, |q| q.0));
         self.queue.push_back((version, encoded));
+    }
+
+    /// Seals chains built from now on under key epoch `epoch`, and flags packets with
+    /// CHANGEKEY for a while so subscribers re-register promptly.
+    pub fn rekey(&mut self, now: Instant, epoch: u32) {
+        self.builder.set_key_epoch(epoch);
+        self.changekey_until = Some(now + CHANGEKEY_FOR);
+    }
+
+    /// Turns multicast of updates on or off. While off, queued updates are skipped (they
+    /// are in the journal) and heartbeats announce them, so subscribers repair by unicast.
+    pub fn set_multicast(&mut self, on: bool) {
+        self.multicast = on;
+    }
+
+    /// Whether updates are multicast.
+    pub fn multicast(&self) -> bool {
+        self.multicast
     }
 
     /// Sets the oldest version the journal can serve (announced in heartbeats).
@@ -156,6 +181,23 @@ impl Sender {
     /// `wall_us` is the publisher's wall clock (microseconds since the Unix epoch), put in
     /// heartbeats so subscribers can estimate their lag.
     pub fn poll_transmit(&mut self, now: Instant, wall_us: u64) -> Option<PlainPacket> {
+        let mut p = self.poll_packet(now, wall_us)?;
+        if self.changekey_until.is_some_and(|t| now < t) {
+            p.header.flags |= crate::wire::packet::CHANGEKEY;
+        }
+        Some(p)
+    }
+
+    fn poll_packet(&mut self, now: Instant, wall_us: u64) -> Option<PlainPacket> {
+        if !self.multicast {
+            if let Some(&(v, _)) = self.queue.back() {
+                self.queue.clear();
+                self.pending_top = v;
+                if self.pending.is_empty() {
+                    self.sent_version = v;
+                }
+            }
+        }
         if self.pending.is_empty() && !self.queue.is_empty() {
             self.build_chain();
         }

@@ -124,6 +124,40 @@ impl PublisherStore {
         })
     }
 
+    /// Draws the next key epoch of database `name` and stores it durably (epochs only grow,
+    /// so a restarted publisher never reuses one; the keys themselves never touch disk).
+    pub fn next_key_epoch(&self, name: &str) -> Result<u32> {
+        let key = format!("epoch:{name}");
+        self.env.write(|txn| {
+            let next = get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0) + 1;
+            txn.put(self.meta, &key, &next.to_be_bytes(), WriteFlags::empty())?;
+            Ok((next & 0xFFFF_FFFF) as u32)
+        })
+    }
+
+    /// Records that `user` is revoked (survives restarts).
+    pub fn revoke(&self, user: &str) -> Result<()> {
+        let key = format!("revoked:{user}");
+        self.env
+            .write(|txn| txn.put(self.meta, &key, &1u64.to_be_bytes(), WriteFlags::empty()))
+    }
+
+    /// Users revoked so far.
+    pub fn revoked(&self) -> Result<Vec<String>> {
+        self.env.read(|txn| {
+            let mut cur = txn.open_ro_cursor(self.meta)?;
+            let mut out = Vec::new();
+            for item in cur.iter_from(b"revoked:") {
+                let (k, _) = item?;
+                let Some(user) = k.strip_prefix(b"revoked:") else {
+                    break;
+                };
+                out.push(String::from_utf8_lossy(user).into_owned());
+            }
+            Ok(out)
+        })
+    }
+
     /// Latest committed version of database `name` (0 if none).
     pub fn last_version(&self, name: &str) -> Result<u64> {
         let key = format!("v:{name}");

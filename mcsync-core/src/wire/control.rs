@@ -8,6 +8,8 @@
 //! `family u8 (4 or 6) | address (4 or 16 bytes) | port u16`.
 
 use super::{Put, Reader, WireError};
+use crate::auth::Secret;
+use crate::crypto::Key;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Version of the control protocol this build speaks.
@@ -52,20 +54,39 @@ impl ErrorCode {
     }
 }
 
-/// What the publisher tells a subscriber about a database in answer to HELLO.
+/// What the publisher tells a subscriber about a database in answer to HELLO: the
+/// registration (OPEN SUBSCRIPTION) result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseInfo {
     /// Multicast group and port the database is sent to.
     pub group: SocketAddr,
     /// Source address and port the publisher sends from (subscribers drop anything else).
     pub source: SocketAddr,
-    /// Key epoch in use.
-    pub key_epoch: u32,
+    /// Whether packets are sealed (always true in this version).
+    pub encrypted: bool,
+    /// Key epochs and keys, oldest first; the last is current.
+    pub keys: Vec<(u32, Key)>,
+    /// The subscriber's access groups.
+    pub groups: Vec<String>,
     /// Latest committed version.
     pub current_version: u64,
     /// Oldest version the journal can serve.
     pub oldest_version: u64,
+    /// Id of this subscriber's registration (sent back in later HELLOs and in CLOSE).
+    pub subscriber_id: u64,
 }
+
+impl DatabaseInfo {
+    /// The current key epoch.
+    pub fn key_epoch(&self) -> u32 {
+        self.keys.last().map_or(0, |k| k.0)
+    }
+}
+
+/// Most keys in one HELLO_OK.
+pub const MAX_KEYS: usize = 4;
+/// Most access groups in one HELLO_OK.
+pub const MAX_GROUPS: usize = 255;
 
 /// A control-channel message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +99,14 @@ pub enum Message {
         database: String,
         /// Free-form client name, for the publisher's logs and stats.
         client: String,
+        /// User name.
+        user: String,
+        /// The user's secret (the channel is TLS).
+        secret: Secret,
+        /// Registration id from an earlier HELLO_OK, or 0 for a new registration.
+        subscriber_id: u64,
+        /// Bit 0: two-phase participant (reserved).
+        flags: u8,
     },
     /// Publisher → client: the database's parameters.
     HelloOk(DatabaseInfo),
@@ -108,6 +137,13 @@ pub enum Message {
         /// Packets requested that the retransmit buffer no longer held.
         missing: u64,
     },
+    /// Client → publisher: release the registration.
+    CloseSubscription {
+        /// Registration id.
+        subscriber_id: u64,
+    },
+    /// Publisher → client: the request succeeded (answer to CLOSE_SUBSCRIPTION).
+    Ok,
     /// Either direction: a failure, with a code and a human-readable message.
     Error {
         /// Machine-readable code.
@@ -126,6 +162,8 @@ const T_ERROR: u8 = 6;
 const T_PACKET_REQUEST: u8 = 7;
 const T_PACKET_DATA: u8 = 8;
 const T_PACKET_END: u8 = 9;
+const T_CLOSE_SUBSCRIPTION: u8 = 10;
+const T_OK: u8 = 11;
 
 fn put_ranges(out: &mut Vec<u8>, ranges: &[(u64, u64)]) {
     out.put_u16(ranges.len() as u16);
@@ -176,6 +214,40 @@ fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, WireError> {
     Ok(SocketAddr::new(ip, r.u16("port")?))
 }
 
+fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
+    let group = read_addr(r)?;
+    let source = read_addr(r)?;
+    let encrypted = match r.u8("encrypted")? {
+        0 => false,
+        1 => true,
+        v => return Err(WireError::Invalid("encrypted", v.into())),
+    };
+    let nkeys = r.u8("key count")? as usize;
+    if nkeys > MAX_KEYS {
+        return Err(WireError::TooLong("key count", nkeys as u64));
+    }
+    let mut keys = Vec::with_capacity(nkeys);
+    for _ in 0..nkeys {
+        let epoch = r.u32("key epoch")?;
+        keys.push((epoch, Key::from_bytes(r.array::<32>("key")?)));
+    }
+    let ngroups = r.u8("group count")? as usize;
+    let mut groups = Vec::with_capacity(ngroups);
+    for _ in 0..ngroups {
+        groups.push(r.str8("group")?.to_owned());
+    }
+    Ok(DatabaseInfo {
+        group,
+        source,
+        encrypted,
+        keys,
+        groups,
+        current_version: r.u64("current version")?,
+        oldest_version: r.u64("oldest version")?,
+        subscriber_id: r.u64("subscriber id")?,
+    })
+}
+
 impl Message {
     /// Appends the whole frame (length, type, body).
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -186,20 +258,43 @@ impl Message {
                 version,
                 database,
                 client,
+                user,
+                secret,
+                subscriber_id,
+                flags,
             } => {
                 out.put_u8(T_HELLO);
                 out.put_u8(*version);
                 out.put_str16(database);
                 out.put_str16(client);
+                out.put_str16(user);
+                out.put_str16(secret.expose());
+                out.put_u64(*subscriber_id);
+                out.put_u8(*flags);
             }
             Message::HelloOk(info) => {
                 out.put_u8(T_HELLO_OK);
                 put_addr(out, &info.group);
                 put_addr(out, &info.source);
-                out.put_u32(info.key_epoch);
+                out.put_u8(u8::from(info.encrypted));
+                out.put_u8(info.keys.len().min(MAX_KEYS) as u8);
+                for (epoch, key) in info.keys.iter().take(MAX_KEYS) {
+                    out.put_u32(*epoch);
+                    out.extend_from_slice(key.as_bytes());
+                }
+                out.put_u8(info.groups.len().min(MAX_GROUPS) as u8);
+                for g in info.groups.iter().take(MAX_GROUPS) {
+                    out.put_str8(g);
+                }
                 out.put_u64(info.current_version);
                 out.put_u64(info.oldest_version);
+                out.put_u64(info.subscriber_id);
             }
+            Message::CloseSubscription { subscriber_id } => {
+                out.put_u8(T_CLOSE_SUBSCRIPTION);
+                out.put_u64(*subscriber_id);
+            }
+            Message::Ok => out.put_u8(T_OK),
             Message::CatchupRequest { ranges } => {
                 out.put_u8(T_CATCHUP_REQUEST);
                 put_ranges(out, ranges);
@@ -250,14 +345,16 @@ impl Message {
                 version: r.u8("version")?,
                 database: r.str16("database")?.to_owned(),
                 client: r.str16("client")?.to_owned(),
+                user: r.str16("user")?.to_owned(),
+                secret: Secret::new(r.str16("secret")?),
+                subscriber_id: r.u64("subscriber id")?,
+                flags: r.u8("flags")?,
             },
-            T_HELLO_OK => Message::HelloOk(DatabaseInfo {
-                group: read_addr(&mut r)?,
-                source: read_addr(&mut r)?,
-                key_epoch: r.u32("epoch")?,
-                current_version: r.u64("current version")?,
-                oldest_version: r.u64("oldest version")?,
-            }),
+            T_HELLO_OK => Message::HelloOk(read_info(&mut r)?),
+            T_CLOSE_SUBSCRIPTION => Message::CloseSubscription {
+                subscriber_id: r.u64("subscriber id")?,
+            },
+            T_OK => Message::Ok,
             T_CATCHUP_REQUEST => Message::CatchupRequest {
                 ranges: read_ranges(&mut r)?,
             },

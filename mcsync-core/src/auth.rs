@@ -1,0 +1,300 @@
+//! Authentication and authorization of subscribers: the [`Authenticator`] trait a host
+//! implements, a built-in [`UsersFile`] with salted argon2 password hashes, and a per-source
+//! rate limiter for failures.
+
+use crate::{Error, Result};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A user's secret: redacted in `Debug` output and wiped from memory on drop.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(zeroize::Zeroizing::new(s.into()))
+    }
+
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret::new(s)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret::new(s)
+    }
+}
+
+/// What an authenticated user may do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grant {
+    /// Databases the user may subscribe to; `None` means every database.
+    pub databases: Option<Vec<String>>,
+    /// The user's access groups: records restricted to groups are visible to the user only
+    /// if it holds one of them.
+    pub groups: Vec<String>,
+}
+
+impl Grant {
+    /// A grant to every database with the given groups.
+    pub fn all(groups: &[&str]) -> Grant {
+        Grant {
+            databases: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    /// Whether the grant covers `database`.
+    pub fn allows(&self, database: &str) -> bool {
+        self.databases
+            .as_ref()
+            .is_none_or(|d| d.iter().any(|x| x == database))
+    }
+}
+
+/// Decides who may subscribe. Called on every registration and every repair session, from
+/// the publisher's connection threads (so it must be thread-safe).
+pub trait Authenticator: Send + Sync {
+    /// Checks `user` and `secret` (sent by `peer` over the TLS session). Returns the grant,
+    /// or an error message for the client (which should not say whether the user exists).
+    fn authenticate(&self, user: &str, secret: &str, peer: SocketAddr) -> Result<Grant, String>;
+}
+
+impl<F> Authenticator for F
+where
+    F: Fn(&str, &str, SocketAddr) -> Result<Grant, String> + Send + Sync,
+{
+    fn authenticate(&self, user: &str, secret: &str, peer: SocketAddr) -> Result<Grant, String> {
+        self(user, secret, peer)
+    }
+}
+
+/// Hashes a password with argon2id and a random salt, in PHC string form.
+pub fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Config(format!("hashing password: {e}")))
+}
+
+#[derive(Debug, Clone)]
+struct UserEntry {
+    hash: String,
+    grant: Grant,
+}
+
+/// The built-in authenticator: a text file, one user per line:
+///
+/// ```text
+/// # name   argon2 hash (PHC)            databases (or *)   groups (or -)
+/// alice    $argon2id$v=19$m=19456,...   inventory,orders   sales,emea
+/// bob      $argon2id$v=19$m=19456,...   *                  -
+/// ```
+///
+/// Blank lines and lines starting with `#` are ignored. `mcsync users add` writes entries.
+#[derive(Debug)]
+pub struct UsersFile {
+    path: PathBuf,
+    users: HashMap<String, UserEntry>,
+}
+
+fn split_list(field: &str, any: &str) -> Option<Vec<String>> {
+    if field == any {
+        return None;
+    }
+    Some(
+        field
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+impl UsersFile {
+    /// Reads and checks a users file; errors name the line.
+    pub fn load(path: &Path) -> Result<UsersFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading users file {}", path.display()), e))?;
+        let mut users = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let bad =
+                |why: &str| Error::Config(format!("{} line {}: {why}", path.display(), i + 1));
+            if f.len() != 4 {
+                return Err(bad("expected: name hash databases groups"));
+            }
+            PasswordHash::new(f[1]).map_err(|_| bad("password hash is not a PHC string"))?;
+            let entry = UserEntry {
+                hash: f[1].to_owned(),
+                grant: Grant {
+                    databases: split_list(f[2], "*"),
+                    groups: split_list(f[3], "-").unwrap_or_default(),
+                },
+            };
+            if users.insert(f[0].to_owned(), entry).is_some() {
+                return Err(bad("user listed twice"));
+            }
+        }
+        Ok(UsersFile {
+            path: path.to_owned(),
+            users,
+        })
+    }
+
+    /// Appends a user to a users file (creating it), hashing the password.
+    pub fn add_user(
+        path: &Path,
+        name: &str,
+        password: &str,
+        databases: Option<&[String]>,
+        groups: &[String],
+    ) -> Result<()> {
+        let valid = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c == ',');
+        if !valid(name)
+            || !databases.unwrap_or_default().iter().all(|d| valid(d))
+            || !groups.iter().all(|g| valid(g))
+        {
+            return Err(Error::Config(
+                "user, database and group names must be non-empty, without spaces or commas".into(),
+            ));
+        }
+        if path.exists() && UsersFile::load(path)?.users.contains_key(name) {
+            return Err(Error::Config(format!(
+                "user {name:?} already in {}",
+                path.display()
+            )));
+        }
+        let dbs = databases.map_or("*".to_owned(), |d| d.join(","));
+        let gs = if groups.is_empty() {
+            "-".to_owned()
+        } else {
+            groups.join(",")
+        };
+        let line = format!("{name} {} {dbs} {gs}\n", hash_password(password)?);
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening users file {}", path.display()), e))?;
+        f.write_all(line.as_bytes())
+            .map_err(|e| Error::io(format!("writing users file {}", path.display()), e))
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether the file lists no user.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Authenticator for UsersFile {
+    fn authenticate(&self, user: &str, secret: &str, _peer: SocketAddr) -> Result<Grant, String> {
+        let denied = || "unknown user or wrong password".to_owned();
+        let Some(u) = self.users.get(user) else {
+            // Spend the same effort as a real check so timing does not reveal the user.
+            let _ = hash_password(secret);
+            return Err(denied());
+        };
+        let hash = PasswordHash::new(&u.hash).map_err(|_| denied())?;
+        Argon2::default()
+            .verify_password(secret.as_bytes(), &hash)
+            .map_err(|_| denied())?;
+        Ok(u.grant.clone())
+    }
+}
+
+/// Failures counted since a window start, and the end of a block if one is in force.
+type FailureWindow = (u32, Instant, Option<Instant>);
+
+/// Limits authentication failures per source address: after `max_failures` within
+/// `window`, that address is refused without checking for `block_for`.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    max_failures: u32,
+    window: Duration,
+    block_for: Duration,
+    state: Mutex<HashMap<IpAddr, FailureWindow>>,
+}
+
+impl FailureLimiter {
+    /// A limiter with the given thresholds.
+    pub fn new(max_failures: u32, window: Duration, block_for: Duration) -> FailureLimiter {
+        FailureLimiter {
+            max_failures,
+            window,
+            block_for,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` is currently blocked.
+    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.get(&ip)
+            .and_then(|&(_, _, until)| until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// Records a failure from `ip`.
+    pub fn failure(&self, ip: IpAddr, now: Instant) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.len() > 100_000 {
+            st.retain(|_, &mut (_, start, until)| {
+                until.is_some_and(|u| now < u) || now.duration_since(start) < self.window
+            });
+        }
+        let e = st.entry(ip).or_insert((0, now, None));
+        if now.duration_since(e.1) > self.window {
+            *e = (0, now, None);
+        }
+        e.0 += 1;
+        if e.0 >= self.max_failures {
+            e.2 = Some(now + self.block_for);
+        }
+    }
+
+    /// Records a success from `ip` (clears its failures).
+    pub fn success(&self, ip: IpAddr) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ip);
+    }
+}
