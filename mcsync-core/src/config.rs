@@ -119,6 +119,33 @@ impl Schedule {
     }
 }
 
+/// How much journal the publisher keeps. Entries beyond both the size and the age limit
+/// are removed, oldest first, but never below `min_count`. A subscriber that falls behind
+/// the oldest kept version catches up by hash resync instead of the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Most journal bytes kept per database (default 1 GiB).
+    pub max_bytes: u64,
+    /// Oldest entry kept (default 7 days).
+    pub max_age: Duration,
+    /// Fewest entries kept, whatever their size and age (default 10,000).
+    pub min_count: u64,
+    /// When free space in the data directory drops below this, the journal is trimmed to
+    /// `min_count` and the condition is logged and counted (default 256 MiB).
+    pub min_free_disk_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            min_count: 10_000,
+            min_free_disk_bytes: 256 << 20,
+        }
+    }
+}
+
 /// Who may subscribe.
 #[derive(Clone)]
 pub enum Authentication {
@@ -178,6 +205,8 @@ pub struct PublisherConfig {
     pub key_rotation_interval: Option<std::time::Duration>,
     /// When to multicast.
     pub schedule: Schedule,
+    /// How much journal to keep.
+    pub retention: Retention,
     /// Rotate keys when a multicast window opens, so subscribers re-register.
     pub rotate_key_at_window_start: bool,
     /// Start a database's multicast only once a subscriber has registered for it.
@@ -200,6 +229,7 @@ impl PublisherConfig {
             authentication: Authentication::UsersFile(data_dir.join("users")),
             key_rotation_interval: None,
             schedule: Schedule::Always,
+            retention: Retention::default(),
             rotate_key_at_window_start: false,
             multicast_on_first_subscription: false,
             data_dir,

@@ -22,7 +22,8 @@ pub mod wire;
 
 pub use auth::{Authenticator, Grant, Secret};
 pub use config::{
-    Authentication, LossConfig, MulticastConfig, PublisherConfig, Schedule, SubscriberConfig,
+    Authentication, LossConfig, MulticastConfig, PublisherConfig, Retention, Schedule,
+    SubscriberConfig,
 };
 pub use crypto::Key;
 pub use error::{Error, ErrorKind, Result};

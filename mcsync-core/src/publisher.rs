@@ -317,6 +317,16 @@ impl Drop for Publisher {
 }
 
 fn close_inner(inner: &Inner) {
+    // The maintenance thread first, so no key rotation or schedule switch runs after close.
+    inner.stop.stop();
+    if let Some(h) = inner
+        .maintenance
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        let _ = h.join();
+    }
     drop(
         inner
             .intake_tx

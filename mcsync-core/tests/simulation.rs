@@ -391,6 +391,10 @@ struct Live {
     highest_seq: HashMap<u32, u64>,
     stream: Option<u32>,
     reorder: Option<PacketReorder>,
+    /// Sequence numbers the reorder stage was given, and those it asked to repair, since it
+    /// last changed streams.
+    fed_seqs: BTreeSet<u64>,
+    requested_seqs: BTreeSet<u64>,
     repair: Option<RepairRanges>,
     /// Versions handed to the receiver and not yet handed out (unless evicted).
     buffered: BTreeSet<u64>,
@@ -402,9 +406,13 @@ impl Live {
     fn on_authentic(&mut self, now: Instant, pkt: OpenPacket, st: &mut Stats, limits: &Limits) {
         match self.reorder.as_mut() {
             Some(r) => {
+                let seq = pkt.header.seq;
                 if r.on_packet(now, pkt) {
                     self.assembler.reset();
+                    self.fed_seqs.clear();
+                    self.requested_seqs.clear();
                 }
+                self.fed_seqs.insert(seq);
                 self.release_ordered(now, st, limits);
             }
             None => {
@@ -798,6 +806,8 @@ impl Sim {
                     max_ranges: 64,
                 })
             }),
+            fed_seqs: BTreeSet::new(),
+            requested_seqs: BTreeSet::new(),
             repair: None,
             buffered: BTreeSet::new(),
         });
@@ -934,9 +944,19 @@ impl Sim {
             prev = b;
         }
         assert!(ranges.len() <= 64);
+        let seqs: Vec<u64> = ranges.iter().flat_map(|&(a, b)| a..=b).collect();
+        for seq in &seqs {
+            assert!(
+                !live.fed_seqs.contains(seq),
+                "packet {seq} requested but already received"
+            );
+            assert!(
+                live.requested_seqs.insert(*seq),
+                "packet {seq} requested twice"
+            );
+        }
         stats.packet_repairs += 1;
         s.repairs += 1;
-        let seqs: Vec<u64> = ranges.iter().flat_map(|&(a, b)| a..=b).collect();
         let fail = p.repair_fail > 0.0 && rng.gen_bool(p.repair_fail);
         let n = if fail {
             rng.gen_range(0..=seqs.len())
@@ -959,6 +979,7 @@ impl Sim {
                 .expect("a sent datagram opens");
             assert_eq!((header.stream_id, header.seq), (stream, seq));
             stats.packets_repaired += 1;
+            live.fed_seqs.insert(seq);
             reorder.on_packet(now, OpenPacket { header, payload });
         }
         reorder.on_repair_done(now);

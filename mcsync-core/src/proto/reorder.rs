@@ -5,7 +5,7 @@
 //! the broken chain as usual (its versions are repaired from the journal).
 
 use crate::wire::packet::PacketHeader;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// An authenticated packet: header and decrypted payload.
@@ -60,6 +60,10 @@ pub struct PacketReorder {
     stream: Option<u32>,
     next_seq: u64,
     pending: BTreeMap<u64, OpenPacket>,
+    /// Packets to release in order before `pending`: what was held behind holes that were
+    /// given up on.
+    ready: VecDeque<OpenPacket>,
+    /// Bytes of `pending` and `ready`.
     pending_bytes: usize,
     hole_since: Option<Instant>,
     in_flight: bool,
@@ -74,6 +78,7 @@ impl PacketReorder {
             stream: None,
             next_seq: 0,
             pending: BTreeMap::new(),
+            ready: VecDeque::new(),
             pending_bytes: 0,
             hole_since: None,
             in_flight: false,
@@ -99,8 +104,9 @@ impl PacketReorder {
         if self.stream != Some(packet.header.stream_id) {
             // A new stream (publisher restart): what was held of the old one is dropped;
             // the journal repairs its versions.
-            self.counters.skipped += self.pending.len() as u64;
+            self.counters.skipped += (self.pending.len() + self.ready.len()) as u64;
             self.pending.clear();
+            self.ready.clear();
             self.pending_bytes = 0;
             self.stream = Some(packet.header.stream_id);
             self.next_seq = seq;
@@ -128,10 +134,12 @@ impl PacketReorder {
         changed
     }
 
+    /// Whether a sequence number between the next one to release and the highest held is
+    /// missing (anywhere, not only first: releasing up to it must not leave it untimed).
     fn has_hole(&self) -> bool {
         self.pending
-            .first_key_value()
-            .is_some_and(|(&first, _)| first > self.next_seq)
+            .last_key_value()
+            .is_some_and(|(&top, _)| top - self.next_seq >= self.pending.len() as u64)
     }
 
     fn note_hole(&mut self, now: Instant) {
@@ -156,11 +164,30 @@ impl PacketReorder {
         self.hole_since = None;
     }
 
+    /// Gives up on every packet missing below the highest held one; what is held is
+    /// released in order.
+    fn give_up(&mut self) {
+        let Some((&top, _)) = self.pending.last_key_value() else {
+            return;
+        };
+        let held = std::mem::take(&mut self.pending);
+        self.counters.skipped += top + 1 - self.next_seq - held.len() as u64;
+        self.ready.extend(held.into_values());
+        self.next_seq = top + 1;
+        self.hole_since = None;
+    }
+
     /// The next packet in sequence order, if it is here.
     pub fn poll_release(&mut self) -> Option<OpenPacket> {
-        let p = self.pending.remove(&self.next_seq)?;
+        let p = match self.ready.pop_front() {
+            Some(p) => p,
+            None => {
+                let p = self.pending.remove(&self.next_seq)?;
+                self.next_seq += 1;
+                p
+            }
+        };
         self.pending_bytes -= p.payload.len();
-        self.next_seq += 1;
         Some(p)
     }
 
@@ -207,7 +234,7 @@ impl PacketReorder {
     pub fn on_repair_done(&mut self, now: Instant) {
         self.in_flight = false;
         if self.has_hole() {
-            self.skip_hole();
+            self.give_up();
         }
         self.note_hole(now);
     }

@@ -138,30 +138,132 @@ pub(crate) fn get_u64(
     }
 }
 
-/// Writes a record and its content hash, or deletes both.
+/// The tables holding one database's records: data (key → value), content hashes
+/// (key → xxh3 of key and value), and, on the publisher, access groups of restricted
+/// records (key → groups).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordTables {
+    /// key → value.
+    pub data: Database,
+    /// key → content hash (8 bytes, big-endian).
+    pub hash: Database,
+    /// key → access groups (only restricted records; publisher only).
+    pub acl: Option<Database>,
+}
+
+/// An order-independent digest of a whole state, updated record by record: the wrapping
+/// sum of every record's content hash, and the record count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSum {
+    /// Wrapping sum of content hashes.
+    pub sum: u64,
+    /// Number of records.
+    pub count: u64,
+}
+
+impl StateSum {
+    fn meta_key(name: &str) -> String {
+        format!("sum:{name}")
+    }
+
+    /// Reads the stored sum of database `name`.
+    pub(crate) fn load(
+        txn: &impl Transaction,
+        meta: Database,
+        name: &str,
+    ) -> std::result::Result<StateSum, lmdb::Error> {
+        match txn.get(meta, &Self::meta_key(name)) {
+            Ok(b) if b.len() == 16 => Ok(StateSum {
+                sum: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+                count: u64::from_be_bytes(b[8..].try_into().expect("8 bytes")),
+            }),
+            Ok(_) => Err(lmdb::Error::Corrupted),
+            Err(lmdb::Error::NotFound) => Ok(StateSum::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores the sum of database `name`.
+    pub(crate) fn store(
+        &self,
+        txn: &mut RwTransaction<'_>,
+        meta: Database,
+        name: &str,
+    ) -> std::result::Result<(), lmdb::Error> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.sum.to_be_bytes());
+        b[8..].copy_from_slice(&self.count.to_be_bytes());
+        txn.put(meta, &Self::meta_key(name), &b, lmdb::WriteFlags::empty())
+    }
+
+    pub(crate) fn remove(&mut self, h: u64) {
+        self.sum = self.sum.wrapping_sub(h);
+        self.count = self.count.saturating_sub(1);
+    }
+
+    pub(crate) fn add(&mut self, h: u64) {
+        self.sum = self.sum.wrapping_add(h);
+        self.count += 1;
+    }
+}
+
+fn del_if_present(
+    txn: &mut RwTransaction<'_>,
+    db: Database,
+    key: &[u8],
+) -> std::result::Result<(), lmdb::Error> {
+    match txn.del(db, &key, None) {
+        Ok(()) | Err(lmdb::Error::NotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Encodes access groups for the acl table.
+pub(crate) fn encode_groups(groups: &[String]) -> Vec<u8> {
+    groups.join("\n").into_bytes()
+}
+
+/// Decodes access groups stored by [`encode_groups`].
+pub(crate) fn decode_groups(b: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(b)
+        .split('\n')
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes a record, its content hash and its groups, or deletes them, keeping `sum`
+/// current. Runs inside the caller's transaction, so record, hash and digest always agree.
 pub(crate) fn apply_op(
     txn: &mut RwTransaction<'_>,
-    data: Database,
-    hashes: Database,
+    t: &RecordTables,
+    sum: &mut StateSum,
     op: &crate::Op,
 ) -> std::result::Result<(), lmdb::Error> {
     let w = lmdb::WriteFlags::empty();
+    match txn.get(t.hash, &op.key) {
+        Ok(b) if b.len() == 8 => sum.remove(u64::from_be_bytes(b.try_into().expect("8 bytes"))),
+        Ok(_) => return Err(lmdb::Error::Corrupted),
+        Err(lmdb::Error::NotFound) => {}
+        Err(e) => return Err(e),
+    }
     match op.kind {
         crate::OpKind::Put => {
-            txn.put(data, &op.key, &op.value, w)?;
-            txn.put(
-                hashes,
-                &op.key,
-                &record_hash(&op.key, &op.value).to_be_bytes(),
-                w,
-            )?;
+            let h = record_hash(&op.key, &op.value);
+            txn.put(t.data, &op.key, &op.value, w)?;
+            txn.put(t.hash, &op.key, &h.to_be_bytes(), w)?;
+            sum.add(h);
+            if let Some(acl) = t.acl {
+                if op.groups.is_empty() {
+                    del_if_present(txn, acl, &op.key)?;
+                } else {
+                    txn.put(acl, &op.key, &encode_groups(&op.groups), w)?;
+                }
+            }
         }
         crate::OpKind::Delete => {
-            for db in [data, hashes] {
-                match txn.del(db, &op.key, None) {
-                    Ok(()) | Err(lmdb::Error::NotFound) => {}
-                    Err(e) => return Err(e),
-                }
+            for db in [Some(t.data), Some(t.hash), t.acl].into_iter().flatten() {
+                del_if_present(txn, db, &op.key)?;
             }
         }
     }

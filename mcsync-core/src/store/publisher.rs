@@ -1,7 +1,7 @@
 //! The publisher's store: per database a journal (version → encoded update), the current
 //! state (key → value) with a content hash per record, and meta (last version, stream ids).
 
-use super::{apply_op, get_u64, Env};
+use super::{apply_op, decode_groups, get_u64, Env, RecordTables, StateSum};
 use crate::{Error, Result, Update};
 use lmdb::{Cursor, Database, Transaction, WriteFlags};
 use std::collections::HashMap;
@@ -12,8 +12,18 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, Copy)]
 pub struct DbTables {
     journal: Database,
-    state: Database,
-    hash: Database,
+    records: RecordTables,
+}
+
+/// A record as a hash resync sees it: key, content hash, access groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashedRecord {
+    /// The key.
+    pub key: Vec<u8>,
+    /// xxh3 content hash of key and value.
+    pub hash: u64,
+    /// Access groups (empty: everyone).
+    pub groups: Vec<String>,
 }
 
 /// One update to append: its database's tables, name, and the update with its encoding.
@@ -59,8 +69,11 @@ impl PublisherStore {
         }
         let t = DbTables {
             journal: self.env.db(&format!("journal/{name}"))?,
-            state: self.env.db(&format!("state/{name}"))?,
-            hash: self.env.db(&format!("hash/{name}"))?,
+            records: RecordTables {
+                data: self.env.db(&format!("state/{name}"))?,
+                hash: self.env.db(&format!("hash/{name}"))?,
+                acl: Some(self.env.db(&format!("acl/{name}"))?),
+            },
         };
         map.insert(name.to_owned(), t);
         Ok(t)
@@ -177,11 +190,17 @@ impl PublisherStore {
                     &e.encoded,
                     WriteFlags::empty(),
                 )?;
+                let mut sum = StateSum::load(txn, self.meta, e.name)?;
                 for op in &e.update.ops {
-                    apply_op(txn, e.tables.state, e.tables.hash, op)?;
+                    apply_op(txn, &e.tables.records, &mut sum, op)?;
                 }
+                sum.store(txn, self.meta, e.name)?;
                 let key = format!("v:{}", e.name);
                 txn.put(self.meta, &key, &v.to_be_bytes(), WriteFlags::empty())?;
+                let jkey = format!("jbytes:{}", e.name);
+                let jb = get_u64(txn, self.meta, jkey.as_bytes())?.unwrap_or(0);
+                let grown = jb + e.encoded.len() as u64;
+                txn.put(self.meta, &jkey, &grown.to_be_bytes(), WriteFlags::empty())?;
             }
             Ok(())
         })
@@ -236,15 +255,120 @@ impl PublisherStore {
 
     /// Every record of the current state of a database, in key order.
     pub fn state(&self, tables: DbTables) -> Result<Vec<crate::Record>> {
-        self.env.read(|txn| super::read_all(txn, tables.state))
+        self.env
+            .read(|txn| super::read_all(txn, tables.records.data))
     }
 
     /// One record of the current state.
     pub fn get(&self, tables: DbTables, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.env.read(|txn| match txn.get(tables.state, &key) {
-            Ok(v) => Ok(Some(v.to_vec())),
-            Err(lmdb::Error::NotFound) => Ok(None),
-            Err(e) => Err(e),
+        self.env
+            .read(|txn| match txn.get(tables.records.data, &key) {
+                Ok(v) => Ok(Some(v.to_vec())),
+                Err(lmdb::Error::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            })
+    }
+
+    /// The state digest (sum of content hashes and count) and the version it belongs to,
+    /// read together.
+    pub fn state_sum(&self, name: &str) -> Result<(u64, StateSum)> {
+        let key = format!("v:{name}");
+        self.env.read(|txn| {
+            let v = get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0);
+            Ok((v, StateSum::load(txn, self.meta, name)?))
+        })
+    }
+
+    /// Every record's key, content hash and access groups, with the version they belong
+    /// to, read in one transaction (the publisher side of a hash resync).
+    pub fn hash_snapshot(&self, name: &str, tables: DbTables) -> Result<(u64, Vec<HashedRecord>)> {
+        let key = format!("v:{name}");
+        self.env.read(|txn| {
+            let v = get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0);
+            let mut restricted = std::collections::HashMap::new();
+            if let Some(acl) = tables.records.acl {
+                let mut cur = txn.open_ro_cursor(acl)?;
+                for item in cur.iter_start() {
+                    let (k, g) = item?;
+                    restricted.insert(k.to_vec(), decode_groups(g));
+                }
+            }
+            let mut cur = txn.open_ro_cursor(tables.records.hash)?;
+            let mut out = Vec::new();
+            for item in cur.iter_start() {
+                let (k, h) = item?;
+                let hash = u64::from_be_bytes(h.try_into().map_err(|_| lmdb::Error::Corrupted)?);
+                let groups = restricted.remove(k).unwrap_or_default();
+                out.push(HashedRecord {
+                    key: k.to_vec(),
+                    hash,
+                    groups,
+                });
+            }
+            Ok((v, out))
+        })
+    }
+
+    /// Current values of `keys` (`None` where absent), read in one transaction.
+    pub fn get_many(&self, tables: DbTables, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.env.read(|txn| {
+            keys.iter()
+                .map(|k| match txn.get(tables.records.data, k) {
+                    Ok(v) => Ok(Some(v.to_vec())),
+                    Err(lmdb::Error::NotFound) => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .collect()
+        })
+    }
+
+    /// Bytes of journal entries held for database `name`.
+    pub fn journal_bytes(&self, name: &str) -> Result<u64> {
+        let key = format!("jbytes:{name}");
+        self.env
+            .read(|txn| Ok(get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0)))
+    }
+
+    /// Removes the oldest journal entries of `name` as `policy` says, at most `max_remove`
+    /// per call (one transaction). Returns how many were removed.
+    pub fn trim_journal(
+        &self,
+        name: &str,
+        tables: DbTables,
+        policy: &crate::config::Retention,
+        now_us: u64,
+        max_remove: usize,
+    ) -> Result<u64> {
+        let vkey = format!("v:{name}");
+        let jkey = format!("jbytes:{name}");
+        let max_age_us = policy.max_age.as_micros() as u64;
+        self.env.write(|txn| {
+            let last = get_u64(txn, self.meta, vkey.as_bytes())?.unwrap_or(0);
+            let mut bytes = get_u64(txn, self.meta, jkey.as_bytes())?.unwrap_or(0);
+            let mut doomed = Vec::new();
+            {
+                let mut cur = txn.open_ro_cursor(tables.journal)?;
+                for item in cur.iter_start() {
+                    let (k, v) = item?;
+                    let ver = u64::from_be_bytes(k.try_into().map_err(|_| lmdb::Error::Corrupted)?);
+                    let held = last.saturating_sub(ver) + 1;
+                    let ts = crate::wire::update::peek_timestamp(v).unwrap_or(now_us);
+                    let too_old = now_us.saturating_sub(ts) > max_age_us;
+                    if held <= policy.min_count
+                        || doomed.len() >= max_remove
+                        || (bytes <= policy.max_bytes && !too_old)
+                    {
+                        break;
+                    }
+                    bytes = bytes.saturating_sub(v.len() as u64);
+                    doomed.push(ver);
+                }
+            }
+            for ver in &doomed {
+                txn.del(tables.journal, &version_key(*ver), None)?;
+            }
+            txn.put(self.meta, &jkey, &bytes.to_be_bytes(), WriteFlags::empty())?;
+            Ok(doomed.len() as u64)
         })
     }
 

@@ -3,16 +3,16 @@
 //! one or more whole master transactions, so after a crash the replica is exactly the
 //! master's state at the stored version.
 
-use super::{apply_op, get_u64, Env};
+use super::{apply_op, get_u64, record_hash, Env, RecordTables, StateSum};
 use crate::{Result, Update};
+use lmdb::Cursor;
 use lmdb::{Database, Transaction, WriteFlags};
 use std::path::Path;
 
 /// Tables of one replicated database.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaTables {
-    replica: Database,
-    hash: Database,
+    records: RecordTables,
 }
 
 /// The subscriber's LMDB store (shared by its subscriptions).
@@ -36,8 +36,11 @@ impl SubscriberStore {
     /// Opens (creating) the tables of database `name`.
     pub fn tables(&self, name: &str) -> Result<ReplicaTables> {
         Ok(ReplicaTables {
-            replica: self.env.db(&format!("replica/{name}"))?,
-            hash: self.env.db(&format!("hash/{name}"))?,
+            records: RecordTables {
+                data: self.env.db(&format!("replica/{name}"))?,
+                hash: self.env.db(&format!("hash/{name}"))?,
+                acl: None,
+            },
         })
     }
 
@@ -56,11 +59,13 @@ impl SubscriberStore {
         };
         let key = applied_key(name);
         self.env.write(|txn| {
+            let mut sum = StateSum::load(txn, self.meta, name)?;
             for u in updates {
                 for op in &u.ops {
-                    apply_op(txn, tables.replica, tables.hash, op)?;
+                    apply_op(txn, &tables.records, &mut sum, op)?;
                 }
             }
+            sum.store(txn, self.meta, name)?;
             txn.put(
                 self.meta,
                 &key,
@@ -72,15 +77,99 @@ impl SubscriberStore {
 
     /// One record of the replica.
     pub fn get(&self, tables: ReplicaTables, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.env.read(|txn| match txn.get(tables.replica, &key) {
-            Ok(v) => Ok(Some(v.to_vec())),
-            Err(lmdb::Error::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        })
+        self.env
+            .read(|txn| match txn.get(tables.records.data, &key) {
+                Ok(v) => Ok(Some(v.to_vec())),
+                Err(lmdb::Error::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            })
     }
 
     /// Every record of the replica, in key order.
     pub fn all(&self, tables: ReplicaTables) -> Result<Vec<crate::Record>> {
-        self.env.read(|txn| super::read_all(txn, tables.replica))
+        self.env
+            .read(|txn| super::read_all(txn, tables.records.data))
+    }
+
+    /// The incrementally kept state digest and the applied version, read together.
+    pub fn state_sum(&self, name: &str) -> Result<(u64, StateSum)> {
+        let key = applied_key(name);
+        self.env.read(|txn| {
+            let v = get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0);
+            Ok((v, StateSum::load(txn, self.meta, name)?))
+        })
+    }
+
+    /// Every record's key and content hash recomputed from the data itself (not from the
+    /// stored hashes, so a store edited behind mcsync's back is seen as it is), with the
+    /// applied version.
+    pub fn content_hashes(
+        &self,
+        name: &str,
+        tables: ReplicaTables,
+    ) -> Result<(u64, Vec<(Vec<u8>, u64)>)> {
+        let key = applied_key(name);
+        self.env.read(|txn| {
+            let v = get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0);
+            let mut cur = txn.open_ro_cursor(tables.records.data)?;
+            let mut out = Vec::new();
+            for item in cur.iter_start() {
+                let (k, val) = item?;
+                out.push((k.to_vec(), record_hash(k, val)));
+            }
+            Ok((v, out))
+        })
+    }
+
+    /// Replaces records in one transaction: deletes `deletes`, writes `puts`, then applies
+    /// `updates` (journal entries after the snapshot), records `version`, and recomputes
+    /// the state digest from the hash table. Readers see the old state until it commits.
+    pub fn apply_resync(
+        &self,
+        name: &str,
+        tables: ReplicaTables,
+        deletes: &[Vec<u8>],
+        puts: &[crate::Record],
+        updates: &[Update],
+        version: u64,
+    ) -> Result<()> {
+        let key = applied_key(name);
+        self.env.write(|txn| {
+            let mut sum = StateSum::default();
+            for k in deletes {
+                apply_op(
+                    txn,
+                    &tables.records,
+                    &mut sum,
+                    &crate::Op::delete(k.clone()),
+                )?;
+            }
+            for (k, v) in puts {
+                apply_op(
+                    txn,
+                    &tables.records,
+                    &mut sum,
+                    &crate::Op::put(k.clone(), v.clone()),
+                )?;
+            }
+            for u in updates {
+                for op in &u.ops {
+                    apply_op(txn, &tables.records, &mut sum, op)?;
+                }
+            }
+            // Recount from the hash table: repairs a digest a tampered store had skewed.
+            let mut total = StateSum::default();
+            {
+                let mut cur = txn.open_ro_cursor(tables.records.hash)?;
+                for item in cur.iter_start() {
+                    let (_, h) = item?;
+                    total.add(u64::from_be_bytes(
+                        h.try_into().map_err(|_| lmdb::Error::Corrupted)?,
+                    ));
+                }
+            }
+            total.store(txn, self.meta, name)?;
+            txn.put(self.meta, &key, &version.to_be_bytes(), WriteFlags::empty())
+        })
     }
 }

@@ -71,8 +71,14 @@ pub fn validate_op(op: &Op) -> Result<(), String> {
     if op.groups.len() > MAX_GROUPS {
         return Err(format!("{} groups exceed {MAX_GROUPS}", op.groups.len()));
     }
-    if let Some(g) = op.groups.iter().find(|g| g.is_empty() || g.len() > 255) {
-        return Err(format!("group name {g:?} must be 1..=255 bytes"));
+    if let Some(g) = op
+        .groups
+        .iter()
+        .find(|g| g.is_empty() || g.len() > 255 || g.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "group name {g:?} must be 1..=255 bytes without control characters"
+        ));
     }
     Ok(())
 }
@@ -111,6 +117,13 @@ pub fn update_to_vec(u: &Update) -> Vec<u8> {
 /// Reads only the version of an encoded update.
 pub fn peek_version(buf: &[u8]) -> Result<u64, WireError> {
     Reader::new(buf).u64("version")
+}
+
+/// Reads only the timestamp of an encoded update.
+pub fn peek_timestamp(buf: &[u8]) -> Result<u64, WireError> {
+    let mut r = Reader::new(buf);
+    r.u64("version")?;
+    r.u64("timestamp")
 }
 
 /// Parses one encoded update that fills `buf` exactly.
