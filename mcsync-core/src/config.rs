@@ -69,6 +69,8 @@ impl MulticastConfig {
             .filter(|l| (4..=32).contains(l))
             .ok_or_else(|| bad(&format!("prefix length in {cidr:?} must be 4..=32")))?;
         let count = 1u64 << (32 - len);
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let addr = Ipv4Addr::from(u32::from(addr) & mask);
         let (first, last) = match ports.split_once('-') {
             Some((a, b)) => (a.trim().parse::<u16>(), b.trim().parse::<u16>()),
             None => (ports.trim().parse::<u16>(), ports.trim().parse::<u16>()),
@@ -287,7 +289,7 @@ impl PublisherConfig {
 /// Receive-side injected loss, for tests and the demo. Off unless set.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossConfig {
-    /// Probability that a loss burst starts at a given packet (0.0..=1.0).
+    /// Fraction of packets dropped overall (0.0..=1.0), whatever the burst length.
     pub probability: f64,
     /// Packets dropped per burst (1 = independent losses).
     pub burst_len: u32,

@@ -71,6 +71,9 @@ struct DbShared {
 }
 
 impl PublishedDatabase for DbShared {
+    fn name(&self) -> &str {
+        &self.name
+    }
     fn info(&self) -> DatabaseInfo {
         let mut i = self.info.clone();
         i.current_version = self.committed.load(Ordering::SeqCst);
@@ -160,6 +163,7 @@ impl Publisher {
             registry: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             auth_cache: Mutex::new(HashMap::new()),
+            rotate: Mutex::new(None),
         });
         let server = RepairServer::start(config.control_addr, server_ctx.clone())?;
         let control_addr = server.addr();
@@ -189,6 +193,27 @@ impl Publisher {
         for name in publisher.inner.store.database_names()? {
             publisher.database(&name)?;
         }
+        let w = Arc::downgrade(&publisher.inner);
+        let rotate_by_name = move |name: &str| {
+            let Some(inner) = w.upgrade() else { return };
+            let db = inner
+                .databases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned();
+            if let Some(db) = db {
+                if let Err(e) = rotate(&inner, &db) {
+                    log::error!("database {name:?}: key rotation failed: {e}");
+                }
+            }
+        };
+        *publisher
+            .inner
+            .server_ctx
+            .rotate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(rotate_by_name));
         let weak = Arc::downgrade(&publisher.inner);
         let m = std::thread::Builder::new()
             .name("mcsync-maintenance".into())
@@ -494,7 +519,12 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
         .local_addr()
         .map_err(|e| Error::io("multicast socket address", e))?;
     let (tx, rx) = chan::unbounded();
-    let multicast_on = !cfg.multicast_on_first_subscription;
+    let multicast_on = !cfg.multicast_on_first_subscription
+        && inner
+            .schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_open(minute_of_day());
     if !multicast_on {
         let _ = tx.send(McastCmd::Multicast(false));
     }

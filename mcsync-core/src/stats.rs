@@ -96,6 +96,12 @@ counters!(
         tls_failures,
         /// Key rotations.
         key_rotations,
+        /// Hash resyncs started by subscribers.
+        resyncs_served,
+        /// Journal entries removed by retention.
+        journal_trimmed,
+        /// Times the data directory was found low on free space.
+        disk_low,
         /// Repair requests refused (unknown database, versions that do not exist, bad frames).
         repair_errors,
     }
@@ -159,6 +165,18 @@ counters!(
         packets_skipped,
         /// Packets that arrived out of sequence order.
         packets_reordered,
+        /// Catch-ups served from the journal.
+        catchups_journal,
+        /// Catch-ups by hash resync (the journal no longer reached back, or one was asked).
+        catchups_resync,
+        /// Catch-ups that copied everything (hash resync of an empty replica).
+        catchups_full_copy,
+        /// Control-channel bytes of hash resyncs (digests, lists, records, journal).
+        resync_bytes,
+        /// Records fetched by hash resync.
+        resync_fetched,
+        /// Records deleted by hash resync.
+        resync_deleted,
         /// Updates evicted from the reorder buffer (repaired later).
         reorder_evicted,
         /// Registrations refused (wrong credentials, revoked, not allowed).

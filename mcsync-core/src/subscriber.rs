@@ -15,10 +15,11 @@ use crate::proto::{
     ReceiverConfig, ReorderConfig,
 };
 use crate::publisher::validate_database_name;
+use crate::resync::ResyncReport;
 use crate::stats::{add, inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
 use crate::store::SubscriberStore;
-use crate::wire::control::DatabaseInfo;
+use crate::wire::control::{DatabaseInfo, ErrorCode};
 use crate::wire::packet::PacketHeader;
 use crate::wire::packet::{Heartbeat, PacketKind};
 use crate::wire::update::{decode_update, Limits};
@@ -50,6 +51,39 @@ fn keyring_from(info: &DatabaseInfo) -> Keyring {
     k
 }
 
+/// Enforces access groups. Puts of records a holder of `groups` may not read become
+/// deletes of their keys in `batch` (so the record never lands in the replica, and an
+/// older visible value does not linger); the returned updates, for the callbacks, hold
+/// only the visible operations.
+fn filter_updates(
+    groups: &[String],
+    c: &SubscriptionCounters,
+    batch: &mut [Update],
+) -> Vec<Update> {
+    let mut shown = Vec::with_capacity(batch.len());
+    for u in batch.iter_mut() {
+        let mut withheld = false;
+        let mut visible_ops = Vec::new();
+        for op in &mut u.ops {
+            if visible(&op.groups, groups) {
+                visible_ops.push(op.clone());
+            } else {
+                withheld = true;
+                *op = crate::Op::delete(std::mem::take(&mut op.key));
+            }
+        }
+        if withheld {
+            inc(&c.updates_filtered);
+        }
+        shown.push(Update {
+            version: u.version,
+            timestamp_us: u.timestamp_us,
+            ops: visible_ops,
+        });
+    }
+    shown
+}
+
 /// Whether a record restricted to `op_groups` is visible to a holder of `mine`.
 fn visible(op_groups: &[String], mine: &[String]) -> bool {
     op_groups.is_empty() || op_groups.iter().any(|g| mine.contains(g))
@@ -57,6 +91,7 @@ fn visible(op_groups: &[String], mine: &[String]) -> bool {
 
 struct SubShared {
     name: String,
+    force_resync: AtomicBool,
     auth_error: Mutex<Option<String>>,
     store: Arc<SubscriberStore>,
     tables: ReplicaTables,
@@ -98,6 +133,7 @@ impl Drop for CloseOnDrop {
 
 /// A subscriber: opens the local store and subscribes to databases.
 pub struct Subscriber {
+    closed: AtomicBool,
     config: SubscriberConfig,
     store: Arc<SubscriberStore>,
     subs: Mutex<HashMap<String, Arc<SubShared>>>,
@@ -117,6 +153,7 @@ impl Subscriber {
         config.validate()?;
         let store = Arc::new(SubscriberStore::open(&config.data_dir, config.map_size)?);
         Ok(Subscriber {
+            closed: AtomicBool::new(false),
             config,
             store,
             subs: Mutex::new(HashMap::new()),
@@ -141,6 +178,9 @@ impl Subscriber {
     ) -> Result<Subscription> {
         validate_database_name(name)?;
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed("subscriber is closed".into()));
+        }
         if subs.get(name).is_some_and(|s| !s.stop.is_stopped()) {
             return Err(Error::Config(format!(
                 "already subscribed to database {name:?} in this subscriber"
@@ -154,8 +194,53 @@ impl Subscriber {
         })
     }
 
+    /// Compares the local replica of `name` with the publisher's state by range digests,
+    /// without changing anything. The replica's content hashes are recomputed from its
+    /// data, so records edited behind mcsync's back are found.
+    pub fn verify(&self, name: &str) -> Result<ResyncReport> {
+        self.one_shot(name, false)
+    }
+
+    /// Resyncs the local replica of `name` by hashes now, without subscribing (for a
+    /// replica restored from a backup or repaired by hand). Fails if this subscriber has a
+    /// live subscription to it; use [`Subscription::request_resync`] then.
+    pub fn resync(&self, name: &str) -> Result<ResyncReport> {
+        self.one_shot(name, true)
+    }
+
+    fn one_shot(&self, name: &str, apply: bool) -> Result<ResyncReport> {
+        validate_database_name(name)?;
+        let subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if apply && subs.get(name).is_some_and(|s| !s.stop.is_stopped()) {
+            return Err(Error::Config(format!(
+                "database {name:?} has a live subscription; use Subscription::request_resync"
+            )));
+        }
+        let tables = self.store.tables(name)?;
+        let mut client = client_for(&self.config, name)?;
+        let groups = client.hello()?.groups;
+        let counters = SubscriptionCounters::default();
+        let filter = |b: &mut [Update]| filter_updates(&groups, &counters, b);
+        let limits = Limits {
+            max_update_bytes: self.config.max_update_bytes,
+        };
+        let out = crate::resync::run(
+            &self.store,
+            name,
+            tables,
+            &mut client,
+            &limits,
+            apply,
+            &filter,
+        )?;
+        drop(subs);
+        let _ = client.close_subscription();
+        Ok(out.report)
+    }
+
     /// Closes every subscription and joins their threads. Idempotent.
     pub fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::SeqCst);
         let subs: Vec<_> = self
             .subs
             .lock()
@@ -176,6 +261,25 @@ impl Drop for Subscriber {
     }
 }
 
+/// A control-channel client for database `name` as `cfg` says.
+fn client_for(cfg: &SubscriberConfig, name: &str) -> Result<RepairClient> {
+    let identity = ClientIdentity {
+        server: cfg.server,
+        tls: ClientTls::new(&cfg.trust, cfg.server, cfg.server_name.as_deref())?,
+        user: cfg.user.clone(),
+        secret: cfg.secret.clone(),
+        client_name: cfg.client_name.clone(),
+    };
+    let max_frame =
+        (cfg.max_update_bytes + 1024).max(crate::wire::control::MAX_LIST_ENTRIES * 16 + 64);
+    Ok(RepairClient::new(
+        identity,
+        name,
+        cfg.repair_io_timeout,
+        max_frame,
+    ))
+}
+
 fn start(
     cfg: &SubscriberConfig,
     store: &Arc<SubscriberStore>,
@@ -184,15 +288,7 @@ fn start(
 ) -> Result<Arc<SubShared>> {
     let tables = store.tables(name)?;
     let applied = store.applied_version(name)?;
-    let max_frame = cfg.max_update_bytes + 1024;
-    let identity = ClientIdentity {
-        server: cfg.server,
-        tls: ClientTls::new(&cfg.trust, cfg.server, cfg.server_name.as_deref())?,
-        user: cfg.user.clone(),
-        secret: cfg.secret.clone(),
-        client_name: cfg.client_name.clone(),
-    };
-    let mut client = RepairClient::new(identity, name, cfg.repair_io_timeout, max_frame);
+    let mut client = client_for(cfg, name)?;
     let info = client.hello()?;
     let keyring = Arc::new(RwLock::new(keyring_from(&info)));
     let (sock, granted) =
@@ -208,6 +304,7 @@ fn start(
         counters: counters.clone(),
         version: Mutex::new(applied),
         auth_error: Mutex::new(None),
+        force_resync: AtomicBool::new(false),
         advanced: Condvar::new(),
         failure: Mutex::new(None),
         stop: StopFlag::default(),
@@ -231,19 +328,18 @@ fn start(
         tx,
     )
     .map_err(|e| Error::io("spawning receive thread", e))?;
-    let mut receiver = Receiver::new(
-        applied,
-        ReceiverConfig {
-            buffer_bytes: cfg.reorder_buffer_bytes,
-            repair_delay: cfg.repair_delay,
-            repair_retry: cfg.repair_retry,
-            max_ranges: 64,
-        },
-    );
+    let receiver_config = ReceiverConfig {
+        buffer_bytes: cfg.reorder_buffer_bytes,
+        repair_delay: cfg.repair_delay,
+        repair_retry: cfg.repair_retry,
+        max_ranges: 64,
+    };
+    let mut receiver = Receiver::new(applied, receiver_config.clone());
     // Catch up at once to what the publisher had when we said hello.
     receiver.on_heartbeat(Instant::now(), info.current_version);
     let now = Instant::now();
     let state = Process {
+        receiver_config,
         shared: shared.clone(),
         source,
         silence_timeout: cfg.silence_timeout,
@@ -290,6 +386,7 @@ fn start(
 }
 
 struct Process {
+    receiver_config: ReceiverConfig,
     shared: Arc<SubShared>,
     source: Arc<Mutex<Option<std::net::SocketAddr>>>,
     silence_timeout: Duration,
@@ -337,6 +434,9 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
             }
         }
         st.maybe_hello_again(&mut client);
+        if st.shared.force_resync.swap(false, Ordering::SeqCst) && st.resync(&mut client).is_err() {
+            break;
+        }
         st.sync_counters();
     }
     st.sync_counters();
@@ -372,7 +472,7 @@ impl Process {
         } else if foreign && !rekey {
             Duration::from_secs(1)
         } else {
-            Duration::from_millis(100)
+            Duration::from_millis(250)
         };
         let due = ((rekey || foreign) && since_hello > gap)
             || (silent && since_hello > self.silence_timeout);
@@ -565,6 +665,9 @@ impl Process {
             add(&c.updates_applied, batch.len() as u64);
             if let Some(cb) = self.callback.as_mut() {
                 for u in &shown {
+                    if self.shared.stop.is_stopped() {
+                        break;
+                    }
                     let run = std::panic::AssertUnwindSafe(|| cb(u));
                     if std::panic::catch_unwind(run).is_err() {
                         inc(&c.callback_panics);
@@ -587,28 +690,71 @@ impl Process {
     /// visible value does not linger); the returned updates, for the callbacks, hold only
     /// the visible operations.
     fn filter(&self, batch: &mut [Update]) -> Vec<Update> {
-        let mut shown = Vec::with_capacity(batch.len());
-        for u in batch.iter_mut() {
-            let mut withheld = false;
-            let mut visible_ops = Vec::new();
-            for op in &mut u.ops {
-                if visible(&op.groups, &self.groups) {
-                    visible_ops.push(op.clone());
-                } else {
-                    withheld = true;
-                    *op = crate::Op::delete(std::mem::take(&mut op.key));
+        filter_updates(&self.groups, &self.shared.counters, batch)
+    }
+
+    /// Hash resync (the journal no longer reaches back, or one was asked for): makes the
+    /// replica equal to the publisher's state, then continues from there.
+    fn resync(&mut self, client: &mut RepairClient) -> Result<()> {
+        let c = self.shared.counters.clone();
+        let groups = self.groups.clone();
+        let filter = |b: &mut [Update]| filter_updates(&groups, &c, b);
+        let out = crate::resync::run(
+            &self.shared.store,
+            &self.shared.name,
+            self.shared.tables,
+            client,
+            &self.limits,
+            true,
+            &filter,
+        );
+        let done = match out {
+            Ok(done) => done,
+            Err(e) => {
+                inc(&c.repair_failures);
+                log::warn!("{}: resync failed: {e}", self.shared.name);
+                self.receiver.on_repair_done(Instant::now(), false);
+                return match e.kind() {
+                    crate::ErrorKind::Storage => Err(e),
+                    _ => Ok(()),
+                };
+            }
+        };
+        let r = &done.report;
+        inc(if r.full_copy {
+            &c.catchups_full_copy
+        } else {
+            &c.catchups_resync
+        });
+        add(&c.resync_bytes, r.bytes);
+        add(&c.resync_fetched, r.fetched);
+        add(&c.resync_deleted, r.deleted);
+        add(&c.updates_applied, r.journal_updates);
+        inc(&c.apply_commits);
+        log::info!(
+            "{}: resync to version {} ({} fetched, {} deleted, {} bytes)",
+            self.shared.name,
+            r.version,
+            r.fetched,
+            r.deleted,
+            r.bytes
+        );
+        self.receiver = Receiver::new(r.version, self.receiver_config.clone());
+        if let Some(cb) = self.callback.as_mut() {
+            for u in done.update.iter().chain(&done.journal) {
+                let run = std::panic::AssertUnwindSafe(|| cb(u));
+                if std::panic::catch_unwind(run).is_err() {
+                    inc(&c.callback_panics);
                 }
             }
-            if withheld {
-                inc(&self.shared.counters.updates_filtered);
-            }
-            shown.push(Update {
-                version: u.version,
-                timestamp_us: u.timestamp_us,
-                ops: visible_ops,
-            });
         }
-        shown
+        *self
+            .shared
+            .version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = r.version;
+        self.shared.advanced.notify_all();
+        Ok(())
     }
 
     fn repair(&mut self, client: &mut RepairClient, ranges: &[(u64, u64)]) -> Result<()> {
@@ -637,10 +783,15 @@ impl Process {
         let now = Instant::now();
         match result {
             Ok(out) => {
+                inc(&c.catchups_journal);
                 add(&c.repair_updates, out.updates);
                 add(&c.repair_bytes, out.bytes);
                 self.receiver.clamp_latest(out.current_version);
                 self.receiver.on_repair_done(now, true);
+            }
+            Err(_) if client.last_refusal() == Some(ErrorCode::Trimmed) => {
+                // The journal no longer reaches back this far: resync by hashes.
+                return self.resync(client);
             }
             Err(e) => {
                 inc(&c.repair_failures);
@@ -751,6 +902,13 @@ impl Subscription {
     /// A snapshot of the subscription's counters.
     pub fn stats(&self) -> SubscriptionStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Asks the process thread to resync this replica by hashes now (for a store restored
+    /// from a backup or edited by hand). Progress shows in the stats
+    /// (`catchups_resync`, `resync_bytes`).
+    pub fn request_resync(&self) {
+        self.shared.force_resync.store(true, Ordering::SeqCst);
     }
 
     /// Whether the subscription is closed (or stopped after a storage failure).

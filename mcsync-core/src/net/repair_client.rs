@@ -5,9 +5,10 @@
 use super::frame::{read_message, write_message};
 use super::tls::{ClientTls, Stream};
 use crate::auth::Secret;
+use crate::proto::resync::{Digest, Range};
 use crate::wire::control::{DatabaseInfo, ErrorCode, Message, CONTROL_VERSION};
 use crate::{Error, Result};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -46,6 +47,9 @@ pub struct RepairClient {
     subscriber_id: u64,
     conn: Option<BufReader<Box<dyn Stream>>>,
     last_info: Option<DatabaseInfo>,
+    last_refusal: Option<ErrorCode>,
+    bytes_sent: u64,
+    bytes_received: u64,
 }
 
 fn refused(code: ErrorCode, message: String) -> Error {
@@ -72,6 +76,9 @@ impl RepairClient {
             subscriber_id: 0,
             conn: None,
             last_info: None,
+            last_refusal: None,
+            bytes_sent: 0,
+            bytes_received: 0,
         }
     }
 
@@ -99,7 +106,17 @@ impl RepairClient {
             subscriber_id: self.subscriber_id,
             flags: 0,
         };
-        match self.exchange(&hello)? {
+        let reply = self.exchange(&hello).map_err(|e| match e {
+            // The first exchange runs the TLS handshake: a certificate that fails
+            // verification surfaces here as invalid data.
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => {
+                Error::Auth(format!(
+                    "TLS handshake with publisher {server} failed: {source}"
+                ))
+            }
+            other => other,
+        })?;
+        match reply {
             (Message::HelloOk(info), _) => {
                 self.subscriber_id = info.subscriber_id;
                 self.last_info = Some(info.clone());
@@ -114,10 +131,23 @@ impl RepairClient {
         self.connect().inspect_err(|_| self.conn = None)
     }
 
+    /// The code of the last error frame the publisher sent.
+    pub fn last_refusal(&self) -> Option<ErrorCode> {
+        self.last_refusal
+    }
+
+    /// Bytes sent and received on the control channel so far (frames, not TLS records).
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_sent, self.bytes_received)
+    }
+
     fn unexpected(&mut self, m: Message) -> Error {
         self.conn = None;
         match m {
-            Message::Error { code, message } => refused(code, message),
+            Message::Error { code, message } => {
+                self.last_refusal = Some(code);
+                refused(code, message)
+            }
             _ => Error::Protocol("unexpected reply from publisher".into()),
         }
     }
@@ -127,8 +157,10 @@ impl RepairClient {
             .conn
             .as_mut()
             .ok_or_else(|| Error::Closed("no connection".into()))?;
-        let mut w = BufWriter::new(conn.get_mut());
-        write_message(&mut w, m)?;
+        // One write of the whole frame; no BufWriter, whose drop would retry a failed
+        // flush (and block on a broken TLS session until the timeout).
+        let w = conn.get_mut();
+        self.bytes_sent += write_message(w, m)? as u64;
         w.flush().map_err(|e| Error::io("sending to publisher", e))
     }
 
@@ -139,7 +171,10 @@ impl RepairClient {
             .as_mut()
             .ok_or_else(|| Error::Closed("no connection".into()))?;
         match read_message(r, max) {
-            Ok(Some(m)) => Ok(m),
+            Ok(Some(m)) => {
+                self.bytes_received += m.1 as u64;
+                Ok(m)
+            }
             Ok(None) => Err(Error::io(
                 "publisher closed the connection",
                 std::io::ErrorKind::UnexpectedEof.into(),
@@ -233,6 +268,61 @@ impl RepairClient {
                     out.current_version = current_version;
                     return Ok(out);
                 }
+                other => return Err(self.unexpected(other)),
+            }
+            reply = self.receive()?;
+        }
+    }
+
+    /// Starts a hash resync: the publisher snapshots what this user may read. Returns the
+    /// snapshot's version and root digest.
+    pub fn resync_begin(&mut self) -> Result<(u64, Digest)> {
+        match self.request(&Message::ResyncBegin)?.0 {
+            Message::ResyncSnapshot {
+                version,
+                count,
+                sum,
+            } => Ok((version, Digest { count, sum })),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Child digests of `ranges` (16 per range) from the current resync snapshot.
+    pub fn digests(&mut self, ranges: &[Range]) -> Result<Vec<Digest>> {
+        let m = Message::DigestRequest {
+            ranges: ranges.to_vec(),
+        };
+        match self.exchange(&m)?.0 {
+            Message::DigestReply { digests } => Ok(digests),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// `(key hash, content hash)` of the snapshot's records in `ranges`.
+    pub fn list(&mut self, ranges: &[Range]) -> Result<Vec<(u64, u64)>> {
+        let m = Message::ListRequest {
+            ranges: ranges.to_vec(),
+        };
+        match self.exchange(&m)?.0 {
+            Message::ListReply { entries } => Ok(entries),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Current records for snapshot key hashes; returns how many were missing.
+    pub fn fetch(
+        &mut self,
+        key_hashes: &[u64],
+        mut on_record: impl FnMut(Vec<u8>, Vec<u8>),
+    ) -> Result<u64> {
+        let m = Message::FetchRequest {
+            key_hashes: key_hashes.to_vec(),
+        };
+        let mut reply = self.exchange(&m)?;
+        loop {
+            match reply.0 {
+                Message::FetchRecord { key, value } => on_record(key, value),
+                Message::FetchEnd { missing } => return Ok(missing),
                 other => return Err(self.unexpected(other)),
             }
             reply = self.receive()?;

@@ -12,10 +12,11 @@ use super::tls::{ServerTls, Stream};
 use super::StopFlag;
 use crate::auth::{Authenticator, FailureLimiter, Grant, Secret};
 use crate::crypto::Key;
+use crate::proto::resync::{child_digests, key_hash, HashIndex, Range};
 use crate::stats::{add, inc, PublisherCounters};
 use crate::store::publisher::DbTables;
 use crate::store::PublisherStore;
-use crate::wire::control::{DatabaseInfo, ErrorCode, Message, CONTROL_VERSION};
+use crate::wire::control::{DatabaseInfo, ErrorCode, Message, CONTROL_VERSION, MAX_LIST_ENTRIES};
 use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, BufWriter, Write};
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 
 /// What the server knows of a published database.
 pub trait PublishedDatabase: Send + Sync {
+    /// Its name.
+    fn name(&self) -> &str;
     /// Parameters for HELLO_OK (keys, groups and ids are filled in by the server).
     fn info(&self) -> DatabaseInfo;
     /// Current and previous keys, oldest first.
@@ -81,6 +84,9 @@ pub struct ServerContext {
     pub limiter: FailureLimiter,
     /// Revoked users.
     pub revoked: RwLock<HashSet<String>>,
+    /// Rotates a database's key (set by the publisher; used when the authenticator
+    /// refuses a user that holds a registration).
+    pub rotate: Mutex<Option<RotateFn>>,
     /// Registered subscribers by id.
     pub registry: Mutex<HashMap<u64, SubscriberRecord>>,
     /// Next registration id.
@@ -107,6 +113,35 @@ impl ServerContext {
             .retain(|_, r| r.user != user);
     }
 
+    /// The authenticator said no to `user`. If it holds registrations (it could decrypt
+    /// until now), they are dropped and the databases it read have their keys rotated, as
+    /// for an explicit revocation.
+    fn on_denied(&self, user: &str) {
+        let dbs: HashSet<String> = {
+            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let dbs = reg
+                .values()
+                .filter(|r| r.user == user)
+                .map(|r| r.database.clone())
+                .collect();
+            reg.retain(|_, r| r.user != user);
+            dbs
+        };
+        if dbs.is_empty() {
+            return;
+        }
+        self.auth_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(u, _), _| u != user);
+        let rotate = self.rotate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = rotate.as_ref() {
+            for db in dbs {
+                f(&db);
+            }
+        }
+    }
+
     fn is_revoked(&self, user: &str) -> bool {
         self.revoked
             .read()
@@ -115,10 +150,13 @@ impl ServerContext {
     }
 }
 
+/// Rotates the key of the named database.
+pub type RotateFn = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Verified credentials: (user, SHA-256 of the secret) → grant and when it was checked.
 pub type AuthCache = HashMap<(String, [u8; 32]), (Grant, Instant)>;
 
-/// Most connections served at once; more are refused with an error frame.
+/// Most connections served at once; more are closed at once (and counted as errors).
 const MAX_CONNECTIONS: usize = 512;
 /// Updates per journal read while streaming (bounds memory per connection).
 const BATCH_UPDATES: usize = 512;
@@ -130,7 +168,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a client to take what is sent.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a verified credential is remembered.
-const AUTH_CACHE_TTL: Duration = Duration::from_secs(300);
+const AUTH_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Open connections: a handle to shut each down, and its thread.
 type Connections = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
@@ -223,6 +261,7 @@ fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, conns: Connection
         let Ok(shut) = tcp.try_clone() else {
             continue;
         };
+        inc(&ctx.counters.repair_sessions);
         let c = ctx.clone();
         let spawned = std::thread::Builder::new()
             .name("mcsync-control-conn".into())
@@ -244,10 +283,20 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Message {
     }
 }
 
-/// An authenticated session: who, which database, which registration.
+/// An authenticated session: who, which database, what it may read, and the resync
+/// snapshot it is working on.
 struct Session {
     user: String,
+    groups: Vec<String>,
     db: Arc<dyn PublishedDatabase>,
+    resync: Option<ResyncSnapshot>,
+}
+
+/// The publisher's side of a hash resync: content hashes of the records the session may
+/// read, as of one version, and their keys by key hash.
+struct ResyncSnapshot {
+    index: HashIndex,
+    keys: HashMap<u64, Vec<u8>>,
 }
 
 fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
@@ -338,6 +387,33 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
                 }
                 None => Err(error(ErrorCode::BadRequest, "packet request before HELLO")),
             },
+            Message::ResyncBegin => match &mut session {
+                Some(s) => resync_begin(ctx, s),
+                None => Err(error(ErrorCode::BadRequest, "resync before HELLO")),
+            },
+            Message::DigestRequest { ranges } => {
+                match session.as_ref().and_then(|s| s.resync.as_ref()) {
+                    Some(r) => Ok(Message::DigestReply {
+                        digests: child_digests(&r.index, &ranges),
+                    }),
+                    None => Err(error(ErrorCode::BadRequest, "digests before RESYNC_BEGIN")),
+                }
+            }
+            Message::ListRequest { ranges } => {
+                match session.as_ref().and_then(|s| s.resync.as_ref()) {
+                    Some(r) => list(r, &ranges),
+                    None => Err(error(ErrorCode::BadRequest, "list before RESYNC_BEGIN")),
+                }
+            }
+            Message::FetchRequest { key_hashes } => match &session {
+                Some(s) if s.resync.is_some() => {
+                    let mut w = BufWriter::with_capacity(256 << 10, conn.get_mut());
+                    let r = fetch(ctx, s, &key_hashes, &mut w);
+                    w.flush().map_err(|e| Error::io("flushing fetch", e))?;
+                    r
+                }
+                _ => Err(error(ErrorCode::BadRequest, "fetch before RESYNC_BEGIN")),
+            },
             Message::CloseSubscription { subscriber_id } => match &session {
                 Some(s) => {
                     let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -393,7 +469,8 @@ fn authenticate(
         )));
     }
     if ctx.is_revoked(user) {
-        ctx.limiter.failure(peer.ip(), now);
+        // Not counted against the address: a revoked subscriber retrying must not lock
+        // out its neighbours behind the same address.
         return Err(fail(format!("user {user:?} is revoked")));
     }
     let digest: [u8; 32] = Sha256::digest(secret.expose().as_bytes()).into();
@@ -419,6 +496,7 @@ fn authenticate(
         }
         Err(why) => {
             ctx.limiter.failure(peer.ip(), now);
+            ctx.on_denied(user);
             Err(fail(why))
         }
     }
@@ -466,15 +544,15 @@ fn hello(
     inc(&ctx.counters.registrations);
     let mut info = db.info();
     info.keys = db.keys();
-    info.groups = grant.groups;
+    info.groups = grant.groups.clone();
     info.subscriber_id = id;
-    Ok((
-        Session {
-            user: user.to_owned(),
-            db,
-        },
-        info,
-    ))
+    let session = Session {
+        user: user.to_owned(),
+        groups: grant.groups,
+        db,
+        resync: None,
+    };
+    Ok((session, info))
 }
 
 /// Records the registration; an id from an earlier HELLO of the same user and database is
@@ -508,6 +586,76 @@ fn register(
         },
     );
     id
+}
+
+fn resync_begin(ctx: &ServerContext, s: &mut Session) -> std::result::Result<Message, Message> {
+    let (version, records) = ctx
+        .store
+        .hash_snapshot(s.db.name(), s.db.tables())
+        .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
+    let mut keys = HashMap::with_capacity(records.len());
+    let mut entries = Vec::with_capacity(records.len());
+    for r in records {
+        let visible = r.groups.is_empty() || r.groups.iter().any(|g| s.groups.contains(g));
+        if visible {
+            let kh = key_hash(&r.key);
+            entries.push((kh, r.hash));
+            keys.insert(kh, r.key);
+        }
+    }
+    let index = HashIndex::new(entries);
+    let root = index.digest(Range::ROOT);
+    s.resync = Some(ResyncSnapshot { index, keys });
+    inc(&ctx.counters.resyncs_served);
+    Ok(Message::ResyncSnapshot {
+        version,
+        count: root.count,
+        sum: root.sum,
+    })
+}
+
+fn list(r: &ResyncSnapshot, ranges: &[Range]) -> std::result::Result<Message, Message> {
+    let mut entries = Vec::new();
+    for range in ranges {
+        entries.extend_from_slice(r.index.entries(*range));
+        if entries.len() > MAX_LIST_ENTRIES {
+            return Err(error(
+                ErrorCode::BadRequest,
+                format!("list of more than {MAX_LIST_ENTRIES} records; ask for smaller ranges"),
+            ));
+        }
+    }
+    Ok(Message::ListReply { entries })
+}
+
+fn fetch(
+    ctx: &ServerContext,
+    s: &Session,
+    key_hashes: &[u64],
+    w: &mut impl Write,
+) -> std::result::Result<Message, Message> {
+    let Some(r) = &s.resync else {
+        return Err(error(ErrorCode::BadRequest, "fetch before RESYNC_BEGIN"));
+    };
+    let keys: Vec<Vec<u8>> = key_hashes
+        .iter()
+        .filter_map(|kh| r.keys.get(kh).cloned())
+        .collect();
+    let mut missing = (key_hashes.len() - keys.len()) as u64;
+    let values = ctx
+        .store
+        .get_many(s.db.tables(), &keys)
+        .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
+    for (key, value) in keys.into_iter().zip(values) {
+        let Some(value) = value else {
+            missing += 1;
+            continue;
+        };
+        let n = write_message(w, &Message::FetchRecord { key, value })
+            .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
+        add(&ctx.counters.repair_bytes_sent, n as u64);
+    }
+    Ok(Message::FetchEnd { missing })
 }
 
 /// Most packets resent for one request.

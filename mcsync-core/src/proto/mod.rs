@@ -10,6 +10,7 @@ pub mod pacer;
 pub mod receiver;
 pub mod reorder;
 pub mod replay;
+pub mod resync;
 pub mod retransmit;
 pub mod sender;
 
@@ -21,5 +22,6 @@ pub use pacer::Pacer;
 pub use receiver::{Receiver, ReceiverConfig, ReceiverCounters, RepairRanges};
 pub use reorder::{OpenPacket, PacketReorder, ReorderConfig, ReorderCounters};
 pub use replay::ReplayWindow;
+pub use resync::{HashIndex, Range, ResyncPlanner, ResyncStep};
 pub use retransmit::RetransmitBuffer;
 pub use sender::{decode_chain, Sender, SenderConfig, SenderCounters};

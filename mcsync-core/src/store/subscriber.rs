@@ -9,6 +9,9 @@ use lmdb::Cursor;
 use lmdb::{Database, Transaction, WriteFlags};
 use std::path::Path;
 
+/// A key and the content hash of its record.
+pub type KeyHash = (Vec<u8>, u64);
+
 /// Tables of one replicated database.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaTables {
@@ -103,11 +106,7 @@ impl SubscriberStore {
     /// Every record's key and content hash recomputed from the data itself (not from the
     /// stored hashes, so a store edited behind mcsync's back is seen as it is), with the
     /// applied version.
-    pub fn content_hashes(
-        &self,
-        name: &str,
-        tables: ReplicaTables,
-    ) -> Result<(u64, Vec<(Vec<u8>, u64)>)> {
+    pub fn content_hashes(&self, name: &str, tables: ReplicaTables) -> Result<(u64, Vec<KeyHash>)> {
         let key = applied_key(name);
         self.env.read(|txn| {
             let v = get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0);

@@ -10,6 +10,7 @@
 use super::{Put, Reader, WireError};
 use crate::auth::Secret;
 use crate::crypto::Key;
+use crate::proto::resync::{Digest, Range, MAX_FETCH_PER_REQUEST, MAX_RANGES_PER_REQUEST};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Version of the control protocol this build speaks.
@@ -144,6 +145,55 @@ pub enum Message {
     },
     /// Publisher → client: the request succeeded (answer to CLOSE_SUBSCRIPTION).
     Ok,
+    /// Client → publisher: start a hash resync; the publisher snapshots the content hashes
+    /// of the records this user may read.
+    ResyncBegin,
+    /// Publisher → client: the snapshot's version and root digest.
+    ResyncSnapshot {
+        /// Version the snapshot reflects.
+        version: u64,
+        /// Root digest: record count.
+        count: u32,
+        /// Root digest: wrapping sum of content hashes.
+        sum: u64,
+    },
+    /// Client → publisher: send the child digests of these ranges.
+    DigestRequest {
+        /// Parent ranges.
+        ranges: Vec<Range>,
+    },
+    /// Publisher → client: 16 child digests per requested range, in order.
+    DigestReply {
+        /// The digests.
+        digests: Vec<Digest>,
+    },
+    /// Client → publisher: list the records of these ranges.
+    ListRequest {
+        /// Ranges to list.
+        ranges: Vec<Range>,
+    },
+    /// Publisher → client: `(key hash, content hash)` of every record in the ranges, sorted.
+    ListReply {
+        /// The entries.
+        entries: Vec<(u64, u64)>,
+    },
+    /// Client → publisher: send the current records with these key hashes.
+    FetchRequest {
+        /// Key hashes from the snapshot.
+        key_hashes: Vec<u64>,
+    },
+    /// Publisher → client: one record.
+    FetchRecord {
+        /// The key.
+        key: Vec<u8>,
+        /// Its current value.
+        value: Vec<u8>,
+    },
+    /// Publisher → client: the fetch is complete.
+    FetchEnd {
+        /// Key hashes not found (deleted since the snapshot, or unknown).
+        missing: u64,
+    },
     /// Either direction: a failure, with a code and a human-readable message.
     Error {
         /// Machine-readable code.
@@ -164,6 +214,57 @@ const T_PACKET_DATA: u8 = 8;
 const T_PACKET_END: u8 = 9;
 const T_CLOSE_SUBSCRIPTION: u8 = 10;
 const T_OK: u8 = 11;
+const T_RESYNC_BEGIN: u8 = 12;
+const T_RESYNC_SNAPSHOT: u8 = 13;
+const T_DIGEST_REQUEST: u8 = 14;
+const T_DIGEST_REPLY: u8 = 15;
+const T_LIST_REQUEST: u8 = 16;
+const T_LIST_REPLY: u8 = 17;
+const T_FETCH_REQUEST: u8 = 18;
+const T_FETCH_RECORD: u8 = 19;
+const T_FETCH_END: u8 = 20;
+/// Most entries in one list reply.
+pub const MAX_LIST_ENTRIES: usize = 1 << 20;
+
+fn put_tree_ranges(out: &mut Vec<u8>, ranges: &[Range]) {
+    out.put_u16(ranges.len() as u16);
+    for r in ranges {
+        out.put_u64(r.lo);
+        out.put_u8(r.level);
+    }
+}
+
+fn read_tree_ranges(r: &mut Reader<'_>) -> Result<Vec<Range>, WireError> {
+    let n = r.u16("range count")? as usize;
+    if n == 0 || n > MAX_RANGES_PER_REQUEST {
+        return Err(WireError::Invalid("range count", n as u64));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let range = Range {
+            lo: r.u64("range")?,
+            level: r.u8("range level")?,
+        };
+        if !range.is_valid() {
+            return Err(WireError::Invalid("range", range.lo));
+        }
+        out.push(range);
+    }
+    Ok(out)
+}
+
+/// Reads a u32 count and checks that `per_item` bytes each fit in what is left.
+fn read_count(
+    r: &mut Reader<'_>,
+    per_item: usize,
+    field: &'static str,
+) -> Result<usize, WireError> {
+    let n = r.u32(field)? as usize;
+    if n > r.remaining() / per_item {
+        return Err(WireError::TooLong(field, n as u64));
+    }
+    Ok(n)
+}
 
 fn put_ranges(out: &mut Vec<u8>, ranges: &[(u64, u64)]) {
     out.put_u16(ranges.len() as u16);
@@ -277,8 +378,10 @@ impl Message {
                 put_addr(out, &info.group);
                 put_addr(out, &info.source);
                 out.put_u8(u8::from(info.encrypted));
-                out.put_u8(info.keys.len().min(MAX_KEYS) as u8);
-                for (epoch, key) in info.keys.iter().take(MAX_KEYS) {
+                // The newest keys, if there were ever more than fit.
+                let keys = &info.keys[info.keys.len().saturating_sub(MAX_KEYS)..];
+                out.put_u8(keys.len() as u8);
+                for (epoch, key) in keys {
                     out.put_u32(*epoch);
                     out.extend_from_slice(key.as_bytes());
                 }
@@ -295,6 +398,57 @@ impl Message {
                 out.put_u64(*subscriber_id);
             }
             Message::Ok => out.put_u8(T_OK),
+            Message::ResyncBegin => out.put_u8(T_RESYNC_BEGIN),
+            Message::ResyncSnapshot {
+                version,
+                count,
+                sum,
+            } => {
+                out.put_u8(T_RESYNC_SNAPSHOT);
+                out.put_u64(*version);
+                out.put_u32(*count);
+                out.put_u64(*sum);
+            }
+            Message::DigestRequest { ranges } => {
+                out.put_u8(T_DIGEST_REQUEST);
+                put_tree_ranges(out, ranges);
+            }
+            Message::DigestReply { digests } => {
+                out.put_u8(T_DIGEST_REPLY);
+                out.put_u32(digests.len() as u32);
+                for d in digests {
+                    out.put_u32(d.count);
+                    out.put_u64(d.sum);
+                }
+            }
+            Message::ListRequest { ranges } => {
+                out.put_u8(T_LIST_REQUEST);
+                put_tree_ranges(out, ranges);
+            }
+            Message::ListReply { entries } => {
+                out.put_u8(T_LIST_REPLY);
+                out.put_u32(entries.len() as u32);
+                for (k, h) in entries {
+                    out.put_u64(*k);
+                    out.put_u64(*h);
+                }
+            }
+            Message::FetchRequest { key_hashes } => {
+                out.put_u8(T_FETCH_REQUEST);
+                out.put_u32(key_hashes.len() as u32);
+                for k in key_hashes {
+                    out.put_u64(*k);
+                }
+            }
+            Message::FetchRecord { key, value } => {
+                out.put_u8(T_FETCH_RECORD);
+                out.put_blob32(key);
+                out.put_blob32(value);
+            }
+            Message::FetchEnd { missing } => {
+                out.put_u8(T_FETCH_END);
+                out.put_u64(*missing);
+            }
             Message::CatchupRequest { ranges } => {
                 out.put_u8(T_CATCHUP_REQUEST);
                 put_ranges(out, ranges);
@@ -355,6 +509,55 @@ impl Message {
                 subscriber_id: r.u64("subscriber id")?,
             },
             T_OK => Message::Ok,
+            T_RESYNC_BEGIN => Message::ResyncBegin,
+            T_RESYNC_SNAPSHOT => Message::ResyncSnapshot {
+                version: r.u64("version")?,
+                count: r.u32("count")?,
+                sum: r.u64("sum")?,
+            },
+            T_DIGEST_REQUEST => Message::DigestRequest {
+                ranges: read_tree_ranges(&mut r)?,
+            },
+            T_DIGEST_REPLY => {
+                let n = read_count(&mut r, 12, "digest count")?;
+                let mut digests = Vec::with_capacity(n);
+                for _ in 0..n {
+                    digests.push(Digest {
+                        count: r.u32("digest count")?,
+                        sum: r.u64("digest sum")?,
+                    });
+                }
+                Message::DigestReply { digests }
+            }
+            T_LIST_REQUEST => Message::ListRequest {
+                ranges: read_tree_ranges(&mut r)?,
+            },
+            T_LIST_REPLY => {
+                let n = read_count(&mut r, 16, "entry count")?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push((r.u64("key hash")?, r.u64("content hash")?));
+                }
+                Message::ListReply { entries }
+            }
+            T_FETCH_REQUEST => {
+                let n = read_count(&mut r, 8, "key hash count")?;
+                if n == 0 || n > MAX_FETCH_PER_REQUEST {
+                    return Err(WireError::Invalid("key hash count", n as u64));
+                }
+                let mut key_hashes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    key_hashes.push(r.u64("key hash")?);
+                }
+                Message::FetchRequest { key_hashes }
+            }
+            T_FETCH_RECORD => Message::FetchRecord {
+                key: r.blob32(crate::wire::update::MAX_KEY_LEN, "key")?.to_vec(),
+                value: r.blob32(usize::MAX, "value")?.to_vec(),
+            },
+            T_FETCH_END => Message::FetchEnd {
+                missing: r.u64("missing")?,
+            },
             T_CATCHUP_REQUEST => Message::CatchupRequest {
                 ranges: read_ranges(&mut r)?,
             },

@@ -1,0 +1,949 @@
+/*
+ * Automated test of the mcsync C API, run by scripts/test-c.sh (also under valgrind).
+ *
+ *   test_mcsync converge WORKDIR GROUP PORT UPDATES
+ *       One publisher and two subscribers in this process, on loopback, each subscriber
+ *       with 5 % injected loss. The control channel uses TLS (a self-signed certificate
+ *       the subscribers pin) and a C authenticator callback that grants subscriber 1 the
+ *       access group "ops" and subscriber 2 none. Publishes UPDATES updates (puts, deletes,
+ *       transactions, records restricted to groups, multi-packet values), waits for both
+ *       replicas to converge, and checks from C that each replica holds exactly what a
+ *       model of the writes says for its groups, that callbacks ran once per version in
+ *       order, and that the loss really happened and was repaired.
+ *
+ *   test_mcsync misuse WORKDIR GROUP PORT
+ *       NULL handles, invalid arguments and configuration, wrong credentials, double close,
+ *       use after close, and callbacks that close or free their own subscription (or close
+ *       the whole subscriber): each must give the documented status and a message, never a
+ *       crash or a deadlock.
+ *
+ * Prints "PASS ..." and exits 0, or prints "FAIL ..." and exits 1.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include "mcsync.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---------------------------------------------------------------- helpers */
+
+static const char *g_mode = "?";
+
+static void fail_at(int line, const char *what, mcsync_status st)
+{
+    char msg[512];
+    mcsync_last_error(msg, sizeof msg, NULL);
+    printf("FAIL %s (test_mcsync.c:%d): %s -> %d (%s): %s\n", g_mode, line, what, (int)st,
+           mcsync_status_str((int)st), msg);
+    fflush(stdout);
+    exit(1);
+}
+
+/* A call that must succeed. */
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        mcsync_status st_ = (call);                                                          \
+        if (st_ != MCSYNC_OK)                                                                \
+            fail_at(__LINE__, #call, st_);                                                   \
+    } while (0)
+
+/* A call that must fail with `want` and leave a non-empty message. */
+#define EXPECT(call, want) expect_status(__LINE__, #call, (call), (want))
+
+/* A plain condition. */
+#define ASSERT(cond)                                                                         \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            printf("FAIL %s (test_mcsync.c:%d): %s\n", g_mode, __LINE__, #cond);             \
+            fflush(stdout);                                                                  \
+            exit(1);                                                                         \
+        }                                                                                    \
+    } while (0)
+
+static int g_expectations;
+
+static void expect_status(int line, const char *what, mcsync_status got, mcsync_status want)
+{
+    char msg[512] = "";
+    size_t written = 0;
+    if (got != want) {
+        mcsync_last_error(msg, sizeof msg, NULL);
+        printf("FAIL %s (test_mcsync.c:%d): %s -> %d (%s), expected %d (%s); last error: %s\n",
+               g_mode, line, what, (int)got, mcsync_status_str((int)got), (int)want,
+               mcsync_status_str((int)want), msg);
+        fflush(stdout);
+        exit(1);
+    }
+    if (want != MCSYNC_OK) {
+        mcsync_last_error(msg, sizeof msg, &written);
+        if (written == 0 || strlen(msg) != written) {
+            printf("FAIL %s (test_mcsync.c:%d): %s gave no error message\n", g_mode, line, what);
+            exit(1);
+        }
+    }
+    g_expectations++;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void path_join(char *out, size_t len, const char *dir, const char *name)
+{
+    snprintf(out, len, "%s/%s", dir, name);
+}
+
+static uint64_t stat_of(mcsync_stats *stats, const char *name)
+{
+    uint64_t v = 0;
+    CHECK(mcsync_stats_get(stats, name, &v));
+    return v;
+}
+
+/* A counter of a subscription; 0 if this version of the library does not have it. */
+static uint64_t subscription_stat(const mcsync_subscription *sub, const char *name)
+{
+    mcsync_stats *stats = NULL;
+    uint64_t v = 0;
+    CHECK(mcsync_subscription_stats(sub, &stats));
+    mcsync_status st = mcsync_stats_get(stats, name, &v);
+    if (st != MCSYNC_ERR_NOT_FOUND)
+        CHECK(st);
+    mcsync_stats_free(stats);
+    return v;
+}
+
+/* ---------------------------------------------------------------- callbacks */
+
+enum close_mode { CLOSE_NEVER, CLOSE_SUBSCRIPTION, FREE_SUBSCRIPTION, CLOSE_SUBSCRIBER };
+
+/* What a subscription's callback saw. Shared between the process thread and main. */
+typedef struct recorder {
+    pthread_mutex_t lock;
+    uint64_t calls;
+    uint64_t last_version;
+    uint64_t ops;
+    int out_of_order;
+    int bad_update;
+    int freed;
+    /* Misuse: at `close_at`, the callback closes/frees its own subscription or subscriber. */
+    enum close_mode mode;
+    uint64_t close_at;
+    mcsync_subscription *self;
+    mcsync_subscriber *subscriber;
+    int close_status;
+    uint64_t calls_after_close;
+    int closed;
+} recorder;
+
+static void recorder_init(recorder *r)
+{
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->lock, NULL);
+}
+
+static void on_update(void *user_data, const mcsync_update *u)
+{
+    recorder *r = user_data;
+    pthread_mutex_lock(&r->lock);
+    if (r->closed)
+        r->calls_after_close++;
+    r->calls++;
+    if (u->version != r->last_version + 1)
+        r->out_of_order++;
+    r->last_version = u->version;
+    r->ops += u->ops_len;
+    if (u->ops_len > 0 && u->ops == NULL)
+        r->bad_update++;
+    for (size_t i = 0; i < u->ops_len; i++) {
+        const mcsync_op *op = &u->ops[i];
+        if (op->key == NULL || op->key_len == 0)
+            r->bad_update++;
+        if (op->kind == MCSYNC_OP_DELETE && op->value_len != 0)
+            r->bad_update++;
+        for (size_t g = 0; g < op->groups_len; g++)
+            if (op->groups[g] == NULL || op->groups[g][0] == '\0')
+                r->bad_update++;
+    }
+    int act = r->mode != CLOSE_NEVER && !r->closed && u->version >= r->close_at;
+    pthread_mutex_unlock(&r->lock);
+    if (!act)
+        return;
+    /* Close from inside our own callback: must return at once, without deadlock. */
+    mcsync_status st = MCSYNC_OK;
+    switch (r->mode) {
+    case CLOSE_SUBSCRIPTION:
+        st = mcsync_subscription_close(r->self);
+        break;
+    case FREE_SUBSCRIPTION:
+        mcsync_subscription_free(r->self);
+        break;
+    case CLOSE_SUBSCRIBER:
+        st = mcsync_subscriber_close(r->subscriber);
+        break;
+    case CLOSE_NEVER:
+        break;
+    }
+    pthread_mutex_lock(&r->lock);
+    r->close_status = (int)st;
+    r->closed = 1;
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void on_free(void *user_data)
+{
+    recorder *r = user_data;
+    pthread_mutex_lock(&r->lock);
+    r->freed++;
+    pthread_mutex_unlock(&r->lock);
+}
+
+static int recorder_get(recorder *r, int *field)
+{
+    pthread_mutex_lock(&r->lock);
+    int v = *field;
+    pthread_mutex_unlock(&r->lock);
+    return v;
+}
+
+/* ---------------------------------------------------------------- authentication */
+
+/* Users the test publisher knows: alice holds access group "ops", bob none, and "limited"
+ * may subscribe to database "quiet" only. Runs on the publisher's connection threads. */
+static int authenticate(void *user_data, const char *user, const char *secret,
+                        const char *peer, mcsync_grant *grant)
+{
+    int *calls = user_data;
+    __atomic_add_fetch(calls, 1, __ATOMIC_SEQ_CST);
+    if (strncmp(peer, "127.", 4) != 0)
+        return MCSYNC_ERR_AUTH;
+    if (strcmp(user, "alice") == 0 && strcmp(secret, "alice-secret") == 0)
+        return mcsync_grant_add_group(grant, "ops");
+    if (strcmp(user, "bob") == 0 && strcmp(secret, "bob-secret") == 0)
+        return MCSYNC_OK;
+    if (strcmp(user, "limited") == 0 && strcmp(secret, "limited-secret") == 0)
+        return mcsync_grant_allow_database(grant, "quiet");
+    return MCSYNC_ERR_AUTH;
+}
+
+static int g_auth_freed;
+
+static void free_auth(void *user_data)
+{
+    (void)user_data;
+    __atomic_add_fetch(&g_auth_freed, 1, __ATOMIC_SEQ_CST);
+}
+
+/* ---------------------------------------------------------------- setup */
+
+static int g_auth_calls;
+
+/* A TLS publisher (self-signed certificate) authenticating with the callback above. */
+static mcsync_publisher *open_publisher(const char *dir, const char *group, int port)
+{
+    mcsync_publisher_config *cfg = NULL;
+    mcsync_publisher *pub = NULL;
+    CHECK(mcsync_publisher_config_new(&cfg));
+    CHECK(mcsync_publisher_config_set_data_dir(cfg, dir));
+    CHECK(mcsync_publisher_config_set_group(cfg, group));
+    CHECK(mcsync_publisher_config_set_port(cfg, (uint16_t)port));
+    CHECK(mcsync_publisher_config_set_interface(cfg, "127.0.0.1"));
+    CHECK(mcsync_publisher_config_set_control_addr(cfg, "127.0.0.1:0"));
+    CHECK(mcsync_publisher_config_set_ttl(cfg, 0));
+    CHECK(mcsync_publisher_config_set_tls_self_signed(cfg));
+    CHECK(mcsync_publisher_config_set_authenticator(cfg, authenticate, &g_auth_calls, free_auth));
+    CHECK(mcsync_publisher_open(cfg, &pub));
+    mcsync_publisher_config_free(cfg);
+    return pub;
+}
+
+/* A subscriber of `pub`, pinning its certificate, logging in as `user`. */
+static mcsync_subscriber *open_subscriber(const char *dir, const mcsync_publisher *pub,
+                                          const char *user, const char *secret, double loss,
+                                          uint64_t seed)
+{
+    char addr[64], fingerprint[65];
+    size_t n = 0;
+    CHECK(mcsync_publisher_control_addr(pub, addr, sizeof addr, &n));
+    ASSERT(n == strlen(addr));
+    CHECK(mcsync_publisher_fingerprint(pub, fingerprint, sizeof fingerprint, &n));
+    ASSERT(n == 64);
+    mcsync_subscriber_config *cfg = NULL;
+    mcsync_subscriber *sub = NULL;
+    CHECK(mcsync_subscriber_config_new(&cfg));
+    CHECK(mcsync_subscriber_config_set_data_dir(cfg, dir));
+    CHECK(mcsync_subscriber_config_set_server(cfg, addr));
+    CHECK(mcsync_subscriber_config_set_trust_fingerprint(cfg, fingerprint));
+    CHECK(mcsync_subscriber_config_set_credentials(cfg, user, secret));
+    CHECK(mcsync_subscriber_config_set_interface(cfg, "127.0.0.1"));
+    if (loss > 0)
+        CHECK(mcsync_subscriber_config_set_loss(cfg, loss, 1, seed));
+    CHECK(mcsync_subscriber_open(cfg, &sub));
+    mcsync_subscriber_config_free(cfg);
+    return sub;
+}
+
+/* ---------------------------------------------------------------- converge */
+
+#define NKEYS 200
+
+/* What the replicas must hold: the result of every write, in order. */
+typedef struct model {
+    uint8_t *value[NKEYS];
+    size_t len[NKEYS];
+    int present[NKEYS];
+} model;
+
+static void key_name(char *out, size_t len, int k)
+{
+    snprintf(out, len, "key-%05d", k);
+}
+
+static size_t make_value(uint8_t *buf, uint64_t i)
+{
+    /* Mostly small values; every 40th spans several datagrams. */
+    size_t len = (i % 40 == 0) ? 5000 + (size_t)(i % 700) : 1 + (size_t)((i * 37) % 900);
+    int head = snprintf((char *)buf, len, "v%llu:", (unsigned long long)i);
+    for (size_t j = (size_t)(head > 0 ? head : 0); j < len; j++)
+        buf[j] = (uint8_t)('a' + (i + j) % 26);
+    return len;
+}
+
+static void model_put(model *m, int k, const uint8_t *v, size_t len)
+{
+    free(m->value[k]);
+    m->value[k] = malloc(len ? len : 1);
+    ASSERT(m->value[k] != NULL);
+    memcpy(m->value[k], v, len);
+    m->len[k] = len;
+    m->present[k] = 1;
+}
+
+static void model_delete(model *m, int k)
+{
+    free(m->value[k]);
+    m->value[k] = NULL;
+    m->len[k] = 0;
+    m->present[k] = 0;
+}
+
+/* Writes update number i (versions are i + 1) through the publisher and into the models:
+ * m[0] is what a holder of group "ops" sees, m[1] what a subscriber without groups sees
+ * (records restricted to groups are absent from its replica). */
+static uint64_t publish_one(const mcsync_db *db, model m[2], uint64_t i, uint8_t *buf)
+{
+    char key[32];
+    uint64_t version = 0;
+    unsigned r = (unsigned)(i % 10);
+    if (r <= 5) {
+        int k = (int)((i * 7) % NKEYS);
+        size_t len = make_value(buf, i);
+        key_name(key, sizeof key, k);
+        CHECK(mcsync_db_put(db, (const uint8_t *)key, strlen(key), buf, len, &version));
+        model_put(&m[0], k, buf, len);
+        model_put(&m[1], k, buf, len);
+    } else if (r == 6) {
+        int k = (int)((i * 13) % NKEYS);
+        key_name(key, sizeof key, k);
+        CHECK(mcsync_db_delete(db, (const uint8_t *)key, strlen(key), &version));
+        model_delete(&m[0], k);
+        model_delete(&m[1], k);
+    } else {
+        /* A transaction: put, put readable by two groups, delete; one version. */
+        static const char *const groups[] = {"ops", "audit"};
+        int k1 = (int)((i * 3) % NKEYS), k2 = (int)((i * 5 + 1) % NKEYS);
+        int k3 = (int)((i * 11 + 2) % NKEYS);
+        mcsync_txn *txn = NULL;
+        CHECK(mcsync_txn_begin(db, &txn));
+        size_t len = make_value(buf, i);
+        key_name(key, sizeof key, k1);
+        CHECK(mcsync_txn_put(txn, (const uint8_t *)key, strlen(key), buf, len));
+        model_put(&m[0], k1, buf, len);
+        model_put(&m[1], k1, buf, len);
+        key_name(key, sizeof key, k2);
+        CHECK(mcsync_txn_put_with_groups(txn, (const uint8_t *)key, strlen(key), buf, 10, groups,
+                                         2));
+        model_put(&m[0], k2, buf, 10);
+        model_delete(&m[1], k2); /* withheld: stored as a delete */
+        key_name(key, sizeof key, k3);
+        CHECK(mcsync_txn_delete(txn, (const uint8_t *)key, strlen(key)));
+        model_delete(&m[0], k3);
+        model_delete(&m[1], k3);
+        CHECK(mcsync_txn_commit(txn, &version));
+    }
+    return version;
+}
+
+/* Checks a replica against the model, through the iterator and both get variants. */
+static size_t verify_replica(const char *label, const mcsync_subscription *sub, const model *m)
+{
+    mcsync_subscription_iter *it = NULL;
+    CHECK(mcsync_subscription_iter_new(sub, &it));
+    size_t count = 0, expected = 0, seen = 0;
+    CHECK(mcsync_subscription_iter_count(it, &count));
+    for (int k = 0; k < NKEYS; k++)
+        expected += (size_t)m->present[k];
+    int previous = -1;
+    for (;;) {
+        const uint8_t *key = NULL, *value = NULL;
+        size_t key_len = 0, value_len = 0;
+        bool has = false;
+        CHECK(mcsync_subscription_iter_next(it, &key, &key_len, &value, &value_len, &has));
+        if (!has)
+            break;
+        char name[32] = "";
+        ASSERT(key_len < sizeof name);
+        memcpy(name, key, key_len);
+        int k = -1;
+        ASSERT(sscanf(name, "key-%05d", &k) == 1 && k >= 0 && k < NKEYS);
+        ASSERT(k > previous); /* key order */
+        previous = k;
+        if (!m->present[k] || m->len[k] != value_len ||
+            (value_len && memcmp(m->value[k], value, value_len) != 0)) {
+            printf("FAIL converge: %s holds a wrong record %s (len %zu, expected %s len %zu)\n",
+                   label, name, value_len, m->present[k] ? "present" : "absent", m->len[k]);
+            exit(1);
+        }
+        seen++;
+    }
+    mcsync_subscription_iter_free(it);
+    if (seen != expected || count != expected) {
+        printf("FAIL converge: %s has %zu records (iter count %zu), expected %zu\n", label, seen,
+               count, expected);
+        exit(1);
+    }
+
+    /* Point lookups: library buffer, caller buffer, missing key. */
+    for (int k = 0; k < NKEYS; k++) {
+        char key[32];
+        key_name(key, sizeof key, k);
+        uint8_t *value = (uint8_t *)0x1; /* must stay untouched on failure */
+        size_t len = 12345;
+        mcsync_status st = mcsync_subscription_get(sub, (const uint8_t *)key, strlen(key), &value,
+                                                   &len);
+        if (!m->present[k]) {
+            EXPECT(st, MCSYNC_ERR_NOT_FOUND);
+            ASSERT(value == (uint8_t *)0x1 && len == 12345);
+            continue;
+        }
+        CHECK(st);
+        ASSERT(len == m->len[k] && memcmp(value, m->value[k], len) == 0);
+        ASSERT(value[len] == '\0'); /* documented trailing NUL */
+        mcsync_bytes_free(value);
+
+        size_t needed = 0;
+        EXPECT(mcsync_subscription_get_into(sub, (const uint8_t *)key, strlen(key), NULL, 0,
+                                            &needed),
+               MCSYNC_ERR_BUFFER_TOO_SMALL);
+        ASSERT(needed == m->len[k]);
+        uint8_t *buf = malloc(needed);
+        size_t got = 0;
+        CHECK(mcsync_subscription_get_into(sub, (const uint8_t *)key, strlen(key), buf, needed,
+                                           &got));
+        ASSERT(got == needed && memcmp(buf, m->value[k], got) == 0);
+        free(buf);
+    }
+    return seen;
+}
+
+static int run_converge(const char *workdir, const char *group, int port, uint64_t updates)
+{
+    static const char *const users[2][2] = {{"alice", "alice-secret"}, {"bob", "bob-secret"}};
+    char dir[4096];
+
+    path_join(dir, sizeof dir, workdir, "publisher");
+    mcsync_publisher *pub = open_publisher(dir, group, port);
+    mcsync_db *db = NULL;
+    CHECK(mcsync_publisher_database(pub, "inventory", &db));
+
+    mcsync_subscriber *subscriber[2];
+    mcsync_subscription *sub[2];
+    recorder rec[2];
+    for (int s = 0; s < 2; s++) {
+        char name[32];
+        snprintf(name, sizeof name, "subscriber%d", s + 1);
+        path_join(dir, sizeof dir, workdir, name);
+        subscriber[s] = open_subscriber(dir, pub, users[s][0], users[s][1], 0.05,
+                                        1000 + (uint64_t)s);
+        recorder_init(&rec[s]);
+        CHECK(mcsync_subscriber_subscribe(subscriber[s], "inventory", on_update, &rec[s], on_free,
+                                          &sub[s]));
+    }
+
+    static model m[2];
+    uint8_t *buf = calloc(1, 8192);
+    ASSERT(buf != NULL);
+    uint64_t version = 0;
+    for (uint64_t i = 0; i < updates; i++) {
+        version = publish_one(db, m, i, buf);
+        ASSERT(version == i + 1);
+    }
+    free(buf);
+    uint64_t db_version = 0;
+    CHECK(mcsync_db_version(db, &db_version));
+    ASSERT(db_version == version);
+
+    for (int s = 0; s < 2; s++) {
+        mcsync_status st = mcsync_subscription_wait_for_version(sub[s], version, 180000);
+        if (st != MCSYNC_OK) {
+            uint64_t at = 0;
+            mcsync_subscription_version(sub[s], &at);
+            printf("note: subscriber%d at version %llu of %llu\n", s + 1, (unsigned long long)at,
+                   (unsigned long long)version);
+            fail_at(__LINE__, "mcsync_subscription_wait_for_version", st);
+        }
+        uint64_t at = 0;
+        CHECK(mcsync_subscription_version(sub[s], &at));
+        ASSERT(at == version);
+    }
+
+    size_t records[2];
+    uint64_t dropped[2], repairs[2];
+    for (int s = 0; s < 2; s++) {
+        char label[32];
+        snprintf(label, sizeof label, "subscriber%d", s + 1);
+        records[s] = verify_replica(label, sub[s], &m[s]);
+        pthread_mutex_lock(&rec[s].lock);
+        ASSERT(rec[s].calls == version);
+        ASSERT(rec[s].last_version == version);
+        ASSERT(rec[s].out_of_order == 0);
+        ASSERT(rec[s].bad_update == 0);
+        pthread_mutex_unlock(&rec[s].lock);
+        dropped[s] = subscription_stat(sub[s], "dropped_injected");
+        repairs[s] = subscription_stat(sub[s], "repairs_requested") +
+                     subscription_stat(sub[s], "packet_repairs_requested");
+        ASSERT(subscription_stat(sub[s], "updates_applied") >= version);
+    }
+    /* The injected loss happened (5 % of hundreds of packets) and was repaired. */
+    ASSERT(dropped[0] > 0 && dropped[1] > 0);
+    /* Access groups: subscriber 2 (no groups) had records withheld, subscriber 1 none. */
+    ASSERT(subscription_stat(sub[1], "updates_filtered") > 0 || updates < 10);
+    ASSERT(subscription_stat(sub[0], "updates_filtered") == 0);
+
+    mcsync_stats *pstats = NULL;
+    CHECK(mcsync_publisher_stats(pub, &pstats));
+    ASSERT(stat_of(pstats, "updates_committed") == version);
+    size_t nstats = 0;
+    CHECK(mcsync_stats_count(pstats, &nstats));
+    ASSERT(nstats > 0);
+    const char *first = NULL;
+    uint64_t first_value = 0;
+    CHECK(mcsync_stats_entry(pstats, 0, &first, &first_value));
+    ASSERT(first != NULL && first[0] != '\0');
+    mcsync_stats_free(pstats);
+
+    for (int s = 0; s < 2; s++) {
+        CHECK(mcsync_subscription_close(sub[s]));
+        mcsync_subscription_free(sub[s]);
+        ASSERT(recorder_get(&rec[s], &rec[s].freed) == 1);
+        mcsync_subscriber_free(subscriber[s]);
+    }
+    mcsync_db_free(db);
+    CHECK(mcsync_publisher_close(pub));
+    mcsync_publisher_free(pub);
+    for (int k = 0; k < NKEYS; k++) {
+        free(m[0].value[k]);
+        free(m[1].value[k]);
+    }
+    /* The authenticator was used, and freed once the publisher was. */
+    ASSERT(__atomic_load_n(&g_auth_calls, __ATOMIC_SEQ_CST) >= 2);
+    ASSERT(__atomic_load_n(&g_auth_freed, __ATOMIC_SEQ_CST) == 1);
+    for (int s = 0; s < 2; s++)
+        pthread_mutex_destroy(&rec[s].lock);
+
+    printf("PASS converge: 1 publisher, 2 subscribers at version %llu with %zu and %zu records "
+           "matching their access groups; injected drops %llu/%llu, repair requests %llu/%llu\n",
+           (unsigned long long)version, records[0], records[1], (unsigned long long)dropped[0],
+           (unsigned long long)dropped[1], (unsigned long long)repairs[0],
+           (unsigned long long)repairs[1]);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- misuse */
+
+static void misuse_null_handles(void)
+{
+    uint64_t v = 77;
+    EXPECT(mcsync_publisher_open(NULL, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_config_new(NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_config_set_port(NULL, 5), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_database(NULL, "x", NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_close(NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_db_put(NULL, (const uint8_t *)"k", 1, NULL, 0, &v), MCSYNC_ERR_NULL);
+    ASSERT(v == 77);
+    EXPECT(mcsync_db_delete(NULL, (const uint8_t *)"k", 1, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_db_version(NULL, &v), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_txn_begin(NULL, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_txn_put(NULL, (const uint8_t *)"k", 1, NULL, 0), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_txn_commit(NULL, &v), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscriber_open(NULL, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscriber_close(NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscription_get(NULL, (const uint8_t *)"k", 1, NULL, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscription_version(NULL, &v), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscription_wait_for_version(NULL, 1, 1), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscription_close(NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscription_iter_next(NULL, NULL, NULL, NULL, NULL, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_stats_count(NULL, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_fingerprint(NULL, NULL, 0, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_revoke(NULL, "x"), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_grant_add_group(NULL, "x"), MCSYNC_ERR_NULL);
+    ASSERT(v == 77);
+
+    /* A NULL subscriber still takes ownership of user_data: free_user_data runs once. */
+    recorder r;
+    recorder_init(&r);
+    mcsync_subscription *s = (mcsync_subscription *)0x1;
+    EXPECT(mcsync_subscriber_subscribe(NULL, "db", on_update, &r, on_free, &s), MCSYNC_ERR_NULL);
+    ASSERT(r.freed == 1 && s == (mcsync_subscription *)0x1);
+    pthread_mutex_destroy(&r.lock);
+
+    /* Freeing NULL is a no-op everywhere. */
+    mcsync_publisher_config_free(NULL);
+    mcsync_subscriber_config_free(NULL);
+    mcsync_publisher_free(NULL);
+    mcsync_db_free(NULL);
+    mcsync_txn_discard(NULL);
+    mcsync_subscriber_free(NULL);
+    mcsync_subscription_free(NULL);
+    mcsync_subscription_iter_free(NULL);
+    mcsync_stats_free(NULL);
+    mcsync_bytes_free(NULL);
+
+    /* Status texts and the last-error buffer rules. */
+    ASSERT(strcmp(mcsync_status_str(MCSYNC_OK), "ok") == 0);
+    ASSERT(strcmp(mcsync_status_str(9999), "unknown status code") == 0);
+    ASSERT(mcsync_version() != NULL && mcsync_version()[0] != '\0');
+    char tiny[8];
+    size_t written = 0;
+    EXPECT(mcsync_subscription_close(NULL), MCSYNC_ERR_NULL);
+    ASSERT(mcsync_last_error(tiny, sizeof tiny, &written) == MCSYNC_ERR_BUFFER_TOO_SMALL);
+    ASSERT(written == 7 && strlen(tiny) == 7);
+    ASSERT(mcsync_last_error(NULL, 10, NULL) == MCSYNC_ERR_NULL);
+    char big[512];
+    ASSERT(mcsync_last_error(big, sizeof big, NULL) == MCSYNC_OK);
+    ASSERT(strstr(big, "NULL") != NULL);
+}
+
+static void misuse_config(const char *workdir)
+{
+    mcsync_publisher_config *pc = NULL;
+    mcsync_subscriber_config *sc = NULL;
+    CHECK(mcsync_publisher_config_new(&pc));
+    CHECK(mcsync_subscriber_config_new(&sc));
+
+    /* An authenticator setting that fails still takes (and frees) user_data. */
+    int freed_before = __atomic_load_n(&g_auth_freed, __ATOMIC_SEQ_CST);
+    EXPECT(mcsync_publisher_config_set_authenticator(pc, NULL, NULL, free_auth), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_config_set_authenticator(NULL, authenticate, NULL, free_auth),
+           MCSYNC_ERR_NULL);
+    ASSERT(__atomic_load_n(&g_auth_freed, __ATOMIC_SEQ_CST) == freed_before + 2);
+    EXPECT(mcsync_publisher_config_set_tls_files(pc, "", "key.pem"), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_publisher_config_set_group_range(pc, "239.1.0.0/33", "100"), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_publisher_config_set_group_range(pc, "10.0.0.0/8", "100"), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_publisher_config_set_group_range(pc, "239.1.0.0/24", "9-3"),
+           MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_publisher_config_add_schedule_window(pc, 1440, 10), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_publisher_config_set_group(pc, "10.1.2.3"), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_publisher_config_set_group(pc, "239.1.2"), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_publisher_config_set_group(pc, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_config_set_control_addr(pc, "localhost"), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_publisher_config_set_port(pc, 0), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_publisher_config_set_ttl(pc, 256), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_publisher_config_set_datagram_bytes(pc, 10), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_publisher_config_set_heartbeat_ms(pc, 100, 10), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_publisher_config_set_max_update_bytes(pc, 5), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_publisher_config_set_data_dir(pc, "\xff\xfe/bad"), MCSYNC_ERR_UTF8);
+    EXPECT(mcsync_publisher_config_set_data_dir(pc, ""), MCSYNC_ERR_CONFIG);
+
+    /* Required settings missing: open fails and says which. */
+    mcsync_publisher *p = (mcsync_publisher *)0x1;
+    EXPECT(mcsync_publisher_open(pc, &p), MCSYNC_ERR_CONFIG);
+    ASSERT(p == (mcsync_publisher *)0x1);
+    char msg[512];
+    mcsync_last_error(msg, sizeof msg, NULL);
+    ASSERT(strstr(msg, "data directory") != NULL);
+
+    EXPECT(mcsync_subscriber_config_set_loss(sc, 1.5, 1, 0), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_subscriber_config_set_loss(sc, -0.1, 1, 0), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_subscriber_config_set_loss(sc, NAN, 1, 0), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_subscriber_config_set_loss(sc, 0.1, 0, 0), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_subscriber_config_set_server(sc, "127.0.0.1"), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_subscriber_config_set_server(sc, "127.0.0.1:0"), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_subscriber_config_set_channel_capacity(sc, 0), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_subscriber_config_set_client_name(sc, "\xc3"), MCSYNC_ERR_UTF8);
+    EXPECT(mcsync_subscriber_config_set_trust_fingerprint(sc, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscriber_config_set_trust_fingerprint(sc, "ab:cd"), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_subscriber_config_set_credentials(sc, "user", NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscriber_config_set_silence_timeout_ms(sc, 0), MCSYNC_ERR_RANGE);
+    char dir[4096];
+    path_join(dir, sizeof dir, workdir, "misuse-config-sub");
+    CHECK(mcsync_subscriber_config_set_data_dir(sc, dir));
+    mcsync_subscriber *s = (mcsync_subscriber *)0x1;
+    EXPECT(mcsync_subscriber_open(sc, &s), MCSYNC_ERR_CONFIG);
+    ASSERT(s == (mcsync_subscriber *)0x1);
+    mcsync_last_error(msg, sizeof msg, NULL);
+    ASSERT(strstr(msg, "server address") != NULL);
+    CHECK(mcsync_subscriber_config_set_server(sc, "127.0.0.1:9"));
+    EXPECT(mcsync_subscriber_open(sc, &s), MCSYNC_ERR_CONFIG);
+    mcsync_last_error(msg, sizeof msg, NULL);
+    ASSERT(strstr(msg, "server trust") != NULL);
+    ASSERT(s == (mcsync_subscriber *)0x1);
+
+    mcsync_publisher_config_free(pc);
+    mcsync_subscriber_config_free(sc);
+}
+
+static void wait_until_freed(recorder *r)
+{
+    for (int i = 0; i < 1000 && recorder_get(r, &r->freed) == 0; i++)
+        sleep_ms(10);
+    ASSERT(recorder_get(r, &r->freed) == 1);
+}
+
+/* A subscription whose callback closes (or frees) itself, or its subscriber, at version 3. */
+static void misuse_self_close(const char *workdir, mcsync_publisher *pub, const char *dbname,
+                              enum close_mode mode)
+{
+    char dir[4096];
+    path_join(dir, sizeof dir, workdir, dbname);
+    mcsync_db *db = NULL;
+    CHECK(mcsync_publisher_database(pub, dbname, &db));
+    mcsync_subscriber *subscriber = open_subscriber(dir, pub, "bob", "bob-secret", 0, 0);
+    recorder r;
+    recorder_init(&r);
+    r.mode = mode;
+    r.close_at = 3;
+    r.subscriber = subscriber;
+    mcsync_subscription *sub = NULL;
+    pthread_mutex_lock(&r.lock); /* no callback may use r.self before it is set */
+    CHECK(mcsync_subscriber_subscribe(subscriber, dbname, on_update, &r, on_free, &sub));
+    r.self = sub;
+    pthread_mutex_unlock(&r.lock);
+
+    uint64_t version = 0;
+    for (int i = 0; i < 10; i++)
+        CHECK(mcsync_db_put(db, (const uint8_t *)"k", 1, (const uint8_t *)"v", 1, &version));
+
+    /* The callback closes at version 3: no deadlock, and no callback after the close. */
+    for (int i = 0; i < 1000 && !recorder_get(&r, &r.closed); i++)
+        sleep_ms(10);
+    ASSERT(recorder_get(&r, &r.closed));
+    ASSERT(r.close_status == MCSYNC_OK);
+    if (mode != FREE_SUBSCRIPTION) {
+        /* Waiting on a closed subscription for a version it will never reach reports it
+         * closed, not a timeout. */
+        EXPECT(mcsync_subscription_wait_for_version(sub, version + 1000, 5000),
+               MCSYNC_ERR_CLOSED);
+        bool closed = false;
+        CHECK(mcsync_subscription_is_closed(sub, &closed));
+        ASSERT(closed);
+        CHECK(mcsync_subscription_close(sub)); /* double close */
+        CHECK(mcsync_subscription_close(sub));
+        uint64_t at = 0;
+        CHECK(mcsync_subscription_version(sub, &at));
+        /* Updates already received may still be applied (without callbacks). */
+        ASSERT(at >= 3 && at <= version);
+        /* The replica stays readable after close. */
+        uint8_t *value = NULL;
+        size_t len = 0;
+        CHECK(mcsync_subscription_get(sub, (const uint8_t *)"k", 1, &value, &len));
+        ASSERT(len == 1 && value[0] == 'v');
+        mcsync_bytes_free(value);
+        mcsync_subscription_free(sub);
+    }
+    wait_until_freed(&r);
+    ASSERT(r.calls == 3 && r.calls_after_close == 0);
+    if (mode == CLOSE_SUBSCRIBER) {
+        /* Closed subscriber: double close is fine, new subscriptions are refused. */
+        CHECK(mcsync_subscriber_close(subscriber));
+        recorder r2;
+        recorder_init(&r2);
+        mcsync_subscription *s2 = NULL;
+        EXPECT(mcsync_subscriber_subscribe(subscriber, dbname, on_update, &r2, on_free, &s2),
+               MCSYNC_ERR_CLOSED);
+        ASSERT(r2.freed == 1 && s2 == NULL);
+        pthread_mutex_destroy(&r2.lock);
+    }
+    mcsync_subscriber_free(subscriber);
+    mcsync_db_free(db);
+    pthread_mutex_destroy(&r.lock);
+}
+
+static void misuse_publisher(const char *workdir, mcsync_publisher *pub, const char *group,
+                             int port)
+{
+    mcsync_db *db = (mcsync_db *)0x1;
+    EXPECT(mcsync_publisher_database(pub, "has spaces", &db), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_publisher_database(pub, "bad\xff", &db), MCSYNC_ERR_UTF8);
+    ASSERT(db == (mcsync_db *)0x1);
+    CHECK(mcsync_publisher_database(pub, "misuse", &db));
+
+    uint64_t v = 99;
+    EXPECT(mcsync_db_put(db, NULL, 0, NULL, 0, &v), MCSYNC_ERR_CONFIG); /* empty key */
+    EXPECT(mcsync_db_put(db, NULL, 3, NULL, 0, &v), MCSYNC_ERR_NULL);
+    ASSERT(v == 99);
+    mcsync_txn *txn = NULL;
+    CHECK(mcsync_txn_begin(db, &txn));
+    EXPECT(mcsync_txn_commit(txn, &v), MCSYNC_ERR_CONFIG); /* empty transaction; freed */
+    ASSERT(v == 99);
+    CHECK(mcsync_txn_begin(db, &txn));
+    const char *bad_groups[] = {"ok", ""};
+    EXPECT(mcsync_txn_put_with_groups(txn, (const uint8_t *)"k", 1, NULL, 0, bad_groups, 2),
+           MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_txn_put_with_groups(txn, (const uint8_t *)"k", 1, NULL, 0, NULL, 1),
+           MCSYNC_ERR_NULL);
+    CHECK(mcsync_txn_put(txn, (const uint8_t *)"k", 1, (const uint8_t *)"v", 1));
+    mcsync_txn_discard(txn); /* nothing written */
+    CHECK(mcsync_db_version(db, &v));
+    ASSERT(v == 0);
+
+    /* Too large: a 2 KiB value against a 1 KiB update limit. */
+    char dir[4096];
+    path_join(dir, sizeof dir, workdir, "small-publisher");
+    mcsync_publisher_config *pc = NULL;
+    CHECK(mcsync_publisher_config_new(&pc));
+    CHECK(mcsync_publisher_config_set_data_dir(pc, dir));
+    CHECK(mcsync_publisher_config_set_insecure_loopback(pc));
+    CHECK(mcsync_publisher_config_set_open_access(pc));
+    CHECK(mcsync_publisher_config_set_max_update_bytes(pc, 1024));
+    CHECK(mcsync_publisher_config_set_group(pc, group));
+    CHECK(mcsync_publisher_config_set_port(pc, (uint16_t)port));
+    CHECK(mcsync_publisher_config_set_interface(pc, "127.0.0.1"));
+    CHECK(mcsync_publisher_config_set_ttl(pc, 0));
+    mcsync_publisher *small = NULL;
+    CHECK(mcsync_publisher_open(pc, &small));
+    mcsync_publisher_config_free(pc);
+    mcsync_db *sdb = NULL;
+    CHECK(mcsync_publisher_database(small, "small", &sdb));
+    /* Without TLS there is no fingerprint. */
+    char fp[65];
+    size_t fp_len = 0;
+    EXPECT(mcsync_publisher_fingerprint(small, fp, sizeof fp, &fp_len), MCSYNC_ERR_NOT_FOUND);
+    uint32_t epoch = 0, epoch2 = 0;
+    CHECK(mcsync_db_key_epoch(sdb, &epoch));
+    CHECK(mcsync_db_rotate_key(sdb, &epoch2));
+    ASSERT(epoch2 > epoch);
+    static uint8_t big[2048];
+    EXPECT(mcsync_db_put(sdb, (const uint8_t *)"k", 1, big, sizeof big, NULL),
+           MCSYNC_ERR_TOO_LARGE);
+
+    /* Double close, then every call on the closed publisher and its databases. */
+    CHECK(mcsync_publisher_close(small));
+    CHECK(mcsync_publisher_close(small));
+    EXPECT(mcsync_db_put(sdb, (const uint8_t *)"k", 1, NULL, 0, NULL), MCSYNC_ERR_CLOSED);
+    mcsync_db *other = NULL;
+    EXPECT(mcsync_publisher_database(small, "other", &other), MCSYNC_ERR_CLOSED);
+    ASSERT(other == NULL);
+    mcsync_publisher_free(small);
+    /* The database handle outlives its publisher and still reports it closed. */
+    EXPECT(mcsync_db_delete(sdb, (const uint8_t *)"k", 1, NULL), MCSYNC_ERR_CLOSED);
+    mcsync_db_free(sdb);
+    mcsync_db_free(db);
+}
+
+static int run_misuse(const char *workdir, const char *group, int port)
+{
+    char dir[4096];
+    misuse_null_handles();
+    misuse_config(workdir);
+
+    path_join(dir, sizeof dir, workdir, "publisher");
+    mcsync_publisher *pub = open_publisher(dir, group, port);
+    misuse_publisher(workdir, pub, group, port + 1);
+    char fp[65];
+    size_t fp_len = 0;
+    EXPECT(mcsync_publisher_fingerprint(pub, fp, 10, &fp_len), MCSYNC_ERR_BUFFER_TOO_SMALL);
+    ASSERT(fp_len == 64);
+
+    /* Subscribing to a database the publisher does not have is refused. */
+    path_join(dir, sizeof dir, workdir, "refused");
+    mcsync_subscriber *subscriber = open_subscriber(dir, pub, "bob", "bob-secret", 0, 0);
+    mcsync_subscription *sub = NULL;
+    EXPECT(mcsync_subscriber_subscribe(subscriber, "nosuchdb", NULL, NULL, NULL, &sub),
+           MCSYNC_ERR_REFUSED);
+    /* Wrong secret, and a database outside the user's grant: authentication errors. */
+    mcsync_db *db = NULL;
+    CHECK(mcsync_publisher_database(pub, "quiet", &db));
+    mcsync_db *other_db = NULL;
+    CHECK(mcsync_publisher_database(pub, "other", &other_db));
+    path_join(dir, sizeof dir, workdir, "wrong-secret");
+    mcsync_subscriber *intruder = open_subscriber(dir, pub, "bob", "guess", 0, 0);
+    EXPECT(mcsync_subscriber_subscribe(intruder, "quiet", NULL, NULL, NULL, &sub), MCSYNC_ERR_AUTH);
+    mcsync_subscriber_free(intruder);
+    path_join(dir, sizeof dir, workdir, "limited");
+    mcsync_subscriber *limited = open_subscriber(dir, pub, "limited", "limited-secret", 0, 0);
+    EXPECT(mcsync_subscriber_subscribe(limited, "other", NULL, NULL, NULL, &sub), MCSYNC_ERR_AUTH);
+    CHECK(mcsync_subscriber_subscribe(limited, "quiet", NULL, NULL, NULL, &sub));
+    mcsync_subscription_free(sub);
+    mcsync_subscriber_free(limited);
+    mcsync_db_free(other_db);
+
+    /* A wait that cannot be satisfied times out. */
+    CHECK(mcsync_subscriber_subscribe(subscriber, "quiet", NULL, NULL, NULL, &sub));
+    EXPECT(mcsync_subscription_wait_for_version(sub, 1000, 100), MCSYNC_ERR_TIMEOUT);
+    mcsync_subscription *dup = NULL;
+    EXPECT(mcsync_subscriber_subscribe(subscriber, "quiet", NULL, NULL, NULL, &dup),
+           MCSYNC_ERR_CONFIG); /* already subscribed */
+    mcsync_subscription_iter *it = NULL;
+    CHECK(mcsync_subscription_iter_new(sub, &it));
+    bool has = true;
+    const uint8_t *k = NULL, *v = NULL;
+    size_t kl = 0, vl = 0;
+    CHECK(mcsync_subscription_iter_next(it, &k, &kl, &v, &vl, &has));
+    ASSERT(!has && k == NULL);
+    mcsync_subscription_iter_free(it);
+    mcsync_stats *stats = NULL;
+    CHECK(mcsync_subscription_stats(sub, &stats));
+    uint64_t value = 0;
+    EXPECT(mcsync_stats_get(stats, "no_such_counter", &value), MCSYNC_ERR_NOT_FOUND);
+    const char *name = NULL;
+    EXPECT(mcsync_stats_entry(stats, 100000, &name, &value), MCSYNC_ERR_RANGE);
+    mcsync_stats_free(stats);
+    /* Freeing an open subscription closes it; freeing the subscriber afterwards is fine. */
+    mcsync_subscription_free(sub);
+    CHECK(mcsync_subscriber_close(subscriber));
+    CHECK(mcsync_subscriber_close(subscriber));
+    mcsync_subscriber_free(subscriber);
+    mcsync_db_free(db);
+
+    misuse_self_close(workdir, pub, "selfclose", CLOSE_SUBSCRIPTION);
+    misuse_self_close(workdir, pub, "selffree", FREE_SUBSCRIPTION);
+    misuse_self_close(workdir, pub, "parentclose", CLOSE_SUBSCRIBER);
+
+    CHECK(mcsync_publisher_close(pub));
+    CHECK(mcsync_publisher_close(pub));
+    mcsync_publisher_free(pub);
+    /* Two authenticators freed by failed setters, one when its publisher was freed. */
+    ASSERT(__atomic_load_n(&g_auth_freed, __ATOMIC_SEQ_CST) == 3);
+    printf("PASS misuse: %d expected error codes with messages; NULL handles, invalid config, "
+           "wrong credentials, double close, use after close, callbacks closing/freeing their "
+           "own subscription and subscriber\n",
+           g_expectations);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 5 && strcmp(argv[1], "converge") == 0 && argc == 6) {
+        g_mode = "converge";
+        return run_converge(argv[2], argv[3], atoi(argv[4]), strtoull(argv[5], NULL, 10));
+    }
+    if (argc == 5 && strcmp(argv[1], "misuse") == 0) {
+        g_mode = "misuse";
+        return run_misuse(argv[2], argv[3], atoi(argv[4]));
+    }
+    fprintf(stderr,
+            "usage: %s converge WORKDIR GROUP PORT UPDATES\n"
+            "       %s misuse WORKDIR GROUP PORT\n",
+            argv[0], argv[0]);
+    return 2;
+}

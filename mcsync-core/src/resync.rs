@@ -1,0 +1,159 @@
+//! The subscriber's hash resync: used when the journal no longer reaches back to the
+//! replica's version, and on demand (a store restored from a backup, copied from another
+//! replica, or edited behind mcsync's back).
+//!
+//! 1. The publisher snapshots the content hashes of what this user may read (version `V`).
+//! 2. The subscriber recomputes its own from the data itself and compares range digests,
+//!    descending only where they differ ([`ResyncPlanner`]).
+//! 3. It fetches the records that differ or are missing, and deletes the ones the
+//!    publisher does not have (absence, never tombstones, marks a deletion).
+//! 4. It fetches the journal after `V`, and applies everything in one LMDB transaction,
+//!    so readers see the old consistent state until the new one commits, and the replica
+//!    then equals the master at the last version applied.
+
+use crate::net::repair_client::RepairClient;
+use crate::proto::resync::{
+    key_hash, HashIndex, Range, ResyncPlanner, ResyncStep, MAX_FETCH_PER_REQUEST,
+};
+use crate::store::subscriber::ReplicaTables;
+use crate::store::SubscriberStore;
+use crate::wire::update::{decode_update, Limits};
+use crate::{Error, Op, Result, Update};
+use std::collections::HashMap;
+
+/// What a resync found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResyncReport {
+    /// Version the replica is at afterwards (or, for a check, the publisher's snapshot).
+    pub version: u64,
+    /// The replica's version before.
+    pub previous_version: u64,
+    /// The replica was empty: this was a full copy.
+    pub full_copy: bool,
+    /// Records fetched (changed or added at the publisher).
+    pub fetched: u64,
+    /// Records deleted (absent at the publisher).
+    pub deleted: u64,
+    /// Journal updates applied after the snapshot.
+    pub journal_updates: u64,
+    /// Smallest key-hash ranges found to differ.
+    pub differing_ranges: Vec<Range>,
+    /// Control-channel bytes exchanged (both directions, digests, lists, records, journal).
+    pub bytes: u64,
+    /// Records in the replica and at the publisher when compared.
+    pub local_records: u64,
+    /// Records at the publisher (visible to this user) in the snapshot.
+    pub remote_records: u64,
+}
+
+impl ResyncReport {
+    /// Whether replica and publisher held the same records when compared.
+    pub fn in_agreement(&self) -> bool {
+        self.differing_ranges.is_empty()
+    }
+}
+
+/// The outcome of [`run`]: the report and, when applied, what the callback should see.
+pub(crate) struct Resynced {
+    pub report: ResyncReport,
+    /// The changes as one compacted update at the new version (empty if nothing changed).
+    pub update: Option<Update>,
+    /// Updates from the journal after the snapshot (already applied), for callbacks.
+    pub journal: Vec<Update>,
+}
+
+/// Compares the replica with the publisher and, if `apply`, makes it equal.
+/// `filter` enforces access groups on journal updates (as the live path does).
+pub(crate) fn run(
+    store: &SubscriberStore,
+    name: &str,
+    tables: ReplicaTables,
+    client: &mut RepairClient,
+    limits: &Limits,
+    apply: bool,
+    filter: &dyn Fn(&mut [Update]) -> Vec<Update>,
+) -> Result<Resynced> {
+    let (sent0, recv0) = client.bytes();
+    let (previous_version, local) = store.content_hashes(name, tables)?;
+    let mut by_hash: HashMap<u64, Vec<u8>> = HashMap::with_capacity(local.len());
+    let mut entries = Vec::with_capacity(local.len());
+    for (k, h) in local {
+        let kh = key_hash(&k);
+        entries.push((kh, h));
+        by_hash.insert(kh, k);
+    }
+    let local_records = entries.len() as u64;
+    let (version, root) = client.resync_begin()?;
+    let mut planner = ResyncPlanner::new(HashIndex::new(entries), root);
+    while let Some(step) = planner.poll() {
+        match step {
+            ResyncStep::Digests(ranges) => {
+                let d = client.digests(&ranges)?;
+                planner.on_digests(&ranges, &d).map_err(Error::Protocol)?;
+            }
+            ResyncStep::List(ranges) => {
+                let entries = client.list(&ranges)?;
+                planner.on_list(&ranges, &entries);
+            }
+        }
+    }
+    let mut report = ResyncReport {
+        version,
+        previous_version,
+        full_copy: local_records == 0,
+        differing_ranges: planner.differing_ranges().to_vec(),
+        local_records,
+        remote_records: u64::from(root.count),
+        ..ResyncReport::default()
+    };
+    if !apply {
+        let (s, r) = client.bytes();
+        report.bytes = (s - sent0) + (r - recv0);
+        return Ok(Resynced {
+            report,
+            update: None,
+            journal: Vec::new(),
+        });
+    }
+    let mut puts = Vec::new();
+    for chunk in planner.to_fetch().chunks(MAX_FETCH_PER_REQUEST) {
+        client.fetch(chunk, |k, v| puts.push((k, v)))?;
+    }
+    let deletes: Vec<Vec<u8>> = planner
+        .to_delete()
+        .iter()
+        .filter_map(|kh| by_hash.get(kh).cloned())
+        .collect();
+    // Whatever was published since the snapshot comes from the journal, applied in the
+    // same transaction (keys fetched above may already hold newer values; replaying the
+    // journal after them leaves every key at its value of the last version).
+    let current = client.hello()?.current_version;
+    let mut journal = Vec::new();
+    if current > version {
+        client.catch_up(&[(version + 1, current)], |bytes| {
+            journal.push(decode_update(bytes, limits)?);
+            Ok(())
+        })?;
+    }
+    let shown = filter(&mut journal);
+    let new_version = journal.last().map_or(version, |u| u.version.max(version));
+    store.apply_resync(name, tables, &deletes, &puts, &journal, new_version)?;
+    report.fetched = puts.len() as u64;
+    report.deleted = deletes.len() as u64;
+    report.journal_updates = journal.len() as u64;
+    report.version = new_version;
+    let (s, r) = client.bytes();
+    report.bytes = (s - sent0) + (r - recv0);
+    let mut ops: Vec<Op> = deletes.into_iter().map(Op::delete).collect();
+    ops.extend(puts.into_iter().map(|(k, v)| Op::put(k, v)));
+    let update = (!ops.is_empty()).then_some(Update {
+        version,
+        timestamp_us: 0,
+        ops,
+    });
+    Ok(Resynced {
+        report,
+        update,
+        journal: shown,
+    })
+}

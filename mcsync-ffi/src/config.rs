@@ -1,0 +1,886 @@
+//! Configuration objects with typed setters, so C hosts configure mcsync without
+//! recompiling and without a text format.
+//!
+//! Each setter checks its argument at once (`MCSYNC_ERR_NULL`, `MCSYNC_ERR_UTF8`,
+//! `MCSYNC_ERR_CONFIG` for text that does not parse, `MCSYNC_ERR_RANGE` for numbers out of
+//! range) and leaves the object unchanged when it fails. Settings that depend on each
+//! other, and the required ones, are checked by `_open`.
+
+use crate::args::{borrow_mut, free_handle, into_handle, out, str_arg};
+use crate::auth::{mcsync_authenticate_callback, HostAuthenticator};
+use crate::error::{mcsync_status, FfiError};
+use crate::subscriber::mcsync_free_callback;
+use mcsync_core::config::{MAX_DATAGRAM_BYTES, MIN_DATAGRAM_BYTES};
+use mcsync_core::{
+    Authentication, LossConfig, PublisherConfig, Schedule, Secret, ServerIdentity, ServerTrust,
+    SubscriberConfig,
+};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::raw::{c_char, c_void};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings for `mcsync_publisher_open`. Created by `mcsync_publisher_config_new`, freed by
+/// `mcsync_publisher_config_free`. Not thread-safe: set it up on one thread.
+pub struct mcsync_publisher_config {
+    pub(crate) config: PublisherConfig,
+    data_dir_set: bool,
+    /// Unset: the users file in the data directory, which is only known at open.
+    authentication: Option<Authentication>,
+}
+
+/// Settings for `mcsync_subscriber_open`. Created by `mcsync_subscriber_config_new`, freed
+/// by `mcsync_subscriber_config_free`. Not thread-safe: set it up on one thread.
+pub struct mcsync_subscriber_config {
+    pub(crate) config: SubscriberConfig,
+    data_dir_set: bool,
+    server_set: bool,
+    trust_set: bool,
+}
+
+impl mcsync_publisher_config {
+    /// The engine configuration, once the required settings are there.
+    pub(crate) fn build(&self) -> Result<PublisherConfig, FfiError> {
+        if !self.data_dir_set {
+            return Err(FfiError::config(
+                "publisher config: data directory not set (mcsync_publisher_config_set_data_dir)",
+            ));
+        }
+        let mut config = self.config.clone();
+        config.authentication = self
+            .authentication
+            .clone()
+            .unwrap_or_else(|| Authentication::UsersFile(config.data_dir.join("users")));
+        Ok(config)
+    }
+}
+
+impl mcsync_subscriber_config {
+    /// The engine configuration, once the required settings are there.
+    pub(crate) fn build(&self) -> Result<SubscriberConfig, FfiError> {
+        let missing = [
+            (
+                self.data_dir_set,
+                "data directory (mcsync_subscriber_config_set_data_dir)",
+            ),
+            (
+                self.server_set,
+                "server address (mcsync_subscriber_config_set_server)",
+            ),
+            (
+                self.trust_set,
+                "server trust (mcsync_subscriber_config_set_trust_fingerprint, \
+                 _set_trust_ca_file or _set_insecure_loopback)",
+            ),
+        ];
+        if let Some((_, what)) = missing.iter().find(|(set, _)| !set) {
+            return Err(FfiError::config(format!(
+                "subscriber config: {what} not set"
+            )));
+        }
+        Ok(self.config.clone())
+    }
+}
+
+fn non_empty_path(path: &str, what: &str) -> Result<PathBuf, FfiError> {
+    if path.is_empty() {
+        return Err(FfiError::config(format!("{what} must not be empty")));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Checks a SHA-256 fingerprint: 64 hex digits, colons allowed between them.
+fn parse_fingerprint(text: &str) -> Result<String, FfiError> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(FfiError::config(format!(
+            "fingerprint {text:?} is not 64 hexadecimal digits (SHA-256)"
+        )));
+    }
+    Ok(digits.to_ascii_lowercase())
+}
+
+fn parse_ipv4(text: &str, what: &str) -> Result<Ipv4Addr, FfiError> {
+    text.trim()
+        .parse()
+        .map_err(|_| FfiError::config(format!("{what} {text:?} is not an IPv4 address")))
+}
+
+fn parse_socket_addr(text: &str, what: &str) -> Result<SocketAddr, FfiError> {
+    text.trim().parse().map_err(|_| {
+        FfiError::config(format!(
+            "{what} {text:?} is not a numeric address and port such as 127.0.0.1:7000"
+        ))
+    })
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    value: T,
+    min: T,
+    max: T,
+    what: &str,
+) -> Result<T, FfiError> {
+    if value < min || value > max {
+        return Err(FfiError::range(format!(
+            "{what} {value} outside {min}..={max}"
+        )));
+    }
+    Ok(value)
+}
+
+const MIN_UPDATE_BYTES: usize = 1024;
+const MAX_UPDATE_BYTES: usize = 1 << 30;
+const MIN_MAP_SIZE: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------------------
+// Publisher configuration
+// ---------------------------------------------------------------------------------------
+
+/// Creates a publisher configuration holding the defaults: multicast group 239.255.77.1,
+/// port 47100, interface 127.0.0.1, TTL 1, loopback on, 1400-byte datagrams; control server
+/// on 127.0.0.1 with a free port, TLS with a self-signed certificate kept in the data
+/// directory, subscribers authenticated by the users file `<data_dir>/users`; always
+/// multicasting. The data directory must be set before `mcsync_publisher_open`.
+///
+/// Ownership: on success `*out_config` receives a new object the caller owns and frees with
+/// `mcsync_publisher_config_free`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_new(
+    out_config: *mut *mut mcsync_publisher_config,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let slot = out(out_config, "out_config")?;
+        *slot = into_handle(mcsync_publisher_config {
+            config: PublisherConfig::new(""),
+            data_dir_set: false,
+            authentication: None,
+        });
+        Ok(())
+    }
+}
+
+/// Frees a publisher configuration. NULL is a no-op. Objects opened from it are not
+/// affected (they copied what they needed).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_free(config: *mut mcsync_publisher_config) {
+    ffi_panic_boundary! { on_panic = ();
+        free_handle(config)
+    }
+}
+
+/// Sets the directory of the publisher's LMDB store (created if missing). Required.
+/// `path` is copied; it must be UTF-8.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_data_dir(
+    config: *mut mcsync_publisher_config,
+    path: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let path = str_arg(path, "path")?;
+        if path.is_empty() {
+            return Err(FfiError::config("data directory must not be empty"));
+        }
+        c.config.data_dir = path.into();
+        c.data_dir_set = true;
+        Ok(())
+    }
+}
+
+/// Makes the control channel present the certificate chain in PEM file `cert_path` (leaf
+/// first) with the private key in PEM file `key_path` (PKCS#8, PKCS#1 or SEC1), instead of
+/// the default self-signed certificate. The files are read by `mcsync_publisher_open`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_tls_files(
+    config: *mut mcsync_publisher_config,
+    cert_path: *const c_char,
+    key_path: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let cert = non_empty_path(str_arg(cert_path, "cert_path")?, "certificate path")?;
+        let key = non_empty_path(str_arg(key_path, "key_path")?, "key path")?;
+        c.config.identity = ServerIdentity::Files { cert, key };
+        Ok(())
+    }
+}
+
+/// Makes the control channel present a self-signed certificate, generated on first start
+/// and kept (key mode 0600) in `<data_dir>/tls/` (the default). Subscribers pin its
+/// fingerprint (`mcsync_publisher_fingerprint`).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_tls_self_signed(
+    config: *mut mcsync_publisher_config,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.identity = ServerIdentity::SelfSigned;
+        Ok(())
+    }
+}
+
+/// Turns TLS off: the control channel runs in plaintext, which `mcsync_publisher_open`
+/// allows only on a loopback control address. For tests and local tools only.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_insecure_loopback(
+    config: *mut mcsync_publisher_config,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.identity = ServerIdentity::InsecureLoopback;
+        Ok(())
+    }
+}
+
+/// Authenticates subscribers against a users file (one user per line: name, argon2 hash,
+/// databases or `*`, groups or `-`; `mcsync users add` writes entries). The default is
+/// `<data_dir>/users`. The file is read by `mcsync_publisher_open`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_users_file(
+    config: *mut mcsync_publisher_config,
+    path: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let path = non_empty_path(str_arg(path, "path")?, "users file path")?;
+        c.authentication = Some(Authentication::UsersFile(path));
+        Ok(())
+    }
+}
+
+/// Lets anyone subscribe to every database, with no access groups, whatever user and
+/// secret they send. For tests and demos only.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_open_access(
+    config: *mut mcsync_publisher_config,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.authentication = Some(Authentication::Open);
+        Ok(())
+    }
+}
+
+/// Authenticates subscribers with a host function instead of a users file (see
+/// `mcsync_authenticate_callback`): it is called with `user_data` on every registration and
+/// repair session whose credentials are not cached, on the publisher's connection threads,
+/// possibly on several at once, so it must be thread-safe.
+///
+/// Ownership of `user_data`: it passes to mcsync at this call, whatever it returns. If
+/// `free_user_data` is not NULL it is called exactly once with `user_data`, after the last
+/// authentication, when nothing uses the authenticator any more: once the configuration is
+/// freed (or this setting replaced) and every publisher opened from it, and every database
+/// handle of those, is freed. On failure (NULL `config` or `callback`) it is called before
+/// this function returns.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_authenticator(
+    config: *mut mcsync_publisher_config,
+    callback: mcsync_authenticate_callback,
+    user_data: *mut c_void,
+    free_user_data: mcsync_free_callback,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let auth = HostAuthenticator::new(callback, user_data, free_user_data);
+        let c = borrow_mut(config, "config")?;
+        let auth = auth?;
+        c.authentication = Some(Authentication::Custom(Arc::new(auth)));
+        Ok(())
+    }
+}
+
+/// Rotates every database's key every `interval_ms` milliseconds (0: only on revocation
+/// and `mcsync_db_rotate_key`, the default). Subscribers fetch the new key over the control
+/// channel.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_key_rotation_ms(
+    config: *mut mcsync_publisher_config,
+    interval_ms: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.key_rotation_interval =
+            (interval_ms > 0).then(|| Duration::from_millis(interval_ms));
+        Ok(())
+    }
+}
+
+/// Restricts multicast to daily windows: adds the window from `start_minute` to
+/// `end_minute` (minutes after midnight UTC, 0..=1439 and 0..=1440; a window with
+/// `end_minute < start_minute` runs over midnight). Outside every window updates are only
+/// journaled and subscribers catch up by unicast. Without windows multicast is always on.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_add_schedule_window(
+    config: *mut mcsync_publisher_config,
+    start_minute: u32,
+    end_minute: u32,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        check_range(start_minute, 0, 1439, "schedule window start (minute)")?;
+        check_range(end_minute, 0, 1440, "schedule window end (minute)")?;
+        match &mut c.config.schedule {
+            Schedule::Windows(w) => w.push((start_minute, end_minute)),
+            other => *other = Schedule::Windows(vec![(start_minute, end_minute)]),
+        }
+        Ok(())
+    }
+}
+
+/// Whether keys are rotated when a multicast window opens, so subscribers re-register and
+/// make their presence known (default false).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_rotate_key_at_window_start(
+    config: *mut mcsync_publisher_config,
+    rotate: bool,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.rotate_key_at_window_start = rotate;
+        Ok(())
+    }
+}
+
+/// Whether a database starts multicasting only once a subscriber registered for it
+/// (default false).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_multicast_on_first_subscription(
+    config: *mut mcsync_publisher_config,
+    lazy: bool,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.multicast_on_first_subscription = lazy;
+        Ok(())
+    }
+}
+
+/// Sets the address the control (repair) server listens on, numeric "ip:port", e.g.
+/// "127.0.0.1:0" (port 0 picks a free port; `mcsync_publisher_control_addr` tells which).
+/// Default "127.0.0.1:0".
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_control_addr(
+    config: *mut mcsync_publisher_config,
+    addr: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.control_addr = parse_socket_addr(str_arg(addr, "addr")?, "control address")?;
+        Ok(())
+    }
+}
+
+/// Sets the first multicast group, dotted IPv4 such as "239.1.2.3". Database number `i`
+/// (in order of first use) is sent to group + i. Must be a multicast address
+/// (`MCSYNC_ERR_CONFIG` otherwise); 239.0.0.0/8 is advised. Default "239.255.77.1".
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_group(
+    config: *mut mcsync_publisher_config,
+    group: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let g = parse_ipv4(str_arg(group, "group")?, "multicast group")?;
+        if !g.is_multicast() {
+            return Err(FfiError::config(format!(
+                "multicast group {g} is not a multicast address (224.0.0.0/4)"
+            )));
+        }
+        c.config.multicast.group = g;
+        Ok(())
+    }
+}
+
+/// Sets the UDP port of every multicast group (1..=65535; 0 is `MCSYNC_ERR_RANGE`).
+/// Default 47100.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_port(
+    config: *mut mcsync_publisher_config,
+    port: u16,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.multicast.port = check_range(port, 1, u16::MAX, "multicast port")?;
+        Ok(())
+    }
+}
+
+/// Sets the multicast address and port ranges databases are spread over: `groups` in CIDR
+/// notation ("239.255.77.0/24") and `ports` as "first-last" or one port ("47100-47199").
+/// Replaces `_set_group` and `_set_port`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_group_range(
+    config: *mut mcsync_publisher_config,
+    groups: *const c_char,
+    ports: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let groups = str_arg(groups, "groups")?;
+        let ports = str_arg(ports, "ports")?;
+        let mut m = c.config.multicast.clone();
+        m.set_ranges(groups, ports)?;
+        if !m.group.is_multicast() {
+            return Err(FfiError::config(format!(
+                "group range {groups:?} is not multicast (224.0.0.0/4)"
+            )));
+        }
+        c.config.multicast = m;
+        Ok(())
+    }
+}
+
+/// Sets the interface address multicast is sent from (`IP_MULTICAST_IF`), dotted IPv4.
+/// Default "127.0.0.1", which keeps traffic on this host.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_interface(
+    config: *mut mcsync_publisher_config,
+    interface: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.multicast.interface = parse_ipv4(str_arg(interface, "interface")?, "interface")?;
+        Ok(())
+    }
+}
+
+/// Sets `IP_MULTICAST_TTL` (0..=255; 0 stays on the host, 1 on the local network).
+/// Default 1.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_ttl(
+    config: *mut mcsync_publisher_config,
+    ttl: u32,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.multicast.ttl = check_range(ttl, 0, 255, "multicast TTL")?;
+        Ok(())
+    }
+}
+
+/// Sets `IP_MULTICAST_LOOP`: whether receivers on this host get the traffic. Default true.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_loopback(
+    config: *mut mcsync_publisher_config,
+    loopback: bool,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.multicast.loopback = loopback;
+        Ok(())
+    }
+}
+
+/// Sets the largest datagram sent, header and sealed payload (256..=65000). Default 1400,
+/// which fits a 1500-byte MTU.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_datagram_bytes(
+    config: *mut mcsync_publisher_config,
+    bytes: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.multicast.datagram_bytes =
+            check_range(bytes, MIN_DATAGRAM_BYTES, MAX_DATAGRAM_BYTES, "datagram size")?;
+        Ok(())
+    }
+}
+
+/// Sets multicast pacing: most packets and most bytes per second (0 = unlimited).
+/// Defaults 40000 packets/s and unlimited bytes/s.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_rate_limit(
+    config: *mut mcsync_publisher_config,
+    packets_per_sec: u64,
+    bytes_per_sec: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.multicast.max_packets_per_sec = packets_per_sec;
+        c.config.multicast.max_bytes_per_sec = bytes_per_sec;
+        Ok(())
+    }
+}
+
+/// Sets the most encoded bytes bundled into one chain when updates queue up
+/// (1024..=16 MiB). Default 60 KiB.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_max_bundle_bytes(
+    config: *mut mcsync_publisher_config,
+    bytes: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.multicast.max_bundle_bytes =
+            check_range(bytes, 1024, 16 << 20, "bundle size")?;
+        Ok(())
+    }
+}
+
+/// Sets the heartbeat intervals in milliseconds: the first heartbeat after the last update,
+/// and the idle interval it doubles up to. Requires 1 <= initial_ms <= max_ms <= 3600000.
+/// Defaults 5 and 1000.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_heartbeat_ms(
+    config: *mut mcsync_publisher_config,
+    initial_ms: u64,
+    max_ms: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        check_range(initial_ms, 1, 3_600_000, "initial heartbeat interval (ms)")?;
+        check_range(max_ms, initial_ms, 3_600_000, "maximum heartbeat interval (ms)")?;
+        c.config.multicast.heartbeat_initial = Duration::from_millis(initial_ms);
+        c.config.multicast.heartbeat_max = Duration::from_millis(max_ms);
+        Ok(())
+    }
+}
+
+/// Sets the largest encoded update (one transaction) accepted (1 KiB..=1 GiB); a larger
+/// commit fails with `MCSYNC_ERR_TOO_LARGE` and writes nothing. Default 16 MiB.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_max_update_bytes(
+    config: *mut mcsync_publisher_config,
+    bytes: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.max_update_bytes =
+            check_range(bytes, MIN_UPDATE_BYTES, MAX_UPDATE_BYTES, "max update size")?;
+        Ok(())
+    }
+}
+
+/// Sets the initial LMDB map size in bytes (at least 1 MiB); the map grows when full.
+/// Default 256 MiB.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_map_size(
+    config: *mut mcsync_publisher_config,
+    bytes: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.map_size = check_range(bytes, MIN_MAP_SIZE, usize::MAX, "map size")?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Subscriber configuration
+// ---------------------------------------------------------------------------------------
+
+/// Creates a subscriber configuration holding the defaults (interface 127.0.0.1, 8 MiB
+/// receive buffer, no user name or secret, no injected loss). The data directory, the
+/// server address and how to trust the server (a pinned fingerprint, a CA file, or
+/// insecure loopback) must be set before `mcsync_subscriber_open`.
+///
+/// Ownership: on success `*out_config` receives a new object the caller owns and frees
+/// with `mcsync_subscriber_config_free`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_new(
+    out_config: *mut *mut mcsync_subscriber_config,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let slot = out(out_config, "out_config")?;
+        let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        *slot = into_handle(mcsync_subscriber_config {
+            config: SubscriberConfig::new("", server, ServerTrust::InsecureLoopback),
+            data_dir_set: false,
+            server_set: false,
+            trust_set: false,
+        });
+        Ok(())
+    }
+}
+
+/// Frees a subscriber configuration. NULL is a no-op. Objects opened from it are not
+/// affected.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_free(config: *mut mcsync_subscriber_config) {
+    ffi_panic_boundary! { on_panic = ();
+        free_handle(config)
+    }
+}
+
+/// Sets the directory of the subscriber's LMDB store (created if missing). Required.
+/// `path` is copied; it must be UTF-8. Two open subscribers must not share a directory.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_data_dir(
+    config: *mut mcsync_subscriber_config,
+    path: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let path = str_arg(path, "path")?;
+        if path.is_empty() {
+            return Err(FfiError::config("data directory must not be empty"));
+        }
+        c.config.data_dir = path.into();
+        c.data_dir_set = true;
+        Ok(())
+    }
+}
+
+/// Sets the publisher's control address, numeric "ip:port" as printed by
+/// `mcsync_publisher_control_addr`. Required.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_server(
+    config: *mut mcsync_subscriber_config,
+    addr: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let a = parse_socket_addr(str_arg(addr, "addr")?, "server address")?;
+        if a.port() == 0 {
+            return Err(FfiError::range("server port must not be 0"));
+        }
+        c.config.server = a;
+        c.server_set = true;
+        Ok(())
+    }
+}
+
+/// Trusts the publisher's certificate only if its SHA-256 fingerprint is `fingerprint`
+/// (64 hex digits, colons allowed; printed by `mcsync_publisher_fingerprint`). One of the
+/// three trust settings is required.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_trust_fingerprint(
+    config: *mut mcsync_subscriber_config,
+    fingerprint: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let fp = parse_fingerprint(str_arg(fingerprint, "fingerprint")?)?;
+        c.config.trust = ServerTrust::Fingerprint(fp);
+        c.trust_set = true;
+        Ok(())
+    }
+}
+
+/// Verifies the publisher's certificate chain against the CA certificates in PEM file
+/// `ca_path`, and its name (see `_set_server_name`). Read by `mcsync_subscriber_subscribe`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_trust_ca_file(
+    config: *mut mcsync_subscriber_config,
+    ca_path: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.trust = ServerTrust::CaFile(non_empty_path(str_arg(ca_path, "ca_path")?, "CA file path")?);
+        c.trust_set = true;
+        Ok(())
+    }
+}
+
+/// Talks to the publisher without TLS, in plaintext, which is allowed only to a loopback
+/// server address. For tests and local tools only; the publisher must use
+/// `mcsync_publisher_config_set_insecure_loopback` too.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_insecure_loopback(
+    config: *mut mcsync_subscriber_config,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.trust = ServerTrust::InsecureLoopback;
+        c.trust_set = true;
+        Ok(())
+    }
+}
+
+/// Sets the name checked against the publisher's certificate with a CA file (default: the
+/// server's IP address).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_server_name(
+    config: *mut mcsync_subscriber_config,
+    name: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let name = str_arg(name, "name")?;
+        check_range(name.len(), 1, 255, "server name length")?;
+        c.config.server_name = Some(name.to_owned());
+        Ok(())
+    }
+}
+
+/// Sets the user name and secret presented when registering (over TLS). Both are copied;
+/// mcsync wipes its copy of the secret when the configuration (and every subscriber opened
+/// from it) is freed. Default: empty, which only open-access publishers accept.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_credentials(
+    config: *mut mcsync_subscriber_config,
+    user: *const c_char,
+    secret: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let user = str_arg(user, "user")?;
+        let secret = str_arg(secret, "secret")?;
+        check_range(user.len(), 0, 255, "user name length")?;
+        c.config.user = user.to_owned();
+        c.config.secret = Secret::new(secret);
+        Ok(())
+    }
+}
+
+/// Sets how long the subscriber tolerates hearing nothing from the publisher before it
+/// registers again and catches up (the publisher may have restarted), in milliseconds
+/// (100..=3600000). Default 3000.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_silence_timeout_ms(
+    config: *mut mcsync_subscriber_config,
+    timeout_ms: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        check_range(timeout_ms, 100, 3_600_000, "silence timeout (ms)")?;
+        c.config.silence_timeout = Duration::from_millis(timeout_ms);
+        Ok(())
+    }
+}
+
+/// Sets the interface groups are joined on, dotted IPv4. Default "127.0.0.1".
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_interface(
+    config: *mut mcsync_subscriber_config,
+    interface: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.interface = parse_ipv4(str_arg(interface, "interface")?, "interface")?;
+        Ok(())
+    }
+}
+
+/// Sets the requested `SO_RCVBUF` in bytes (4 KiB..=1 GiB; the kernel may grant less, the
+/// statistics counter "recv_buffer_bytes" shows what it granted). Default 8 MiB.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_recv_buffer_bytes(
+    config: *mut mcsync_subscriber_config,
+    bytes: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.recv_buffer_bytes = check_range(bytes, 4096, 1 << 30, "receive buffer size")?;
+        Ok(())
+    }
+}
+
+/// Sets how many packets may queue between the receive and process threads
+/// (1..=1048576). Default 16384.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_channel_capacity(
+    config: *mut mcsync_subscriber_config,
+    packets: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.channel_capacity = check_range(packets, 1, 1 << 20, "channel capacity")?;
+        Ok(())
+    }
+}
+
+/// Sets the bytes of out-of-order updates held while a gap is repaired (at least 64 KiB).
+/// Default 64 MiB.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_reorder_buffer_bytes(
+    config: *mut mcsync_subscriber_config,
+    bytes: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.reorder_buffer_bytes =
+            check_range(bytes, 64 << 10, usize::MAX, "reorder buffer size")?;
+        Ok(())
+    }
+}
+
+/// Sets repair timing in milliseconds: the delay before a detected gap is repaired (lets
+/// reordered packets arrive first; 0..=60000, default 0), the wait before retrying a failed
+/// repair (1..=60000, default 100), and the timeout of one repair connection's reads and
+/// writes (1..=3600000, default 10000).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_repair_ms(
+    config: *mut mcsync_subscriber_config,
+    delay_ms: u64,
+    retry_ms: u64,
+    io_timeout_ms: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        check_range(delay_ms, 0, 60_000, "repair delay (ms)")?;
+        check_range(retry_ms, 1, 60_000, "repair retry (ms)")?;
+        check_range(io_timeout_ms, 1, 3_600_000, "repair i/o timeout (ms)")?;
+        c.config.repair_delay = Duration::from_millis(delay_ms);
+        c.config.repair_retry = Duration::from_millis(retry_ms);
+        c.config.repair_io_timeout = Duration::from_millis(io_timeout_ms);
+        Ok(())
+    }
+}
+
+/// Sets the largest encoded update accepted (1 KiB..=1 GiB). Default 16 MiB; it must be
+/// at least the publisher's.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_max_update_bytes(
+    config: *mut mcsync_subscriber_config,
+    bytes: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.max_update_bytes =
+            check_range(bytes, MIN_UPDATE_BYTES, MAX_UPDATE_BYTES, "max update size")?;
+        Ok(())
+    }
+}
+
+/// Injects receive-side packet loss, for tests and demos: each packet starts a loss burst
+/// of `burst_len` packets with `probability` (0.0..=1.0; 0 turns injection off), drawn
+/// from a generator seeded with `seed` so a run can be repeated. `burst_len` must be >= 1.
+/// Out-of-range values (and NaN) give `MCSYNC_ERR_RANGE`. Default off.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_loss(
+    config: *mut mcsync_subscriber_config,
+    probability: f64,
+    burst_len: u32,
+    seed: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        if !(0.0..=1.0).contains(&probability) {
+            return Err(FfiError::range(format!(
+                "loss probability {probability} outside 0..=1"
+            )));
+        }
+        check_range(burst_len, 1, u32::MAX, "loss burst length")?;
+        c.config.loss = (probability > 0.0).then_some(LossConfig {
+            probability,
+            burst_len,
+            seed,
+        });
+        Ok(())
+    }
+}
+
+/// Sets the initial LMDB map size in bytes (at least 1 MiB); the map grows when full.
+/// Default 256 MiB.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_map_size(
+    config: *mut mcsync_subscriber_config,
+    bytes: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.map_size = check_range(bytes, MIN_MAP_SIZE, usize::MAX, "map size")?;
+        Ok(())
+    }
+}
+
+/// Sets the name this subscriber gives the publisher when it registers (1..=255 bytes of
+/// UTF-8). Default "mcsync-subscriber".
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_client_name(
+    config: *mut mcsync_subscriber_config,
+    name: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let name = str_arg(name, "name")?;
+        check_range(name.len(), 1, 255, "client name length")?;
+        c.config.client_name = name.to_owned();
+        Ok(())
+    }
+}

@@ -1,0 +1,439 @@
+//! Publisher, database and transaction handles.
+
+use crate::args::{borrow, borrow_mut, bytes_arg, free_handle, into_handle, out, str_arg};
+use crate::config::mcsync_publisher_config;
+use crate::error::{mcsync_status, FfiError};
+use crate::stats::mcsync_stats;
+use mcsync_core::{Database, Publisher, Transaction};
+use std::os::raw::c_char;
+
+/// A publisher (the master side): its LMDB journal, its repair server and one multicaster
+/// thread per database. Opened by `mcsync_publisher_open`, freed by `mcsync_publisher_free`.
+/// Thread-safe: any thread may call any function on it concurrently.
+pub struct mcsync_publisher {
+    inner: Publisher,
+}
+
+/// A published database. Created by `mcsync_publisher_database`, freed by
+/// `mcsync_db_free`. Thread-safe. It keeps working after its publisher is closed or freed,
+/// but every write then fails with `MCSYNC_ERR_CLOSED`.
+pub struct mcsync_db {
+    inner: Database,
+}
+
+/// A pending transaction on one database. Created by `mcsync_txn_begin`; ended (and freed)
+/// by exactly one of `mcsync_txn_commit` or `mcsync_txn_discard`. Not thread-safe: use it
+/// from one thread at a time. It does not depend on the `mcsync_db` handle it was begun
+/// from, which may be freed first.
+pub struct mcsync_txn {
+    inner: Transaction,
+}
+
+/// Opens (or creates) a publisher's store in the configured data directory, starts its
+/// control (repair) server and resumes every database published before.
+///
+/// `config` is only read; the caller still owns it and may free it right after.
+/// On success `*out_publisher` receives a new handle the caller owns: close it with
+/// `mcsync_publisher_close` (optional) and free it with `mcsync_publisher_free`.
+/// Errors: `MCSYNC_ERR_CONFIG` (missing or inconsistent settings), `MCSYNC_ERR_IO` (address
+/// in use, directory not writable), `MCSYNC_ERR_STORAGE`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_open(
+    config: *const mcsync_publisher_config,
+    out_publisher: *mut *mut mcsync_publisher,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let cfg = borrow(config, "config")?.build()?;
+        let slot = out(out_publisher, "out_publisher")?;
+        let publisher = Publisher::open(cfg)?;
+        *slot = into_handle(mcsync_publisher { inner: publisher });
+        Ok(())
+    }
+}
+
+/// Gets the database called `name`, publishing it from now on (it is created on first use;
+/// its versions continue across restarts). Names are 1..=200 characters of
+/// `[A-Za-z0-9._-]`.
+///
+/// `name` is borrowed for the call only. On success `*out_db` receives a new handle the
+/// caller owns and frees with `mcsync_db_free`; several handles to one database may exist.
+/// Errors: `MCSYNC_ERR_CONFIG` (bad name), `MCSYNC_ERR_CLOSED`, `MCSYNC_ERR_IO`.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_database(
+    publisher: *const mcsync_publisher,
+    name: *const c_char,
+    out_db: *mut *mut mcsync_db,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(publisher, "publisher")?;
+        let name = str_arg(name, "name")?;
+        let slot = out(out_db, "out_db")?;
+        let db = p.inner.database(name)?;
+        *slot = into_handle(mcsync_db { inner: db });
+        Ok(())
+    }
+}
+
+/// Writes the control address subscribers connect to, as "ip:port" with a NUL, into `buf`
+/// of `len` bytes (64 bytes always suffice).
+///
+/// On success `*written` receives the string's length (without the NUL). If it does not
+/// fit, returns `MCSYNC_ERR_BUFFER_TOO_SMALL`, leaves `buf` untouched and sets `*written`
+/// to the length needed (without the NUL; the buffer needs one more byte). `buf` may be
+/// NULL when `len` is 0, to ask for the length. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_control_addr(
+    publisher: *const mcsync_publisher,
+    buf: *mut c_char,
+    len: usize,
+    written: *mut usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(publisher, "publisher")?;
+        let written = out(written, "written")?;
+        write_c_string(&p.inner.control_addr().to_string(), buf, len, written, "control address")
+    }
+}
+
+/// Writes the SHA-256 fingerprint of the control channel's TLS certificate (64 lowercase hex
+/// digits and a NUL) into `buf` of `len` bytes (65 suffice), for subscribers to pin with
+/// `mcsync_subscriber_config_set_trust_fingerprint`. `MCSYNC_ERR_NOT_FOUND` when the
+/// publisher runs without TLS (insecure loopback). Buffer rules as
+/// `mcsync_publisher_control_addr`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_fingerprint(
+    publisher: *const mcsync_publisher,
+    buf: *mut c_char,
+    len: usize,
+    written: *mut usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(publisher, "publisher")?;
+        let written = out(written, "written")?;
+        let fp = p.inner.fingerprint().ok_or_else(|| {
+            FfiError::new(
+                mcsync_status::MCSYNC_ERR_NOT_FOUND,
+                "the publisher runs without TLS (insecure loopback): no fingerprint",
+            )
+        })?;
+        write_c_string(fp, buf, len, written, "fingerprint")
+    }
+}
+
+/// Copies `text` and a NUL into `buf` of `len` bytes; on success or when it does not fit,
+/// `*written` gets the text's length.
+unsafe fn write_c_string(
+    text: &str,
+    buf: *mut c_char,
+    len: usize,
+    written: &mut usize,
+    what: &str,
+) -> Result<(), FfiError> {
+    if len < text.len() + 1 {
+        *written = text.len();
+        return Err(FfiError::new(
+            mcsync_status::MCSYNC_ERR_BUFFER_TOO_SMALL,
+            format!("{what} needs {} bytes, buffer has {len}", text.len() + 1),
+        ));
+    }
+    if buf.is_null() {
+        return Err(FfiError::null("buf"));
+    }
+    std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+    *buf.add(text.len()) = 0;
+    *written = text.len();
+    Ok(())
+}
+
+/// Cuts `user` off: its sessions are refused from now on (also after a restart), and every
+/// database's key is rotated so it cannot decrypt anything published after this call.
+/// Other subscribers re-register and continue. `user` is borrowed for the call only.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_revoke(
+    publisher: *const mcsync_publisher,
+    user: *const c_char,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(publisher, "publisher")?;
+        p.inner.revoke(str_arg(user, "user")?)?;
+        Ok(())
+    }
+}
+
+/// Takes a snapshot of the publisher's counters (all databases together).
+///
+/// On success `*out_stats` receives a new object the caller owns and frees with
+/// `mcsync_stats_free`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_stats(
+    publisher: *const mcsync_publisher,
+    out_stats: *mut *mut mcsync_stats,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(publisher, "publisher")?;
+        let slot = out(out_stats, "out_stats")?;
+        *slot = into_handle(mcsync_stats::from_fields(p.inner.stats().fields()));
+        Ok(())
+    }
+}
+
+/// Closes the publisher: stops accepting commits, finishes those in progress, sends what is
+/// queued, stops the control server and joins every thread. The handle stays valid until
+/// `mcsync_publisher_free`; later writes (through its databases and transactions) and
+/// `mcsync_publisher_database` fail with `MCSYNC_ERR_CLOSED`, while getters such as
+/// `mcsync_publisher_stats` keep working. Closing again is a no-op returning `MCSYNC_OK`.
+/// Thread-safe; blocks until the threads have stopped.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_close(
+    publisher: *const mcsync_publisher,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow(publisher, "publisher")?.inner.close()?;
+        Ok(())
+    }
+}
+
+/// Closes the publisher if still open, then frees the handle. NULL is a no-op. No other
+/// thread may be using the handle; database handles stay valid (see `mcsync_db`). An
+/// authenticator's `free_user_data` runs here if this was its last user.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_free(publisher: *mut mcsync_publisher) {
+    ffi_panic_boundary! { on_panic = ();
+        free_handle(publisher)
+    }
+}
+
+/// Sets `key` to `value` in a transaction of its own and returns once the journal holds it
+/// durably.
+///
+/// `key` (1..=511 bytes) and `value` (may be NULL when `value_len` is 0) are copied; they
+/// are borrowed for the call only. On success, if `version` is not NULL, `*version`
+/// receives the database version this put produced.
+/// Errors: `MCSYNC_ERR_CONFIG` (empty or too long key), `MCSYNC_ERR_TOO_LARGE`, `MCSYNC_ERR_CLOSED`,
+/// `MCSYNC_ERR_STORAGE`. Thread-safe; concurrent callers share one journal commit.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_db_put(
+    db: *const mcsync_db,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+    version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let d = borrow(db, "db")?;
+        let key = bytes_arg(key, key_len, "key")?;
+        let value = bytes_arg(value, value_len, "value")?;
+        let v = d.inner.put(key, value)?;
+        if let Some(slot) = version.as_mut() {
+            *slot = v;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes `key` in a transaction of its own (a delete of an absent key still produces a
+/// version). `key` is borrowed for the call only. On success, if `version` is not NULL,
+/// `*version` receives the new version. Errors as `mcsync_db_put`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_db_delete(
+    db: *const mcsync_db,
+    key: *const u8,
+    key_len: usize,
+    version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let d = borrow(db, "db")?;
+        let key = bytes_arg(key, key_len, "key")?;
+        let v = d.inner.delete(key)?;
+        if let Some(slot) = version.as_mut() {
+            *slot = v;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the database's latest committed version (0 before the first commit) to
+/// `*version`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_db_version(
+    db: *const mcsync_db,
+    version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let d = borrow(db, "db")?;
+        *out(version, "version")? = d.inner.version();
+        Ok(())
+    }
+}
+
+/// Rotates the database's key now (subscribers fetch the new one over the control channel)
+/// and, if `epoch` is not NULL, writes the new key epoch to `*epoch`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_db_rotate_key(
+    db: *const mcsync_db,
+    epoch: *mut u32,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let d = borrow(db, "db")?;
+        let e = d.inner.rotate_key()?;
+        if let Some(slot) = epoch.as_mut() {
+            *slot = e;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the database's current key epoch to `*epoch`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_db_key_epoch(
+    db: *const mcsync_db,
+    epoch: *mut u32,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let d = borrow(db, "db")?;
+        *out(epoch, "epoch")? = d.inner.key_epoch();
+        Ok(())
+    }
+}
+
+/// Frees a database handle. NULL is a no-op. The database stays published; other handles
+/// and transactions begun from this one are not affected.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_db_free(db: *mut mcsync_db) {
+    ffi_panic_boundary! { on_panic = ();
+        free_handle(db)
+    }
+}
+
+/// Begins a transaction on `db`: puts and deletes collected by `mcsync_txn_put`,
+/// `mcsync_txn_put_with_groups` and `mcsync_txn_delete` are applied atomically, as one
+/// version, by `mcsync_txn_commit`.
+///
+/// On success `*out_txn` receives a new transaction the caller owns; it must be ended by
+/// exactly one call of `mcsync_txn_commit` or `mcsync_txn_discard`, which free it.
+/// Thread-safe (each transaction is then used by one thread at a time).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_txn_begin(
+    db: *const mcsync_db,
+    out_txn: *mut *mut mcsync_txn,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let d = borrow(db, "db")?;
+        let slot = out(out_txn, "out_txn")?;
+        *slot = into_handle(mcsync_txn {
+            inner: d.inner.transaction(),
+        });
+        Ok(())
+    }
+}
+
+/// Adds a put of `value` at `key` to the transaction. Both are copied (borrowed for the
+/// call only); `value` may be NULL when `value_len` is 0. On failure (`MCSYNC_ERR_CONFIG`
+/// for an empty key, `MCSYNC_ERR_TOO_LARGE` when the transaction would exceed the maximum
+/// update size) the transaction is unchanged and still usable.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_txn_put(
+    txn: *mut mcsync_txn,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let t = borrow_mut(txn, "txn")?;
+        let key = bytes_arg(key, key_len, "key")?;
+        let value = bytes_arg(value, value_len, "value")?;
+        t.inner.put(key, value)?;
+        Ok(())
+    }
+}
+
+/// Adds a put readable only by subscribers holding one of `groups`: an array of
+/// `groups_len` (at most 32) NUL-terminated UTF-8 names, each 1..=255 bytes; NULL when
+/// `groups_len` is 0, which means readable by everyone. Everything is copied. Errors and
+/// atomicity as `mcsync_txn_put`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_txn_put_with_groups(
+    txn: *mut mcsync_txn,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+    groups: *const *const c_char,
+    groups_len: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let t = borrow_mut(txn, "txn")?;
+        let key = bytes_arg(key, key_len, "key")?;
+        let value = bytes_arg(value, value_len, "value")?;
+        let ptrs = if groups_len == 0 {
+            &[][..]
+        } else {
+            if groups.is_null() {
+                return Err(FfiError::null("groups"));
+            }
+            if groups_len > 32 {
+                return Err(FfiError::range(format!("{groups_len} groups exceed 32")));
+            }
+            std::slice::from_raw_parts(groups, groups_len)
+        };
+        let names = ptrs
+            .iter()
+            .map(|p| str_arg(*p, "groups[i]"))
+            .collect::<Result<Vec<&str>, FfiError>>()?;
+        t.inner.put_with_groups(key, value, &names)?;
+        Ok(())
+    }
+}
+
+/// Adds a delete of `key` (copied) to the transaction. Errors and atomicity as
+/// `mcsync_txn_put`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_txn_delete(
+    txn: *mut mcsync_txn,
+    key: *const u8,
+    key_len: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let t = borrow_mut(txn, "txn")?;
+        let key = bytes_arg(key, key_len, "key")?;
+        t.inner.delete(key)?;
+        Ok(())
+    }
+}
+
+/// Commits the transaction: journals it durably, queues it for multicast and, on success,
+/// writes its version to `*version` if `version` is not NULL.
+///
+/// Ownership: the transaction is freed in every case, success or failure (like LMDB's
+/// `mdb_txn_commit`); do not use `txn` afterwards. NULL gives `MCSYNC_ERR_NULL`.
+/// Errors: `MCSYNC_ERR_CONFIG` (empty transaction), `MCSYNC_ERR_CLOSED`,
+/// `MCSYNC_ERR_STORAGE`. Blocks until durable.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_txn_commit(
+    txn: *mut mcsync_txn,
+    version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        if txn.is_null() {
+            return Err(FfiError::null("txn"));
+        }
+        let t = Box::from_raw(txn);
+        let v = t.inner.commit()?;
+        if let Some(slot) = version.as_mut() {
+            *slot = v;
+        }
+        Ok(())
+    }
+}
+
+/// Discards the transaction and frees it; nothing is written or sent. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_txn_discard(txn: *mut mcsync_txn) {
+    ffi_panic_boundary! { on_panic = ();
+        free_handle(txn)
+    }
+}

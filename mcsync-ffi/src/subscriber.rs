@@ -1,0 +1,597 @@
+//! Subscriber, subscription and replica iterator handles, and the update callback.
+
+use crate::args::{borrow, borrow_mut, bytes_arg, free_handle, into_handle, out, str_arg};
+use crate::bytes::bytes_to_c;
+use crate::config::mcsync_subscriber_config;
+use crate::error::{mcsync_status, FfiError};
+use crate::stats::mcsync_stats;
+use mcsync_core::{OpKind, Record, Subscriber, Subscription, Update};
+use std::ffi::CString;
+use std::os::raw::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What an operation in an update does.
+#[repr(C)]
+#[allow(non_camel_case_types, clippy::enum_variant_names)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mcsync_op_kind {
+    /// Set the key to the value.
+    MCSYNC_OP_PUT = 0,
+    /// Remove the key (the value is empty).
+    MCSYNC_OP_DELETE = 1,
+}
+
+/// One put or delete inside an update passed to a callback. Every pointer in it is
+/// borrowed: valid only until the callback returns. Copy what you need to keep.
+#[repr(C)]
+pub struct mcsync_op {
+    /// Put or delete.
+    pub kind: mcsync_op_kind,
+    /// The record key (`key_len` bytes, never empty; not NUL-terminated).
+    pub key: *const u8,
+    /// Length of `key` in bytes.
+    pub key_len: usize,
+    /// The value (`value_len` bytes; NULL when `value_len` is 0, always for a delete).
+    pub value: *const u8,
+    /// Length of `value` in bytes.
+    pub value_len: usize,
+    /// Access groups allowed to read the record: `groups_len` NUL-terminated strings
+    /// (NULL when `groups_len` is 0, which means everyone).
+    pub groups: *const *const c_char,
+    /// Number of entries in `groups`.
+    pub groups_len: usize,
+}
+
+/// One committed master transaction, as passed to an update callback. Borrowed: it and
+/// everything it points to are valid only during the callback.
+#[repr(C)]
+pub struct mcsync_update {
+    /// The database version this transaction produced (1, 2, 3, ... per database).
+    pub version: u64,
+    /// When the publisher committed it, microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// The operations, in the order the publisher issued them (NULL when `ops_len` is 0).
+    pub ops: *const mcsync_op,
+    /// Number of entries in `ops`. 0 when access groups withheld every operation of the
+    /// transaction from this subscriber (the callback still runs, keeping versions dense).
+    pub ops_len: usize,
+}
+
+/// An update callback: called with the `user_data` given to `mcsync_subscriber_subscribe`
+/// and one update, on the subscription's process thread, after the update is committed to
+/// the local replica; once per master transaction, in version order. `update` is valid
+/// only during the call. The callback must return (not `longjmp` or throw out of it); it
+/// may call any mcsync function, including closing or freeing its own subscription, except
+/// waiting on its own subscription (`mcsync_subscription_wait_for_version` would time out).
+pub type mcsync_update_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, update: *const mcsync_update)>;
+
+/// Frees a `user_data` handed to mcsync with a callback; called exactly once, after the last
+/// call of that callback (see `mcsync_subscriber_subscribe` and
+/// `mcsync_publisher_config_set_authenticator` for when and on which thread).
+pub type mcsync_free_callback = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
+/// A subscriber: a local LMDB store holding replicas of the databases it subscribes to.
+/// Opened by `mcsync_subscriber_open`, freed by `mcsync_subscriber_free`. Thread-safe.
+pub struct mcsync_subscriber {
+    inner: Subscriber,
+    /// Set by close; the flags of every subscription made, so closing the subscriber also
+    /// stops callbacks at once when it is closed from inside one.
+    state: Mutex<SubscriberState>,
+}
+
+#[derive(Default)]
+struct SubscriberState {
+    closed: bool,
+    stopped: Vec<Arc<AtomicBool>>,
+}
+
+/// A live replica of one database. Created by `mcsync_subscriber_subscribe`, freed by
+/// `mcsync_subscription_free`. Thread-safe: reads may run on any threads concurrently with
+/// the process thread applying updates.
+pub struct mcsync_subscription {
+    inner: Subscription,
+    /// Shared with the callback: once set, no further callback starts.
+    stopped: Arc<AtomicBool>,
+}
+
+/// A snapshot of every record of a replica, in key order, as of one consistent version.
+/// Created by `mcsync_subscription_iter_new`, freed by `mcsync_subscription_iter_free`.
+/// The snapshot is copied into memory when it is created. Not thread-safe.
+pub struct mcsync_subscription_iter {
+    count: usize,
+    rest: std::vec::IntoIter<Record>,
+    current: Option<Record>,
+}
+
+/// The host's `user_data` and its destructor, which runs when the last owner drops it.
+pub(crate) struct UserData {
+    pub(crate) ptr: *mut c_void,
+    pub(crate) free: mcsync_free_callback,
+}
+
+// SAFETY: the host promises that `user_data` may be used from the threads its callback
+// runs on (see `mcsync_subscriber_subscribe`, `mcsync_publisher_config_set_authenticator`);
+// mcsync itself never dereferences it.
+unsafe impl Send for UserData {}
+unsafe impl Sync for UserData {}
+
+impl Drop for UserData {
+    fn drop(&mut self) {
+        if let Some(free) = self.free {
+            // SAFETY: runs once, when the last owner lets go, as the host asked.
+            unsafe { free(self.ptr) };
+        }
+    }
+}
+
+/// The C callback as the process thread owns it.
+struct HostCallback {
+    callback: mcsync_update_callback,
+    user: Arc<UserData>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl HostCallback {
+    fn deliver(&mut self, update: &Update) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(callback) = self.callback else {
+            return;
+        };
+        let groups: Vec<Vec<CString>> = update
+            .ops
+            .iter()
+            .map(|op| {
+                op.groups
+                    .iter()
+                    .map(|g| CString::new(g.replace('\0', "")).unwrap_or_default())
+                    .collect()
+            })
+            .collect();
+        let group_ptrs: Vec<Vec<*const c_char>> = groups
+            .iter()
+            .map(|gs| gs.iter().map(|g| g.as_ptr()).collect())
+            .collect();
+        let ops: Vec<mcsync_op> = update
+            .ops
+            .iter()
+            .zip(&group_ptrs)
+            .map(|(op, gp)| mcsync_op {
+                kind: match op.kind {
+                    OpKind::Put => mcsync_op_kind::MCSYNC_OP_PUT,
+                    OpKind::Delete => mcsync_op_kind::MCSYNC_OP_DELETE,
+                },
+                key: op.key.as_ptr(),
+                key_len: op.key.len(),
+                value: if op.value.is_empty() {
+                    std::ptr::null()
+                } else {
+                    op.value.as_ptr()
+                },
+                value_len: op.value.len(),
+                groups: if gp.is_empty() {
+                    std::ptr::null()
+                } else {
+                    gp.as_ptr()
+                },
+                groups_len: gp.len(),
+            })
+            .collect();
+        let c_update = mcsync_update {
+            version: update.version,
+            timestamp_us: update.timestamp_us,
+            ops: if ops.is_empty() {
+                std::ptr::null()
+            } else {
+                ops.as_ptr()
+            },
+            ops_len: ops.len(),
+        };
+        // SAFETY: the host supplied a valid function; everything passed outlives the call.
+        unsafe { callback(self.user.ptr, &c_update) };
+    }
+}
+
+/// Opens (or creates) a subscriber's store in the configured data directory. No network
+/// traffic happens until `mcsync_subscriber_subscribe`.
+///
+/// `config` is only read; the caller still owns it. On success `*out_subscriber` receives
+/// a new handle the caller owns: close it with `mcsync_subscriber_close` (optional) and
+/// free it with `mcsync_subscriber_free`. Errors: `MCSYNC_ERR_CONFIG` (missing or invalid
+/// settings), `MCSYNC_ERR_STORAGE`, `MCSYNC_ERR_IO`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_open(
+    config: *const mcsync_subscriber_config,
+    out_subscriber: *mut *mut mcsync_subscriber,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let cfg = borrow(config, "config")?.build()?;
+        let slot = out(out_subscriber, "out_subscriber")?;
+        let subscriber = Subscriber::open(cfg)?;
+        *slot = into_handle(mcsync_subscriber {
+            inner: subscriber,
+            state: Mutex::new(SubscriberState::default()),
+        });
+        Ok(())
+    }
+}
+
+/// Subscribes to database `name`: registers with the publisher, joins the database's
+/// multicast group, starts the subscription's receive and process threads and catches up
+/// from the version stored locally (0 for a new replica). One subscription per database
+/// per subscriber.
+///
+/// `callback` (may be NULL for none) is then called with `user_data` for every update
+/// applied, on the subscription's process thread, after the update is committed to the
+/// replica, once per master transaction, in version order (see `mcsync_update_callback`).
+/// `user_data` is passed through untouched and must be usable from that thread.
+///
+/// Ownership of `user_data`: if `free_user_data` is not NULL it is called exactly once
+/// with `user_data`, in every case: before this function returns if it fails; otherwise
+/// after the last callback, on the process thread, when the subscription stops (before
+/// `mcsync_subscription_close`, `mcsync_subscription_free`, `mcsync_subscriber_close` or
+/// `mcsync_subscriber_free` returns, except when one of those is called from inside the
+/// subscription's own callback: then it runs once that callback has returned).
+///
+/// On success `*out_subscription` receives a new handle the caller owns and frees with
+/// `mcsync_subscription_free`. `name` is borrowed for the call only. Errors:
+/// `MCSYNC_ERR_CONFIG` (bad name, already subscribed, key epoch mismatch), `MCSYNC_ERR_IO`
+/// (publisher unreachable), `MCSYNC_ERR_REFUSED` (unknown database), `MCSYNC_ERR_CLOSED`
+/// (subscriber closed). Thread-safe; blocks while registering.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_subscribe(
+    subscriber: *const mcsync_subscriber,
+    name: *const c_char,
+    callback: mcsync_update_callback,
+    user_data: *mut c_void,
+    free_user_data: mcsync_free_callback,
+    out_subscription: *mut *mut mcsync_subscription,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        // From here on mcsync owns user_data: every path out of this function either hands
+        // it to the subscription or frees it. Our own reference is dropped last, after the
+        // engine returned, so a failing subscribe never runs `free_user_data` while the
+        // engine holds a lock (the destructor may call back into mcsync).
+        let user = Arc::new(UserData {
+            ptr: user_data,
+            free: free_user_data,
+        });
+        let s = borrow(subscriber, "subscriber")?;
+        let name = str_arg(name, "name")?;
+        let slot = out(out_subscription, "out_subscription")?;
+        let closed_error = || {
+            FfiError::new(
+                mcsync_status::MCSYNC_ERR_CLOSED,
+                format!("subscriber is closed; cannot subscribe to {name:?}"),
+            )
+        };
+        if s.state.lock().unwrap_or_else(|e| e.into_inner()).closed {
+            return Err(closed_error());
+        }
+        let stopped = Arc::new(AtomicBool::new(false));
+        let mut host = HostCallback {
+            callback,
+            user: user.clone(),
+            stopped: stopped.clone(),
+        };
+        let boxed: mcsync_core::UpdateCallback = Box::new(move |u: &Update| host.deliver(u));
+        let subscription = s.inner.subscribe_with(name, Some(boxed))?;
+        let mut state = s.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.closed {
+            // Closed while we were registering.
+            drop(state);
+            stopped.store(true, Ordering::SeqCst);
+            let _ = subscription.close();
+            return Err(closed_error());
+        }
+        state.stopped.retain(|f| !f.load(Ordering::SeqCst));
+        state.stopped.push(stopped.clone());
+        drop(state);
+        *slot = into_handle(mcsync_subscription {
+            inner: subscription,
+            stopped,
+        });
+        drop(user);
+        Ok(())
+    }
+}
+
+/// Closes every subscription of this subscriber (see `mcsync_subscription_close`); later
+/// subscribes fail with `MCSYNC_ERR_CLOSED`. Subscription handles stay valid until freed
+/// and can still read their replicas. Closing again is a no-op returning `MCSYNC_OK`.
+/// Thread-safe; may be called from an update callback (it does not wait for that
+/// callback's own subscription, whose threads stop once the callback returns).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_close(
+    subscriber: *const mcsync_subscriber,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscriber, "subscriber")?;
+        stop_all(s);
+        s.inner.close()?;
+        Ok(())
+    }
+}
+
+fn stop_all(s: &mcsync_subscriber) {
+    let mut state = s.state.lock().unwrap_or_else(|e| e.into_inner());
+    state.closed = true;
+    for f in state.stopped.drain(..) {
+        f.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Closes the subscriber if still open (as `mcsync_subscriber_close`), then frees the
+/// handle. NULL is a no-op. No other thread may be using the handle.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_free(subscriber: *mut mcsync_subscriber) {
+    ffi_panic_boundary! { on_panic = ();
+        if let Some(s) = subscriber.as_ref() {
+            stop_all(s);
+        }
+        free_handle(subscriber)
+    }
+}
+
+/// Looks `key` up in the replica. On success `*value` receives a new buffer of
+/// `*value_len` bytes holding a copy of the value, followed by a NUL byte that is not
+/// counted (so text values print as C strings); the caller owns it and frees it with
+/// `mcsync_bytes_free`. A missing key gives `MCSYNC_ERR_NOT_FOUND` (nothing written).
+///
+/// `key` is borrowed for the call only. Works after the subscription is closed (the
+/// replica stays readable until the handle is freed). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_get(
+    subscription: *const mcsync_subscription,
+    key: *const u8,
+    key_len: usize,
+    value: *mut *mut u8,
+    value_len: *mut usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        let key = bytes_arg(key, key_len, "key")?;
+        let value = out(value, "value")?;
+        let value_len = out(value_len, "value_len")?;
+        let v = lookup(s, key)?;
+        *value = bytes_to_c(&v);
+        *value_len = v.len();
+        Ok(())
+    }
+}
+
+fn lookup(s: &mcsync_subscription, key: &[u8]) -> Result<Vec<u8>, FfiError> {
+    s.inner.get(key)?.ok_or_else(|| {
+        FfiError::new(
+            mcsync_status::MCSYNC_ERR_NOT_FOUND,
+            format!(
+                "key {:?} not found in the replica of {:?}",
+                String::from_utf8_lossy(key),
+                s.inner.name()
+            ),
+        )
+    })
+}
+
+/// Looks `key` up in the replica and copies the value into the caller's `buf` of
+/// `buf_len` bytes (no NUL is added).
+///
+/// On success `*value_len` receives the value's length. If the value is longer than
+/// `buf_len`, returns `MCSYNC_ERR_BUFFER_TOO_SMALL`, leaves `buf` untouched and sets
+/// `*value_len` to the length needed (call with `buf_len` 0 and `buf` NULL to ask for the
+/// length). A missing key gives `MCSYNC_ERR_NOT_FOUND` (nothing written). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_get_into(
+    subscription: *const mcsync_subscription,
+    key: *const u8,
+    key_len: usize,
+    buf: *mut u8,
+    buf_len: usize,
+    value_len: *mut usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        let key = bytes_arg(key, key_len, "key")?;
+        let value_len = out(value_len, "value_len")?;
+        let v = lookup(s, key)?;
+        if v.len() > buf_len {
+            *value_len = v.len();
+            return Err(FfiError::new(
+                mcsync_status::MCSYNC_ERR_BUFFER_TOO_SMALL,
+                format!("value needs {} bytes, buffer has {buf_len}", v.len()),
+            ));
+        }
+        if !v.is_empty() {
+            if buf.is_null() {
+                return Err(FfiError::null("buf"));
+            }
+            std::ptr::copy_nonoverlapping(v.as_ptr(), buf, v.len());
+        }
+        *value_len = v.len();
+        Ok(())
+    }
+}
+
+/// Takes a snapshot of every record of the replica, in key order, as of one consistent
+/// version, and returns an iterator over it. The records are copied into memory now, so
+/// updates applied later do not show and the iterator does not hold the store open.
+///
+/// On success `*out_iter` receives a new iterator the caller owns and frees with
+/// `mcsync_subscription_iter_free`. Thread-safe (the iterator itself is not).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_iter_new(
+    subscription: *const mcsync_subscription,
+    out_iter: *mut *mut mcsync_subscription_iter,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        let slot = out(out_iter, "out_iter")?;
+        let rest = s.inner.iter()?;
+        *slot = into_handle(mcsync_subscription_iter {
+            count: rest.len(),
+            rest,
+            current: None,
+        });
+        Ok(())
+    }
+}
+
+/// Writes the number of records in the iterator's snapshot (all of them, returned or not)
+/// to `*count`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_iter_count(
+    iter: *const mcsync_subscription_iter,
+    count: *mut usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let it = borrow(iter, "iter")?;
+        *out(count, "count")? = it.count;
+        Ok(())
+    }
+}
+
+/// Advances to the next record. If there is one, `*has_record` is set to true and `*key`,
+/// `*key_len`, `*value`, `*value_len` describe it; at the end `*has_record` is set to
+/// false and the other out-parameters are not written.
+///
+/// The key and value are borrowed from the iterator: valid until the next call of
+/// `mcsync_subscription_iter_next` or `mcsync_subscription_iter_free` on it; do not free
+/// them. `*value` may be NULL when `*value_len` is 0.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_iter_next(
+    iter: *mut mcsync_subscription_iter,
+    key: *mut *const u8,
+    key_len: *mut usize,
+    value: *mut *const u8,
+    value_len: *mut usize,
+    has_record: *mut bool,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let it = borrow_mut(iter, "iter")?;
+        let key = out(key, "key")?;
+        let key_len = out(key_len, "key_len")?;
+        let value = out(value, "value")?;
+        let value_len = out(value_len, "value_len")?;
+        let has_record = out(has_record, "has_record")?;
+        it.current = it.rest.next();
+        match &it.current {
+            Some((k, v)) => {
+                *key = k.as_ptr();
+                *key_len = k.len();
+                *value = if v.is_empty() { std::ptr::null() } else { v.as_ptr() };
+                *value_len = v.len();
+                *has_record = true;
+            }
+            None => *has_record = false,
+        }
+        Ok(())
+    }
+}
+
+/// Frees an iterator and the records it holds. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_iter_free(iter: *mut mcsync_subscription_iter) {
+    ffi_panic_boundary! { on_panic = ();
+        free_handle(iter)
+    }
+}
+
+/// Writes the version the replica is at to `*version`: every update up to it is committed
+/// and its callback has run. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_version(
+    subscription: *const mcsync_subscription,
+    version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        *out(version, "version")? = s.inner.version();
+        Ok(())
+    }
+}
+
+/// Blocks until the replica reaches `version` (and the callbacks up to it have run), for at
+/// most `timeout_ms` milliseconds. Returns `MCSYNC_OK`, `MCSYNC_ERR_TIMEOUT`,
+/// `MCSYNC_ERR_CLOSED` (the subscription closed) or `MCSYNC_ERR_STORAGE` (it stopped on a
+/// storage failure). Thread-safe; never call it from the subscription's own callback (the
+/// version cannot advance while the callback runs).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_wait_for_version(
+    subscription: *const mcsync_subscription,
+    version: u64,
+    timeout_ms: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        s.inner
+            .wait_for_version(version, Duration::from_millis(timeout_ms))?;
+        Ok(())
+    }
+}
+
+/// Takes a snapshot of the subscription's counters. On success `*out_stats` receives a new
+/// object the caller owns and frees with `mcsync_stats_free`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_stats(
+    subscription: *const mcsync_subscription,
+    out_stats: *mut *mut mcsync_stats,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        let slot = out(out_stats, "out_stats")?;
+        *slot = into_handle(mcsync_stats::from_fields(s.inner.stats().fields()));
+        Ok(())
+    }
+}
+
+/// Writes whether the subscription is closed (by a close call, or stopped after a storage
+/// failure) to `*closed`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_is_closed(
+    subscription: *const mcsync_subscription,
+    closed: *mut bool,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        *out(closed, "closed")? = s.inner.is_closed() || s.stopped.load(Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Closes the subscription: no callback starts after this returns, its threads stop and its
+/// socket closes; the replica stays readable through the handle. Closing again is a no-op
+/// returning `MCSYNC_OK`. Thread-safe; blocks until the threads stopped.
+///
+/// May be called from the subscription's own update callback without deadlock: it then
+/// returns at once, no further callback runs, and the threads exit (and `free_user_data`
+/// runs) after that callback returns.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_close(
+    subscription: *const mcsync_subscription,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        s.stopped.store(true, Ordering::SeqCst);
+        s.inner.close()?;
+        Ok(())
+    }
+}
+
+/// Closes the subscription if still open (as `mcsync_subscription_close`, including from
+/// its own callback), then frees the handle. NULL is a no-op. No other thread may be using
+/// the handle.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_free(subscription: *mut mcsync_subscription) {
+    ffi_panic_boundary! { on_panic = ();
+        if let Some(s) = subscription.as_ref() {
+            s.stopped.store(true, Ordering::SeqCst);
+            // Explicit: other clones (none today) must not keep it running.
+            let _ = s.inner.close();
+        }
+        free_handle(subscription)
+    }
+}

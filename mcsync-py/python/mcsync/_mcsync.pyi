@@ -1,0 +1,344 @@
+"""Type stubs of the native module ``mcsync._mcsync`` (checked by ``mypy.stubtest``)."""
+
+import builtins
+from collections.abc import Callable, Iterator
+from os import PathLike
+from types import TracebackType
+from typing import Any, TypeVar, final
+
+_T = TypeVar("_T")
+_Bytes = bytes | bytearray | str
+_Address = str | tuple[str, int]
+_Path = str | PathLike[str]
+_Schedule = str | list[tuple[int, int]]
+
+__version__: str
+__all__ = [
+    "Publisher",
+    "Database",
+    "Transaction",
+    "Subscriber",
+    "Subscription",
+    "UpdateIterator",
+    "Update",
+    "Op",
+    "Grant",
+    "add_user",
+    "close_all",
+    "Error",
+    "ConfigError",
+    "IoError",
+    "StorageError",
+    "ProtocolError",
+    "AuthError",
+    "ClosedError",
+    "TimeoutError",
+    "TooLargeError",
+    "RefusedError",
+    "__version__",
+]
+
+def add_user(
+    path: _Path,
+    user: str,
+    password: str,
+    databases: list[str] | None = None,
+    groups: list[str] | None = None,
+) -> None:
+    """Adds a user to a users file (creating the file)."""
+
+def close_all() -> None:
+    """Closes every open subscriber (with its subscriptions), then every publisher."""
+
+class Error(Exception):
+    """Base class of every error mcsync raises."""
+
+class ConfigError(Error, ValueError):
+    """Invalid configuration or argument (also a ValueError)."""
+
+class TimeoutError(Error, builtins.TimeoutError):
+    """A deadline passed (also the builtin TimeoutError)."""
+
+class IoError(Error):
+    """An operating-system I/O failure (socket, file)."""
+
+class StorageError(Error):
+    """The LMDB store failed or holds data it cannot read."""
+
+class ProtocolError(Error):
+    """A peer sent something that violates the protocol."""
+
+class AuthError(Error):
+    """Authentication or authorization failed."""
+
+class ClosedError(Error):
+    """The object was closed."""
+
+class TooLargeError(Error):
+    """A key, value or update exceeds a configured maximum."""
+
+class RefusedError(Error):
+    """The peer refused the request (unknown database, missing versions)."""
+
+@final
+class Grant:
+    """What an authenticated user may do; returned by an ``authenticator``."""
+
+    def __new__(
+        cls, databases: list[str] | None = None, groups: list[str] | None = None
+    ) -> Grant: ...
+    @property
+    def databases(self) -> tuple[str, ...] | None: ...
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+
+@final
+class Op:
+    """One operation of an update: a put or a delete of one key."""
+
+    @property
+    def operation(self) -> str:
+        """``"put"`` or ``"delete"``."""
+    @property
+    def key(self) -> bytes:
+        """The record key."""
+    @property
+    def value(self) -> bytes | None:
+        """The new value of a put; ``None`` for a delete."""
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """Access groups allowed to read the record; empty means everyone."""
+
+@final
+class Update:
+    """One committed master transaction of a database."""
+
+    @property
+    def version(self) -> int:
+        """The master version this update produced."""
+    @property
+    def timestamp(self) -> float:
+        """When the publisher committed it, in seconds since the Unix epoch."""
+    @property
+    def ops(self) -> tuple[Op, ...]:
+        """The operations, in order."""
+    @property
+    def operation(self) -> str:
+        """``"put"`` or ``"delete"`` of a single-operation update."""
+    @property
+    def key(self) -> bytes:
+        """The key of a single-operation update."""
+    @property
+    def value(self) -> bytes | None:
+        """The value of a single-operation update (``None`` for a delete)."""
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The access groups of a single-operation update."""
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Op]: ...
+
+@final
+class Transaction:
+    """A pending master transaction; a context manager that commits on success."""
+
+    def put(self, key: _Bytes, value: _Bytes, groups: list[str] | None = None) -> None:
+        """Adds a put of ``value`` at ``key``."""
+    def delete(self, key: _Bytes) -> None:
+        """Adds a delete of ``key``."""
+    def commit(self) -> int:
+        """Journals the transaction durably and returns its version."""
+    def rollback(self) -> None:
+        """Discards the transaction."""
+    @property
+    def version(self) -> int | None:
+        """The committed version, or ``None``."""
+    def __len__(self) -> int: ...
+    def __enter__(self) -> Transaction: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool: ...
+
+@final
+class Database:
+    """One published database."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def key_epoch(self) -> int: ...
+    def rotate_key(self) -> int:
+        """Rotates this database's key now; returns the new epoch."""
+    @property
+    def group(self) -> tuple[str, int]: ...
+    def put(self, key: _Bytes, value: _Bytes, groups: list[str] | None = None) -> int:
+        """Sets ``key`` to ``value`` and returns the new version."""
+    def delete(self, key: _Bytes) -> int:
+        """Deletes ``key`` and returns the new version."""
+    def get(self, key: _Bytes, default: _T | None = None) -> bytes | _T | None:
+        """The master's value of ``key``, or ``default``."""
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """Every record of the master state in key order."""
+    def transaction(self) -> Transaction:
+        """Starts a transaction."""
+
+@final
+class Publisher:
+    """The master side; a context manager."""
+
+    def __new__(
+        cls,
+        data_dir: _Path,
+        *,
+        group: str | None = None,
+        group_count: int | None = None,
+        port: int | None = None,
+        port_count: int | None = None,
+        control_addr: _Address | None = None,
+        interface: str | None = None,
+        ttl: int | None = None,
+        certificate: _Path | None = None,
+        private_key: _Path | None = None,
+        insecure_loopback: bool = False,
+        users: _Path | None = None,
+        authenticator: Callable[[str, str, tuple[str, int]], Grant | bool | None]
+        | None = None,
+        open_access: bool = False,
+        key_rotation_interval: float | None = None,
+        schedule: _Schedule | None = None,
+        rotate_key_at_window_start: bool = False,
+        multicast_on_first_subscription: bool = False,
+        datagram_bytes: int | None = None,
+        max_packets_per_sec: int | None = None,
+        max_bytes_per_sec: int | None = None,
+        max_update_bytes: int | None = None,
+        map_size: int | None = None,
+    ) -> Publisher: ...
+    @property
+    def fingerprint(self) -> str | None:
+        """SHA-256 fingerprint of the control channel's certificate."""
+    def revoke(self, user: str) -> None:
+        """Cuts ``user`` off and rotates every database's key."""
+    def subscribers(self) -> list[dict[str, Any]]:
+        """The subscribers currently registered."""
+    def set_schedule(self, schedule: _Schedule) -> None:
+        """Changes the multicast schedule."""
+    def database(self, name: str) -> Database:
+        """The database called ``name``, created on first use."""
+    @property
+    def control_addr(self) -> tuple[str, int]:
+        """``(host, port)`` of the control (repair) server."""
+    @property
+    def closed(self) -> bool: ...
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the publisher's counters."""
+    def close(self) -> None:
+        """Stops every thread. Idempotent."""
+    def __enter__(self) -> Publisher: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool: ...
+
+@final
+class UpdateIterator:
+    """Iterator returned by ``Subscription.updates()``."""
+
+    def __iter__(self) -> UpdateIterator: ...
+    def __next__(self) -> Update: ...
+
+@final
+class Subscription:
+    """A live replica of one database."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def get(self, key: _Bytes, default: _T | None = None) -> bytes | _T | None:
+        """The replica's value of ``key``, or ``default``."""
+    def __getitem__(self, key: _Bytes, /) -> bytes: ...
+    def __contains__(self, key: _Bytes, /) -> bool: ...
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """Every record of the replica in key order."""
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def wait_for_version(self, version: int, timeout: float | None = None) -> None:
+        """Waits until the replica reaches ``version``."""
+    def updates(self, timeout: float | None = None) -> UpdateIterator:
+        """Iterates over updates as they are applied (pull style)."""
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the subscription's counters."""
+    def close(self) -> None:
+        """Stops the subscription's threads. Idempotent."""
+    def __enter__(self) -> Subscription: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool: ...
+
+@final
+class Subscriber:
+    """The replica side; a context manager."""
+
+    def __new__(
+        cls,
+        data_dir: _Path,
+        *,
+        server: _Address,
+        fingerprint: str | None = None,
+        ca_file: _Path | None = None,
+        server_name: str | None = None,
+        insecure_loopback: bool = False,
+        user: str = "",
+        secret: str = "",
+        interface: str | None = None,
+        loss: float | None = None,
+        loss_seed: int = 0,
+        loss_burst: int = 1,
+        recv_buffer_bytes: int | None = None,
+        channel_capacity: int | None = None,
+        reorder_buffer_bytes: int | None = None,
+        repair_delay: float | None = None,
+        repair_retry: float | None = None,
+        repair_io_timeout: float | None = None,
+        silence_timeout: float | None = None,
+        max_update_bytes: int | None = None,
+        map_size: int | None = None,
+        client_name: str | None = None,
+    ) -> Subscriber: ...
+    def subscribe(
+        self,
+        name: str,
+        on_update: Callable[[Update], object] | None = None,
+        *,
+        on_error: Callable[[BaseException, Update | None], object] | None = None,
+        queue_size: int = 10000,
+    ) -> Subscription:
+        """Subscribes to database ``name``."""
+    @property
+    def server(self) -> tuple[str, int]: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None:
+        """Closes every subscription. Idempotent."""
+    def __enter__(self) -> Subscriber: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool: ...

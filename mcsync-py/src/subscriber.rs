@@ -1,0 +1,450 @@
+//! `Subscriber`, `Subscription` and the pull-style `UpdateIterator`: the replica side.
+//!
+//! Callbacks run on the subscription's process thread (a Rust thread). It attaches to the
+//! interpreter only for the call; an exception from the callback goes to `on_error` if given,
+//! else to `sys.unraisablehook`, is counted in `stats()["callback_errors"]`, and the
+//! subscription keeps going.
+
+use crate::convert::{addr_tuple, bytes_arg, deadline_arg, ipv4_arg, seconds_arg};
+use crate::convert::{records_list, socket_addr_arg, stats_dict, Deadline};
+use crate::delivery::{Delivery, UpdateQueue};
+use crate::errors::{raise, OrRaise};
+use crate::lifecycle::{interruptible, next_slice, track_subscriber, ReleaseOnDrop};
+use crate::security::trust_arg;
+use crate::update::PyUpdate;
+use mcsync::ErrorKind;
+use pyo3::exceptions::{PyKeyError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyList};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The replica side: a local LMDB store holding replicas of the databases it subscribes to.
+///
+/// ``Subscriber(data_dir, server=publisher.control_addr, fingerprint=publisher.fingerprint,
+/// user="alice", secret="...")``. ``server`` is ``(host, port)`` or ``"host:port"``. The
+/// publisher is checked by exactly one of: ``fingerprint`` (its certificate's SHA-256, 64
+/// hex digits), ``ca_file`` (a PEM file of CA certificates; ``server_name`` is the name
+/// checked, default the server's IP address), or ``insecure_loopback=True`` (no TLS,
+/// loopback only). ``user`` and ``secret`` are presented at registration.
+///
+/// ``loss`` (a probability, e.g. ``0.05``) injects seeded receive-side loss for tests and
+/// demos; ``loss_seed`` and ``loss_burst`` shape it. Durations are in seconds. Options left
+/// at ``None`` take the engine's defaults.
+///
+/// Use it as a context manager, or call ``close()``; it is also closed at interpreter exit.
+#[pyclass(frozen, module = "mcsync", name = "Subscriber")]
+pub(crate) struct PySubscriber {
+    core: ReleaseOnDrop<Arc<mcsync::Subscriber>>,
+    server: SocketAddr,
+    closed: AtomicBool,
+}
+
+#[pymethods]
+impl PySubscriber {
+    #[new]
+    #[pyo3(signature = (
+        data_dir, *, server, fingerprint = None, ca_file = None, server_name = None,
+        insecure_loopback = false, user = "", secret = "", interface = None, loss = None,
+        loss_seed = 0, loss_burst = 1, recv_buffer_bytes = None, channel_capacity = None,
+        reorder_buffer_bytes = None, repair_delay = None, repair_retry = None,
+        repair_io_timeout = None, silence_timeout = None, max_update_bytes = None,
+        map_size = None, client_name = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        data_dir: PathBuf,
+        server: &Bound<'_, PyAny>,
+        fingerprint: Option<String>,
+        ca_file: Option<PathBuf>,
+        server_name: Option<String>,
+        insecure_loopback: bool,
+        user: &str,
+        secret: &str,
+        interface: Option<&str>,
+        loss: Option<f64>,
+        loss_seed: u64,
+        loss_burst: u32,
+        recv_buffer_bytes: Option<usize>,
+        channel_capacity: Option<usize>,
+        reorder_buffer_bytes: Option<usize>,
+        repair_delay: Option<f64>,
+        repair_retry: Option<f64>,
+        repair_io_timeout: Option<f64>,
+        silence_timeout: Option<f64>,
+        max_update_bytes: Option<usize>,
+        map_size: Option<usize>,
+        client_name: Option<String>,
+    ) -> PyResult<Self> {
+        let server = socket_addr_arg(py, server, "server")?;
+        let trust = trust_arg(py, fingerprint, ca_file, insecure_loopback)?;
+        let mut c = mcsync::SubscriberConfig::new(data_dir, server, trust);
+        c.server_name = server_name;
+        c.user = user.to_owned();
+        c.secret = mcsync::Secret::new(secret);
+        if let Some(i) = interface {
+            c.interface = ipv4_arg(py, i, "interface")?;
+        }
+        c.loss = loss.map(|probability| mcsync::LossConfig {
+            probability,
+            burst_len: loss_burst,
+            seed: loss_seed,
+        });
+        c.recv_buffer_bytes = recv_buffer_bytes.unwrap_or(c.recv_buffer_bytes);
+        c.channel_capacity = channel_capacity.unwrap_or(c.channel_capacity);
+        c.reorder_buffer_bytes = reorder_buffer_bytes.unwrap_or(c.reorder_buffer_bytes);
+        for (value, field, what) in [
+            (repair_delay, &mut c.repair_delay, "repair_delay"),
+            (repair_retry, &mut c.repair_retry, "repair_retry"),
+            (
+                repair_io_timeout,
+                &mut c.repair_io_timeout,
+                "repair_io_timeout",
+            ),
+            (silence_timeout, &mut c.silence_timeout, "silence_timeout"),
+        ] {
+            if let Some(secs) = value {
+                *field = seconds_arg(py, secs, what)?;
+            }
+        }
+        c.max_update_bytes = max_update_bytes.unwrap_or(c.max_update_bytes);
+        c.map_size = map_size.unwrap_or(c.map_size);
+        c.client_name = client_name.unwrap_or(c.client_name);
+        let core = interruptible(py, "open-subscriber", move || {
+            mcsync::Subscriber::open(c).map(Arc::new)
+        })?
+        .or_raise(py)?;
+        track_subscriber(&core);
+        Ok(PySubscriber {
+            core: ReleaseOnDrop::new(core),
+            server,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Subscribes to database ``name`` and returns its ``Subscription``, after catching up
+    /// from the version stored locally (the GIL is released and Ctrl-C works meanwhile).
+    ///
+    /// ``on_update(update)`` is called on the subscription's thread after each master
+    /// transaction is applied, once per version, in version order. If it raises,
+    /// ``on_error(exception, update)`` is called if given, else ``sys.unraisablehook``; the
+    /// error is counted in ``stats()["callback_errors"]`` and the subscription goes on.
+    ///
+    /// Without ``on_update``, updates are queued for ``Subscription.updates()``; at most
+    /// ``queue_size`` are kept (the oldest are dropped and counted in
+    /// ``stats()["updates_dropped"]``; ``0`` disables the queue).
+    #[pyo3(signature = (name, on_update = None, *, on_error = None, queue_size = 10000))]
+    fn subscribe(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        on_update: Option<Bound<'_, PyAny>>,
+        on_error: Option<Bound<'_, PyAny>>,
+        queue_size: usize,
+    ) -> PyResult<PySubscription> {
+        if self.closed() {
+            return Err(raise(py, ErrorKind::Closed, "subscriber is closed"));
+        }
+        for (what, f) in [("on_update", &on_update), ("on_error", &on_error)] {
+            if f.as_ref().is_some_and(|f| !f.is_callable()) {
+                return Err(PyTypeError::new_err(format!("{what} must be callable")));
+            }
+        }
+        let queue =
+            (on_update.is_none() && queue_size > 0).then(|| Arc::new(UpdateQueue::new(queue_size)));
+        let delivery = Delivery {
+            on_update: on_update.map(Bound::unbind),
+            on_error: on_error.map(Bound::unbind),
+            queue: queue.clone(),
+            errors: Arc::new(AtomicU64::new(0)),
+        };
+        let errors = delivery.errors.clone();
+        let callback: Option<mcsync::UpdateCallback> =
+            if delivery.on_update.is_some() || delivery.queue.is_some() {
+                Some(Box::new(move |u: &mcsync::Update| delivery.deliver(u)))
+            } else {
+                None
+            };
+        let subscriber = Arc::clone(&self.core);
+        let name_owned = name.to_owned();
+        let core = interruptible(py, "subscribe", move || {
+            subscriber.subscribe_with(&name_owned, callback)
+        })?
+        .or_raise(py)?;
+        Ok(PySubscription {
+            core: ReleaseOnDrop::new(core),
+            _subscriber: ReleaseOnDrop::new(Arc::clone(&self.core)),
+            queue,
+            callback_errors: errors,
+        })
+    }
+
+    /// ``(host, port)`` of the publisher's control server.
+    #[getter]
+    fn server(&self) -> (String, u16) {
+        addr_tuple(self.server)
+    }
+
+    /// Whether ``close()`` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Closes every subscription and joins their threads (with the GIL released).
+    /// Idempotent; replicas stay readable through their ``Subscription`` objects.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.closed.store(true, Ordering::SeqCst);
+        py.detach(|| self.core.close()).or_raise(py)
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (exc_type, exc_value, traceback, /))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let _ = (exc_type, exc_value, traceback);
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<mcsync.Subscriber server={}{}>",
+            self.server,
+            if self.closed() { " closed" } else { "" }
+        )
+    }
+}
+
+/// A live replica of one database, kept current by its own threads.
+///
+/// Read it with ``get``, ``[key]``, ``in``, ``items()`` or ``dict(subscription)`` (iteration
+/// yields ``(key, value)`` pairs). ``version`` is the master version it holds.
+/// Use it as a context manager, or call ``close()``.
+#[pyclass(frozen, module = "mcsync", name = "Subscription")]
+pub(crate) struct PySubscription {
+    core: ReleaseOnDrop<mcsync::Subscription>,
+    // Keeps the subscriber (and its store) open while the subscription is referenced.
+    _subscriber: ReleaseOnDrop<Arc<mcsync::Subscriber>>,
+    queue: Option<Arc<UpdateQueue>>,
+    callback_errors: Arc<AtomicU64>,
+}
+
+#[pymethods]
+impl PySubscription {
+    /// Name of the replicated database.
+    #[getter]
+    fn name(&self) -> &str {
+        self.core.name()
+    }
+
+    /// The master version the replica holds; every callback up to it has run.
+    #[getter]
+    fn version(&self) -> u64 {
+        self.core.version()
+    }
+
+    /// Whether the subscription is closed (or stopped after a storage failure).
+    #[getter]
+    fn closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// The replica's value of ``key``, or ``default``.
+    #[pyo3(signature = (key, default = None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let key = bytes_arg(key, "key")?;
+        Ok(match self.core.get(key).or_raise(py)? {
+            Some(v) => Some(PyBytes::new(py, &v).into_any()),
+            None => default,
+        })
+    }
+
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let k = bytes_arg(key, "key")?;
+        match self.core.get(k).or_raise(py)? {
+            Some(v) => Ok(PyBytes::new(py, &v)),
+            None => Err(PyKeyError::new_err(key.clone().unbind())),
+        }
+    }
+
+    fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let k = bytes_arg(key, "key")?;
+        Ok(self.core.get(k).or_raise(py)?.is_some())
+    }
+
+    /// Every record of the replica in key order, as ``(key, value)`` tuples, as of one
+    /// consistent version.
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let records = py
+            .detach(|| self.core.iter().map(|i| i.collect::<Vec<_>>()))
+            .or_raise(py)?;
+        records_list(py, records)
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        self.items(py)?.try_iter()
+    }
+
+    /// Waits until the replica reaches ``version``; ``timeout`` in seconds (``None`` waits
+    /// forever). Raises ``TimeoutError`` when it passes, ``ClosedError`` if the subscription
+    /// closes, ``StorageError`` if it stopped on a storage failure. The GIL is released and
+    /// Ctrl-C interrupts the wait. Do not call it from this subscription's own callback:
+    /// the version advances only after the callback returns.
+    #[pyo3(signature = (version, timeout = None))]
+    fn wait_for_version(&self, py: Python<'_>, version: u64, timeout: Option<f64>) -> PyResult<()> {
+        let deadline = deadline_arg(py, timeout)?;
+        loop {
+            let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
+            match py.detach(|| self.core.wait_for_version(version, slice)) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Timeout => {
+                    if deadline.expired() {
+                        return Err(raise(
+                            py,
+                            ErrorKind::Timeout,
+                            format!(
+                                "timeout: database {:?} at version {} after {}s, waiting for {version}",
+                                self.core.name(),
+                                self.core.version(),
+                                timeout.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    py.check_signals()?;
+                }
+                Err(e) => return Err(crate::errors::to_py(py, e)),
+            }
+        }
+    }
+
+    /// Iterates over updates as they are applied (pull style, for a subscription made
+    /// without ``on_update``), in version order. Iteration ends when no update arrives
+    /// within ``timeout`` seconds (``None``: wait until the subscription closes). The GIL is
+    /// released while waiting and Ctrl-C interrupts it.
+    #[pyo3(signature = (timeout = None))]
+    fn updates(
+        slf: Bound<'_, Self>,
+        py: Python<'_>,
+        timeout: Option<f64>,
+    ) -> PyResult<PyUpdateIterator> {
+        let idle = timeout.map(|t| seconds_arg(py, t, "timeout")).transpose()?;
+        if slf.get().queue.is_none() {
+            return Err(raise(
+                py,
+                ErrorKind::Config,
+                "updates() needs a subscription made without on_update and with queue_size > 0",
+            ));
+        }
+        Ok(PyUpdateIterator {
+            subscription: slf.unbind(),
+            idle,
+        })
+    }
+
+    /// A snapshot of the subscription's counters, as a dict (the engine's counters plus
+    /// ``callback_errors`` and ``updates_dropped``).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = stats_dict(py, self.core.stats().fields())?;
+        d.set_item(
+            "callback_errors",
+            self.callback_errors.load(Ordering::Relaxed),
+        )?;
+        let dropped = self
+            .queue
+            .as_ref()
+            .map_or(0, |q| q.dropped.load(Ordering::Relaxed));
+        d.set_item("updates_dropped", dropped)?;
+        Ok(d)
+    }
+
+    /// Stops the subscription's threads (with the GIL released) and ends ``updates()``
+    /// iterators. Idempotent; safe from another thread while a callback runs (it waits for
+    /// the callback) and from the callback itself (it returns at once).
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(q) = &self.queue {
+            q.close();
+        }
+        py.detach(|| self.core.close()).or_raise(py)
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (exc_type, exc_value, traceback, /))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let _ = (exc_type, exc_value, traceback);
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<mcsync.Subscription {:?} version={}{}>",
+            self.core.name(),
+            self.core.version(),
+            if self.core.is_closed() { " closed" } else { "" }
+        )
+    }
+}
+
+/// Iterator returned by ``Subscription.updates()``.
+#[pyclass(frozen, module = "mcsync", name = "UpdateIterator")]
+pub(crate) struct PyUpdateIterator {
+    subscription: Py<PySubscription>,
+    idle: Option<Duration>,
+}
+
+#[pymethods]
+impl PyUpdateIterator {
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyUpdate>>> {
+        let sub = self.subscription.get();
+        let Some(queue) = &sub.queue else {
+            return Ok(None);
+        };
+        let deadline = self.idle.and_then(|d| Instant::now().checked_add(d));
+        loop {
+            // A zero slice once the deadline passed still takes an update already queued.
+            let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
+            if let Some(u) = py.detach(|| queue.pop(slice)) {
+                return PyUpdate::from_core(py, &u).map(Some);
+            }
+            if queue.closed.load(Ordering::SeqCst) || sub.core.is_closed() || deadline.expired() {
+                return Ok(None);
+            }
+            py.check_signals()?;
+        }
+    }
+}

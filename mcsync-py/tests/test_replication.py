@@ -1,0 +1,199 @@
+"""Replication end to end: one Python publisher, Python subscribers, loopback multicast."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import mcsync
+from conftest import CONVERGE, open_publisher
+
+
+def recorder(versions: list[int]) -> Callable[[mcsync.Update], None]:
+    return lambda u: versions.append(u.version)
+
+
+def test_two_subscribers_converge_under_loss_with_ordered_callbacks(
+    publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
+) -> None:
+    db = publisher.database("converge")
+    for i in range(20):  # before anyone subscribes: served by catch-up
+        db.put(f"early{i}", f"value{i}")
+
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+    subs = []
+    for name, seed in (("a", 11), ("b", 22)):
+        s = make_subscriber(name, loss=0.05, loss_seed=seed)
+        subs.append(s.subscribe("converge", recorder(seen[name])))
+
+    n_writes = 400
+    target = db.version + n_writes
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for i in range(n_writes):
+                if i % 50 == 49:
+                    with db.transaction() as t:
+                        t.put(f"tx{i}", b"x" * 100)
+                        t.delete(f"k{i - 1}")
+                elif i % 7 == 0:
+                    db.delete(f"k{i - 3}")
+                else:
+                    # Some values span several datagrams (chains of many packets).
+                    db.put(f"k{i}", bytes([i % 256]) * (i * 13 % 5000))
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    # The writer needs the GIL while we wait: wait_for_version must release it.
+    for sub in subs:
+        sub.wait_for_version(target, timeout=CONVERGE)
+    writer.join(timeout=CONVERGE)
+    assert not errors
+    assert db.version == target
+
+    master = dict(db.items())
+    for name, sub in zip("ab", subs):
+        assert dict(sub) == master
+        assert sub.version == target
+        assert seen[name] == list(range(1, target + 1)), f"callbacks of {name}"
+        stats = sub.stats()
+        assert stats["dropped_injected"] > 0, stats
+        assert stats["callback_errors"] == 0
+    assert publisher.stats()["updates_committed"] == target
+
+
+def test_pull_style_updates_iterator(
+    publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
+) -> None:
+    db = publisher.database("pull")
+    db.put("seed", "0")
+    sub = make_subscriber().subscribe("pull")
+    db.put("k", "v")
+    db.delete("seed")
+    with db.transaction() as t:
+        t.put(b"x", b"1")
+        t.put(b"y", b"2")
+
+    got = []
+    for u in sub.updates(timeout=CONVERGE):
+        got.append(u)
+        if u.version == 4:
+            break
+    assert [u.version for u in got] == [1, 2, 3, 4]
+    assert (got[1].operation, got[1].key, got[1].value) == ("put", b"k", b"v")
+    assert (got[2].operation, got[2].key, got[2].value) == ("delete", b"seed", None)
+    assert len(got[3]) == 2
+    assert [(op.key, op.value, op.groups) for op in got[3]] == [
+        (b"x", b"1", ()),
+        (b"y", b"2", ()),
+    ]
+    with pytest.raises(ValueError, match="2 operations"):
+        _ = got[3].key
+    assert got[0].timestamp > 1.6e9
+
+    # Nothing more arrives: the iterator ends after the idle timeout.
+    assert list(sub.updates(timeout=0.2)) == []
+    sub.close()
+    # A closed subscription ends the iterator at once, even without a timeout.
+    assert list(sub.updates()) == []
+
+
+def test_pull_queue_keeps_the_newest_and_counts_the_dropped(
+    publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
+) -> None:
+    db = publisher.database("overflow")
+    db.put("a", "0")
+    sub = make_subscriber().subscribe("overflow", queue_size=3)
+    for i in range(10):
+        db.put("a", str(i))
+    sub.wait_for_version(11, timeout=CONVERGE)
+    # timeout=0 takes what is queued and stops.
+    assert [u.version for u in sub.updates(timeout=0)] == [9, 10, 11]
+    assert sub.stats()["updates_dropped"] == 11 - 3
+
+    with pytest.raises(mcsync.ConfigError):
+        make_subscriber("other").subscribe("overflow", lambda u: None).updates()
+
+
+def test_keys_and_values_accept_bytes_and_str(
+    publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
+) -> None:
+    db = publisher.database("types")
+    db.put("só", "välue")
+    db.put(b"\x00\xff", bytearray(b"raw"))
+    v = db.put("empty", b"")
+    sub = make_subscriber().subscribe("types")
+    sub.wait_for_version(v, timeout=CONVERGE)
+    assert sub.get("só") == "välue".encode()
+    assert sub["só".encode()] == "välue".encode()
+    assert sub.get(b"\x00\xff") == b"raw"
+    assert sub.get("empty") == b""
+    assert sub.get("missing") is None
+    assert sub.get("missing", b"dflt") == b"dflt"
+    assert "empty" in sub and "missing" not in sub
+    with pytest.raises(KeyError):
+        sub["missing"]
+    with pytest.raises(TypeError, match="key must be bytes or str"):
+        db.put(42, "x")  # type: ignore[arg-type]
+    assert db.get("só") == "välue".encode()
+    assert sub.name == "types" and db.name == "types"
+
+
+def test_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(mcsync.ConfigError, match="not a multicast address") as e:
+        open_publisher(tmp_path / "p", group="10.0.0.1")
+    assert isinstance(e.value, ValueError) and isinstance(e.value, mcsync.Error)
+    with pytest.raises(mcsync.ConfigError, match="at most one of"):
+        open_publisher(tmp_path / "p", users=tmp_path / "users", open_access=True)
+    with pytest.raises(mcsync.ConfigError, match="go together"):
+        open_publisher(tmp_path / "p", certificate=tmp_path / "cert.pem")
+    with pytest.raises(mcsync.ConfigError, match="no users file"):
+        open_publisher(tmp_path / "p", open_access=False)
+    with pytest.raises(mcsync.ConfigError, match="exactly one of"):
+        mcsync.Subscriber(tmp_path / "s", server="127.0.0.1:1")
+    with pytest.raises(mcsync.ConfigError, match="server"):
+        mcsync.Subscriber(tmp_path / "s", server="nowhere", insecure_loopback=True)
+    with pytest.raises(TypeError):
+        mcsync.Subscriber(tmp_path / "s", server=1234, insecure_loopback=True)  # type: ignore[arg-type]
+    with open_publisher(tmp_path / "p") as p:
+        with pytest.raises(mcsync.ConfigError, match="database name"):
+            p.database("bad name!")
+        with pytest.raises(mcsync.ConfigError, match="schedule"):
+            p.set_schedule("sometimes")
+    for cls in (
+        mcsync.AuthError,
+        mcsync.ProtocolError,
+        mcsync.StorageError,
+        mcsync.ClosedError,
+        mcsync.TooLargeError,
+        mcsync.RefusedError,
+        mcsync.IoError,
+        mcsync.TimeoutError,
+    ):
+        assert issubclass(cls, mcsync.Error)
+    assert issubclass(mcsync.TimeoutError, TimeoutError)
+
+
+def test_unknown_database_is_refused(
+    publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
+) -> None:
+    with pytest.raises(mcsync.RefusedError, match="not published"):
+        make_subscriber().subscribe("nobody-publishes-this")
+
+
+def test_closed_publisher_refuses_writes(publisher: mcsync.Publisher) -> None:
+    db = publisher.database("closing")
+    db.put("a", "1")
+    publisher.close()
+    assert publisher.closed
+    with pytest.raises(mcsync.ClosedError):
+        db.put("a", "2")
+    with pytest.raises(mcsync.ClosedError):
+        publisher.database("closing")
+    publisher.close()  # idempotent

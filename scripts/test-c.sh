@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# C API tests: builds libmcsync (cargo, dev profile) and the C examples (system cc, -Werror),
+# then runs, on loopback only, with a random multicast group in 239.0.0.0/8:
+#   1. converge     one publisher + two subscribers in one C process, 5 % injected loss each;
+#                   replicas checked from C against a model of every write
+#   2. processes    the publisher and subscriber examples as three processes, 5 % loss;
+#                   each replica's digest must equal the publisher's
+#   3. legacy_hook  a legacy server's update hook replicating through mcsync
+#   4. misuse       NULL handles, invalid config, double close, callbacks closing their own
+#                   subscription (no crash, no deadlock; each an error code and a message)
+#   5. valgrind     converge (small) and misuse under valgrind --leak-check=full
+#   6. install      make install PREFIX=..., then the full example of docs/C_API.md built
+#                   with cc $(pkg-config --cflags --libs mcsync) and run
+# Prints PASS/FAIL per test and "N passed, M failed"; exits non-zero if anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+source scripts/setup.sh
+
+CONVERGE_UPDATES=${CONVERGE_UPDATES:-2000}
+VALGRIND_UPDATES=${VALGRIND_UPDATES:-1000}
+PROCESS_UPDATES=${PROCESS_UPDATES:-1000}
+
+passed=0
+failed=0
+failures=()
+pass() { echo "PASS $1"; passed=$((passed + 1)); }
+fail() { echo "FAIL $1"; failed=$((failed + 1)); failures+=("$1"); }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/mcsync-test-c.XXXXXX")
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A random administratively scoped group and port base, so parallel runs never hear each
+# other. Each test adds its own offset to both.
+rand32() { od -An -N4 -tu4 /dev/urandom | tr -d ' '; }
+R=$(rand32)
+G1=$((1 + R % 250)); G2=$(((R >> 8) % 256)); G3=$((1 + (R >> 16) % 150))
+PORT_BASE=$((20000 + $(rand32) % 40000))
+group() { echo "239.$G1.$G2.$((G3 + $1))"; }   # $1: 0..99
+port() { echo $((PORT_BASE + $1)); }
+echo "== C tests: group base $(group 0), port base $PORT_BASE, work dir $WORK"
+
+echo "== cargo build -p mcsync-ffi"
+if ! cargo build -p mcsync-ffi; then
+  fail "build: cargo build -p mcsync-ffi"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+LIBDIR=$TARGET_DIR/debug
+
+echo "== make -C examples/c"
+if make -B -C examples/c LIBDIR="$LIBDIR" >"$WORK/make.log" 2>&1; then
+  pass "build: C examples compile with -Wall -Wextra -Werror against include/mcsync.h"
+else
+  cat "$WORK/make.log"
+  fail "build: C examples"
+  echo "$passed passed, $failed failed"
+  exit 1
+fi
+BIN=$ROOT/examples/c
+
+# run NAME TIMEOUT_SECONDS COMMAND...: runs a test program, shows its output, and records
+# PASS when it exits 0 and printed a PASS line.
+run() {
+  local name=$1 limit=$2
+  shift 2
+  local log="$WORK/$name.log" start=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+  local rc=$?
+  sed 's/^/    /' "$log"
+  if [ $rc -eq 0 ] && grep -q '^PASS' "$log"; then
+    pass "$name ($((SECONDS - start)) s)"
+  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    fail "$name: timed out after $limit s (deadlock?)"
+  else
+    fail "$name: exit status $rc"
+  fi
+}
+
+echo "== 1. converge: publisher + 2 subscribers, 5 % loss, $CONVERGE_UPDATES updates"
+run converge 300 "$BIN/test_mcsync" converge "$WORK/converge" "$(group 0)" "$(port 0)" \
+  "$CONVERGE_UPDATES"
+
+# wait_for PID SECONDS: sets WAIT_RC to the process's exit status, killing it (status 124)
+# if it is still running after SECONDS. (Not in a $(...) subshell: only this shell can wait
+# for its children.)
+wait_for() {
+  local pid=$1 limit=$2 waited=0
+  while kill -0 "$pid" 2>/dev/null && [ $waited -lt $((limit * 10)) ]; do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  WAIT_RC=0
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    WAIT_RC=124
+    return
+  fi
+  wait "$pid" || WAIT_RC=$?
+}
+
+echo "== 2. processes: publisher.c + 2 x subscriber.c, 5 % loss, $PROCESS_UPDATES updates"
+processes_test() {
+  local dir=$WORK/processes start=$SECONDS
+  mkdir -p "$dir"
+  "$BIN/publisher" "$dir/pub" "$(group 10)" "$(port 10)" "$PROCESS_UPDATES" \
+    >"$dir/pub.out" 2>"$dir/pub.err" &
+  local pub=$!
+  PIDS+=("$pub")
+  local control="" key=""
+  for _ in $(seq 1 200); do
+    control=$(sed -n 's/^control=//p' "$dir/pub.out")
+    key=$(sed -n "s/^fingerprint=//p" "$dir/pub.out")
+    [ -n "$control" ] && [ -n "$key" ] && break
+    kill -0 "$pub" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$control" ] || [ -z "$key" ]; then
+    cat "$dir/pub.out" "$dir/pub.err"
+    fail "processes: publisher did not start"
+    return
+  fi
+  # Every put is one version, plus the transaction deleting every tenth key.
+  local expect=$((PROCESS_UPDATES + 1)) s1 s2
+  "$BIN/subscriber" "$dir/sub1" "$control" "$key" demo "$expect" 0.05 11 \
+    >"$dir/sub1.out" 2>"$dir/sub1.err" &
+  s1=$!
+  "$BIN/subscriber" "$dir/sub2" "$control" "$key" demo "$expect" 0.05 22 \
+    >"$dir/sub2.out" 2>"$dir/sub2.err" &
+  s2=$!
+  PIDS+=("$s1" "$s2")
+  local rc1 rc2 rcp
+  wait_for "$s1" 240; rc1=$WAIT_RC
+  wait_for "$s2" 240; rc2=$WAIT_RC
+  for _ in $(seq 1 100); do grep -q '^version=' "$dir/pub.out" && break; sleep 0.1; done
+  kill -TERM "$pub" 2>/dev/null
+  wait_for "$pub" 30; rcp=$WAIT_RC
+  local want got1 got2
+  want=$(grep '^version=' "$dir/pub.out" | sed 's/ callbacks=.*//')
+  got1=$(grep '^version=' "$dir/sub1.out" | sed 's/ callbacks=.*//')
+  got2=$(grep '^version=' "$dir/sub2.out" | sed 's/ callbacks=.*//')
+  echo "publisher:   $want (exit $rcp)"
+  echo "subscriber1: $(cat "$dir/sub1.out") (exit $rc1; $(cat "$dir/sub1.err"))"
+  echo "subscriber2: $(cat "$dir/sub2.out") (exit $rc2; $(cat "$dir/sub2.err"))"
+  if [ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && [ $rcp -eq 0 ] && [ -n "$want" ] &&
+     [ "$got1" = "$want" ] && [ "$got2" = "$want" ] &&
+     grep -q "callbacks=$expect\$" "$dir/sub1.out" && grep -q "callbacks=$expect\$" "$dir/sub2.out"; then
+    pass "processes: both replicas equal the publisher's contents ($want) ($((SECONDS - start)) s)"
+  else
+    tail -5 "$dir/pub.err" "$dir/sub1.err" "$dir/sub2.err"
+    fail "processes: replicas differ from the publisher or a process failed"
+  fi
+}
+processes_test
+
+echo "== 3. legacy_hook"
+run legacy_hook 120 "$BIN/legacy_hook" "$WORK/legacy" "$(group 20)" "$(port 20)"
+
+echo "== 4. misuse"
+run misuse 180 "$BIN/test_mcsync" misuse "$WORK/misuse" "$(group 30)" "$(port 30)"
+
+echo "== 5. valgrind"
+if ! command -v valgrind >/dev/null 2>&1; then
+  echo "valgrind not found: installing it"
+  (apt-get update -qq && apt-get install -y -qq valgrind) >"$WORK/apt.log" 2>&1 ||
+    cat "$WORK/apt.log"
+fi
+if command -v valgrind >/dev/null 2>&1; then
+  VG=(valgrind --error-exitcode=1 --leak-check=full --suppressions="$BIN/valgrind.supp" -q)
+  run valgrind-converge 600 "${VG[@]}" "$BIN/test_mcsync" converge "$WORK/vg-converge" \
+    "$(group 40)" "$(port 40)" "$VALGRIND_UPDATES"
+  run valgrind-misuse 600 "${VG[@]}" "$BIN/test_mcsync" misuse "$WORK/vg-misuse" \
+    "$(group 50)" "$(port 50)"
+else
+  fail "valgrind: not installed and could not be installed"
+fi
+
+echo "== 6. make install + pkg-config"
+install_test() {
+  local prefix=$WORK/prefix
+  if ! make -C examples/c install PREFIX="$prefix" LIBDIR="$LIBDIR" >"$WORK/install.log" 2>&1; then
+    cat "$WORK/install.log"
+    fail "install: make install failed"
+    return
+  fi
+  # The full example of docs/C_API.md, exactly as printed there.
+  sed -n '/<!-- full-example:begin -->/,/<!-- full-example:end -->/p' docs/C_API.md |
+    sed '/^```/d; /^<!--/d' >"$WORK/quickstart.c"
+  local flags
+  if ! flags=$(PKG_CONFIG_PATH=$prefix/lib/pkgconfig pkg-config --cflags --libs mcsync); then
+    fail "install: pkg-config does not find mcsync"
+    return
+  fi
+  # shellcheck disable=SC2086
+  if ! cc -std=c11 -Wall -Wextra -Werror -o "$WORK/quickstart" "$WORK/quickstart.c" $flags; then
+    fail "install: the docs/C_API.md example does not build with \$(pkg-config --cflags --libs mcsync)"
+    return
+  fi
+  if LD_LIBRARY_PATH=$prefix/lib timeout 60 "$WORK/quickstart" "$WORK/quickstart-data" \
+       "$(group 60)" "$(port 60)" >"$WORK/quickstart.log" 2>&1 &&
+     grep -q '^pears = 7 ' "$WORK/quickstart.log"; then
+    sed 's/^/    /' "$WORK/quickstart.log"
+    pass "install: make install PREFIX=..., then the docs/C_API.md example built with pkg-config runs"
+  else
+    cat "$WORK/quickstart.log"
+    fail "install: the docs/C_API.md example failed"
+  fi
+}
+if ! command -v pkg-config >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq pkg-config) >"$WORK/apt.log" 2>&1 ||
+    cat "$WORK/apt.log"
+fi
+if command -v pkg-config >/dev/null 2>&1; then
+  install_test
+else
+  fail "install: pkg-config not installed"
+fi
+
+echo "== C tests done"
+if [ "$failed" -gt 0 ]; then
+  printf 'failed: %s\n' "${failures[@]}"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds and installs the Python package into a virtualenv (target/py-venv) the way a user
+# would (`pip install ./mcsync-py`, maturin pulled in by pip), then runs its pytest suite with
+# warnings as errors and checks the type stub against the built module.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+PYTHON="${PYTHON:-python3}"
+VENV=target/py-venv
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+
+echo "== pip install pytest pytest-timeout mypy ./mcsync-py"
+"$PY" -m pip install --quiet pytest pytest-timeout mypy
+# Rebuilt every run (the version does not change between builds); mcsync has no
+# dependencies. pip fetches maturin into an isolated build environment.
+"$PY" -m pip install --quiet --force-reinstall --no-deps ./mcsync-py
+
+# Keep caches and bytecode out of the work tree.
+export PYTHONDONTWRITEBYTECODE=1
+export MYPY_CACHE_DIR="$PWD/target/mypy-cache"
+
+echo "== stub check (mypy.stubtest mcsync._mcsync)"
+(cd target && "../$PY" -m mypy.stubtest mcsync._mcsync)
+
+echo "== pytest mcsync-py/tests"
+status=0
+"$PY" -m pytest -W error -p no:cacheprovider mcsync-py/tests || status=$?
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure here" >&2
+  exit 1
+fi
+exit "$status"
