@@ -65,6 +65,8 @@ struct DbShared {
     last_rotation: Mutex<Instant>,
     registered: AtomicBool,
     multicast_on: AtomicBool,
+    /// Oldest version the journal still holds.
+    oldest: AtomicU64,
     mcast_tx: Mutex<Option<chan::Sender<McastCmd>>>,
     mcast_thread: Mutex<Option<JoinHandle<()>>>,
     retransmit: Arc<Mutex<RetransmitBuffer>>,
@@ -77,7 +79,8 @@ impl PublishedDatabase for DbShared {
     fn info(&self) -> DatabaseInfo {
         let mut i = self.info.clone();
         i.current_version = self.committed.load(Ordering::SeqCst);
-        i.oldest_version = i.oldest_version.min(i.current_version.max(1));
+        let oldest = self.oldest.load(Ordering::SeqCst);
+        i.oldest_version = oldest.min(i.current_version.max(1));
         i
     }
     fn tables(&self) -> DbTables {
@@ -262,6 +265,12 @@ impl Publisher {
             .collect();
         v.sort_by_key(|r| r.id);
         v
+    }
+
+    /// Trims every database's journal now as the retention policy says (the maintenance
+    /// thread also does this about once a second). Returns the entries removed.
+    pub fn apply_retention(&self) -> Result<u64> {
+        apply_retention(&self.inner)
     }
 
     /// Changes the multicast schedule at run time (takes effect within about 50 ms).
@@ -451,6 +460,58 @@ fn rotate(inner: &Inner, db: &DbShared) -> Result<u32> {
     Ok(epoch)
 }
 
+/// Free bytes available to unprivileged writers in `dir`, if the OS says.
+fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Trims each database's journal per the retention policy (down to the minimum count
+/// when the disk runs low, which is logged and counted).
+fn apply_retention(inner: &Inner) -> Result<u64> {
+    let mut policy = inner.config.retention.clone();
+    if free_disk_bytes(&inner.config.data_dir).is_some_and(|f| f < policy.min_free_disk_bytes) {
+        inc(&inner.counters.disk_low);
+        log::error!(
+            "data directory {} has less than {} bytes free: trimming journals to their minimum",
+            inner.config.data_dir.display(),
+            policy.min_free_disk_bytes
+        );
+        policy.max_bytes = 0;
+        policy.max_age = Duration::ZERO;
+    }
+    let dbs: Vec<_> = inner
+        .databases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let mut total = 0;
+    for db in dbs {
+        loop {
+            let n =
+                inner
+                    .store
+                    .trim_journal(&db.name, db.tables, &policy, wall_clock_us(), 10_000)?;
+            total += n;
+            add(&inner.counters.journal_trimmed, n);
+            if n < 10_000 {
+                break;
+            }
+        }
+        let oldest = inner.store.oldest_version(db.tables)?;
+        if oldest > 0 {
+            db.oldest.store(oldest, Ordering::SeqCst);
+        }
+    }
+    Ok(total)
+}
+
 /// Minute of the day, UTC.
 fn minute_of_day() -> u32 {
     ((wall_clock_us() / 60_000_000) % 1440) as u32
@@ -459,11 +520,18 @@ fn minute_of_day() -> u32 {
 /// Applies the schedule (multicast windows, multicast on first subscription) and timed
 /// key rotation, every 50 ms, until the publisher closes.
 fn maintenance_loop(weak: std::sync::Weak<Inner>) {
+    let mut last_retention = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let Some(inner) = weak.upgrade() else { return };
         if inner.stop.is_stopped() {
             return;
+        }
+        if last_retention.elapsed() >= Duration::from_secs(1) {
+            last_retention = Instant::now();
+            if let Err(e) = apply_retention(&inner) {
+                log::error!("journal retention failed: {e}");
+            }
         }
         let open = inner
             .schedule
@@ -571,6 +639,7 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
         keys: Mutex::new(vec![(key_epoch, key)]),
         last_rotation: Mutex::new(Instant::now()),
         registered: AtomicBool::new(false),
+        oldest: AtomicU64::new(oldest),
         multicast_on: AtomicBool::new(multicast_on),
         mcast_tx: Mutex::new(Some(tx)),
         mcast_thread: Mutex::new(Some(thread)),

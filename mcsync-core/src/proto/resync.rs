@@ -19,8 +19,9 @@ pub const MAX_LEVEL: u8 = 16;
 pub const LIST_AT: u32 = 12;
 /// Most ranges per digest or list request.
 pub const MAX_RANGES_PER_REQUEST: usize = 1024;
-/// Most key hashes per fetch request.
-pub const MAX_FETCH_PER_REQUEST: usize = 16_384;
+/// Most key hashes per fetch request (keeps the request frame within the publisher's
+/// 64 KiB limit on client frames).
+pub const MAX_FETCH_PER_REQUEST: usize = 4096;
 
 /// Where a key sits in the resync space.
 pub fn key_hash(key: &[u8]) -> u64 {
@@ -225,13 +226,17 @@ impl ResyncPlanner {
         Ok(())
     }
 
-    /// The publisher's entries of `ranges`, sorted by key hash.
+    /// The publisher's entries of `ranges`: each range's entries, sorted by key hash, in
+    /// the order the ranges were asked for. Entries outside their range are ignored.
     pub fn on_list(&mut self, ranges: &[Range], remote: &[(u64, u64)]) {
+        let mut pos = 0;
         for &r in ranges {
             self.differing_leaves.push(r);
-            let a = remote.partition_point(|e| e.0 < r.lo);
-            let b = remote.partition_point(|e| e.0 <= r.hi());
-            let theirs = &remote[a..b];
+            let a = pos;
+            while pos < remote.len() && remote[pos].0 >= r.lo && remote[pos].0 <= r.hi() {
+                pos += 1;
+            }
+            let theirs = &remote[a..pos];
             let mine = self.local.entries(r);
             for &(kh, h) in theirs {
                 match mine.binary_search_by_key(&kh, |e| e.0) {

@@ -364,6 +364,9 @@ impl PublisherStore {
                     doomed.push(ver);
                 }
             }
+            if doomed.is_empty() {
+                return Ok(0);
+            }
             for ver in &doomed {
                 txn.del(tables.journal, &version_key(*ver), None)?;
             }
