@@ -338,6 +338,9 @@ pub struct SubscriberConfig {
     /// With nothing heard from the publisher for this long, say HELLO again (the publisher
     /// may have restarted on another source port) and catch up.
     pub silence_timeout: Duration,
+    /// A replica further behind than this many versions catches up compacted (the
+    /// latest value of each changed key) instead of step by step (default 1,000).
+    pub compact_catch_up_after: u64,
     /// Drop packets whose source address and port are not the publisher's. Leave on;
     /// turning it off only makes sense for tests that inject packets.
     pub verify_source: bool,
@@ -369,6 +372,7 @@ impl SubscriberConfig {
             map_size: 256 << 20,
             client_name: "mcsync-subscriber".into(),
             verify_source: true,
+            compact_catch_up_after: 1000,
             silence_timeout: Duration::from_secs(3),
         }
     }

@@ -29,10 +29,10 @@ pub use config::{
 pub use crypto::Key;
 pub use error::{Error, ErrorKind, Result};
 pub use net::tls::{ServerIdentity, ServerTrust};
-pub use publisher::{Database, Publisher, Transaction};
+pub use publisher::{Database, Prepared, Publisher, Transaction};
 pub use resync::ResyncReport;
 pub use stats::{PublisherStats, SubscriptionStats};
-pub use subscriber::{Subscriber, Subscription, UpdateCallback};
+pub use subscriber::{Subscriber, Subscription, UpdateCallback, VoteCallback};
 pub use update::{Op, OpKind, Update};
 
 /// A record: key and value.

@@ -16,10 +16,12 @@ use crate::stats::{add, inc, PublisherCounters, PublisherStats};
 use crate::store::publisher::{DbTables, JournalEntry};
 use crate::store::PublisherStore;
 use crate::wire::control::DatabaseInfo;
-use crate::wire::update::{update_encoded_len, update_to_vec, validate_op};
+use crate::wire::update::{
+    encode_record, update_encoded_len, update_to_vec, validate_op, RecordKind,
+};
 use crate::{Error, Op, Result, Update};
 use crossbeam_channel as chan;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +55,27 @@ struct CommitRequest {
     db: Arc<DbShared>,
     ops: Vec<Op>,
     reply: chan::Sender<Result<u64>>,
+}
+
+/// A two-phase update asking for a version.
+struct PrepareRequest {
+    db: Arc<DbShared>,
+    ops: Vec<Op>,
+    reply: chan::Sender<Result<PreparedTicket>>,
+}
+
+/// What the intake hands a preparer: the version, where to send COMMIT (true) or ABORT
+/// (false), and where the outcome comes back (the version, or 0 when rolled back).
+struct PreparedTicket {
+    version: u64,
+    resolve: chan::Sender<bool>,
+    done: chan::Receiver<Result<u64>>,
+}
+
+/// What the intake thread takes, in order.
+enum Intake {
+    Commit(CommitRequest),
+    Prepare(PrepareRequest),
 }
 
 struct DbShared {
@@ -92,6 +115,9 @@ impl PublishedDatabase for DbShared {
     fn keys(&self) -> Vec<(u32, Key)> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+    fn decision_acknowledged(&self, version: u64) {
+        send_mcast(self, McastCmd::DecisionDone(version));
+    }
     fn on_registered(&self) {
         self.registered.store(true, Ordering::SeqCst);
     }
@@ -107,7 +133,7 @@ struct Inner {
     config: PublisherConfig,
     store: Arc<PublisherStore>,
     counters: Arc<PublisherCounters>,
-    intake_tx: Mutex<Option<chan::Sender<CommitRequest>>>,
+    intake_tx: Mutex<Option<chan::Sender<Intake>>>,
     intake: Mutex<Option<JoinHandle<()>>>,
     databases: Mutex<HashMap<String, Arc<DbShared>>>,
     server_ctx: Arc<ServerContext>,
@@ -167,14 +193,15 @@ impl Publisher {
             next_id: AtomicU64::new(1),
             auth_cache: Mutex::new(HashMap::new()),
             rotate: Mutex::new(None),
+            two_phase: Default::default(),
         });
         let server = RepairServer::start(config.control_addr, server_ctx.clone())?;
         let control_addr = server.addr();
         let (tx, rx) = chan::bounded(INTAKE_QUEUE);
-        let (s2, c2) = (store.clone(), counters.clone());
+        let (s2, x2) = (store.clone(), server_ctx.clone());
         let intake = std::thread::Builder::new()
             .name("mcsync-intake".into())
-            .spawn(move || intake_loop(rx, &s2, &c2))
+            .spawn(move || intake_loop(rx, &s2, &x2))
             .map_err(|e| Error::io("spawning intake thread", e))?;
         let publisher = Publisher {
             inner: Arc::new(Inner {
@@ -649,79 +676,216 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
 
 /// Groups whatever commits are queued into one durable LMDB transaction, then hands the
 /// updates to the multicasters in version order and answers the callers.
-fn intake_loop(rx: chan::Receiver<CommitRequest>, store: &PublisherStore, c: &PublisherCounters) {
+fn intake_loop(rx: chan::Receiver<Intake>, store: &PublisherStore, ctx: &ServerContext) {
+    let c = &*ctx.counters;
     let mut next: HashMap<String, u64> = HashMap::new();
-    while let Ok(first) = rx.recv() {
+    let mut deferred: Option<Intake> = None;
+    loop {
+        let first = match deferred.take() {
+            Some(i) => i,
+            None => match rx.recv() {
+                Ok(i) => i,
+                Err(_) => return,
+            },
+        };
+        let first = match first {
+            Intake::Commit(r) => r,
+            Intake::Prepare(p) => {
+                two_phase_round(p, &mut next, store, ctx);
+                continue;
+            }
+        };
         let mut batch = vec![first];
         let mut bytes = 0;
         while batch.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
             match rx.try_recv() {
-                Ok(r) => {
+                Ok(Intake::Commit(r)) => {
                     bytes += update_encoded_len(&r.ops);
                     batch.push(r);
+                }
+                Ok(prepare) => {
+                    // A two-phase update waits for the commits queued before it.
+                    deferred = Some(prepare);
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        let ts = wall_clock_us();
-        let staged: Vec<(Update, Arc<Vec<u8>>)> = batch
-            .iter_mut()
-            .map(|r| {
-                let v = next
-                    .entry(r.db.name.clone())
-                    .or_insert_with(|| r.db.committed.load(Ordering::SeqCst));
-                *v += 1;
-                let u = Update {
-                    version: *v,
-                    timestamp_us: ts,
-                    ops: std::mem::take(&mut r.ops),
-                };
-                let enc = Arc::new(update_to_vec(&u));
-                (u, enc)
-            })
-            .collect();
-        let entries: Vec<JournalEntry<'_>> = batch
-            .iter()
-            .zip(&staged)
-            .map(|(r, (u, enc))| JournalEntry {
-                name: &r.db.name,
-                tables: r.db.tables,
-                update: u,
-                encoded: enc,
-            })
-            .collect();
-        let result = store.append(&entries);
-        drop(entries);
-        match result {
-            Ok(()) => {
-                inc(&c.journal_commits);
-                add(&c.updates_committed, batch.len() as u64);
-                let enc_bytes: usize = staged.iter().map(|(_, e)| e.len()).sum();
-                add(&c.bytes_committed, enc_bytes as u64);
-                for (r, (u, enc)) in batch.into_iter().zip(staged) {
-                    r.db.committed.store(u.version, Ordering::SeqCst);
-                    if let Some(tx) = &*r.db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()) {
-                        let _ = tx.send(McastCmd::Update(Outgoing {
-                            version: u.version,
-                            encoded: enc,
-                        }));
-                    }
-                    let _ = r.reply.send(Ok(u.version));
-                }
+        commit_batch(batch, &mut next, store, c);
+    }
+}
+
+/// The next version of `db` (not yet taken).
+fn next_version(next: &mut HashMap<String, u64>, db: &DbShared) -> u64 {
+    *next
+        .entry(db.name.clone())
+        .or_insert_with(|| db.committed.load(Ordering::SeqCst))
+        + 1
+}
+
+fn send_mcast(db: &DbShared, cmd: McastCmd) {
+    if let Some(tx) = &*db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()) {
+        let _ = tx.send(cmd);
+    }
+}
+
+/// Journals a group of one-phase commits in one durable transaction, then hands them to
+/// the multicasters in version order and answers the callers.
+fn commit_batch(
+    mut batch: Vec<CommitRequest>,
+    next: &mut HashMap<String, u64>,
+    store: &PublisherStore,
+    c: &PublisherCounters,
+) {
+    let ts = wall_clock_us();
+    let staged: Vec<(Update, Arc<Vec<u8>>)> = batch
+        .iter_mut()
+        .map(|r| {
+            let v = next_version(next, &r.db);
+            next.insert(r.db.name.clone(), v);
+            let u = Update {
+                version: v,
+                timestamp_us: ts,
+                ops: std::mem::take(&mut r.ops),
+            };
+            let enc = Arc::new(update_to_vec(&u));
+            (u, enc)
+        })
+        .collect();
+    let entries: Vec<JournalEntry<'_>> = batch
+        .iter()
+        .zip(&staged)
+        .map(|(r, (u, enc))| JournalEntry {
+            name: &r.db.name,
+            tables: r.db.tables,
+            update: u,
+            encoded: enc,
+        })
+        .collect();
+    let result = store.append(&entries);
+    drop(entries);
+    match result {
+        Ok(()) => {
+            inc(&c.journal_commits);
+            add(&c.updates_committed, batch.len() as u64);
+            let enc_bytes: usize = staged.iter().map(|(_, e)| e.len()).sum();
+            add(&c.bytes_committed, enc_bytes as u64);
+            for (r, (u, enc)) in batch.into_iter().zip(staged) {
+                r.db.committed.store(u.version, Ordering::SeqCst);
+                send_mcast(
+                    &r.db,
+                    McastCmd::Update(Outgoing {
+                        version: u.version,
+                        encoded: enc,
+                    }),
+                );
+                let _ = r.reply.send(Ok(u.version));
             }
-            Err(e) => {
-                // Nothing was written: give the versions back.
-                next.clear();
-                add(&c.commits_refused, batch.len() as u64);
-                for r in batch {
-                    let _ = r.reply.send(Err(Error::Storage(format!(
-                        "journal commit for database {:?} failed: {e}",
-                        r.db.name
-                    ))));
-                }
+        }
+        Err(e) => {
+            // Nothing was written: give the versions back.
+            next.clear();
+            add(&c.commits_refused, batch.len() as u64);
+            for r in batch {
+                let _ = r.reply.send(Err(Error::Storage(format!(
+                    "journal commit for database {:?} failed: {e}",
+                    r.db.name
+                ))));
             }
         }
     }
+}
+
+/// One two-phase update: multicast PREPARE at the next version, hand the caller a ticket,
+/// and hold every later commit until the caller resolves it (COMMIT journals the version
+/// and multicasts the decision; ABORT multicasts the decision and gives the version back).
+fn two_phase_round(
+    p: PrepareRequest,
+    next: &mut HashMap<String, u64>,
+    store: &PublisherStore,
+    ctx: &ServerContext,
+) {
+    let c = &*ctx.counters;
+    let db = p.db;
+    let v = next_version(next, &db);
+    let u = Update {
+        version: v,
+        timestamp_us: wall_clock_us(),
+        ops: p.ops,
+    };
+    let participants: BTreeMap<u64, String> = ctx
+        .registry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|r| r.participant && r.database == db.name)
+        .map(|r| (r.id, format!("{} ({})", r.client, r.user)))
+        .collect();
+    ctx.two_phase.begin(&db.name, v, participants);
+    let mut prepare = Vec::new();
+    encode_record(RecordKind::Prepare, &u, &mut prepare);
+    send_mcast(&db, McastCmd::Control(Arc::new(prepare)));
+    inc(&c.two_phase_prepared);
+    let (resolve_tx, resolve_rx) = chan::bounded(1);
+    let (done_tx, done_rx) = chan::bounded(1);
+    let ticket = PreparedTicket {
+        version: v,
+        resolve: resolve_tx,
+        done: done_rx,
+    };
+    if p.reply.send(Ok(ticket)).is_err() {
+        // The caller went away before learning its version: roll back.
+    }
+    let wants_commit = resolve_rx.recv().unwrap_or(false);
+    let outcome = if wants_commit {
+        let enc = update_to_vec(&u);
+        let entry = JournalEntry {
+            name: &db.name,
+            tables: db.tables,
+            update: &u,
+            encoded: &enc,
+        };
+        store.append(&[entry]).map(|_| v).map_err(|e| {
+            Error::Storage(format!(
+                "journal commit of two-phase version {v} of database {:?} failed: {e}",
+                db.name
+            ))
+        })
+    } else {
+        Ok(0)
+    };
+    let committed = matches!(outcome, Ok(x) if x == v);
+    if committed {
+        next.insert(db.name.clone(), v);
+        db.committed.store(v, Ordering::SeqCst);
+        inc(&c.journal_commits);
+        inc(&c.updates_committed);
+        inc(&c.two_phase_committed);
+    } else {
+        inc(&c.two_phase_aborted);
+    }
+    ctx.two_phase.decide(&db.name, v, committed);
+    let decision = Update {
+        version: v,
+        timestamp_us: u.timestamp_us,
+        ops: Vec::new(),
+    };
+    let kind = if committed {
+        RecordKind::CommitPrepared
+    } else {
+        RecordKind::Abort
+    };
+    let mut enc = Vec::new();
+    encode_record(kind, &decision, &mut enc);
+    send_mcast(
+        &db,
+        McastCmd::Decision {
+            version: v,
+            commit: committed,
+            encoded: Arc::new(enc),
+        },
+    );
+    let _ = done_tx.send(outcome);
 }
 
 impl Database {
@@ -865,11 +1029,122 @@ impl Transaction {
                 .unwrap_or_else(|e| e.into_inner());
             let tx = guard.as_ref().ok_or_else(closed)?.clone();
             drop(guard);
-            tx.send(req).map_err(|_| closed())?;
+            tx.send(Intake::Commit(req)).map_err(|_| closed())?;
         }
         rx.recv().map_err(|_| closed())?
     }
 
-    /// Discards the transaction (the same as dropping it).
+    /// Discards the transaction (the same as dropping it): nothing was written or sent.
     pub fn rollback(self) {}
+
+    /// Two-phase commit: PREPARE at the next version, wait until every participant of
+    /// the database has PREPARED (or one REFUSED, or `timeout` passes), then COMMIT.
+    /// Returns the version; on abort, a `Refused` error naming who refused (and why) and
+    /// who did not answer.
+    pub fn commit_two_phase(self, timeout: Duration) -> Result<u64> {
+        self.prepare(timeout)?.commit()
+    }
+
+    /// The first phase alone: returns a [`Prepared`] update to commit or roll back. On
+    /// a refusal or timeout it is aborted at once and the error says why.
+    pub fn prepare(self, timeout: Duration) -> Result<Prepared> {
+        if self.ops.is_empty() {
+            return Err(Error::Config(format!(
+                "empty transaction on database {:?}",
+                self.db.name()
+            )));
+        }
+        let closed = || Error::Closed("publisher is closed".into());
+        let (reply, rx) = chan::bounded(1);
+        let req = PrepareRequest {
+            db: self.db.db.clone(),
+            ops: self.ops,
+            reply,
+        };
+        {
+            let guard = self
+                .db
+                .inner
+                .intake_tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let tx = guard.as_ref().ok_or_else(closed)?.clone();
+            drop(guard);
+            tx.send(Intake::Prepare(req)).map_err(|_| closed())?;
+        }
+        let ticket = rx.recv().map_err(|_| closed())??;
+        let name = self.db.name().to_owned();
+        let v = ticket.version;
+        let mut prepared = Prepared {
+            database: name.clone(),
+            ticket: Some(ticket),
+        };
+        match self
+            .db
+            .inner
+            .server_ctx
+            .two_phase
+            .wait_votes(&name, v, timeout)
+        {
+            Ok(()) => Ok(prepared),
+            Err(why) => {
+                prepared.resolve(false)?;
+                Err(Error::Refused(format!(
+                    "two-phase update of database {name:?} at version {v} aborted: {why}"
+                )))
+            }
+        }
+    }
+}
+
+/// A two-phase update every participant has PREPARED: commit or roll it back. Until then
+/// no replica shows it, and later commits of the publisher wait behind it. Dropping it
+/// rolls it back.
+pub struct Prepared {
+    database: String,
+    ticket: Option<PreparedTicket>,
+}
+
+impl Prepared {
+    /// The version it will have if committed.
+    pub fn version(&self) -> u64 {
+        self.ticket.as_ref().map_or(0, |t| t.version)
+    }
+
+    fn resolve(&mut self, commit: bool) -> Result<u64> {
+        let t = self
+            .ticket
+            .take()
+            .ok_or_else(|| Error::Closed("two-phase update already resolved".into()))?;
+        let closed = || Error::Closed("publisher closed during a two-phase update".into());
+        t.resolve.send(commit).map_err(|_| closed())?;
+        t.done.recv().map_err(|_| closed())?
+    }
+
+    /// Journals the version durably and multicasts COMMIT (repeated until every
+    /// participant acknowledges); returns the version.
+    pub fn commit(mut self) -> Result<u64> {
+        let v = self.version();
+        match self.resolve(true)? {
+            x if x == v => Ok(v),
+            _ => Err(Error::Storage(format!(
+                "two-phase update of database {:?} at version {v} was not committed",
+                self.database
+            ))),
+        }
+    }
+
+    /// Retracts it (ROLLBACK): multicasts ABORT; participants discard what they prepared
+    /// and the version is given back.
+    pub fn rollback(mut self) -> Result<()> {
+        self.resolve(false).map(|_| ())
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            let _ = self.resolve(false);
+        }
+    }
 }

@@ -102,6 +102,12 @@ counters!(
         journal_trimmed,
         /// Times the data directory was found low on free space.
         disk_low,
+        /// Two-phase updates prepared.
+        two_phase_prepared,
+        /// Two-phase updates committed.
+        two_phase_committed,
+        /// Two-phase updates aborted (refused, timed out, or rolled back).
+        two_phase_aborted,
         /// Repair requests refused (unknown database, versions that do not exist, bad frames).
         repair_errors,
     }
@@ -177,6 +183,16 @@ counters!(
         resync_fetched,
         /// Records deleted by hash resync.
         resync_deleted,
+        /// Two-phase PREPAREs received.
+        prepares_received,
+        /// Prepared updates discarded on ABORT.
+        prepares_aborted,
+        /// PREPARED votes sent.
+        votes_prepared,
+        /// REFUSED votes sent.
+        votes_refused,
+        /// Catch-ups served compacted (latest value per key).
+        catchups_compacted,
         /// Updates evicted from the reorder buffer (repaired later).
         reorder_evicted,
         /// Registrations refused (wrong credentials, revoked, not allowed).

@@ -11,17 +11,18 @@ use crate::net::repair_client::{ClientIdentity, RepairClient};
 use crate::net::tls::ClientTls;
 use crate::net::{socket, StopFlag};
 use crate::proto::{
-    decode_chain, ChainAssembler, ChainDrop, LossGenerator, OpenPacket, PacketReorder, Receiver,
-    ReceiverConfig, ReorderConfig,
+    decode_chain_records, ChainAssembler, ChainDrop, LossGenerator, OpenPacket, PacketReorder,
+    Receiver, ReceiverConfig, ReorderConfig,
 };
 use crate::publisher::validate_database_name;
 use crate::resync::ResyncReport;
 use crate::stats::{add, inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
 use crate::store::SubscriberStore;
-use crate::wire::control::{DatabaseInfo, ErrorCode};
+use crate::wire::control::{DatabaseInfo, ErrorCode, OUTCOME_PENDING};
 use crate::wire::packet::PacketHeader;
 use crate::wire::packet::{Heartbeat, PacketKind};
+use crate::wire::update::RecordKind;
 use crate::wire::update::{decode_update, Limits};
 use crate::{Error, Result, Update};
 use crossbeam_channel as chan;
@@ -34,6 +35,10 @@ use std::time::{Duration, Instant};
 /// A host callback, run on the subscription's process thread after each master
 /// transaction is committed to the replica, once per transaction, in version order.
 pub type UpdateCallback = Box<dyn FnMut(&Update) + Send + 'static>;
+
+/// A participant's vote on a two-phase update: `Ok` for PREPARED, `Err(reason)` to
+/// refuse. Runs on the subscription's process thread before anything is visible.
+pub type VoteCallback = Box<dyn FnMut(&Update) -> std::result::Result<(), String> + Send + 'static>;
 
 /// Most updates applied in one LMDB transaction.
 const APPLY_BATCH: usize = 1024;
@@ -176,6 +181,28 @@ impl Subscriber {
         name: &str,
         callback: Option<UpdateCallback>,
     ) -> Result<Subscription> {
+        self.subscribe_inner(name, callback, None)
+    }
+
+    /// Subscribes as a two-phase participant: every two-phase update of the database
+    /// waits for this replica's vote. `vote` may refuse (returning the reason); without
+    /// it the replica votes PREPARED whenever it can apply the update. It is called on
+    /// the process thread, before anything of the update is visible.
+    pub fn subscribe_participant(
+        &self,
+        name: &str,
+        callback: Option<UpdateCallback>,
+        vote: Option<VoteCallback>,
+    ) -> Result<Subscription> {
+        self.subscribe_inner(name, callback, Some(vote))
+    }
+
+    fn subscribe_inner(
+        &self,
+        name: &str,
+        callback: Option<UpdateCallback>,
+        participant: Option<Option<VoteCallback>>,
+    ) -> Result<Subscription> {
         validate_database_name(name)?;
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
         if self.closed.load(Ordering::SeqCst) {
@@ -186,7 +213,7 @@ impl Subscriber {
                 "already subscribed to database {name:?} in this subscriber"
             )));
         }
-        let shared = start(&self.config, &self.store, name, callback)?;
+        let shared = start(&self.config, &self.store, name, callback, participant)?;
         subs.insert(name.to_owned(), shared.clone());
         Ok(Subscription {
             _guard: Arc::new(CloseOnDrop(shared.clone())),
@@ -285,11 +312,26 @@ fn start(
     store: &Arc<SubscriberStore>,
     name: &str,
     callback: Option<UpdateCallback>,
+    participant: Option<Option<VoteCallback>>,
 ) -> Result<Arc<SubShared>> {
     let tables = store.tables(name)?;
     let applied = store.applied_version(name)?;
     let mut client = client_for(cfg, name)?;
+    client.set_participant(participant.is_some());
+    client.set_subscriber_id(store.subscriber_id(name)?);
     let info = client.hello()?;
+    if info.subscriber_id != store.subscriber_id(name)? {
+        store.set_subscriber_id(name, info.subscriber_id)?;
+    }
+    // A prepared two-phase update kept from before a restart: ask what became of it.
+    let mut held = None;
+    if let Some(p) = store.prepared(name)? {
+        if p.version > applied && client.outcome(p.version)? == OUTCOME_PENDING {
+            held = Some(p);
+        } else {
+            store.clear_prepared(name)?;
+        }
+    }
     let keyring = Arc::new(RwLock::new(keyring_from(&info)));
     let (sock, granted) =
         socket::receiver_socket(info.group, cfg.interface, cfg.recv_buffer_bytes)?;
@@ -339,6 +381,15 @@ fn start(
     receiver.on_heartbeat(Instant::now(), info.current_version);
     let now = Instant::now();
     let state = Process {
+        two_phase: TwoPhase {
+            participant: participant.is_some(),
+            vote: participant.flatten(),
+            durable: held.as_ref().map(|u| u.version),
+            pending: held,
+            voted: None,
+            acks: Vec::new(),
+        },
+        compact_after: cfg.compact_catch_up_after,
         receiver_config,
         shared: shared.clone(),
         source,
@@ -385,7 +436,25 @@ fn start(
     Ok(shared)
 }
 
+/// The subscriber's side of two-phase updates.
+struct TwoPhase {
+    /// Registered as a participant (votes and acknowledges).
+    participant: bool,
+    /// The host's vote.
+    vote: Option<VoteCallback>,
+    /// The prepared update held (never visible before COMMIT).
+    pending: Option<Update>,
+    /// Version of the prepared update kept in the store, if any.
+    durable: Option<u64>,
+    /// Version already voted on.
+    voted: Option<u64>,
+    /// Decisions to acknowledge.
+    acks: Vec<u64>,
+}
+
 struct Process {
+    two_phase: TwoPhase,
+    compact_after: u64,
     receiver_config: ReceiverConfig,
     shared: Arc<SubShared>,
     source: Arc<Mutex<Option<std::net::SocketAddr>>>,
@@ -434,6 +503,9 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
             }
         }
         st.maybe_hello_again(&mut client);
+        if st.two_phase_step(&mut client).is_err() {
+            break;
+        }
         if st.shared.force_resync.swap(false, Ordering::SeqCst) && st.resync(&mut client).is_err() {
             break;
         }
@@ -587,6 +659,114 @@ impl Process {
         self.release_ordered();
     }
 
+    /// Routes one record of a chain: committed updates to the version order, two-phase
+    /// records to the prepared-update state.
+    fn on_record(&mut self, now: Instant, kind: RecordKind, u: Update) {
+        let tp = &mut self.two_phase;
+        let held = tp.pending.as_ref().map(|p| p.version);
+        match kind {
+            RecordKind::Commit => {
+                if held == Some(u.version) {
+                    // The version was aborted and reused; what was prepared is void.
+                    tp.pending = None;
+                }
+                self.receiver.on_update(now, u);
+            }
+            RecordKind::Prepare => {
+                if u.version > self.receiver.applied() && held != Some(u.version) {
+                    inc(&self.shared.counters.prepares_received);
+                    tp.pending = Some(u);
+                    tp.voted = None;
+                }
+            }
+            RecordKind::CommitPrepared => {
+                if held == Some(u.version) {
+                    if let Some(p) = tp.pending.take() {
+                        self.receiver.on_update(now, p);
+                    }
+                } else {
+                    // Missed the PREPARE: the committed version is in the journal now.
+                    self.receiver.on_heartbeat(now, u.version);
+                }
+                if tp.participant && !tp.acks.contains(&u.version) {
+                    tp.acks.push(u.version);
+                }
+            }
+            RecordKind::Abort => {
+                if held == Some(u.version) {
+                    tp.pending = None;
+                    inc(&self.shared.counters.prepares_aborted);
+                }
+                if tp.participant && !tp.acks.contains(&u.version) {
+                    tp.acks.push(u.version);
+                }
+            }
+        }
+    }
+
+    /// Votes on the held prepared update once the replica is right before it, keeps it
+    /// durably first, sends acknowledgements, and forgets durable copies that are done.
+    fn two_phase_step(&mut self, client: &mut RepairClient) -> Result<()> {
+        let name = self.shared.name.clone();
+        let applied = self.receiver.applied();
+        let tp = &mut self.two_phase;
+        if tp.pending.as_ref().is_some_and(|p| p.version <= applied) {
+            tp.pending = None;
+        }
+        if tp.durable.is_some() && tp.pending.as_ref().map(|p| p.version) != tp.durable {
+            self.shared.store.clear_prepared(&name)?;
+            tp.durable = None;
+        }
+        for v in std::mem::take(&mut tp.acks) {
+            if let Err(e) = client.ack(v) {
+                log::debug!("{name}: acknowledging version {v}: {e}");
+            }
+        }
+        if !tp.participant {
+            return Ok(());
+        }
+        let Some(p) = tp.pending.as_ref() else {
+            return Ok(());
+        };
+        let v = p.version;
+        if tp.voted == Some(v) {
+            return Ok(());
+        }
+        if applied + 1 < v {
+            // Behind: repair first, then vote.
+            self.receiver.on_heartbeat(Instant::now(), v - 1);
+            return Ok(());
+        }
+        let verdict = match tp.vote.as_mut() {
+            Some(f) => {
+                let run = std::panic::AssertUnwindSafe(|| f(p));
+                std::panic::catch_unwind(run)
+                    .unwrap_or_else(|_| Err("vote callback panicked".into()))
+            }
+            None => Ok(()),
+        };
+        if verdict.is_ok() && tp.durable != Some(v) {
+            self.shared.store.put_prepared(&name, p)?;
+            tp.durable = Some(v);
+        }
+        let (ok, reason) = match &verdict {
+            Ok(()) => (true, String::new()),
+            Err(r) => (false, r.clone()),
+        };
+        match client.vote(v, ok, &reason) {
+            Ok(()) => {
+                tp.voted = Some(v);
+                inc(if ok {
+                    &self.shared.counters.votes_prepared
+                } else {
+                    &self.shared.counters.votes_refused
+                });
+            }
+            Err(e) => log::warn!("{name}: vote on version {v}: {e}"),
+        }
+        Ok(())
+    }
+
     fn on_ordered(&mut self, pkt: OpenPacket) {
         let c = &self.shared.counters;
         let now = Instant::now();
@@ -607,11 +787,11 @@ impl Process {
                 }
                 let Some(chain) = out.chain else { return };
                 let max = self.limits.max_update_bytes + (64 << 10);
-                match decode_chain(&chain, &self.limits, max) {
-                    Ok(updates) => {
+                match decode_chain_records(&chain, &self.limits, max) {
+                    Ok(records) => {
                         inc(&c.chains_received);
-                        for u in updates {
-                            self.receiver.on_update(now, u);
+                        for (kind, u) in records {
+                            self.on_record(now, kind, u);
                         }
                     }
                     Err(e) => {
@@ -762,9 +942,21 @@ impl Process {
         inc(&c.repairs_requested);
         let limits = self.limits;
         let mut failed_apply = None;
-        let result = client.catch_up(ranges, |bytes| {
+        // Far behind: the first range comes compacted (latest value per changed key).
+        let compacted = ranges
+            .first()
+            .filter(|&&(a, b)| b - a + 1 > self.compact_after && a == self.receiver.applied() + 1)
+            .copied();
+        let mut next_first = compacted.map_or(0, |(a, _)| a);
+        let mut on_bytes = |bytes: &[u8]| -> Result<()> {
             let u = decode_update(bytes, &limits)?;
-            self.receiver.on_update(Instant::now(), u);
+            if compacted.is_some() {
+                let first = next_first;
+                next_first = u.version + 1;
+                self.receiver.on_compacted(Instant::now(), first, u);
+            } else {
+                self.receiver.on_update(Instant::now(), u);
+            }
             // Apply as we go so a long catch-up neither holds everything in memory nor
             // delays callbacks until the end.
             if self.receiver.buffered_bytes() > APPLY_BATCH_BYTES / 2
@@ -776,14 +968,22 @@ impl Process {
                 }
             }
             Ok(())
-        });
+        };
+        let result = match compacted {
+            Some((a, b)) => client.compact(a, b, &mut on_bytes),
+            None => client.catch_up(ranges, &mut on_bytes),
+        };
         if let Some(e) = failed_apply {
             return Err(Error::Storage(e));
         }
         let now = Instant::now();
         match result {
             Ok(out) => {
-                inc(&c.catchups_journal);
+                inc(if compacted.is_some() {
+                    &c.catchups_compacted
+                } else {
+                    &c.catchups_journal
+                });
                 add(&c.repair_updates, out.updates);
                 add(&c.repair_bytes, out.bytes);
                 self.receiver.clamp_latest(out.current_version);

@@ -84,3 +84,23 @@ pub fn repair_client(
     };
     RepairClient::new(id, database, Duration::from_secs(10), 1 << 20)
 }
+
+/// Asserts that callbacks saw exactly `expected` versions, in order, once each, and says
+/// where they first differ (not the whole list).
+pub fn assert_versions(seen: &[u64], expected: std::ops::RangeInclusive<u64>) {
+    let want: Vec<u64> = expected.collect();
+    if seen != want.as_slice() {
+        let at = seen
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(seen.len().min(want.len()));
+        panic!(
+            "callbacks saw {} versions, expected {}; first difference at index {at}: saw {:?}, expected {:?}",
+            seen.len(),
+            want.len(),
+            seen.get(at),
+            want.get(at)
+        );
+    }
+}

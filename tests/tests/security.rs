@@ -163,7 +163,7 @@ fn key_rotation_under_loss_loses_nothing() {
             sub.iter().unwrap().collect::<Vec<_>>(),
             db.snapshot().unwrap()
         );
-        assert_eq!(*seen.lock().unwrap(), (1..=last).collect::<Vec<_>>());
+        assert_versions(&seen.lock().unwrap(), 1..=last);
         let st = sub.stats();
         assert!(st.key_changes >= 6, "{st:?}");
         assert!(st.dropped_injected > 0, "{st:?}");
@@ -305,8 +305,9 @@ fn outside_the_schedule_updates_arrive_by_repair_and_multicast_resumes() {
     }
     sub.wait_for_version(v, CONVERGE).unwrap();
     let after = p.stats();
-    assert!(after.data_packets_sent >= 200, "{after:?}");
-    assert!(sub.stats().chains_received >= 150, "{:?}", sub.stats());
+    // All 200 went out by multicast (possibly bundled into fewer chains under load).
+    assert!(after.updates_sent >= 200 && after.data_packets_sent > 0, "{after:?}");
+    assert!(sub.stats().chains_received > 0, "{:?}", sub.stats());
     assert_eq!(
         sub.iter().unwrap().collect::<Vec<_>>(),
         db.snapshot().unwrap()

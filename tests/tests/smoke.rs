@@ -24,7 +24,7 @@ fn one_subscriber_receives_updates() {
         s.iter().unwrap().collect::<Vec<_>>(),
         db.snapshot().unwrap()
     );
-    assert_eq!(*seen.lock().unwrap(), (1..=last).collect::<Vec<_>>());
+    assert_versions(&seen.lock().unwrap(), 1..=last);
     println!("{:?}", s.stats());
     println!("{:?}", publisher.stats());
 }

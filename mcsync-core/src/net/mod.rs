@@ -8,6 +8,7 @@ pub mod repair_client;
 pub mod repair_server;
 pub mod socket;
 pub mod tls;
+pub mod two_phase;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A committed update on its way to the multicaster.
 pub struct Outgoing {
@@ -28,6 +28,33 @@ pub enum McastCmd {
     Rekey(u32, crate::crypto::Key),
     /// Turn multicast of updates on or off (heartbeats continue).
     Multicast(bool),
+    /// Send a two-phase PREPARE record (no new committed version yet).
+    Control(Arc<Vec<u8>>),
+    /// Send a two-phase decision, and repeat it (backing off) until every participant
+    /// acknowledged it or it has been repeated for [`DECISION_REPEAT_FOR`].
+    Decision {
+        /// The decided version.
+        version: u64,
+        /// COMMIT (the version is now committed) or ABORT.
+        commit: bool,
+        /// The encoded decision record.
+        encoded: Arc<Vec<u8>>,
+    },
+    /// Every participant acknowledged the decision on this version.
+    DecisionDone(u64),
+}
+
+/// How long a two-phase decision is repeated at most (participants that have not
+/// acknowledged by then are declared failed; they learn the outcome by asking).
+pub const DECISION_REPEAT_FOR: Duration = Duration::from_secs(30);
+
+/// A decision being repeated.
+struct Repeat {
+    version: u64,
+    encoded: Arc<Vec<u8>>,
+    next: Instant,
+    interval: Duration,
+    until: Instant,
 }
 
 /// What a multicaster needs.
@@ -76,7 +103,18 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
     let mut datagram = Vec::with_capacity(p.config.datagram_bytes);
     let mut open = true;
     let mut last_counters = sender.counters().clone();
+    let mut repeat: Option<Repeat> = None;
     loop {
+        if let Some(r) = repeat.as_mut() {
+            let now = Instant::now();
+            if now >= r.until {
+                repeat = None;
+            } else if now >= r.next {
+                sender.push_control(r.encoded.clone());
+                r.interval = (r.interval * 2).min(Duration::from_millis(500));
+                r.next = now + r.interval;
+            }
+        }
         let now = Instant::now();
         while let Some(pkt) = sender.poll_transmit(now, wall_clock_us()) {
             if !p.keyring.seal(pkt.header, &pkt.payload, &mut datagram) {
@@ -94,7 +132,10 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
         if !open && !sender.is_busy() {
             return;
         }
-        let deadline = sender.next_timeout(Instant::now());
+        let mut deadline = sender.next_timeout(Instant::now());
+        if let Some(r) = &repeat {
+            deadline = deadline.min(r.next);
+        }
         if !open {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
             continue;
@@ -110,6 +151,30 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                             sender.rekey(Instant::now(), epoch);
                         }
                         McastCmd::Multicast(on) => sender.set_multicast(on),
+                        McastCmd::Control(encoded) => sender.push_control(encoded),
+                        McastCmd::Decision {
+                            version,
+                            commit,
+                            encoded,
+                        } => {
+                            sender.push_control(encoded.clone());
+                            if commit {
+                                sender.advance_to(version);
+                            }
+                            let now = Instant::now();
+                            repeat = Some(Repeat {
+                                version,
+                                encoded,
+                                next: now + Duration::from_millis(5),
+                                interval: Duration::from_millis(5),
+                                until: now + DECISION_REPEAT_FOR,
+                            });
+                        }
+                        McastCmd::DecisionDone(v) => {
+                            if repeat.as_ref().is_some_and(|r| r.version == v) {
+                                repeat = None;
+                            }
+                        }
                     }
                 }
             }

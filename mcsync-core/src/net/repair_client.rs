@@ -50,6 +50,7 @@ pub struct RepairClient {
     last_refusal: Option<ErrorCode>,
     bytes_sent: u64,
     bytes_received: u64,
+    participant: bool,
 }
 
 fn refused(code: ErrorCode, message: String) -> Error {
@@ -79,6 +80,7 @@ impl RepairClient {
             last_refusal: None,
             bytes_sent: 0,
             bytes_received: 0,
+            participant: false,
         }
     }
 
@@ -104,7 +106,11 @@ impl RepairClient {
             user: self.id.user.clone(),
             secret: self.id.secret.clone(),
             subscriber_id: self.subscriber_id,
-            flags: 0,
+            flags: if self.participant {
+                crate::wire::control::HELLO_PARTICIPANT
+            } else {
+                0
+            },
         };
         let reply = self.exchange(&hello).map_err(|e| match e {
             // The first exchange runs the TLS handshake: a certificate that fails
@@ -129,6 +135,56 @@ impl RepairClient {
     /// Registers (or re-registers) and returns the database's parameters and keys.
     pub fn hello(&mut self) -> Result<DatabaseInfo> {
         self.connect().inspect_err(|_| self.conn = None)
+    }
+
+    /// Registers as a two-phase participant from the next HELLO on.
+    pub fn set_participant(&mut self, on: bool) {
+        self.participant = on;
+    }
+
+    /// Reuses a registration id from an earlier run.
+    pub fn set_subscriber_id(&mut self, id: u64) {
+        self.subscriber_id = id;
+    }
+
+    fn expect_ok(&mut self, m: &Message) -> Result<()> {
+        match self.request(m)?.0 {
+            Message::Ok => Ok(()),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sends this participant's vote on a prepared version.
+    pub fn vote(&mut self, version: u64, prepared: bool, reason: &str) -> Result<()> {
+        self.expect_ok(&Message::Vote {
+            version,
+            prepared,
+            reason: reason.to_owned(),
+        })
+    }
+
+    /// Acknowledges a two-phase decision.
+    pub fn ack(&mut self, version: u64) -> Result<()> {
+        self.expect_ok(&Message::Ack { version })
+    }
+
+    /// Asks what became of a prepared version (`OUTCOME_*`).
+    pub fn outcome(&mut self, version: u64) -> Result<u8> {
+        match self.request(&Message::OutcomeRequest { version })?.0 {
+            Message::Outcome { state, .. } => Ok(state),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Fetches versions `first..=last` compacted, handing each encoded update (one per
+    /// journal chunk, at the chunk's last version) to `on_update`.
+    pub fn compact(
+        &mut self,
+        first: u64,
+        last: u64,
+        on_update: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<CatchupOutcome> {
+        self.stream_updates(&Message::CompactRequest { first, last }, on_update)
     }
 
     /// The code of the last error frame the publisher sent.
@@ -243,17 +299,25 @@ impl RepairClient {
     pub fn catch_up(
         &mut self,
         ranges: &[(u64, u64)],
-        mut on_update: impl FnMut(&[u8]) -> Result<()>,
+        on_update: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<CatchupOutcome> {
         let req = Message::CatchupRequest {
             ranges: ranges.to_vec(),
         };
+        self.stream_updates(&req, on_update)
+    }
+
+    fn stream_updates(
+        &mut self,
+        req: &Message,
+        mut on_update: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<CatchupOutcome> {
         let mut out = CatchupOutcome {
             current_version: 0,
             updates: 0,
             bytes: 0,
         };
-        let mut reply = self.request(&req)?;
+        let mut reply = self.request(req)?;
         loop {
             out.bytes += reply.1 as u64;
             match reply.0 {

@@ -9,6 +9,7 @@
 
 use super::frame::{read_message, write_message};
 use super::tls::{ServerTls, Stream};
+use super::two_phase::Coordinator;
 use super::StopFlag;
 use crate::auth::{Authenticator, FailureLimiter, Grant, Secret};
 use crate::crypto::Key;
@@ -16,9 +17,12 @@ use crate::proto::resync::{child_digests, key_hash, HashIndex, Range};
 use crate::stats::{add, inc, PublisherCounters};
 use crate::store::publisher::DbTables;
 use crate::store::PublisherStore;
-use crate::wire::control::{DatabaseInfo, ErrorCode, Message, CONTROL_VERSION, MAX_LIST_ENTRIES};
+use crate::wire::control::{
+    DatabaseInfo, ErrorCode, Message, CONTROL_VERSION, HELLO_PARTICIPANT, MAX_LIST_ENTRIES,
+    OUTCOME_ABORTED, OUTCOME_COMMITTED, OUTCOME_PENDING,
+};
 use crate::{Error, Result};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -43,6 +47,8 @@ pub trait PublishedDatabase: Send + Sync {
     fn resend(&self, stream_id: u32, seq: u64) -> Option<Arc<Vec<u8>>>;
     /// A subscriber registered (for multicast-on-first-subscription).
     fn on_registered(&self);
+    /// Every participant acknowledged the decision on `version`: stop repeating it.
+    fn decision_acknowledged(&self, version: u64);
 }
 
 /// A registered subscriber, as the publisher sees it.
@@ -60,6 +66,8 @@ pub struct SubscriberRecord {
     pub peer: SocketAddr,
     /// Registrations and repair sessions it opened.
     pub sessions: u64,
+    /// Whether it takes part in two-phase updates of its database.
+    pub participant: bool,
 }
 
 /// State shared by the accept thread and the connection threads.
@@ -87,6 +95,8 @@ pub struct ServerContext {
     /// Rotates a database's key (set by the publisher; used when the authenticator
     /// refuses a user that holds a registration).
     pub rotate: Mutex<Option<RotateFn>>,
+    /// Two-phase rounds, votes and acknowledgements.
+    pub two_phase: Coordinator,
     /// Registered subscribers by id.
     pub registry: Mutex<HashMap<u64, SubscriberRecord>>,
     /// Next registration id.
@@ -287,6 +297,7 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Message {
 /// snapshot it is working on.
 struct Session {
     user: String,
+    id: u64,
     groups: Vec<String>,
     db: Arc<dyn PublishedDatabase>,
     resync: Option<ResyncSnapshot>,
@@ -332,42 +343,74 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
         }
         let mut close = false;
         let answer = match msg {
-            Message::Hello {
+            hello_msg @ Message::Hello { .. } => match hello(ctx, peer, hello_msg) {
+                Ok((s, info)) => {
+                    session = Some(s);
+                    Ok(Message::HelloOk(info))
+                }
+                Err(m) => {
+                    close = matches!(
+                        m,
+                        Message::Error {
+                            code: ErrorCode::Auth,
+                            ..
+                        }
+                    );
+                    Err(m)
+                }
+            },
+            Message::Vote {
                 version,
-                database,
-                client,
-                user,
-                secret,
-                subscriber_id,
-                ..
+                prepared,
+                reason,
             } => {
-                let r = hello(
-                    ctx,
-                    peer,
-                    version,
-                    &database,
-                    &client,
-                    &user,
-                    &secret,
-                    subscriber_id,
-                );
-                match r {
-                    Ok((s, info)) => {
-                        session = Some(s);
-                        Ok(Message::HelloOk(info))
+                match &session {
+                    Some(s) => {
+                        let refusal = (!prepared).then_some(reason);
+                        if ctx.two_phase.vote(s.db.name(), version, s.id, refusal) {
+                            Ok(Message::Ok)
+                        } else {
+                            Err(error(
+                            ErrorCode::BadRequest,
+                            format!("no open two-phase round at version {version} for this participant"),
+                        ))
+                        }
                     }
-                    Err(m) => {
-                        close = matches!(
-                            m,
-                            Message::Error {
-                                code: ErrorCode::Auth,
-                                ..
-                            }
-                        );
-                        Err(m)
-                    }
+                    None => Err(error(ErrorCode::BadRequest, "vote before HELLO")),
                 }
             }
+            Message::Ack { version } => match &session {
+                Some(s) => {
+                    if ctx.two_phase.ack(s.db.name(), version, s.id) {
+                        s.db.decision_acknowledged(version);
+                    }
+                    Ok(Message::Ok)
+                }
+                None => Err(error(ErrorCode::BadRequest, "ack before HELLO")),
+            },
+            Message::OutcomeRequest { version } => match &session {
+                Some(s) => {
+                    let state = if ctx.two_phase.is_pending(s.db.name(), version) {
+                        OUTCOME_PENDING
+                    } else if version <= s.db.committed_version() {
+                        OUTCOME_COMMITTED
+                    } else {
+                        OUTCOME_ABORTED
+                    };
+                    Ok(Message::Outcome { version, state })
+                }
+                None => Err(error(ErrorCode::BadRequest, "outcome request before HELLO")),
+            },
+            Message::CompactRequest { first, last } => match &session {
+                Some(s) => {
+                    let mut w = BufWriter::with_capacity(256 << 10, conn.get_mut());
+                    let r = compact(ctx, s.db.as_ref(), first, last, &mut w);
+                    w.flush()
+                        .map_err(|e| Error::io("flushing compacted catch-up", e))?;
+                    r
+                }
+                None => Err(error(ErrorCode::BadRequest, "catch-up before HELLO")),
+            },
             Message::CatchupRequest { ranges } => match &session {
                 Some(s) => {
                     let mut w = BufWriter::with_capacity(256 << 10, conn.get_mut());
@@ -506,21 +549,28 @@ fn authenticate(
 fn hello(
     ctx: &ServerContext,
     peer: SocketAddr,
-    version: u8,
-    database: &str,
-    client: &str,
-    user: &str,
-    secret: &Secret,
-    subscriber_id: u64,
+    msg: Message,
 ) -> std::result::Result<(Session, DatabaseInfo), Message> {
+    let Message::Hello {
+        version,
+        database,
+        client,
+        user,
+        secret,
+        subscriber_id,
+        flags,
+    } = msg
+    else {
+        return Err(error(ErrorCode::BadRequest, "expected HELLO"));
+    };
     if version != CONTROL_VERSION {
         return Err(error(
             ErrorCode::Version,
             format!("control protocol {version} unsupported (server speaks {CONTROL_VERSION})"),
         ));
     }
-    let grant = authenticate(ctx, peer, user, secret)?;
-    if !grant.allows(database) {
+    let grant = authenticate(ctx, peer, &user, &secret)?;
+    if !grant.allows(&database) {
         inc(&ctx.counters.auth_failures);
         return Err(error(
             ErrorCode::Auth,
@@ -531,7 +581,7 @@ fn hello(
         .databases
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .get(database)
+        .get(&database)
         .cloned();
     let Some(db) = found else {
         return Err(error(
@@ -539,7 +589,17 @@ fn hello(
             format!("database {database:?} is not published"),
         ));
     };
-    let id = register(ctx, peer, database, client, user, subscriber_id);
+    let participant = flags & HELLO_PARTICIPANT != 0;
+    let record = SubscriberRecord {
+        id: subscriber_id,
+        user: user.clone(),
+        database,
+        client,
+        peer,
+        sessions: 1,
+        participant,
+    };
+    let id = register(ctx, record);
     db.on_registered();
     inc(&ctx.counters.registrations);
     let mut info = db.info();
@@ -547,7 +607,8 @@ fn hello(
     info.groups = grant.groups.clone();
     info.subscriber_id = id;
     let session = Session {
-        user: user.to_owned(),
+        user,
+        id,
         groups: grant.groups,
         db,
         resync: None,
@@ -557,34 +618,25 @@ fn hello(
 
 /// Records the registration; an id from an earlier HELLO of the same user and database is
 /// kept, so one subscriber has one record however often it reconnects.
-fn register(
-    ctx: &ServerContext,
-    peer: SocketAddr,
-    database: &str,
-    client: &str,
-    user: &str,
-    id: u64,
-) -> u64 {
+fn register(ctx: &ServerContext, mut record: SubscriberRecord) -> u64 {
     let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = reg.get_mut(&id) {
-        if r.user == user && r.database == database {
+    if let Some(r) = reg.get_mut(&record.id) {
+        if r.user == record.user && r.database == record.database {
             r.sessions += 1;
-            r.peer = peer;
-            return id;
+            r.peer = record.peer;
+            r.participant = record.participant;
+            return record.id;
         }
     }
-    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    reg.insert(
-        id,
-        SubscriberRecord {
-            id,
-            user: user.to_owned(),
-            database: database.to_owned(),
-            client: client.to_owned(),
-            peer,
-            sessions: 1,
-        },
-    );
+    // An id the publisher does not know (it restarted) is taken over if free, so a
+    // participant keeps its identity; otherwise a fresh one is drawn.
+    if record.id == 0 || reg.contains_key(&record.id) {
+        record.id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    } else {
+        ctx.next_id.fetch_max(record.id + 1, Ordering::Relaxed);
+    }
+    let id = record.id;
+    reg.insert(id, record);
     id
 }
 
@@ -656,6 +708,80 @@ fn fetch(
         add(&ctx.counters.repair_bytes_sent, n as u64);
     }
     Ok(Message::FetchEnd { missing })
+}
+
+/// Encoded journal bytes folded into one compacted update.
+const COMPACT_CHUNK_BYTES: usize = 8 << 20;
+
+/// Streams versions `first..=last` compacted: the journal is read in chunks, and each
+/// chunk becomes one update at the chunk's last version holding only the latest operation
+/// on each key it touched. Applied in order after version `first - 1`, each leaves the
+/// replica exactly at the master's state of its version.
+fn compact(
+    ctx: &ServerContext,
+    db: &dyn PublishedDatabase,
+    first: u64,
+    last: u64,
+    w: &mut impl Write,
+) -> std::result::Result<Message, Message> {
+    let current = db.committed_version();
+    let tables = db.tables();
+    let internal = |e: Error| error(ErrorCode::Internal, e.to_string());
+    if first > current {
+        return Err(error(
+            ErrorCode::NoSuchVersion,
+            format!("versions {first}..={last} do not exist: latest version is {current}"),
+        ));
+    }
+    let oldest = ctx.store.oldest_version(tables).map_err(internal)?;
+    if oldest > first {
+        return Err(error(
+            ErrorCode::Trimmed,
+            format!("version {first} is no longer in the journal (oldest is {oldest})"),
+        ));
+    }
+    inc(&ctx.counters.repairs_served);
+    let limits = crate::wire::update::Limits {
+        max_update_bytes: usize::MAX,
+    };
+    let last = last.min(current);
+    let mut next = first;
+    while next <= last {
+        let batch = ctx
+            .store
+            .read_journal(tables, next, last, usize::MAX, COMPACT_CHUNK_BYTES)
+            .map_err(internal)?;
+        let Some(&(top, _)) = batch.last() else {
+            return Err(error(
+                ErrorCode::Internal,
+                format!("journal has no version {next}"),
+            ));
+        };
+        let mut latest: BTreeMap<Vec<u8>, crate::Op> = BTreeMap::new();
+        let mut ts = 0;
+        for (_, bytes) in &batch {
+            let u = crate::wire::update::decode_update(bytes, &limits)
+                .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
+            ts = u.timestamp_us;
+            for op in u.ops {
+                latest.insert(op.key.clone(), op);
+            }
+        }
+        let u = crate::Update {
+            version: top,
+            timestamp_us: ts,
+            ops: latest.into_values().collect(),
+        };
+        let bytes = crate::wire::update::update_to_vec(&u);
+        let n = write_message(w, &Message::CatchupUpdate(bytes))
+            .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
+        inc(&ctx.counters.repair_updates_sent);
+        add(&ctx.counters.repair_bytes_sent, n as u64);
+        next = top + 1;
+    }
+    Ok(Message::CatchupEnd {
+        current_version: current,
+    })
 }
 
 /// Most packets resent for one request.

@@ -24,4 +24,4 @@ pub use reorder::{OpenPacket, PacketReorder, ReorderConfig, ReorderCounters};
 pub use replay::ReplayWindow;
 pub use resync::{HashIndex, Range, ResyncPlanner, ResyncStep};
 pub use retransmit::RetransmitBuffer;
-pub use sender::{decode_chain, Sender, SenderConfig, SenderCounters};
+pub use sender::{decode_chain, decode_chain_records, Sender, SenderConfig, SenderCounters};

@@ -167,21 +167,48 @@ impl Receiver {
         let (u, size) = self.buffer.remove(&(self.applied + 1))?;
         self.buffer_bytes -= size;
         self.applied = u.version;
+        // A compacted update covers several versions: drop what it made redundant.
+        while let Some((&k, _)) = self.buffer.first_key_value() {
+            if k > self.applied {
+                break;
+            }
+            if let Some((_, size)) = self.buffer.remove(&k) {
+                self.buffer_bytes -= size;
+            }
+        }
         Some(u)
+    }
+
+    /// Feeds a compacted update: the net effect of versions `first..=update.version`,
+    /// applied as one step once the replica is at `first - 1`.
+    pub fn on_compacted(&mut self, now: Instant, first: u64, update: Update) -> bool {
+        if first <= self.applied || update.version < first {
+            self.counters.duplicates += 1;
+            return false;
+        }
+        self.known_latest = self.known_latest.max(update.version);
+        let size = update_size(&update);
+        if let Some((_, old)) = self.buffer.insert(first, (update, size)) {
+            self.buffer_bytes -= old;
+        }
+        self.buffer_bytes += size;
+        self.evict();
+        self.note_gap(now);
+        true
     }
 
     /// Missing inclusive ranges in (applied, known_latest], at most `max_ranges`.
     pub fn missing(&self) -> RepairRanges {
         let mut out = Vec::new();
         let mut next = self.applied + 1;
-        for &v in self.buffer.keys() {
+        for (&v, (u, _)) in &self.buffer {
             if out.len() == self.config.max_ranges {
                 return out;
             }
             if v > next {
                 out.push((next, v - 1));
             }
-            next = v + 1;
+            next = next.max(u.version + 1);
         }
         if next <= self.known_latest && out.len() < self.config.max_ranges {
             out.push((next, self.known_latest));

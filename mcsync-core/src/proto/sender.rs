@@ -4,7 +4,7 @@
 
 use super::{ChainBuilder, HeartbeatTimer, Pacer, PlainPacket};
 use crate::wire::packet::{Compression, Heartbeat};
-use crate::wire::update::encode_bundle;
+use crate::wire::update::{encode_bundle, RecordKind};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +61,9 @@ pub struct Sender {
     changekey_until: Option<Instant>,
 }
 
+/// Queue marker of records that carry no new version.
+const CONTROL_VERSION: u64 = 0;
+
 /// How long packets carry CHANGEKEY after a rotation.
 const CHANGEKEY_FOR: Duration = Duration::from_secs(2);
 
@@ -92,7 +95,16 @@ impl Sender {
 
     /// Queues an encoded update of version `version` (versions arrive in order).
     pub fn push(&mut self, version: u64, encoded: Arc<Vec<u8>>) {
-        debug_assert!(version > self.queue.back().map_or(self.pending_top, |q| q.0));
+        debug_assert!(
+            version
+                > self
+                    .queue
+                    .iter()
+                    .rev()
+                    .map(|q| q.0)
+                    .find(|&v| v != CONTROL_VERSION)
+                    .unwrap_or(self.pending_top)
+        );
         self.queue.push_back((version, encoded));
     }
 
@@ -112,6 +124,22 @@ impl Sender {
     /// Whether updates are multicast.
     pub fn multicast(&self) -> bool {
         self.multicast
+    }
+
+    /// Queues a record that is not a new committed version (a two-phase PREPARE or
+    /// decision): it is sent in order with the updates but does not move the version
+    /// heartbeats announce.
+    pub fn push_control(&mut self, encoded: Arc<Vec<u8>>) {
+        self.queue.push_back((CONTROL_VERSION, encoded));
+    }
+
+    /// The committed version moved to `v` without new data (a prepared update was
+    /// committed): heartbeats announce it from now on.
+    pub fn advance_to(&mut self, v: u64) {
+        self.pending_top = self.pending_top.max(v);
+        if self.pending.is_empty() && self.queue.is_empty() {
+            self.sent_version = self.sent_version.max(v);
+        }
     }
 
     /// Sets the oldest version the journal can serve (announced in heartbeats).
@@ -154,7 +182,7 @@ impl Sender {
             n += 1;
         }
         let taken: Vec<_> = self.queue.drain(..n).collect();
-        self.pending_top = taken.last().map_or(self.pending_top, |t| t.0);
+        self.pending_top = taken.iter().map(|t| t.0).fold(self.pending_top, u64::max);
         self.scratch.clear();
         encode_bundle(taken.iter().map(|(_, u)| u.as_slice()), &mut self.scratch);
         let mut compression = Compression::None;
@@ -190,11 +218,18 @@ impl Sender {
 
     fn poll_packet(&mut self, now: Instant, wall_us: u64) -> Option<PlainPacket> {
         if !self.multicast {
-            if let Some(&(v, _)) = self.queue.back() {
-                self.queue.clear();
-                self.pending_top = v;
+            // Updates are skipped (they are in the journal); two-phase records still go.
+            let top = self
+                .queue
+                .iter()
+                .map(|q| q.0)
+                .max()
+                .unwrap_or(CONTROL_VERSION);
+            if top != CONTROL_VERSION {
+                self.queue.retain(|q| q.0 == CONTROL_VERSION);
+                self.pending_top = self.pending_top.max(top);
                 if self.pending.is_empty() {
-                    self.sent_version = v;
+                    self.sent_version = self.pending_top;
                 }
             }
         }
@@ -253,9 +288,25 @@ pub fn decode_chain(
     limits: &crate::wire::update::Limits,
     max_chain: usize,
 ) -> Result<Vec<crate::Update>, crate::wire::WireError> {
+    decode_chain_records(chain, limits, max_chain)?
+        .into_iter()
+        .map(|(k, u)| match k {
+            RecordKind::Commit => Ok(u),
+            other => Err(crate::wire::WireError::Invalid("update kind", other as u64)),
+        })
+        .collect()
+}
+
+/// Like [`decode_chain`], keeping two-phase records (PREPARE, COMMIT, ABORT) with their kind.
+pub fn decode_chain_records(
+    chain: &super::Chain,
+    limits: &crate::wire::update::Limits,
+    max_chain: usize,
+) -> Result<Vec<(RecordKind, crate::Update)>, crate::wire::WireError> {
+    use crate::wire::update::decode_bundle_records;
     use crate::wire::WireError;
     match chain.compression {
-        Compression::None => crate::wire::update::decode_bundle(&chain.bytes, limits),
+        Compression::None => decode_bundle_records(&chain.bytes, limits),
         Compression::Lz4 => {
             let b = &chain.bytes;
             if b.len() < 4 {
@@ -267,7 +318,7 @@ pub fn decode_chain(
             }
             let raw = lz4_flex::block::decompress(&b[4..], size)
                 .map_err(|_| WireError::Invalid("lz4 data", 0))?;
-            crate::wire::update::decode_bundle(&raw, limits)
+            decode_bundle_records(&raw, limits)
         }
     }
 }

@@ -22,6 +22,7 @@ pub struct ReplicaTables {
 pub struct SubscriberStore {
     env: Env,
     meta: Database,
+    prepared: Database,
 }
 
 fn applied_key(name: &str) -> String {
@@ -33,7 +34,12 @@ impl SubscriberStore {
     pub fn open(dir: &Path, map_size: usize) -> Result<SubscriberStore> {
         let env = Env::open(dir, map_size)?;
         let meta = env.db("meta")?;
-        Ok(SubscriberStore { env, meta })
+        let prepared = env.db("prepared")?;
+        Ok(SubscriberStore {
+            env,
+            meta,
+            prepared,
+        })
     }
 
     /// Opens (creating) the tables of database `name`.
@@ -92,6 +98,52 @@ impl SubscriberStore {
     pub fn all(&self, tables: ReplicaTables) -> Result<Vec<crate::Record>> {
         self.env
             .read(|txn| super::read_all(txn, tables.records.data))
+    }
+
+    /// Keeps a prepared two-phase update of `name` durably (replacing any earlier one).
+    pub fn put_prepared(&self, name: &str, u: &Update) -> Result<()> {
+        let bytes = crate::wire::update::update_to_vec(u);
+        self.env
+            .write(|txn| txn.put(self.prepared, &name, &bytes, WriteFlags::empty()))
+    }
+
+    /// The prepared two-phase update of `name`, if one is kept.
+    pub fn prepared(&self, name: &str) -> Result<Option<Update>> {
+        let bytes = self.env.read(|txn| match txn.get(self.prepared, &name) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(lmdb::Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        })?;
+        let limits = crate::wire::update::Limits {
+            max_update_bytes: usize::MAX,
+        };
+        bytes
+            .map(|b| crate::wire::update::decode_update(&b, &limits))
+            .transpose()
+            .map_err(|e| crate::Error::Storage(format!("prepared update of {name:?}: {e}")))
+    }
+
+    /// Forgets the prepared update of `name`.
+    pub fn clear_prepared(&self, name: &str) -> Result<()> {
+        self.env
+            .write(|txn| match txn.del(self.prepared, &name, None) {
+                Ok(()) | Err(lmdb::Error::NotFound) => Ok(()),
+                Err(e) => Err(e),
+            })
+    }
+
+    /// The registration id the publisher gave this replica of `name` (0 if none yet).
+    pub fn subscriber_id(&self, name: &str) -> Result<u64> {
+        let key = format!("sid:{name}");
+        self.env
+            .read(|txn| Ok(get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0)))
+    }
+
+    /// Remembers the registration id (so a restarted participant keeps its identity).
+    pub fn set_subscriber_id(&self, name: &str, id: u64) -> Result<()> {
+        let key = format!("sid:{name}");
+        self.env
+            .write(|txn| txn.put(self.meta, &key, &id.to_be_bytes(), WriteFlags::empty()))
     }
 
     /// The incrementally kept state digest and the applied version, read together.

@@ -194,6 +194,41 @@ pub enum Message {
         /// Key hashes not found (deleted since the snapshot, or unknown).
         missing: u64,
     },
+    /// Participant → publisher: its vote on a prepared two-phase version.
+    Vote {
+        /// The prepared version.
+        version: u64,
+        /// PREPARED (true) or REFUSED (false).
+        prepared: bool,
+        /// Why it refused (empty when prepared).
+        reason: String,
+    },
+    /// Participant → publisher: it applied (COMMIT) or discarded (ABORT) the version.
+    Ack {
+        /// The decided version.
+        version: u64,
+    },
+    /// Participant → publisher: what became of a version it holds prepared (asked after
+    /// a restart).
+    OutcomeRequest {
+        /// The prepared version.
+        version: u64,
+    },
+    /// Publisher → participant: the answer to OUTCOME_REQUEST.
+    Outcome {
+        /// The version asked about.
+        version: u64,
+        /// 1 committed, 2 aborted, 3 still pending.
+        state: u8,
+    },
+    /// Client → publisher: send versions `first..=last` compacted: per chunk of the
+    /// journal, one update holding the latest operation on each key it changed.
+    CompactRequest {
+        /// First version wanted.
+        first: u64,
+        /// Last version wanted.
+        last: u64,
+    },
     /// Either direction: a failure, with a code and a human-readable message.
     Error {
         /// Machine-readable code.
@@ -223,6 +258,19 @@ const T_LIST_REPLY: u8 = 17;
 const T_FETCH_REQUEST: u8 = 18;
 const T_FETCH_RECORD: u8 = 19;
 const T_FETCH_END: u8 = 20;
+const T_VOTE: u8 = 21;
+const T_ACK: u8 = 22;
+const T_OUTCOME_REQUEST: u8 = 23;
+const T_OUTCOME: u8 = 24;
+const T_COMPACT_REQUEST: u8 = 25;
+/// HELLO flag: the subscriber takes part in two-phase updates.
+pub const HELLO_PARTICIPANT: u8 = 1;
+/// OUTCOME state: committed.
+pub const OUTCOME_COMMITTED: u8 = 1;
+/// OUTCOME state: aborted (or rolled back).
+pub const OUTCOME_ABORTED: u8 = 2;
+/// OUTCOME state: still being decided.
+pub const OUTCOME_PENDING: u8 = 3;
 /// Most entries in one list reply.
 pub const MAX_LIST_ENTRIES: usize = 1 << 20;
 
@@ -449,6 +497,34 @@ impl Message {
                 out.put_u8(T_FETCH_END);
                 out.put_u64(*missing);
             }
+            Message::Vote {
+                version,
+                prepared,
+                reason,
+            } => {
+                out.put_u8(T_VOTE);
+                out.put_u64(*version);
+                out.put_u8(u8::from(*prepared));
+                out.put_str16(reason);
+            }
+            Message::Ack { version } => {
+                out.put_u8(T_ACK);
+                out.put_u64(*version);
+            }
+            Message::OutcomeRequest { version } => {
+                out.put_u8(T_OUTCOME_REQUEST);
+                out.put_u64(*version);
+            }
+            Message::Outcome { version, state } => {
+                out.put_u8(T_OUTCOME);
+                out.put_u64(*version);
+                out.put_u8(*state);
+            }
+            Message::CompactRequest { first, last } => {
+                out.put_u8(T_COMPACT_REQUEST);
+                out.put_u64(*first);
+                out.put_u64(*last);
+            }
             Message::CatchupRequest { ranges } => {
                 out.put_u8(T_CATCHUP_REQUEST);
                 put_ranges(out, ranges);
@@ -558,6 +634,37 @@ impl Message {
             T_FETCH_END => Message::FetchEnd {
                 missing: r.u64("missing")?,
             },
+            T_VOTE => Message::Vote {
+                version: r.u64("version")?,
+                prepared: match r.u8("vote")? {
+                    0 => false,
+                    1 => true,
+                    v => return Err(WireError::Invalid("vote", v.into())),
+                },
+                reason: r.str16("reason")?.to_owned(),
+            },
+            T_ACK => Message::Ack {
+                version: r.u64("version")?,
+            },
+            T_OUTCOME_REQUEST => Message::OutcomeRequest {
+                version: r.u64("version")?,
+            },
+            T_OUTCOME => {
+                let version = r.u64("version")?;
+                let state = r.u8("outcome")?;
+                if !(OUTCOME_COMMITTED..=OUTCOME_PENDING).contains(&state) {
+                    return Err(WireError::Invalid("outcome", state.into()));
+                }
+                Message::Outcome { version, state }
+            }
+            T_COMPACT_REQUEST => {
+                let first = r.u64("first")?;
+                let last = r.u64("last")?;
+                if first == 0 || last < first {
+                    return Err(WireError::Invalid("range", first));
+                }
+                Message::CompactRequest { first, last }
+            }
             T_CATCHUP_REQUEST => Message::CatchupRequest {
                 ranges: read_ranges(&mut r)?,
             },

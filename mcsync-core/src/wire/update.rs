@@ -14,6 +14,32 @@ use crate::update::{Op, OpKind, Update};
 
 /// Update kind byte: a one-phase committed transaction.
 pub const KIND_COMMIT: u8 = 1;
+
+/// What a record in a chain (or catch-up stream) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A committed master transaction (one-phase, or a two-phase one once committed).
+    Commit = 1,
+    /// A two-phase update proposed at its version, not yet committed: hold it, vote, and
+    /// show nothing until COMMIT.
+    Prepare = 2,
+    /// The prepared update of this version is committed (no ops).
+    CommitPrepared = 3,
+    /// The prepared update of this version is aborted or rolled back (no ops).
+    Abort = 4,
+}
+
+impl RecordKind {
+    fn from_u8(v: u8) -> Option<RecordKind> {
+        Some(match v {
+            1 => RecordKind::Commit,
+            2 => RecordKind::Prepare,
+            3 => RecordKind::CommitPrepared,
+            4 => RecordKind::Abort,
+            _ => return None,
+        })
+    }
+}
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 /// Smallest possible encoded op, used to bound counts before allocating.
@@ -85,10 +111,15 @@ pub fn validate_op(op: &Op) -> Result<(), String> {
 
 /// Appends an encoded update.
 pub fn encode_update(u: &Update, out: &mut Vec<u8>) {
+    encode_record(RecordKind::Commit, u, out);
+}
+
+/// Appends an encoded record of the given kind.
+pub fn encode_record(kind: RecordKind, u: &Update, out: &mut Vec<u8>) {
     out.reserve(update_encoded_len(&u.ops));
     out.put_u64(u.version);
     out.put_u64(u.timestamp_us);
-    out.put_u8(KIND_COMMIT);
+    out.put_u8(kind as u8);
     out.put_u32(u.ops.len() as u32);
     for op in &u.ops {
         out.put_u8(match op.kind {
@@ -128,16 +159,22 @@ pub fn peek_timestamp(buf: &[u8]) -> Result<u64, WireError> {
 
 /// Parses one encoded update that fills `buf` exactly.
 pub fn decode_update(buf: &[u8], limits: &Limits) -> Result<Update, WireError> {
+    match decode_record(buf, limits)? {
+        (RecordKind::Commit, u) => Ok(u),
+        (k, _) => Err(WireError::Invalid("update kind", k as u64)),
+    }
+}
+
+/// Parses one encoded record of any kind that fills `buf` exactly.
+pub fn decode_record(buf: &[u8], limits: &Limits) -> Result<(RecordKind, Update), WireError> {
     if buf.len() > limits.max_update_bytes {
         return Err(WireError::TooLong("update", buf.len() as u64));
     }
     let mut r = Reader::new(buf);
     let version = r.u64("version")?;
     let timestamp_us = r.u64("timestamp")?;
-    let kind = r.u8("update kind")?;
-    if kind != KIND_COMMIT {
-        return Err(WireError::Invalid("update kind", kind.into()));
-    }
+    let raw = r.u8("update kind")?;
+    let kind = RecordKind::from_u8(raw).ok_or(WireError::Invalid("update kind", raw.into()))?;
     let n = r.u32("op count")? as usize;
     if n > r.remaining() / MIN_OP_LEN {
         return Err(WireError::TooLong("op count", n as u64));
@@ -147,11 +184,12 @@ pub fn decode_update(buf: &[u8], limits: &Limits) -> Result<Update, WireError> {
         ops.push(decode_op(&mut r)?);
     }
     r.finish()?;
-    Ok(Update {
+    let u = Update {
         version,
         timestamp_us,
         ops,
-    })
+    };
+    Ok((kind, u))
 }
 
 fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
@@ -203,6 +241,20 @@ pub fn encode_bundle<'a>(updates: impl ExactSizeIterator<Item = &'a [u8]>, out: 
 
 /// Parses a bundle into its updates.
 pub fn decode_bundle(buf: &[u8], limits: &Limits) -> Result<Vec<Update>, WireError> {
+    decode_bundle_records(buf, limits)?
+        .into_iter()
+        .map(|(k, u)| match k {
+            RecordKind::Commit => Ok(u),
+            other => Err(WireError::Invalid("update kind", other as u64)),
+        })
+        .collect()
+}
+
+/// Parses a bundle into its records, whatever their kind.
+pub fn decode_bundle_records(
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Vec<(RecordKind, Update)>, WireError> {
     let mut r = Reader::new(buf);
     let n = r.u16("update count")? as usize;
     if n == 0 || n > r.remaining() / (4 + UPDATE_FIXED_LEN) {
@@ -211,7 +263,7 @@ pub fn decode_bundle(buf: &[u8], limits: &Limits) -> Result<Vec<Update>, WireErr
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let b = r.blob32(limits.max_update_bytes, "update")?;
-        out.push(decode_update(b, limits)?);
+        out.push(decode_record(b, limits)?);
     }
     r.finish()?;
     Ok(out)

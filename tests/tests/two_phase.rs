@@ -1,0 +1,250 @@
+//! Two-phase updates, rollback, and compacted catch-up.
+
+use mcsync::{ErrorKind, Publisher, Subscriber, Subscription};
+use mcsync_tests::*;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const DB: &str = "ledger";
+
+struct Participant {
+    _s: Subscriber,
+    sub: Subscription,
+    seen: Arc<Mutex<Vec<u64>>>,
+}
+
+fn participant(
+    dir: &Path,
+    p: &Publisher,
+    name: &str,
+    loss: Option<(f64, u64)>,
+    vote: Option<mcsync::VoteCallback>,
+) -> Participant {
+    let mut c = subscriber_config(&dir.join(name), p, loss);
+    c.client_name = name.into();
+    let s = Subscriber::open(c).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let cb: mcsync::UpdateCallback = Box::new(move |u| s2.lock().unwrap().push(u.version));
+    let sub = s.subscribe_participant(DB, Some(cb), vote).unwrap();
+    Participant { _s: s, sub, seen }
+}
+
+fn wait_participants(p: &Publisher, n: usize) {
+    for _ in 0..200 {
+        if p.subscribers().iter().filter(|r| r.participant).count() == n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{n} participants did not register");
+}
+
+#[test]
+fn all_prepared_commits_everywhere_and_callbacks_follow_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    db.put("a", "1").unwrap();
+    let parts: Vec<_> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|n| participant(dir.path(), &p, n, None, None))
+        .collect();
+    let observer = open_subscriber(&dir.path().join("observer"), &p, None);
+    let obs = observer.subscribe(DB, |_| {}).unwrap();
+    wait_participants(&p, 3);
+    let mut t = db.transaction();
+    t.put("balance", "100").unwrap();
+    t.put("owner", "alice").unwrap();
+    let v = t.commit_two_phase(Duration::from_secs(10)).unwrap();
+    assert_eq!(v, 2);
+    for x in parts.iter().map(|x| &x.sub).chain([&obs]) {
+        x.wait_for_version(v, CONVERGE).unwrap();
+        assert_eq!(x.get("balance").unwrap().as_deref(), Some(&b"100"[..]));
+    }
+    for x in &parts {
+        assert_versions(&x.seen.lock().unwrap(), 1..=2);
+        assert!(x.sub.stats().votes_prepared >= 1);
+    }
+    // One-phase updates continue after it, in one total order.
+    assert_eq!(db.put("after", "x").unwrap(), 3);
+    let st = p.stats();
+    assert_eq!((st.two_phase_committed, st.two_phase_aborted), (1, 0));
+}
+
+#[test]
+fn a_refusal_aborts_everywhere_and_names_the_refuser() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    db.put("a", "1").unwrap();
+    let no: mcsync::VoteCallback = Box::new(|u| {
+        if u.ops.iter().any(|o| o.key == b"forbidden") {
+            Err("key not allowed here".into())
+        } else {
+            Ok(())
+        }
+    });
+    let parts = vec![
+        participant(dir.path(), &p, "yes-1", None, None),
+        participant(dir.path(), &p, "strict", None, Some(no)),
+        participant(dir.path(), &p, "yes-2", None, None),
+    ];
+    wait_participants(&p, 3);
+    let mut t = db.transaction();
+    t.put("forbidden", "x").unwrap();
+    let err = t.commit_two_phase(Duration::from_secs(10)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    let text = err.to_string();
+    assert!(
+        text.contains("strict") && text.contains("key not allowed here"),
+        "{text}"
+    );
+    // The version was given back; nothing is visible anywhere.
+    let v = db.put("b", "2").unwrap();
+    assert_eq!(v, 2);
+    for x in &parts {
+        x.sub.wait_for_version(v, CONVERGE).unwrap();
+        assert_eq!(x.sub.get("forbidden").unwrap(), None);
+        assert_versions(&x.seen.lock().unwrap(), 1..=2);
+    }
+    assert_eq!(db.get("forbidden").unwrap(), None);
+}
+
+#[test]
+fn an_unresponsive_participant_times_out_and_is_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    db.put("a", "1").unwrap();
+    let hang: mcsync::VoteCallback = Box::new(|_| {
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(())
+    });
+    let ok = participant(dir.path(), &p, "healthy", None, None);
+    let stuck = participant(dir.path(), &p, "stuck", None, Some(hang));
+    wait_participants(&p, 2);
+    let mut t = db.transaction();
+    t.put("k", "v").unwrap();
+    let err = t.commit_two_phase(Duration::from_millis(800)).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("no answer in time from stuck"), "{text}");
+    stuck.sub.close().unwrap();
+    let v = db.put("k2", "v2").unwrap();
+    ok.sub.wait_for_version(v, CONVERGE).unwrap();
+    assert_eq!(
+        ok.sub.get("k").unwrap(),
+        None,
+        "the aborted update never shows"
+    );
+    assert_eq!(v, 2);
+}
+
+#[test]
+fn lost_commit_packets_still_commit_via_repeats_and_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    let lossy = participant(dir.path(), &p, "lossy", Some((0.3, 77)), None);
+    let clean = participant(dir.path(), &p, "clean", None, None);
+    wait_participants(&p, 2);
+    let mut last = 0;
+    for i in 0..10u32 {
+        let mut t = db.transaction();
+        t.put(format!("k{i}"), format!("{i}")).unwrap();
+        last = t.commit_two_phase(Duration::from_secs(20)).unwrap();
+    }
+    for x in [&lossy, &clean] {
+        x.sub.wait_for_version(last, CONVERGE).unwrap();
+        assert_eq!(
+            x.sub.iter().unwrap().collect::<Vec<_>>(),
+            db.snapshot().unwrap()
+        );
+        assert_versions(&x.seen.lock().unwrap(), 1..=last);
+    }
+    assert!(lossy.sub.stats().dropped_injected > 0);
+}
+
+#[test]
+fn a_participant_restarted_between_prepared_and_commit_learns_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    db.put("a", "1").unwrap();
+    let stay = participant(dir.path(), &p, "stay", None, None);
+    let restart = participant(dir.path(), &p, "restart", None, None);
+    wait_participants(&p, 2);
+    restart.sub.wait_for_version(1, CONVERGE).unwrap();
+    let mut t = db.transaction();
+    t.put("k", "committed while away").unwrap();
+    let prepared = t.prepare(Duration::from_secs(10)).unwrap();
+    // Restart the participant (it keeps its prepared update on disk).
+    drop(restart);
+    let v = prepared.commit().unwrap();
+    let back = participant(dir.path(), &p, "restart", None, None);
+    back.sub.wait_for_version(v, CONVERGE).unwrap();
+    assert_eq!(
+        back.sub.get("k").unwrap().as_deref(),
+        Some(&b"committed while away"[..])
+    );
+    stay.sub.wait_for_version(v, CONVERGE).unwrap();
+    // Rollback of a prepared update: nothing shows, and the version is given back.
+    let mut t = db.transaction();
+    t.put("k", "retracted").unwrap();
+    let prepared = t.prepare(Duration::from_secs(10)).unwrap();
+    assert_eq!(prepared.version(), v + 1);
+    prepared.rollback().unwrap();
+    assert_eq!(db.put("z", "1").unwrap(), v + 1);
+    stay.sub.wait_for_version(v + 1, CONVERGE).unwrap();
+    assert_eq!(
+        stay.sub.get("k").unwrap().as_deref(),
+        Some(&b"committed while away"[..])
+    );
+}
+
+#[test]
+fn compacted_catch_up_equals_step_by_step_with_fewer_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    // 3,000 versions touching 100 keys: many overwrites and some deletes.
+    let mut last = 0;
+    for i in 0..3_000u32 {
+        last = if i % 17 == 0 {
+            db.delete(format!("k{}", i % 100)).unwrap()
+        } else {
+            db.put(
+                format!("k{}", i % 100),
+                format!("value {i} {}", "z".repeat(200)),
+            )
+            .unwrap()
+        };
+    }
+    let open = |name: &str, compact_after: u64| {
+        let mut c = subscriber_config(&dir.path().join(name), &p, None);
+        c.compact_catch_up_after = compact_after;
+        Subscriber::open(c).unwrap()
+    };
+    let (a, b) = (open("compacted", 1000), open("stepwise", u64::MAX));
+    let ca = Arc::new(Mutex::new(0u64));
+    let ca2 = ca.clone();
+    let sa = a.subscribe(DB, move |_| *ca2.lock().unwrap() += 1).unwrap();
+    let sb = b.subscribe(DB, |_| {}).unwrap();
+    sa.wait_for_version(last, CONVERGE).unwrap();
+    sb.wait_for_version(last, CONVERGE).unwrap();
+    let (ra, rb): (Vec<_>, Vec<_>) = (sa.iter().unwrap().collect(), sb.iter().unwrap().collect());
+    assert!(ra == rb && ra == db.snapshot().unwrap(), "same final state");
+    let (xa, xb) = (sa.stats(), sb.stats());
+    assert_eq!(xa.catchups_compacted, 1, "{xa:?}");
+    assert!(
+        xa.repair_bytes * 10 < xb.repair_bytes,
+        "compacted {} vs step-by-step {} bytes",
+        xa.repair_bytes,
+        xb.repair_bytes
+    );
+    assert!(
+        *ca.lock().unwrap() < 10,
+        "the callback saw the compacted changes, not every step"
+    );
+}
