@@ -341,6 +341,14 @@ pub struct SubscriberConfig {
     /// A replica further behind than this many versions catches up compacted (the
     /// latest value of each changed key) instead of step by step (default 1,000).
     pub compact_catch_up_after: u64,
+    /// How often the subscriber reports its reception to the publisher (default 1 s).
+    pub report_interval: Duration,
+    /// Loss over a report interval above which the subscriber re-registers, and, if it
+    /// stays above at the next interval, leaves multicast to catch up by unicast
+    /// (default 0.25).
+    pub error_threshold: f64,
+    /// How long it stays on unicast before rejoining multicast (default 10 s).
+    pub unicast_backoff: Duration,
     /// Drop packets whose source address and port are not the publisher's. Leave on;
     /// turning it off only makes sense for tests that inject packets.
     pub verify_source: bool,
@@ -373,6 +381,9 @@ impl SubscriberConfig {
             client_name: "mcsync-subscriber".into(),
             verify_source: true,
             compact_catch_up_after: 1000,
+            report_interval: Duration::from_secs(1),
+            error_threshold: 0.25,
+            unicast_backoff: Duration::from_secs(10),
             silence_timeout: Duration::from_secs(3),
         }
     }

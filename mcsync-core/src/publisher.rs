@@ -11,6 +11,7 @@ use crate::net::multicaster::{self, McastCmd, MulticasterParts, Outgoing};
 use crate::net::repair_server::{PublishedDatabase, RepairServer, ServerContext, SubscriberRecord};
 use crate::net::tls::ServerTls;
 use crate::net::{socket, wall_clock_us, StopFlag};
+use crate::proto::adapt::{AdaptConfig, BundleController};
 use crate::proto::{RetransmitBuffer, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters, PublisherStats};
 use crate::store::publisher::{DbTables, JournalEntry};
@@ -90,6 +91,10 @@ struct DbShared {
     multicast_on: AtomicBool,
     /// Oldest version the journal still holds.
     oldest: AtomicU64,
+    /// Bundle size and rate adaptation from subscriber reports.
+    adapt: Mutex<BundleController>,
+    /// Multicast paused because most subscribers lose too much (since when).
+    quiesced: Mutex<Option<Instant>>,
     mcast_tx: Mutex<Option<chan::Sender<McastCmd>>>,
     mcast_thread: Mutex<Option<JoinHandle<()>>>,
     retransmit: Arc<Mutex<RetransmitBuffer>>,
@@ -539,6 +544,81 @@ fn apply_retention(inner: &Inner) -> Result<u64> {
     Ok(total)
 }
 
+/// How long a quiesced database stays quiet before multicast is tried again.
+const QUIESCE_FOR: Duration = Duration::from_secs(5);
+/// Reports older than this are not used.
+const REPORT_FRESH: Duration = Duration::from_secs(5);
+
+/// Feeds each database's recent subscriber reports to its bundle controller and applies
+/// the result: bundle size and rate to the multicaster, and quiescing when most
+/// subscribers lose too much (they catch up by unicast meanwhile).
+fn adapt_to_reports(inner: &Inner) {
+    let reports: Vec<(String, f64)> = inner
+        .server_ctx
+        .registry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter_map(|r| {
+            let (rep, at) = r.report?;
+            (at.elapsed() < REPORT_FRESH && !rep.unicast_only)
+                .then(|| (r.database.clone(), f64::from(rep.loss_ppm) / 1e6))
+        })
+        .collect();
+    let dbs: Vec<_> = inner
+        .databases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for db in dbs {
+        let losses: Vec<f64> = reports
+            .iter()
+            .filter(|(d, _)| *d == db.name)
+            .map(|(_, l)| *l)
+            .collect();
+        if losses.is_empty() {
+            continue;
+        }
+        let (before, after) = {
+            let mut a = db.adapt.lock().unwrap_or_else(|e| e.into_inner());
+            let before = a.tuning();
+            (before, a.on_reports(&losses))
+        };
+        if (after.bundle, after.rate) != (before.bundle, before.rate) {
+            send_mcast(
+                &db,
+                McastCmd::Tune {
+                    bundle_bytes: after.bundle,
+                    packets_per_sec: after.rate,
+                },
+            );
+        }
+        inner
+            .counters
+            .bundle_bytes
+            .store(after.bundle as u64, Ordering::Relaxed);
+        inner
+            .counters
+            .packets_per_sec
+            .store(after.rate, Ordering::Relaxed);
+        let mut q = db.quiesced.lock().unwrap_or_else(|e| e.into_inner());
+        match *q {
+            None if after.quiesce => {
+                log::warn!(
+                    "database {:?}: most subscribers lose too much; multicast paused",
+                    db.name
+                );
+                inc(&inner.counters.quiesces);
+                *q = Some(Instant::now());
+            }
+            Some(since) if !after.quiesce && since.elapsed() >= QUIESCE_FOR => *q = None,
+            _ => {}
+        }
+    }
+}
+
 /// Minute of the day, UTC.
 fn minute_of_day() -> u32 {
     ((wall_clock_us() / 60_000_000) % 1440) as u32
@@ -556,6 +636,7 @@ fn maintenance_loop(weak: std::sync::Weak<Inner>) {
         }
         if last_retention.elapsed() >= Duration::from_secs(1) {
             last_retention = Instant::now();
+            adapt_to_reports(&inner);
             if let Err(e) = apply_retention(&inner) {
                 log::error!("journal retention failed: {e}");
             }
@@ -573,7 +654,13 @@ fn maintenance_loop(weak: std::sync::Weak<Inner>) {
             .cloned()
             .collect();
         for db in dbs {
+            let quiesced = db
+                .quiesced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
             let want = open
+                && !quiesced
                 && (!inner.config.multicast_on_first_subscription
                     || db.registered.load(Ordering::SeqCst));
             if db.multicast_on.swap(want, Ordering::SeqCst) != want {
@@ -667,6 +754,14 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
         last_rotation: Mutex::new(Instant::now()),
         registered: AtomicBool::new(false),
         oldest: AtomicU64::new(oldest),
+        adapt: Mutex::new(BundleController::new(AdaptConfig {
+            max_bundle: m.max_bundle_bytes,
+            min_bundle: (m.max_bundle_bytes / 16).max(2048),
+            max_rate: m.max_packets_per_sec,
+            min_rate: (m.max_packets_per_sec / 20).max(500),
+            ..AdaptConfig::default()
+        })),
+        quiesced: Mutex::new(None),
         multicast_on: AtomicBool::new(multicast_on),
         mcast_tx: Mutex::new(Some(tx)),
         mcast_thread: Mutex::new(Some(thread)),

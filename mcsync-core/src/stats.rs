@@ -60,7 +60,7 @@ counters!(
         packets_sent,
         /// Bytes of multicast datagrams sent (UDP payload).
         bytes_sent,
-        /// Data packets sent.
+        /// Data packets built for sending (counted when their chain is cut into packets).
         data_packets_sent,
         /// Heartbeats sent.
         heartbeats_sent,
@@ -108,6 +108,14 @@ counters!(
         two_phase_committed,
         /// Two-phase updates aborted (refused, timed out, or rolled back).
         two_phase_aborted,
+        /// Reception reports received from subscribers.
+        reports_received,
+        /// Current bundle size of the adaptation, bytes (a gauge; the last database tuned).
+        bundle_bytes,
+        /// Current packet rate of the adaptation, packets/s (a gauge).
+        packets_per_sec,
+        /// Times multicast of a database was quiesced because most subscribers lost too much.
+        quiesces,
         /// Repair requests refused (unknown database, versions that do not exist, bad frames).
         repair_errors,
     }
@@ -204,9 +212,115 @@ counters!(
         /// Times the subscriber said HELLO again (publisher silent or sending from a new
         /// source).
         resubscriptions,
+        /// Times it left multicast to catch up by unicast (too many errors).
+        unicast_backoffs,
+        /// Times it rejoined multicast after a back-off.
+        rejoins,
+        /// Reception reports sent to the publisher.
+        reports_sent,
+        /// Loss over the last report interval, packets per million.
+        loss_ppm,
+        /// Publish→applied latency, median, microseconds (from the publisher's commit
+        /// timestamp; assumes synchronized clocks).
+        latency_p50_us,
+        /// Publish→applied latency, 99th percentile, microseconds.
+        latency_p99_us,
+        /// Publish→applied latency, 99.9th percentile, microseconds.
+        latency_p999_us,
         /// Receive buffer size the kernel granted, bytes.
         recv_buffer_bytes,
         /// Callbacks that panicked (the subscription keeps going).
         callback_panics,
     }
 );
+
+/// A histogram of latencies in microseconds with quarter-octave buckets (about 19 %
+/// resolution), lock-free to record.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: Vec<AtomicU64>,
+}
+
+const SUB_BUCKETS: u64 = 4;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: (0..64 * SUB_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    fn bucket(us: u64) -> usize {
+        if us < SUB_BUCKETS {
+            return us as usize;
+        }
+        let octave = 63 - u64::from(us.leading_zeros());
+        let sub = (us >> (octave - 2)) & (SUB_BUCKETS - 1);
+        (octave * SUB_BUCKETS + sub) as usize
+    }
+
+    fn upper_bound(bucket: usize) -> u64 {
+        let b = bucket as u64;
+        if b < SUB_BUCKETS {
+            return b;
+        }
+        let octave = b / SUB_BUCKETS;
+        let sub = b % SUB_BUCKETS;
+        ((SUB_BUCKETS + sub + 1) << (octave - 2)) - 1
+    }
+
+    /// Records one latency.
+    pub fn record(&self, us: u64) {
+        inc(&self.buckets[Self::bucket(us).min(self.buckets.len() - 1)]);
+    }
+
+    /// Number of latencies recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The latency at quantile `q` (0..=1), as its bucket's upper bound; 0 when empty.
+    pub fn quantile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::upper_bound(i);
+            }
+        }
+        Self::upper_bound(counts.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_a_bucket() {
+        let h = LatencyHistogram::default();
+        for us in 1..=10_000u64 {
+            h.record(us);
+        }
+        let p50 = h.quantile(0.5) as f64;
+        let p99 = h.quantile(0.99) as f64;
+        assert!((p50 / 5_000.0 - 1.0).abs() < 0.2, "{p50}");
+        assert!((p99 / 9_900.0 - 1.0).abs() < 0.2, "{p99}");
+        assert_eq!(h.count(), 10_000);
+        for us in [0u64, 1, 3, 4, 5, 7, 8, 1000, 123_456_789] {
+            assert!(LatencyHistogram::upper_bound(LatencyHistogram::bucket(us)) >= us);
+        }
+    }
+}

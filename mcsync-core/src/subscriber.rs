@@ -19,7 +19,7 @@ use crate::resync::ResyncReport;
 use crate::stats::{add, inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
 use crate::store::SubscriberStore;
-use crate::wire::control::{DatabaseInfo, ErrorCode, OUTCOME_PENDING};
+use crate::wire::control::{DatabaseInfo, ErrorCode, SubscriberReport, OUTCOME_PENDING};
 use crate::wire::packet::PacketHeader;
 use crate::wire::packet::{Heartbeat, PacketKind};
 use crate::wire::update::RecordKind;
@@ -96,6 +96,7 @@ fn visible(op_groups: &[String], mine: &[String]) -> bool {
 
 struct SubShared {
     name: String,
+    latency: crate::stats::LatencyHistogram,
     force_resync: AtomicBool,
     auth_error: Mutex<Option<String>>,
     store: Arc<SubscriberStore>,
@@ -346,6 +347,7 @@ fn start(
         counters: counters.clone(),
         version: Mutex::new(applied),
         auth_error: Mutex::new(None),
+        latency: Default::default(),
         force_resync: AtomicBool::new(false),
         advanced: Condvar::new(),
         failure: Mutex::new(None),
@@ -356,6 +358,7 @@ fn start(
     let (tx, rx) = chan::bounded(cfg.channel_capacity);
     let source = Arc::new(Mutex::new(cfg.verify_source.then_some(info.source)));
     let rekey = Arc::new(AtomicBool::new(false));
+    let leave = Arc::new(AtomicBool::new(false));
     let recv = receive::spawn(
         ReceiveParts {
             database: name.to_owned(),
@@ -363,6 +366,9 @@ fn start(
             source: source.clone(),
             keyring: keyring.clone(),
             rekey: rekey.clone(),
+            leave: leave.clone(),
+            group: info.group,
+            interface: cfg.interface,
             loss: cfg.loss.as_ref().map(LossGenerator::new),
             counters,
             stop: shared.stop.clone(),
@@ -381,6 +387,18 @@ fn start(
     receiver.on_heartbeat(Instant::now(), info.current_version);
     let now = Instant::now();
     let state = Process {
+        policy: Policy {
+            interval: cfg.report_interval,
+            threshold: cfg.error_threshold,
+            backoff: cfg.unicast_backoff,
+            last_report: now,
+            last_poll: now,
+            last_received: 0,
+            last_lost: 0,
+            strikes: 0,
+            unicast_until: None,
+        },
+        leave: leave.clone(),
         two_phase: TwoPhase {
             participant: participant.is_some(),
             vote: participant.flatten(),
@@ -436,6 +454,22 @@ fn start(
     Ok(shared)
 }
 
+/// How often a subscriber on unicast asks for the latest version.
+const UNICAST_POLL: Duration = Duration::from_millis(100);
+
+/// The subscriber's error policy and reporting state.
+struct Policy {
+    interval: Duration,
+    threshold: f64,
+    backoff: Duration,
+    last_report: Instant,
+    last_poll: Instant,
+    last_received: u64,
+    last_lost: u64,
+    strikes: u32,
+    unicast_until: Option<Instant>,
+}
+
 /// The subscriber's side of two-phase updates.
 struct TwoPhase {
     /// Registered as a participant (votes and acknowledges).
@@ -453,6 +487,8 @@ struct TwoPhase {
 }
 
 struct Process {
+    policy: Policy,
+    leave: Arc<AtomicBool>,
     two_phase: TwoPhase,
     compact_after: u64,
     receiver_config: ReceiverConfig,
@@ -503,6 +539,7 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
             }
         }
         st.maybe_hello_again(&mut client);
+        st.error_policy_step(&mut client);
         if st.two_phase_step(&mut client).is_err() {
             break;
         }
@@ -601,6 +638,91 @@ impl Process {
         }
         drop(src);
         self.receiver.on_heartbeat(now, info.current_version);
+    }
+
+    /// Every report interval: measures recent loss, applies the error policy (re-register
+    /// when it passes the threshold; if it stays above, leave multicast and catch up by
+    /// unicast for a back-off period, then rejoin), and reports to the publisher. While on
+    /// unicast it polls the publisher's latest version often.
+    fn error_policy_step(&mut self, client: &mut RepairClient) {
+        let now = Instant::now();
+        let c = self.shared.counters.clone();
+        let p = &mut self.policy;
+        if p.unicast_until.is_some() && now.duration_since(p.last_poll) >= UNICAST_POLL {
+            p.last_poll = now;
+            if let Ok((current, _)) = client.status() {
+                self.receiver.on_heartbeat(now, current);
+            }
+        }
+        let p = &mut self.policy;
+        if now.duration_since(p.last_report) < p.interval {
+            return;
+        }
+        p.last_report = now;
+        let received = c.packets_received.load(Ordering::Relaxed);
+        let lost =
+            c.packets_repaired.load(Ordering::Relaxed) + c.packets_skipped.load(Ordering::Relaxed);
+        let (dr, dl) = (received - p.last_received, lost - p.last_lost);
+        p.last_received = received;
+        p.last_lost = lost;
+        let loss = if dr == 0 {
+            0.0
+        } else {
+            (dl as f64 / dr as f64).min(1.0)
+        };
+        c.loss_ppm.store((loss * 1e6) as u64, Ordering::Relaxed);
+        let mut hello = false;
+        match p.unicast_until {
+            Some(until) if now >= until => {
+                p.unicast_until = None;
+                p.strikes = 0;
+                self.leave.store(false, Ordering::SeqCst);
+                inc(&c.rejoins);
+                log::info!("{}: rejoining multicast", self.shared.name);
+            }
+            Some(_) => {}
+            None if dr > 0 && loss > p.threshold => {
+                p.strikes += 1;
+                if p.strikes == 1 {
+                    hello = true;
+                } else {
+                    p.unicast_until = Some(now + p.backoff);
+                    p.last_poll = now;
+                    self.leave.store(true, Ordering::SeqCst);
+                    inc(&c.unicast_backoffs);
+                    log::warn!(
+                        "{}: losing {:.0} % of packets; catching up by unicast for {:?}",
+                        self.shared.name,
+                        loss * 100.0,
+                        p.backoff
+                    );
+                }
+            }
+            None => p.strikes = 0,
+        }
+        let report = SubscriberReport {
+            loss_ppm: (loss * 1e6) as u32,
+            packets_received: received,
+            packets_lost: lost,
+            applied_version: self.receiver.applied(),
+            latency_p50_us: self.shared.latency.quantile(0.5),
+            latency_p99_us: self.shared.latency.quantile(0.99),
+            repairs: c.repairs_requested.load(Ordering::Relaxed)
+                + c.packet_repairs_requested.load(Ordering::Relaxed),
+            resubscriptions: c.resubscriptions.load(Ordering::Relaxed),
+            unicast_only: self.policy.unicast_until.is_some(),
+        };
+        if hello {
+            // Re-register, reporting the error rate with it.
+            inc(&c.resubscriptions);
+            match client.hello() {
+                Ok(info) => self.on_registered(now, &info),
+                Err(e) => log::warn!("{}: re-registering: {e}", self.shared.name),
+            }
+        }
+        if client.report(report).is_ok() {
+            inc(&c.reports_sent);
+        }
     }
 
     /// Takes an authenticated packet from multicast and releases, in sequence order,
@@ -842,6 +964,12 @@ impl Process {
             }
             let c = &self.shared.counters;
             inc(&c.apply_commits);
+            let now_us = crate::net::wall_clock_us();
+            for u in batch.iter().filter(|u| u.timestamp_us != 0) {
+                self.shared
+                    .latency
+                    .record(now_us.saturating_sub(u.timestamp_us));
+            }
             add(&c.updates_applied, batch.len() as u64);
             if let Some(cb) = self.callback.as_mut() {
                 for u in &shown {
@@ -1101,7 +1229,12 @@ impl Subscription {
 
     /// A snapshot of the subscription's counters.
     pub fn stats(&self) -> SubscriptionStats {
-        self.shared.counters.snapshot()
+        let mut s = self.shared.counters.snapshot();
+        let h = &self.shared.latency;
+        s.latency_p50_us = h.quantile(0.5);
+        s.latency_p99_us = h.quantile(0.99);
+        s.latency_p999_us = h.quantile(0.999);
+        s
     }
 
     /// Asks the process thread to resync this replica by hashes now (for a store restored

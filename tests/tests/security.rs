@@ -306,7 +306,10 @@ fn outside_the_schedule_updates_arrive_by_repair_and_multicast_resumes() {
     sub.wait_for_version(v, CONVERGE).unwrap();
     let after = p.stats();
     // All 200 went out by multicast (possibly bundled into fewer chains under load).
-    assert!(after.updates_sent >= 200 && after.data_packets_sent > 0, "{after:?}");
+    assert!(
+        after.updates_sent >= 200 && after.data_packets_sent > 0,
+        "{after:?}"
+    );
     assert!(sub.stats().chains_received > 0, "{:?}", sub.stats());
     assert_eq!(
         sub.iter().unwrap().collect::<Vec<_>>(),

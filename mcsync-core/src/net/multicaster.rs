@@ -42,6 +42,13 @@ pub enum McastCmd {
     },
     /// Every participant acknowledged the decision on this version.
     DecisionDone(u64),
+    /// New bundle size and packet rate from the loss subscribers report.
+    Tune {
+        /// Bytes of encoded updates per chain at most.
+        bundle_bytes: usize,
+        /// Packets per second (0 = unlimited).
+        packets_per_sec: u64,
+    },
 }
 
 /// How long a two-phase decision is repeated at most (participants that have not
@@ -169,6 +176,14 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                                 interval: Duration::from_millis(5),
                                 until: now + DECISION_REPEAT_FOR,
                             });
+                        }
+                        McastCmd::Tune {
+                            bundle_bytes,
+                            packets_per_sec,
+                        } => {
+                            sender.set_bundle_bytes(bundle_bytes);
+                            let bytes_rate = p.config.bytes_per_sec;
+                            sender.set_rates(Instant::now(), packets_per_sec, bytes_rate);
                         }
                         McastCmd::DecisionDone(v) => {
                             if repeat.as_ref().is_some_and(|r| r.version == v) {

@@ -32,6 +32,12 @@ pub struct ReceiveParts {
     /// Set when a packet shows a newer key epoch than any held: the process thread then
     /// re-registers to fetch the new key.
     pub rekey: Arc<AtomicBool>,
+    /// Set by the process thread to leave the group for a while (error policy).
+    pub leave: Arc<AtomicBool>,
+    /// The group joined.
+    pub group: SocketAddr,
+    /// The interface it was joined on.
+    pub interface: std::net::Ipv4Addr,
     /// Injected loss, if configured.
     pub loss: Option<LossGenerator>,
     /// Counters.
@@ -54,7 +60,22 @@ fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
     let mut buf = vec![0u8; 65_536];
     let mut windows: HashMap<u32, ReplayWindow> = HashMap::new();
     let c = p.counters.clone();
+    let mut joined = true;
     while !p.stop.is_stopped() {
+        let leave = p.leave.load(Ordering::SeqCst);
+        if leave == joined {
+            if let SocketAddr::V4(g) = p.group {
+                let r = if leave {
+                    p.socket.leave_multicast_v4(g.ip(), &p.interface)
+                } else {
+                    p.socket.join_multicast_v4(g.ip(), &p.interface)
+                };
+                match r {
+                    Ok(()) => joined = !leave,
+                    Err(e) => log::warn!("{}: changing membership of {g}: {e}", p.database),
+                }
+            }
+        }
         let (n, from) = match p.socket.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e)

@@ -137,6 +137,22 @@ impl RepairClient {
         self.connect().inspect_err(|_| self.conn = None)
     }
 
+    /// Sends a reception report.
+    pub fn report(&mut self, r: crate::wire::control::SubscriberReport) -> Result<()> {
+        self.expect_ok(&Message::Report(r))
+    }
+
+    /// The publisher's latest and oldest versions.
+    pub fn status(&mut self) -> Result<(u64, u64)> {
+        match self.request(&Message::StatusRequest)?.0 {
+            Message::Status {
+                current_version,
+                oldest_version,
+            } => Ok((current_version, oldest_version)),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
     /// Registers as a two-phase participant from the next HELLO on.
     pub fn set_participant(&mut self, on: bool) {
         self.participant = on;

@@ -18,8 +18,8 @@ use crate::stats::{add, inc, PublisherCounters};
 use crate::store::publisher::DbTables;
 use crate::store::PublisherStore;
 use crate::wire::control::{
-    DatabaseInfo, ErrorCode, Message, CONTROL_VERSION, HELLO_PARTICIPANT, MAX_LIST_ENTRIES,
-    OUTCOME_ABORTED, OUTCOME_COMMITTED, OUTCOME_PENDING,
+    DatabaseInfo, ErrorCode, Message, SubscriberReport, CONTROL_VERSION, HELLO_PARTICIPANT,
+    MAX_LIST_ENTRIES, OUTCOME_ABORTED, OUTCOME_COMMITTED, OUTCOME_PENDING,
 };
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -68,6 +68,8 @@ pub struct SubscriberRecord {
     pub sessions: u64,
     /// Whether it takes part in two-phase updates of its database.
     pub participant: bool,
+    /// Its latest reception report, and when it came.
+    pub report: Option<(SubscriberReport, Instant)>,
 }
 
 /// State shared by the accept thread and the connection threads.
@@ -401,6 +403,24 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
                 }
                 None => Err(error(ErrorCode::BadRequest, "outcome request before HELLO")),
             },
+            Message::Report(r) => match &session {
+                Some(s) => {
+                    let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(rec) = reg.get_mut(&s.id) {
+                        rec.report = Some((r, Instant::now()));
+                    }
+                    inc(&ctx.counters.reports_received);
+                    Ok(Message::Ok)
+                }
+                None => Err(error(ErrorCode::BadRequest, "report before HELLO")),
+            },
+            Message::StatusRequest => match &session {
+                Some(s) => Ok(Message::Status {
+                    current_version: s.db.committed_version(),
+                    oldest_version: s.db.info().oldest_version,
+                }),
+                None => Err(error(ErrorCode::BadRequest, "status before HELLO")),
+            },
             Message::CompactRequest { first, last } => match &session {
                 Some(s) => {
                     let mut w = BufWriter::with_capacity(256 << 10, conn.get_mut());
@@ -598,6 +618,7 @@ fn hello(
         peer,
         sessions: 1,
         participant,
+        report: None,
     };
     let id = register(ctx, record);
     db.on_registered();

@@ -2,6 +2,7 @@
 //! in; output is returned. The `net` module drives them; the simulation tests drive them
 //! with a virtual clock and a seeded lossy network.
 
+pub mod adapt;
 pub mod assembler;
 pub mod chain;
 pub mod heartbeat;

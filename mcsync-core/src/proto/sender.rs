@@ -121,6 +121,11 @@ impl Sender {
         self.multicast = on;
     }
 
+    /// Changes the largest bundle (bytes of encoded updates per chain).
+    pub fn set_bundle_bytes(&mut self, bytes: usize) {
+        self.config.max_bundle_bytes = bytes.max(1);
+    }
+
     /// Whether updates are multicast.
     pub fn multicast(&self) -> bool {
         self.multicast

@@ -89,6 +89,29 @@ pub const MAX_KEYS: usize = 4;
 /// Most access groups in one HELLO_OK.
 pub const MAX_GROUPS: usize = 255;
 
+/// A subscriber's summary of its reception, sent periodically and with repair requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscriberReport {
+    /// Packets lost (not received by multicast) per million, over the last interval.
+    pub loss_ppm: u32,
+    /// Packets received by multicast so far.
+    pub packets_received: u64,
+    /// Packets lost so far (repaired or skipped).
+    pub packets_lost: u64,
+    /// Version the replica is at.
+    pub applied_version: u64,
+    /// Publish→applied latency, median, microseconds.
+    pub latency_p50_us: u64,
+    /// Publish→applied latency, 99th percentile, microseconds.
+    pub latency_p99_us: u64,
+    /// Repair requests so far (version and packet repairs).
+    pub repairs: u64,
+    /// Re-registrations so far.
+    pub resubscriptions: u64,
+    /// Whether it has left multicast and catches up by unicast for now.
+    pub unicast_only: bool,
+}
+
 /// A control-channel message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -229,6 +252,17 @@ pub enum Message {
         /// Last version wanted.
         last: u64,
     },
+    /// Subscriber → publisher: its reception summary (answered with OK).
+    Report(SubscriberReport),
+    /// Subscriber → publisher: ask for the latest and oldest versions.
+    StatusRequest,
+    /// Publisher → subscriber: the answer to STATUS_REQUEST.
+    Status {
+        /// Latest committed version.
+        current_version: u64,
+        /// Oldest version the journal holds.
+        oldest_version: u64,
+    },
     /// Either direction: a failure, with a code and a human-readable message.
     Error {
         /// Machine-readable code.
@@ -263,6 +297,9 @@ const T_ACK: u8 = 22;
 const T_OUTCOME_REQUEST: u8 = 23;
 const T_OUTCOME: u8 = 24;
 const T_COMPACT_REQUEST: u8 = 25;
+const T_REPORT: u8 = 26;
+const T_STATUS_REQUEST: u8 = 27;
+const T_STATUS: u8 = 28;
 /// HELLO flag: the subscriber takes part in two-phase updates.
 pub const HELLO_PARTICIPANT: u8 = 1;
 /// OUTCOME state: committed.
@@ -525,6 +562,27 @@ impl Message {
                 out.put_u64(*first);
                 out.put_u64(*last);
             }
+            Message::Report(r) => {
+                out.put_u8(T_REPORT);
+                out.put_u32(r.loss_ppm);
+                out.put_u64(r.packets_received);
+                out.put_u64(r.packets_lost);
+                out.put_u64(r.applied_version);
+                out.put_u64(r.latency_p50_us);
+                out.put_u64(r.latency_p99_us);
+                out.put_u64(r.repairs);
+                out.put_u64(r.resubscriptions);
+                out.put_u8(u8::from(r.unicast_only));
+            }
+            Message::StatusRequest => out.put_u8(T_STATUS_REQUEST),
+            Message::Status {
+                current_version,
+                oldest_version,
+            } => {
+                out.put_u8(T_STATUS);
+                out.put_u64(*current_version);
+                out.put_u64(*oldest_version);
+            }
             Message::CatchupRequest { ranges } => {
                 out.put_u8(T_CATCHUP_REQUEST);
                 put_ranges(out, ranges);
@@ -657,6 +715,22 @@ impl Message {
                 }
                 Message::Outcome { version, state }
             }
+            T_REPORT => Message::Report(SubscriberReport {
+                loss_ppm: r.u32("loss")?.min(1_000_000),
+                packets_received: r.u64("received")?,
+                packets_lost: r.u64("lost")?,
+                applied_version: r.u64("applied")?,
+                latency_p50_us: r.u64("p50")?,
+                latency_p99_us: r.u64("p99")?,
+                repairs: r.u64("repairs")?,
+                resubscriptions: r.u64("resubscriptions")?,
+                unicast_only: r.u8("unicast only")? != 0,
+            }),
+            T_STATUS_REQUEST => Message::StatusRequest,
+            T_STATUS => Message::Status {
+                current_version: r.u64("current version")?,
+                oldest_version: r.u64("oldest version")?,
+            },
             T_COMPACT_REQUEST => {
                 let first = r.u64("first")?;
                 let last = r.u64("last")?;

@@ -1,0 +1,85 @@
+//! Pacing, the subscriber error policy, reports and adaptation, latency statistics.
+
+use mcsync::{Publisher, Subscriber};
+use mcsync_tests::*;
+use rand::Rng;
+use std::time::{Duration, Instant};
+
+#[test]
+fn pacing_holds_the_configured_packet_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = publisher_config(&dir.path().join("pub"));
+    cfg.multicast.max_packets_per_sec = 2_000;
+    let p = Publisher::open(cfg).unwrap();
+    let db = p.database("paced").unwrap();
+    let mut rng = rand::thread_rng();
+    // About 6,000 packets of incompressible data: three seconds at 2,000 packets/s.
+    let t0 = Instant::now();
+    let before = p.stats().packets_sent;
+    let mut t = db.transaction();
+    for i in 0..80 {
+        let mut v = vec![0u8; 100_000];
+        rng.fill(&mut v[..]);
+        t.put(format!("blob-{i}"), v).unwrap();
+    }
+    t.commit().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let target = before + 5_000;
+    while p.stats().packets_sent < target {
+        assert!(Instant::now() < deadline, "{:?}", p.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rate = (p.stats().packets_sent - before) as f64 / t0.elapsed().as_secs_f64();
+    println!("paced at {rate:.0} packets/s (configured 2,000)");
+    assert!(
+        (1_800.0..=2_200.0).contains(&rate),
+        "rate {rate:.0} packets/s"
+    );
+}
+
+#[test]
+fn a_lossy_subscriber_reregisters_backs_off_to_unicast_and_rejoins_without_losing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database("policy").unwrap();
+    let mut c = subscriber_config(&dir.path().join("lossy"), &p, Some((0.5, 11)));
+    c.report_interval = Duration::from_millis(200);
+    c.unicast_backoff = Duration::from_millis(800);
+    let lossy = Subscriber::open(c).unwrap();
+    let sub = lossy.subscribe("policy", |_| {}).unwrap();
+    let clean = open_subscriber(&dir.path().join("clean"), &p, None);
+    let csub = clean.subscribe("policy", |_| {}).unwrap();
+    let t0 = Instant::now();
+    let mut last = 0;
+    let mut i = 0u32;
+    while t0.elapsed() < Duration::from_secs(4) || sub.stats().rejoins == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", sub.stats());
+        last = db
+            .put(format!("k{}", i % 500), format!("value {i}"))
+            .unwrap();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    sub.wait_for_version(last, CONVERGE).unwrap();
+    csub.wait_for_version(last, CONVERGE).unwrap();
+    assert_eq!(
+        sub.iter().unwrap().collect::<Vec<_>>(),
+        db.snapshot().unwrap()
+    );
+    let st = sub.stats();
+    println!("{st:?}");
+    assert!(
+        st.resubscriptions >= 1 && st.unicast_backoffs >= 1 && st.rejoins >= 1,
+        "{st:?}"
+    );
+    assert!(st.reports_sent >= 5, "{st:?}");
+    let ps = p.stats();
+    assert!(ps.reports_received >= 5, "{ps:?}");
+    // The clean subscriber's reports keep the publisher from quiescing, and latency is
+    // measured from commit to apply.
+    let cs = csub.stats();
+    assert!(
+        cs.latency_p50_us > 0 && cs.latency_p99_us >= cs.latency_p50_us,
+        "{cs:?}"
+    );
+}
