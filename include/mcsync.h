@@ -8,12 +8,14 @@
  *    mcsync_status_str() gives a static text, mcsync_last_error() the detailed message of
  *    the last failure on the calling thread.
  *  - Handles are opaque. What a function creates the caller owns and frees with the
- *    matching _free (or _commit/_discard for transactions); freeing NULL is a no-op.
+ *    matching _free (or _commit/_discard for transactions, _commit/_rollback for prepared
+ *    two-phase updates); freeing NULL is a no-op.
  *  - Borrowed pointers (strings, keys, values, updates passed to callbacks) are valid only
  *    as long as each function's comment says.
  *  - Strings are NUL-terminated UTF-8; keys and values are byte ranges (pointer + length).
- *  - Publisher, database, subscriber, subscription and statistics handles are thread-safe;
- *    configuration objects, transactions and iterators are used by one thread at a time.
+ *  - Publisher, database, subscriber, subscription, statistics, subscriber-list and report
+ *    handles are thread-safe; configuration objects, transactions, prepared updates and
+ *    iterators are used by one thread at a time.
  */
 
 #ifndef MCSYNC_H
@@ -25,6 +27,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/**
+ * Size in bytes of the `reason` buffer mcsync passes to a vote callback (room for 255
+ * bytes of text and a NUL).
+ */
+#define MCSYNC_VOTE_REASON_BYTES 256
 
 /**
  * Result of every fallible mcsync call. The numbers are stable across releases and are
@@ -74,7 +82,9 @@ typedef enum mcsync_status {
      */
     MCSYNC_ERR_TOO_LARGE = 8,
     /**
-     * The publisher refused the request (unknown database, versions that do not exist).
+     * The publisher refused the request (unknown database, versions that do not exist),
+     * or a two-phase update was aborted (a participant refused, or did not vote in time;
+     * the message names them).
      */
     MCSYNC_ERR_REFUSED = 9,
     /**
@@ -131,6 +141,16 @@ typedef struct mcsync_db mcsync_db;
 typedef struct mcsync_grant mcsync_grant;
 
 /**
+ * A two-phase update every participant has voted PREPARED, awaiting the decision. Created
+ * by `mcsync_txn_prepare`; ended (and freed) by exactly one of `mcsync_prepared_commit` or
+ * `mcsync_prepared_rollback`. Until then no replica shows it, and every other commit of
+ * the publisher (on any database) waits behind it, so decide promptly, and never write to
+ * the same publisher from the thread holding it (that write would wait forever). Not
+ * thread-safe: use it from one thread at a time (it may be handed to another thread).
+ */
+typedef struct mcsync_prepared mcsync_prepared;
+
+/**
  * A publisher (the master side): its LMDB journal, its repair server and one multicaster
  * thread per database. Opened by `mcsync_publisher_open`, freed by `mcsync_publisher_free`.
  * Thread-safe: any thread may call any function on it concurrently.
@@ -164,6 +184,13 @@ typedef struct mcsync_subscriber mcsync_subscriber;
 typedef struct mcsync_subscriber_config mcsync_subscriber_config;
 
 /**
+ * A snapshot of the subscribers registered with a publisher, by registration id. Created
+ * by `mcsync_publisher_subscribers`, freed by `mcsync_subscriber_list_free`. Immutable,
+ * so thread-safe.
+ */
+typedef struct mcsync_subscriber_list mcsync_subscriber_list;
+
+/**
  * A live replica of one database. Created by `mcsync_subscriber_subscribe`, freed by
  * `mcsync_subscription_free`. Thread-safe: reads may run on any threads concurrently with
  * the process thread applying updates.
@@ -179,9 +206,10 @@ typedef struct mcsync_subscription_iter mcsync_subscription_iter;
 
 /**
  * A pending transaction on one database. Created by `mcsync_txn_begin`; ended (and freed)
- * by exactly one of `mcsync_txn_commit` or `mcsync_txn_discard`. Not thread-safe: use it
- * from one thread at a time. It does not depend on the `mcsync_db` handle it was begun
- * from, which may be freed first.
+ * by exactly one of `mcsync_txn_commit`, `mcsync_txn_commit_two_phase`,
+ * `mcsync_txn_prepare` or `mcsync_txn_discard`. Not thread-safe: use it from one thread at
+ * a time. It does not depend on the `mcsync_db` handle it was begun from, which may be
+ * freed first.
  */
 typedef struct mcsync_txn mcsync_txn;
 
@@ -211,6 +239,59 @@ typedef int (*mcsync_authenticate_callback)(void *user_data,
  * `mcsync_publisher_config_set_authenticator` for when and on which thread).
  */
 typedef void (*mcsync_free_callback)(void *user_data);
+
+/**
+ * A daily multicast window for `mcsync_publisher_set_schedule_windows`, in minutes after
+ * midnight UTC.
+ */
+typedef struct mcsync_schedule_window {
+    /**
+     * First minute of the window, 0..=1439.
+     */
+    uint32_t start_minute;
+    /**
+     * Minute the window ends (exclusive), 0..=1440. A window with `end_minute <
+     * start_minute` runs over midnight.
+     */
+    uint32_t end_minute;
+} mcsync_schedule_window;
+
+/**
+ * One subscriber registered with the publisher, as listed by
+ * `mcsync_publisher_subscribers`. Borrowed from its list, with every string in it: valid
+ * until `mcsync_subscriber_list_free`. New fields are only ever added at the end.
+ */
+typedef struct mcsync_subscriber_info {
+    /**
+     * Registration id, unique within the publisher.
+     */
+    uint64_t id;
+    /**
+     * User it authenticated as (NUL-terminated UTF-8; empty with open access).
+     */
+    const char *user;
+    /**
+     * Database it subscribed to.
+     */
+    const char *database;
+    /**
+     * Client name it gave (`mcsync_subscriber_config_set_client_name`).
+     */
+    const char *client;
+    /**
+     * Address of its last session, "ip:port".
+     */
+    const char *peer;
+    /**
+     * Registrations and repair sessions it opened.
+     */
+    uint64_t sessions;
+    /**
+     * Whether it takes part in two-phase updates of its database
+     * (`mcsync_subscriber_subscribe_participant`).
+     */
+    bool participant;
+} mcsync_subscriber_info;
 
 /**
  * One put or delete inside an update passed to a callback. Every pointer in it is
@@ -258,7 +339,8 @@ typedef struct mcsync_update {
      */
     uint64_t version;
     /**
-     * When the publisher committed it, microseconds since the Unix epoch.
+     * When the publisher committed it, microseconds since the Unix epoch (0 for the
+     * update a hash resync passes).
      */
     uint64_t timestamp_us;
     /**
@@ -275,12 +357,128 @@ typedef struct mcsync_update {
 /**
  * An update callback: called with the `user_data` given to `mcsync_subscriber_subscribe`
  * and one update, on the subscription's process thread, after the update is committed to
- * the local replica; once per master transaction, in version order. `update` is valid
- * only during the call. The callback must return (not `longjmp` or throw out of it); it
+ * the local replica; once per master transaction, in version order. Two exceptions, where
+ * one update stands for many versions (so versions skip): a compacted catch-up of a
+ * replica far behind (see `mcsync_subscriber_config_set_compact_catch_up_after`) passes the
+ * latest value of each changed key at the last version it covers, and a hash resync (a
+ * journal trimmed past the replica's version, or `mcsync_subscription_request_resync`)
+ * passes the records it fetched and deleted at the publisher's snapshot version, with
+ * `timestamp_us` 0, followed by the journal updates after it. `update` is valid only
+ * during the call. The callback must return (not `longjmp` or throw out of it); it
  * may call any mcsync function, including closing or freeing its own subscription, except
  * waiting on its own subscription (`mcsync_subscription_wait_for_version` would time out).
  */
 typedef void (*mcsync_update_callback)(void *user_data, const struct mcsync_update *update);
+
+/**
+ * A two-phase participant's vote (see `mcsync_subscriber_subscribe_participant`): called
+ * with the `user_data` given at subscription and the prepared update, on the
+ * subscription's process thread, once the replica is at the version just before it and
+ * before anything of it is visible in the replica. `update` is valid only during the call.
+ * Unlike an update callback it sees every operation of the transaction, also puts of
+ * records restricted to access groups this subscriber does not hold (they are withheld
+ * from the replica and from the update callback once committed).
+ *
+ * Return 0 to vote PREPARED (the replica then keeps the update durably until the
+ * publisher's decision), or any other value to refuse it. To say why, copy a
+ * NUL-terminated UTF-8 text into `reason`, a zero-filled buffer of `reason_len`
+ * (`MCSYNC_VOTE_REASON_BYTES`) bytes owned by mcsync and valid only during the call; mcsync
+ * reads it up to the first NUL (or all `reason_len` bytes if there is none) after the
+ * callback returned, replaces invalid UTF-8, and passes it to the publisher, whose error
+ * names this participant (its client name, see `mcsync_subscriber_config_set_client_name`)
+ * and the reason. Without a text the reason says which value was returned. `reason` is
+ * ignored when 0 is returned. The return type is `int` rather than `mcsync_status` so that
+ * any value a C function returns is well-defined.
+ *
+ * The callback must return (not `longjmp` or throw out of it), and should decide quickly:
+ * the publisher's update, and every commit queued behind it, waits for the vote. It must
+ * not wait on its own subscription; a write to the same publisher from it waits until the
+ * two-phase update is decided (by the votes or its timeout).
+ */
+typedef int (*mcsync_vote_callback)(void *user_data,
+                                    const struct mcsync_update *update,
+                                    char *reason,
+                                    size_t reason_len);
+
+/**
+ * A range of the key-hash space (keys are placed by a 64-bit hash of their bytes) whose
+ * records differed between the replica and the publisher.
+ */
+typedef struct mcsync_range {
+    /**
+     * First key hash covered.
+     */
+    uint64_t lo;
+    /**
+     * Last key hash covered (inclusive).
+     */
+    uint64_t hi;
+    /**
+     * Depth in the range tree: 0 is the whole space; each level splits a range in 16.
+     */
+    uint8_t level;
+} mcsync_range;
+
+/**
+ * What a verification or resync found and did. Created by `mcsync_subscriber_verify` or
+ * `mcsync_subscriber_resync`, freed by `mcsync_resync_report_free`. Read its fields
+ * directly; do not modify them. Immutable, so thread-safe. New fields are only ever added
+ * at the end.
+ */
+typedef struct mcsync_resync_report {
+    /**
+     * After a resync, the version the replica is at; after a verification, the version
+     * of the publisher's snapshot it was compared with.
+     */
+    uint64_t version;
+    /**
+     * The replica's version before (for a verification, when it was compared).
+     */
+    uint64_t previous_version;
+    /**
+     * The replica was empty: a resync was a full copy.
+     */
+    bool full_copy;
+    /**
+     * The replica and the publisher held the same records when compared (no differing
+     * range). For a verification this is the answer; a resync made them equal either way.
+     */
+    bool in_agreement;
+    /**
+     * Records fetched from the publisher (changed or missing in the replica); 0 for a
+     * verification.
+     */
+    uint64_t fetched;
+    /**
+     * Records deleted from the replica (absent at the publisher); 0 for a verification.
+     */
+    uint64_t deleted;
+    /**
+     * Journal updates applied after the publisher's snapshot; 0 for a verification.
+     */
+    uint64_t journal_updates;
+    /**
+     * Control-channel bytes exchanged, both directions.
+     */
+    uint64_t bytes;
+    /**
+     * Records in the replica when compared.
+     */
+    uint64_t local_records;
+    /**
+     * Records at the publisher visible to this subscriber's user, in the snapshot.
+     */
+    uint64_t remote_records;
+    /**
+     * The smallest key-hash ranges found to differ (`differing_ranges_len` entries; NULL
+     * when it is 0). Borrowed from the report: valid until `mcsync_resync_report_free`.
+     */
+    const struct mcsync_range *differing_ranges;
+    /**
+     * Number of entries in `differing_ranges`.
+     */
+    size_t differing_ranges_len;
+} mcsync_resync_report;
 
 #ifdef __cplusplus
 extern "C" {
@@ -412,6 +610,13 @@ enum mcsync_status mcsync_publisher_config_add_schedule_window(struct mcsync_pub
                                                                uint32_t end_minute);
 
 /**
+ * Turns multicast off entirely (until `mcsync_publisher_config_add_schedule_window` adds a
+ * window, or `mcsync_publisher_set_schedule_always` turns it on at run time): updates are
+ * only journaled and every subscriber catches up by unicast.
+ */
+enum mcsync_status mcsync_publisher_config_set_schedule_never(struct mcsync_publisher_config *config);
+
+/**
  * Whether keys are rotated when a multicast window opens, so subscribers re-register and
  * make their presence known (default false).
  */
@@ -521,6 +726,39 @@ enum mcsync_status mcsync_publisher_config_set_max_update_bytes(struct mcsync_pu
  */
 enum mcsync_status mcsync_publisher_config_set_map_size(struct mcsync_publisher_config *config,
                                                         size_t bytes);
+
+/**
+ * Journal retention: keeps at most `bytes` bytes of journal per database (any value; 0
+ * keeps only the minimum count). Entries beyond both this and the age limit are removed,
+ * oldest first, but never below the minimum count (`_set_retention_min_count`). A
+ * subscriber that falls behind the oldest version kept catches up by hash resync instead
+ * of the journal. Default 1 GiB.
+ */
+enum mcsync_status mcsync_publisher_config_set_retention_max_bytes(struct mcsync_publisher_config *config,
+                                                                   uint64_t bytes);
+
+/**
+ * Journal retention: keeps entries younger than `age_ms` milliseconds (0..=UINT64_MAX /
+ * 1000; see `_set_retention_max_bytes` for how the limits combine). Default 7 days.
+ */
+enum mcsync_status mcsync_publisher_config_set_retention_max_age_ms(struct mcsync_publisher_config *config,
+                                                                    uint64_t age_ms);
+
+/**
+ * Journal retention: the fewest entries kept per database, whatever their size and age
+ * (any value). Default 10000.
+ */
+enum mcsync_status mcsync_publisher_config_set_retention_min_count(struct mcsync_publisher_config *config,
+                                                                   uint64_t count);
+
+/**
+ * Journal retention: when the data directory's file system has less than `bytes` bytes
+ * free, journals are trimmed to their minimum count, and the condition is logged and
+ * counted (publisher statistics counter "disk_low"). 0 turns the check off. Default
+ * 256 MiB.
+ */
+enum mcsync_status mcsync_publisher_config_set_retention_min_free_disk_bytes(struct mcsync_publisher_config *config,
+                                                                             uint64_t bytes);
 
 /**
  * Creates a subscriber configuration holding the defaults (interface 127.0.0.1, 8 MiB
@@ -664,10 +902,23 @@ enum mcsync_status mcsync_subscriber_config_set_map_size(struct mcsync_subscribe
 
 /**
  * Sets the name this subscriber gives the publisher when it registers (1..=255 bytes of
- * UTF-8). Default "mcsync-subscriber".
+ * UTF-8). Default "mcsync-subscriber". It names the subscriber in
+ * `mcsync_publisher_subscribers` and, as "client (user)", names a two-phase participant in
+ * the publisher's abort messages (who refused, who did not answer), so give each
+ * participant its own.
  */
 enum mcsync_status mcsync_subscriber_config_set_client_name(struct mcsync_subscriber_config *config,
                                                             const char *name);
+
+/**
+ * Sets how far behind (in versions) a replica catches up compacted: a gap of more than
+ * `versions` versions is repaired as the latest value of each changed key instead of
+ * update by update, and update callbacks then see it as one update (see
+ * `mcsync_update_callback`). 0 compacts every catch-up; `UINT64_MAX` never does. Default
+ * 1000.
+ */
+enum mcsync_status mcsync_subscriber_config_set_compact_catch_up_after(struct mcsync_subscriber_config *config,
+                                                                       uint64_t versions);
 
 /**
  * Opens (or creates) a publisher's store in the configured data directory, starts its
@@ -739,6 +990,71 @@ enum mcsync_status mcsync_publisher_revoke(const struct mcsync_publisher *publis
  */
 enum mcsync_status mcsync_publisher_stats(const struct mcsync_publisher *publisher,
                                           struct mcsync_stats **out_stats);
+
+/**
+ * Trims every database's journal now as the retention policy says
+ * (`mcsync_publisher_config_set_retention_*`; the publisher also does this by itself about
+ * once a second). On success, if `removed` is not NULL, `*removed` receives the number of
+ * journal entries removed. Errors: `MCSYNC_ERR_STORAGE`. Thread-safe.
+ */
+enum mcsync_status mcsync_publisher_apply_retention(const struct mcsync_publisher *publisher,
+                                                    uint64_t *removed);
+
+/**
+ * Multicasts at all times from now on (the default), replacing the schedule set in the
+ * configuration or by an earlier call. Takes effect within about 50 ms. Thread-safe.
+ */
+enum mcsync_status mcsync_publisher_set_schedule_always(const struct mcsync_publisher *publisher);
+
+/**
+ * Stops multicasting from now on: updates are only journaled and subscribers catch up by
+ * unicast (they learn of new versions from heartbeats). Takes effect within about 50 ms.
+ * Thread-safe.
+ */
+enum mcsync_status mcsync_publisher_set_schedule_never(const struct mcsync_publisher *publisher);
+
+/**
+ * Multicasts only inside the given daily windows from now on (`windows_len` entries,
+ * 1..=1440, copied; see `mcsync_schedule_window`), replacing the schedule set in the
+ * configuration or by an earlier call. Outside every window updates are only journaled and
+ * subscribers catch up by unicast. Takes effect within about 50 ms. A window out of range,
+ * or `windows_len` 0 (use `mcsync_publisher_set_schedule_never`), gives `MCSYNC_ERR_RANGE`
+ * and leaves the schedule unchanged. Thread-safe.
+ */
+enum mcsync_status mcsync_publisher_set_schedule_windows(const struct mcsync_publisher *publisher,
+                                                         const struct mcsync_schedule_window *windows,
+                                                         size_t windows_len);
+
+/**
+ * Takes a snapshot of the subscribers currently registered (a subscriber leaves the list
+ * when its subscription closes or its user is revoked), in order of registration id.
+ *
+ * On success `*out_list` receives a new list the caller owns and frees with
+ * `mcsync_subscriber_list_free`. Thread-safe.
+ */
+enum mcsync_status mcsync_publisher_subscribers(const struct mcsync_publisher *publisher,
+                                                struct mcsync_subscriber_list **out_list);
+
+/**
+ * Writes the number of subscribers in the list to `*count`. Thread-safe.
+ */
+enum mcsync_status mcsync_subscriber_list_count(const struct mcsync_subscriber_list *list,
+                                                size_t *count);
+
+/**
+ * Points `*info` at subscriber number `index` (0-based, below the count) of the list.
+ * `MCSYNC_ERR_RANGE` if `index` is past the end. The entry and its strings are borrowed
+ * from the list: valid until `mcsync_subscriber_list_free(list)`; do not free or modify
+ * them. Thread-safe.
+ */
+enum mcsync_status mcsync_subscriber_list_entry(const struct mcsync_subscriber_list *list,
+                                                size_t index,
+                                                const struct mcsync_subscriber_info **info);
+
+/**
+ * Frees a subscriber list (and the entries and strings borrowed from it). NULL is a no-op.
+ */
+void mcsync_subscriber_list_free(struct mcsync_subscriber_list *list);
 
 /**
  * Closes the publisher: stops accepting commits, finishes those in progress, sends what is
@@ -862,6 +1178,72 @@ enum mcsync_status mcsync_txn_delete(struct mcsync_txn *txn, const uint8_t *key,
 enum mcsync_status mcsync_txn_commit(struct mcsync_txn *txn, uint64_t *version);
 
 /**
+ * Commits the transaction in two phases: multicasts it as PREPARE at the next version,
+ * waits until every participant of the database (see
+ * `mcsync_subscriber_subscribe_participant`) has voted PREPARED, one refused, or
+ * `timeout_ms` milliseconds (0..=3600000) passed, then multicasts COMMIT and journals it,
+ * or ABORT. With no participant registered it commits at once. On success, if `version`
+ * is not NULL, `*version` receives the version.
+ *
+ * On abort it returns `MCSYNC_ERR_REFUSED`, nothing is written, the version is given back,
+ * and the last error names who refused, with the reason its vote callback gave, and who
+ * did not answer in time, e.g. "refused: two-phase update of database \"ledger\" at
+ * version 5 aborted: audit-b (bob) refused: amount over limit".
+ *
+ * Ownership: the transaction is freed in every case, success or failure (as
+ * `mcsync_txn_commit`). Errors: `MCSYNC_ERR_REFUSED`, `MCSYNC_ERR_CONFIG` (empty
+ * transaction), `MCSYNC_ERR_RANGE` (timeout), `MCSYNC_ERR_CLOSED`, `MCSYNC_ERR_STORAGE`.
+ * Blocks until decided and durable; every other commit of the publisher waits meanwhile.
+ */
+enum mcsync_status mcsync_txn_commit_two_phase(struct mcsync_txn *txn,
+                                               uint64_t timeout_ms,
+                                               uint64_t *version);
+
+/**
+ * The first phase alone: multicasts the transaction as PREPARE at the next version and
+ * waits, at most `timeout_ms` milliseconds (0..=3600000), until every participant has
+ * voted PREPARED. On success `*out_prepared` receives a new prepared update the caller
+ * owns and must end with exactly one of `mcsync_prepared_commit` or
+ * `mcsync_prepared_rollback` (see `mcsync_prepared`: every other commit of the publisher
+ * waits until then, and `mcsync_publisher_close` and `mcsync_publisher_free` block until
+ * then). On a refusal or timeout it is aborted at once and `MCSYNC_ERR_REFUSED` says why,
+ * as for `mcsync_txn_commit_two_phase`.
+ *
+ * Ownership: the transaction is freed in every case, success or failure, also when
+ * `out_prepared` is NULL (`MCSYNC_ERR_NULL`, nothing sent). Errors as
+ * `mcsync_txn_commit_two_phase`.
+ */
+enum mcsync_status mcsync_txn_prepare(struct mcsync_txn *txn,
+                                      uint64_t timeout_ms,
+                                      struct mcsync_prepared **out_prepared);
+
+/**
+ * Writes the version the prepared update will have if committed to `*version`.
+ */
+enum mcsync_status mcsync_prepared_version(const struct mcsync_prepared *prepared,
+                                           uint64_t *version);
+
+/**
+ * Commits the prepared update: journals it durably and multicasts COMMIT (repeated until
+ * every participant acknowledges), after which the replicas apply it. On success, if
+ * `version` is not NULL, `*version` receives its version.
+ *
+ * Ownership: `prepared` is freed in every case, success or failure; NULL gives
+ * `MCSYNC_ERR_NULL`. Errors: `MCSYNC_ERR_STORAGE` (not journaled: the update was aborted),
+ * `MCSYNC_ERR_CLOSED`. Blocks until durable.
+ */
+enum mcsync_status mcsync_prepared_commit(struct mcsync_prepared *prepared, uint64_t *version);
+
+/**
+ * Rolls the prepared update back: multicasts ABORT, the participants discard what they
+ * prepared, nothing is written and the version is given back (the next commit takes it).
+ *
+ * Ownership: `prepared` is freed in every case, success or failure; NULL gives
+ * `MCSYNC_ERR_NULL`. Errors: `MCSYNC_ERR_CLOSED`.
+ */
+enum mcsync_status mcsync_prepared_rollback(struct mcsync_prepared *prepared);
+
+/**
  * Discards the transaction and frees it; nothing is written or sent. NULL is a no-op.
  */
 void mcsync_txn_discard(struct mcsync_txn *txn);
@@ -922,6 +1304,69 @@ enum mcsync_status mcsync_subscriber_subscribe(const struct mcsync_subscriber *s
                                                void *user_data,
                                                mcsync_free_callback free_user_data,
                                                struct mcsync_subscription **out_subscription);
+
+/**
+ * Subscribes to database `name` as a two-phase participant: exactly as
+ * `mcsync_subscriber_subscribe` (same `callback`, `user_data`, ownership and errors), and
+ * in addition every two-phase update of the database (`mcsync_txn_commit_two_phase`,
+ * `mcsync_txn_prepare`) waits for this replica's vote. The publisher learns that this
+ * subscription is a participant when it registers, so updates prepared after this
+ * function returned wait for it.
+ *
+ * `vote` (see `mcsync_vote_callback`) is called with the same `user_data` for each
+ * prepared update, on the subscription's process thread, before anything of the update is
+ * visible in the replica; it votes PREPARED (0) or refuses (non-zero, with a reason). With
+ * `vote` NULL the replica votes PREPARED whenever it can keep the update. A committed
+ * update is then applied and passed to `callback` like any other; an aborted one is
+ * dropped and never seen by `callback`. After `mcsync_subscription_close` no vote starts
+ * (an update prepared later is refused, or times out at the publisher).
+ *
+ * `free_user_data` runs once, after the last call of either callback (as
+ * `mcsync_subscriber_subscribe` says). On success `*out_subscription` receives a new
+ * handle the caller owns and frees with `mcsync_subscription_free`. `name` is borrowed for
+ * the call only. Thread-safe; blocks while registering.
+ */
+enum mcsync_status mcsync_subscriber_subscribe_participant(const struct mcsync_subscriber *subscriber,
+                                                           const char *name,
+                                                           mcsync_update_callback callback,
+                                                           mcsync_vote_callback vote,
+                                                           void *user_data,
+                                                           mcsync_free_callback free_user_data,
+                                                           struct mcsync_subscription **out_subscription);
+
+/**
+ * Compares the local replica of database `name` with the publisher's current state, by
+ * range digests of content hashes, without changing anything. The replica's hashes are
+ * recomputed from its data, so records changed behind mcsync's back are found too. Works
+ * with or without a live subscription to `name` (with one, updates still in flight may
+ * show as differences: compare `version` and `previous_version`).
+ *
+ * On success `*out_report` receives a new report the caller owns and frees with
+ * `mcsync_resync_report_free`; its `in_agreement` says whether the records are the same.
+ * `name` is borrowed for the call only. Errors: `MCSYNC_ERR_CONFIG` (bad name),
+ * `MCSYNC_ERR_IO` (publisher unreachable), `MCSYNC_ERR_AUTH`, `MCSYNC_ERR_REFUSED`
+ * (unknown database), `MCSYNC_ERR_STORAGE`, `MCSYNC_ERR_CLOSED` (subscriber closed).
+ * Thread-safe; blocks while it talks to the publisher (one control connection; the traffic
+ * grows with the number of differences, not with the size of the replica).
+ */
+enum mcsync_status mcsync_subscriber_verify(const struct mcsync_subscriber *subscriber,
+                                            const char *name,
+                                            struct mcsync_resync_report **out_report);
+
+/**
+ * Resyncs the local replica of database `name` by hashes now, without subscribing: fetches
+ * what differs or is missing, deletes what the publisher does not have, then applies the
+ * journal after the publisher's snapshot, all in one LMDB transaction (readers see the old
+ * state until it commits). For a replica restored from a backup, copied from another
+ * replica or repaired by hand. With a live subscription to `name` this fails with
+ * `MCSYNC_ERR_CONFIG`: use `mcsync_subscription_request_resync` instead.
+ *
+ * On success `*out_report` receives a new report the caller owns and frees with
+ * `mcsync_resync_report_free`. Other errors and threading as `mcsync_subscriber_verify`.
+ */
+enum mcsync_status mcsync_subscriber_resync(const struct mcsync_subscriber *subscriber,
+                                            const char *name,
+                                            struct mcsync_resync_report **out_report);
 
 /**
  * Closes every subscription of this subscriber (see `mcsync_subscription_close`); later
@@ -1027,6 +1472,16 @@ enum mcsync_status mcsync_subscription_wait_for_version(const struct mcsync_subs
                                                         uint64_t timeout_ms);
 
 /**
+ * Asks the subscription's process thread to resync its replica by hashes as soon as it
+ * can (as `mcsync_subscriber_resync` does, but while subscribed): for a store restored
+ * from a backup or edited by hand. Returns at once. Update callbacks then see what changed
+ * as one update (see `mcsync_update_callback`); progress shows in the statistics
+ * (`catchups_resync`, `resync_fetched`, `resync_deleted`, `resync_bytes`).
+ * `MCSYNC_ERR_CLOSED` if the subscription is closed. Thread-safe.
+ */
+enum mcsync_status mcsync_subscription_request_resync(const struct mcsync_subscription *subscription);
+
+/**
  * Takes a snapshot of the subscription's counters. On success `*out_stats` receives a new
  * object the caller owns and frees with `mcsync_stats_free`. Thread-safe.
  */
@@ -1057,6 +1512,11 @@ enum mcsync_status mcsync_subscription_close(const struct mcsync_subscription *s
  * the handle.
  */
 void mcsync_subscription_free(struct mcsync_subscription *subscription);
+
+/**
+ * Frees a report (and its ranges). NULL is a no-op. Free each report exactly once.
+ */
+void mcsync_resync_report_free(struct mcsync_resync_report *report);
 
 /**
  * Writes the number of counters in the snapshot to `*count`. Thread-safe.

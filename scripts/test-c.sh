@@ -8,7 +8,9 @@
 #   3. legacy_hook  a legacy server's update hook replicating through mcsync
 #   4. misuse       NULL handles, invalid config, double close, callbacks closing their own
 #                   subscription (no crash, no deadlock; each an error code and a message)
-#   5. valgrind     converge (small) and misuse under valgrind --leak-check=full
+#   4b. twophase    two C two-phase participants, one refusing through its vote callback
+#                   (the error names it); prepare/rollback/commit; verify reports agreement
+#   5. valgrind     converge (small), misuse and twophase under valgrind --leak-check=full
 #   6. install      make install PREFIX=..., then the full example of docs/C_API.md built
 #                   with cc $(pkg-config --cflags --libs mcsync) and run
 # Prints PASS/FAIL per test and "N passed, M failed"; exits non-zero if anything failed.
@@ -167,6 +169,9 @@ run legacy_hook 120 "$BIN/legacy_hook" "$WORK/legacy" "$(group 20)" "$(port 20)"
 echo "== 4. misuse"
 run misuse 180 "$BIN/test_mcsync" misuse "$WORK/misuse" "$(group 30)" "$(port 30)"
 
+echo "== 4b. twophase"
+run twophase 120 "$BIN/test_mcsync" twophase "$WORK/twophase" "$(group 35)" "$(port 35)"
+
 echo "== 5. valgrind"
 if ! command -v valgrind >/dev/null 2>&1; then
   echo "valgrind not found: installing it"
@@ -179,6 +184,8 @@ if command -v valgrind >/dev/null 2>&1; then
     "$(group 40)" "$(port 40)" "$VALGRIND_UPDATES"
   run valgrind-misuse 600 "${VG[@]}" "$BIN/test_mcsync" misuse "$WORK/vg-misuse" \
     "$(group 50)" "$(port 50)"
+  run valgrind-twophase 300 "${VG[@]}" "$BIN/test_mcsync" twophase "$WORK/vg-twophase" \
+    "$(group 55)" "$(port 55)"
 else
   fail "valgrind: not installed and could not be installed"
 fi

@@ -121,8 +121,9 @@ impl Schedule {
     }
 }
 
-/// How much journal the publisher keeps. Entries beyond both the size and the age limit
-/// are removed, oldest first, but never below `min_count`. A subscriber that falls behind
+/// How much journal the publisher keeps. The oldest entries are removed while the journal
+/// exceeds the size limit or they are older than the age limit, but never below
+/// `min_count` entries. A subscriber that falls behind
 /// the oldest kept version catches up by hash resync instead of the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {

@@ -198,15 +198,17 @@ impl Publisher {
             next_id: AtomicU64::new(1),
             auth_cache: Mutex::new(HashMap::new()),
             rotate: Mutex::new(None),
+            known_good: Mutex::new(std::collections::HashSet::new()),
             two_phase: Default::default(),
         });
         let server = RepairServer::start(config.control_addr, server_ctx.clone())?;
         let control_addr = server.addr();
         let (tx, rx) = chan::bounded(INTAKE_QUEUE);
-        let (s2, x2) = (store.clone(), server_ctx.clone());
+        let stop = StopFlag::default();
+        let (s2, x2, f2) = (store.clone(), server_ctx.clone(), stop.clone());
         let intake = std::thread::Builder::new()
             .name("mcsync-intake".into())
-            .spawn(move || intake_loop(rx, &s2, &x2))
+            .spawn(move || intake_loop(rx, &s2, &x2, &f2))
             .map_err(|e| Error::io("spawning intake thread", e))?;
         let publisher = Publisher {
             inner: Arc::new(Inner {
@@ -222,7 +224,7 @@ impl Publisher {
                 server: Mutex::new(Some(server)),
                 control_addr,
                 maintenance: Mutex::new(None),
-                stop: StopFlag::default(),
+                stop,
             }),
         };
         for name in publisher.inner.store.database_names()? {
@@ -537,8 +539,8 @@ fn apply_retention(inner: &Inner) -> Result<u64> {
             }
         }
         let oldest = inner.store.oldest_version(db.tables)?;
-        if oldest > 0 {
-            db.oldest.store(oldest, Ordering::SeqCst);
+        if oldest > 0 && db.oldest.swap(oldest, Ordering::SeqCst) != oldest {
+            send_mcast(&db, McastCmd::Oldest(oldest));
         }
     }
     Ok(total)
@@ -771,7 +773,12 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
 
 /// Groups whatever commits are queued into one durable LMDB transaction, then hands the
 /// updates to the multicasters in version order and answers the callers.
-fn intake_loop(rx: chan::Receiver<Intake>, store: &PublisherStore, ctx: &ServerContext) {
+fn intake_loop(
+    rx: chan::Receiver<Intake>,
+    store: &PublisherStore,
+    ctx: &ServerContext,
+    stop: &StopFlag,
+) {
     let c = &*ctx.counters;
     let mut next: HashMap<String, u64> = HashMap::new();
     let mut deferred: Option<Intake> = None;
@@ -786,7 +793,7 @@ fn intake_loop(rx: chan::Receiver<Intake>, store: &PublisherStore, ctx: &ServerC
         let first = match first {
             Intake::Commit(r) => r,
             Intake::Prepare(p) => {
-                two_phase_round(p, &mut next, store, ctx);
+                two_phase_round(p, &mut next, store, ctx, stop);
                 continue;
             }
         };
@@ -899,6 +906,7 @@ fn two_phase_round(
     next: &mut HashMap<String, u64>,
     store: &PublisherStore,
     ctx: &ServerContext,
+    stop: &StopFlag,
 ) {
     let c = &*ctx.counters;
     let db = p.db;
@@ -931,7 +939,15 @@ fn two_phase_round(
     if p.reply.send(Ok(ticket)).is_err() {
         // The caller went away before learning its version: roll back.
     }
-    let wants_commit = resolve_rx.recv().unwrap_or(false);
+    // Closing the publisher rolls back an unresolved two-phase update.
+    let wants_commit = loop {
+        match resolve_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(commit) => break commit,
+            Err(chan::RecvTimeoutError::Disconnected) => break false,
+            Err(chan::RecvTimeoutError::Timeout) if stop.is_stopped() => break false,
+            Err(chan::RecvTimeoutError::Timeout) => {}
+        }
+    };
     let outcome = if wants_commit {
         let enc = update_to_vec(&u);
         let entry = JournalEntry {

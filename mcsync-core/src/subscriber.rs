@@ -786,6 +786,12 @@ impl Process {
     fn on_record(&mut self, now: Instant, kind: RecordKind, u: Update) {
         let tp = &mut self.two_phase;
         let held = tp.pending.as_ref().map(|p| p.version);
+        // A decision belongs to the round whose PREPARE carried the same timestamp; an
+        // old decision repeated after the version was reused must not touch a new round.
+        let same_round = tp
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.version == u.version && p.timestamp_us == u.timestamp_us);
         match kind {
             RecordKind::Commit => {
                 if held == Some(u.version) {
@@ -795,14 +801,16 @@ impl Process {
                 self.receiver.on_update(now, u);
             }
             RecordKind::Prepare => {
-                if u.version > self.receiver.applied() && held != Some(u.version) {
+                // A PREPARE for a version already held replaces it: the earlier one was
+                // aborted (its ABORT missed) and the version reused.
+                if u.version > self.receiver.applied() && tp.pending.as_ref() != Some(&u) {
                     inc(&self.shared.counters.prepares_received);
                     tp.pending = Some(u);
                     tp.voted = None;
                 }
             }
             RecordKind::CommitPrepared => {
-                if held == Some(u.version) {
+                if same_round {
                     if let Some(p) = tp.pending.take() {
                         self.receiver.on_update(now, p);
                     }
@@ -815,7 +823,7 @@ impl Process {
                 }
             }
             RecordKind::Abort => {
-                if held == Some(u.version) {
+                if same_round {
                     tp.pending = None;
                     inc(&self.shared.counters.prepares_aborted);
                 }
@@ -859,16 +867,21 @@ impl Process {
             self.receiver.on_heartbeat(Instant::now(), v - 1);
             return Ok(());
         }
+        // What this replica would apply (access groups enforced), and what its host may
+        // see of it: the vote and the durable copy never hold records it may not read.
+        let mut applied_form = [p.clone()];
+        let shown = filter_updates(&self.groups, &self.shared.counters, &mut applied_form);
+        let [p] = applied_form;
         let verdict = match tp.vote.as_mut() {
             Some(f) => {
-                let run = std::panic::AssertUnwindSafe(|| f(p));
+                let run = std::panic::AssertUnwindSafe(|| f(&shown[0]));
                 std::panic::catch_unwind(run)
                     .unwrap_or_else(|_| Err("vote callback panicked".into()))
             }
             None => Ok(()),
         };
         if verdict.is_ok() && tp.durable != Some(v) {
-            self.shared.store.put_prepared(&name, p)?;
+            self.shared.store.put_prepared(&name, &p)?;
             tp.durable = Some(v);
         }
         let (ok, reason) = match &verdict {
@@ -1022,10 +1035,17 @@ impl Process {
                 inc(&c.repair_failures);
                 log::warn!("{}: resync failed: {e}", self.shared.name);
                 self.receiver.on_repair_done(Instant::now(), false);
-                return match e.kind() {
-                    crate::ErrorKind::Storage => Err(e),
-                    _ => Ok(()),
-                };
+                if e.kind() == crate::ErrorKind::Storage {
+                    *self
+                        .shared
+                        .failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    self.shared.stop.stop();
+                    self.shared.advanced.notify_all();
+                    return Err(e);
+                }
+                return Ok(());
             }
         };
         let r = &done.report;
@@ -1071,9 +1091,13 @@ impl Process {
         let limits = self.limits;
         let mut failed_apply = None;
         // Far behind: the first range comes compacted (latest value per changed key).
+        let compactable =
+            limits.max_update_bytes >= 2 * crate::net::repair_server::COMPACT_CHUNK_BYTES;
         let compacted = ranges
             .first()
-            .filter(|&&(a, b)| b - a + 1 > self.compact_after && a == self.receiver.applied() + 1)
+            .filter(|&&(a, b)| {
+                compactable && b - a + 1 > self.compact_after && a == self.receiver.applied() + 1
+            })
             .copied();
         let mut next_first = compacted.map_or(0, |(a, _)| a);
         let mut on_bytes = |bytes: &[u8]| -> Result<()> {
@@ -1178,7 +1202,11 @@ impl Subscription {
     /// with `Closed` if the subscription closes, or with `Storage` if it stopped on a
     /// storage failure.
     pub fn wait_for_version(&self, v: u64, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        // A huge timeout means "forever": clamp instead of overflowing.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut cur = self
             .shared
             .version

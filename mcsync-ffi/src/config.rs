@@ -324,6 +324,19 @@ pub unsafe extern "C" fn mcsync_publisher_config_add_schedule_window(
     }
 }
 
+/// Turns multicast off entirely (until `mcsync_publisher_config_add_schedule_window` adds a
+/// window, or `mcsync_publisher_set_schedule_always` turns it on at run time): updates are
+/// only journaled and every subscriber catches up by unicast.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_schedule_never(
+    config: *mut mcsync_publisher_config,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.schedule = Schedule::Never;
+        Ok(())
+    }
+}
+
 /// Whether keys are rotated when a multicast window opens, so subscribers re-register and
 /// make their presence known (default false).
 #[no_mangle]
@@ -555,6 +568,66 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_map_size(
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
         c.config.map_size = check_range(bytes, MIN_MAP_SIZE, usize::MAX, "map size")?;
+        Ok(())
+    }
+}
+
+/// Journal retention: keeps at most `bytes` bytes of journal per database (any value; 0
+/// keeps only the minimum count). Entries beyond both this and the age limit are removed,
+/// oldest first, but never below the minimum count (`_set_retention_min_count`). A
+/// subscriber that falls behind the oldest version kept catches up by hash resync instead
+/// of the journal. Default 1 GiB.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_retention_max_bytes(
+    config: *mut mcsync_publisher_config,
+    bytes: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.retention.max_bytes = bytes;
+        Ok(())
+    }
+}
+
+/// Journal retention: keeps entries younger than `age_ms` milliseconds (0..=UINT64_MAX /
+/// 1000; see `_set_retention_max_bytes` for how the limits combine). Default 7 days.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_retention_max_age_ms(
+    config: *mut mcsync_publisher_config,
+    age_ms: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        // Kept in microseconds as a u64 by the store.
+        check_range(age_ms, 0, u64::MAX / 1000, "journal retention age (ms)")?;
+        c.config.retention.max_age = Duration::from_millis(age_ms);
+        Ok(())
+    }
+}
+
+/// Journal retention: the fewest entries kept per database, whatever their size and age
+/// (any value). Default 10000.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_retention_min_count(
+    config: *mut mcsync_publisher_config,
+    count: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.retention.min_count = count;
+        Ok(())
+    }
+}
+
+/// Journal retention: when the data directory's file system has less than `bytes` bytes
+/// free, journals are trimmed to their minimum count, and the condition is logged and
+/// counted (publisher statistics counter "disk_low"). 0 turns the check off. Default
+/// 256 MiB.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_retention_min_free_disk_bytes(
+    config: *mut mcsync_publisher_config,
+    bytes: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.retention.min_free_disk_bytes = bytes;
         Ok(())
     }
 }
@@ -870,7 +943,10 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_map_size(
 }
 
 /// Sets the name this subscriber gives the publisher when it registers (1..=255 bytes of
-/// UTF-8). Default "mcsync-subscriber".
+/// UTF-8). Default "mcsync-subscriber". It names the subscriber in
+/// `mcsync_publisher_subscribers` and, as "client (user)", names a two-phase participant in
+/// the publisher's abort messages (who refused, who did not answer), so give each
+/// participant its own.
 #[no_mangle]
 pub unsafe extern "C" fn mcsync_subscriber_config_set_client_name(
     config: *mut mcsync_subscriber_config,
@@ -881,6 +957,22 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_client_name(
         let name = str_arg(name, "name")?;
         check_range(name.len(), 1, 255, "client name length")?;
         c.config.client_name = name.to_owned();
+        Ok(())
+    }
+}
+
+/// Sets how far behind (in versions) a replica catches up compacted: a gap of more than
+/// `versions` versions is repaired as the latest value of each changed key instead of
+/// update by update, and update callbacks then see it as one update (see
+/// `mcsync_update_callback`). 0 compacts every catch-up; `UINT64_MAX` never does. Default
+/// 1000.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_compact_catch_up_after(
+    config: *mut mcsync_subscriber_config,
+    versions: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.compact_catch_up_after = versions;
         Ok(())
     }
 }

@@ -36,7 +36,9 @@ pub enum mcsync_status {
     MCSYNC_ERR_TIMEOUT = 7,
     /// A key, value or transaction exceeds a configured maximum.
     MCSYNC_ERR_TOO_LARGE = 8,
-    /// The publisher refused the request (unknown database, versions that do not exist).
+    /// The publisher refused the request (unknown database, versions that do not exist),
+    /// or a two-phase update was aborted (a participant refused, or did not vote in time;
+    /// the message names them).
     MCSYNC_ERR_REFUSED = 9,
     /// A required pointer argument was NULL.
     MCSYNC_ERR_NULL = 100,
@@ -103,7 +105,7 @@ impl mcsync_status {
             MCSYNC_ERR_CLOSED => c"closed",
             MCSYNC_ERR_TIMEOUT => c"timed out",
             MCSYNC_ERR_TOO_LARGE => c"too large",
-            MCSYNC_ERR_REFUSED => c"refused by the publisher",
+            MCSYNC_ERR_REFUSED => c"refused by the publisher or a two-phase participant",
             MCSYNC_ERR_NULL => c"NULL pointer argument",
             MCSYNC_ERR_UTF8 => c"string is not valid UTF-8",
             MCSYNC_ERR_RANGE => c"argument out of range",

@@ -41,6 +41,9 @@ mod auth;
 /// Subscriber, subscription, iterator, callbacks.
 mod subscriber;
 
+/// Resync and verification reports.
+mod resync;
+
 /// Counter snapshots.
 mod stats;
 
@@ -56,5 +59,6 @@ pub use config::*;
 pub use error::{mcsync_last_error, mcsync_status, mcsync_status_str};
 pub use library::mcsync_version;
 pub use publisher::*;
+pub use resync::*;
 pub use stats::*;
 pub use subscriber::*;

@@ -4,8 +4,10 @@ use crate::args::{borrow, borrow_mut, bytes_arg, free_handle, into_handle, out, 
 use crate::config::mcsync_publisher_config;
 use crate::error::{mcsync_status, FfiError};
 use crate::stats::mcsync_stats;
-use mcsync_core::{Database, Publisher, Transaction};
+use mcsync_core::{Database, Prepared, Publisher, Schedule, Transaction};
+use std::ffi::CString;
 use std::os::raw::c_char;
+use std::time::Duration;
 
 /// A publisher (the master side): its LMDB journal, its repair server and one multicaster
 /// thread per database. Opened by `mcsync_publisher_open`, freed by `mcsync_publisher_free`.
@@ -22,11 +24,70 @@ pub struct mcsync_db {
 }
 
 /// A pending transaction on one database. Created by `mcsync_txn_begin`; ended (and freed)
-/// by exactly one of `mcsync_txn_commit` or `mcsync_txn_discard`. Not thread-safe: use it
-/// from one thread at a time. It does not depend on the `mcsync_db` handle it was begun
-/// from, which may be freed first.
+/// by exactly one of `mcsync_txn_commit`, `mcsync_txn_commit_two_phase`,
+/// `mcsync_txn_prepare` or `mcsync_txn_discard`. Not thread-safe: use it from one thread at
+/// a time. It does not depend on the `mcsync_db` handle it was begun from, which may be
+/// freed first.
 pub struct mcsync_txn {
     inner: Transaction,
+}
+
+/// A two-phase update every participant has voted PREPARED, awaiting the decision. Created
+/// by `mcsync_txn_prepare`; ended (and freed) by exactly one of `mcsync_prepared_commit` or
+/// `mcsync_prepared_rollback`. Until then no replica shows it, and every other commit of
+/// the publisher (on any database) waits behind it, so decide promptly, and never write to
+/// the same publisher from the thread holding it (that write would wait forever). Not
+/// thread-safe: use it from one thread at a time (it may be handed to another thread).
+pub struct mcsync_prepared {
+    inner: Prepared,
+}
+
+/// A daily multicast window for `mcsync_publisher_set_schedule_windows`, in minutes after
+/// midnight UTC.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct mcsync_schedule_window {
+    /// First minute of the window, 0..=1439.
+    pub start_minute: u32,
+    /// Minute the window ends (exclusive), 0..=1440. A window with `end_minute <
+    /// start_minute` runs over midnight.
+    pub end_minute: u32,
+}
+
+/// One subscriber registered with the publisher, as listed by
+/// `mcsync_publisher_subscribers`. Borrowed from its list, with every string in it: valid
+/// until `mcsync_subscriber_list_free`. New fields are only ever added at the end.
+#[repr(C)]
+pub struct mcsync_subscriber_info {
+    /// Registration id, unique within the publisher.
+    pub id: u64,
+    /// User it authenticated as (NUL-terminated UTF-8; empty with open access).
+    pub user: *const c_char,
+    /// Database it subscribed to.
+    pub database: *const c_char,
+    /// Client name it gave (`mcsync_subscriber_config_set_client_name`).
+    pub client: *const c_char,
+    /// Address of its last session, "ip:port".
+    pub peer: *const c_char,
+    /// Registrations and repair sessions it opened.
+    pub sessions: u64,
+    /// Whether it takes part in two-phase updates of its database
+    /// (`mcsync_subscriber_subscribe_participant`).
+    pub participant: bool,
+}
+
+/// A snapshot of the subscribers registered with a publisher, by registration id. Created
+/// by `mcsync_publisher_subscribers`, freed by `mcsync_subscriber_list_free`. Immutable,
+/// so thread-safe.
+pub struct mcsync_subscriber_list {
+    entries: Vec<SubscriberEntry>,
+}
+
+/// An entry and the strings its pointers point into (a `CString`'s buffer does not move
+/// when the `CString` does).
+struct SubscriberEntry {
+    info: mcsync_subscriber_info,
+    _strings: [CString; 4],
 }
 
 /// Opens (or creates) a publisher's store in the configured data directory, starts its
@@ -176,6 +237,178 @@ pub unsafe extern "C" fn mcsync_publisher_stats(
         let slot = out(out_stats, "out_stats")?;
         *slot = into_handle(mcsync_stats::from_fields(p.inner.stats().fields()));
         Ok(())
+    }
+}
+
+/// Trims every database's journal now as the retention policy says
+/// (`mcsync_publisher_config_set_retention_*`; the publisher also does this by itself about
+/// once a second). On success, if `removed` is not NULL, `*removed` receives the number of
+/// journal entries removed. Errors: `MCSYNC_ERR_STORAGE`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_apply_retention(
+    publisher: *const mcsync_publisher,
+    removed: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(publisher, "publisher")?;
+        let n = p.inner.apply_retention()?;
+        if let Some(slot) = removed.as_mut() {
+            *slot = n;
+        }
+        Ok(())
+    }
+}
+
+/// Multicasts at all times from now on (the default), replacing the schedule set in the
+/// configuration or by an earlier call. Takes effect within about 50 ms. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_set_schedule_always(
+    publisher: *const mcsync_publisher,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow(publisher, "publisher")?.inner.set_schedule(Schedule::Always);
+        Ok(())
+    }
+}
+
+/// Stops multicasting from now on: updates are only journaled and subscribers catch up by
+/// unicast (they learn of new versions from heartbeats). Takes effect within about 50 ms.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_set_schedule_never(
+    publisher: *const mcsync_publisher,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow(publisher, "publisher")?.inner.set_schedule(Schedule::Never);
+        Ok(())
+    }
+}
+
+/// Multicasts only inside the given daily windows from now on (`windows_len` entries,
+/// 1..=1440, copied; see `mcsync_schedule_window`), replacing the schedule set in the
+/// configuration or by an earlier call. Outside every window updates are only journaled and
+/// subscribers catch up by unicast. Takes effect within about 50 ms. A window out of range,
+/// or `windows_len` 0 (use `mcsync_publisher_set_schedule_never`), gives `MCSYNC_ERR_RANGE`
+/// and leaves the schedule unchanged. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_set_schedule_windows(
+    publisher: *const mcsync_publisher,
+    windows: *const mcsync_schedule_window,
+    windows_len: usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(publisher, "publisher")?;
+        if windows_len == 0 || windows_len > 1440 {
+            return Err(FfiError::range(format!(
+                "{windows_len} schedule windows outside 1..=1440 \
+                 (mcsync_publisher_set_schedule_never turns multicast off)"
+            )));
+        }
+        if windows.is_null() {
+            return Err(FfiError::null("windows"));
+        }
+        let list = std::slice::from_raw_parts(windows, windows_len);
+        let mut out = Vec::with_capacity(list.len());
+        for (i, w) in list.iter().enumerate() {
+            if w.start_minute > 1439 || w.end_minute > 1440 {
+                return Err(FfiError::range(format!(
+                    "schedule window {i} ({}..{}) outside minutes 0..=1439 and 0..=1440",
+                    w.start_minute, w.end_minute
+                )));
+            }
+            out.push((w.start_minute, w.end_minute));
+        }
+        p.inner.set_schedule(Schedule::Windows(out));
+        Ok(())
+    }
+}
+
+/// Takes a snapshot of the subscribers currently registered (a subscriber leaves the list
+/// when its subscription closes or its user is revoked), in order of registration id.
+///
+/// On success `*out_list` receives a new list the caller owns and frees with
+/// `mcsync_subscriber_list_free`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_subscribers(
+    publisher: *const mcsync_publisher,
+    out_list: *mut *mut mcsync_subscriber_list,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(publisher, "publisher")?;
+        let slot = out(out_list, "out_list")?;
+        let text = |s: &str| CString::new(s.replace('\0', "")).unwrap_or_default();
+        let entries = p
+            .inner
+            .subscribers()
+            .into_iter()
+            .map(|r| {
+                let strings = [
+                    text(&r.user),
+                    text(&r.database),
+                    text(&r.client),
+                    text(&r.peer.to_string()),
+                ];
+                SubscriberEntry {
+                    info: mcsync_subscriber_info {
+                        id: r.id,
+                        user: strings[0].as_ptr(),
+                        database: strings[1].as_ptr(),
+                        client: strings[2].as_ptr(),
+                        peer: strings[3].as_ptr(),
+                        sessions: r.sessions,
+                        participant: r.participant,
+                    },
+                    _strings: strings,
+                }
+            })
+            .collect();
+        *slot = into_handle(mcsync_subscriber_list { entries });
+        Ok(())
+    }
+}
+
+/// Writes the number of subscribers in the list to `*count`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_list_count(
+    list: *const mcsync_subscriber_list,
+    count: *mut usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let l = borrow(list, "list")?;
+        *out(count, "count")? = l.entries.len();
+        Ok(())
+    }
+}
+
+/// Points `*info` at subscriber number `index` (0-based, below the count) of the list.
+/// `MCSYNC_ERR_RANGE` if `index` is past the end. The entry and its strings are borrowed
+/// from the list: valid until `mcsync_subscriber_list_free(list)`; do not free or modify
+/// them. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_list_entry(
+    list: *const mcsync_subscriber_list,
+    index: usize,
+    info: *mut *const mcsync_subscriber_info,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let l = borrow(list, "list")?;
+        let info = out(info, "info")?;
+        let e = l.entries.get(index).ok_or_else(|| {
+            FfiError::range(format!(
+                "subscriber index {index} outside 0..{}",
+                l.entries.len()
+            ))
+        })?;
+        *info = &e.info;
+        Ok(())
+    }
+}
+
+/// Frees a subscriber list (and the entries and strings borrowed from it). NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_list_free(list: *mut mcsync_subscriber_list) {
+    ffi_panic_boundary! { on_panic = ();
+        free_handle(list)
     }
 }
 
@@ -426,6 +659,140 @@ pub unsafe extern "C" fn mcsync_txn_commit(
         if let Some(slot) = version.as_mut() {
             *slot = v;
         }
+        Ok(())
+    }
+}
+
+/// Longest a two-phase update may wait for votes: it holds every other commit meanwhile.
+const MAX_VOTE_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Takes the transaction of a two-phase call (freed on every path) and checks its timeout.
+unsafe fn take_two_phase(
+    txn: *mut mcsync_txn,
+    timeout_ms: u64,
+) -> Result<(Box<mcsync_txn>, Duration), FfiError> {
+    if txn.is_null() {
+        return Err(FfiError::null("txn"));
+    }
+    let t = Box::from_raw(txn);
+    if timeout_ms > MAX_VOTE_TIMEOUT_MS {
+        return Err(FfiError::range(format!(
+            "two-phase vote timeout {timeout_ms} ms outside 0..={MAX_VOTE_TIMEOUT_MS}"
+        )));
+    }
+    Ok((t, Duration::from_millis(timeout_ms)))
+}
+
+/// Commits the transaction in two phases: multicasts it as PREPARE at the next version,
+/// waits until every participant of the database (see
+/// `mcsync_subscriber_subscribe_participant`) has voted PREPARED, one refused, or
+/// `timeout_ms` milliseconds (0..=3600000) passed, then multicasts COMMIT and journals it,
+/// or ABORT. With no participant registered it commits at once. On success, if `version`
+/// is not NULL, `*version` receives the version.
+///
+/// On abort it returns `MCSYNC_ERR_REFUSED`, nothing is written, the version is given back,
+/// and the last error names who refused, with the reason its vote callback gave, and who
+/// did not answer in time, e.g. "refused: two-phase update of database \"ledger\" at
+/// version 5 aborted: audit-b (bob) refused: amount over limit".
+///
+/// Ownership: the transaction is freed in every case, success or failure (as
+/// `mcsync_txn_commit`). Errors: `MCSYNC_ERR_REFUSED`, `MCSYNC_ERR_CONFIG` (empty
+/// transaction), `MCSYNC_ERR_RANGE` (timeout), `MCSYNC_ERR_CLOSED`, `MCSYNC_ERR_STORAGE`.
+/// Blocks until decided and durable; every other commit of the publisher waits meanwhile.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_txn_commit_two_phase(
+    txn: *mut mcsync_txn,
+    timeout_ms: u64,
+    version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let (t, timeout) = take_two_phase(txn, timeout_ms)?;
+        let v = t.inner.commit_two_phase(timeout)?;
+        if let Some(slot) = version.as_mut() {
+            *slot = v;
+        }
+        Ok(())
+    }
+}
+
+/// The first phase alone: multicasts the transaction as PREPARE at the next version and
+/// waits, at most `timeout_ms` milliseconds (0..=3600000), until every participant has
+/// voted PREPARED. On success `*out_prepared` receives a new prepared update the caller
+/// owns and must end with exactly one of `mcsync_prepared_commit` or
+/// `mcsync_prepared_rollback` (see `mcsync_prepared`: every other commit of the publisher
+/// waits until then, and `mcsync_publisher_close` and `mcsync_publisher_free` block until
+/// then). On a refusal or timeout it is aborted at once and `MCSYNC_ERR_REFUSED` says why,
+/// as for `mcsync_txn_commit_two_phase`.
+///
+/// Ownership: the transaction is freed in every case, success or failure, also when
+/// `out_prepared` is NULL (`MCSYNC_ERR_NULL`, nothing sent). Errors as
+/// `mcsync_txn_commit_two_phase`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_txn_prepare(
+    txn: *mut mcsync_txn,
+    timeout_ms: u64,
+    out_prepared: *mut *mut mcsync_prepared,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let (t, timeout) = take_two_phase(txn, timeout_ms)?;
+        let slot = out(out_prepared, "out_prepared")?;
+        let prepared = t.inner.prepare(timeout)?;
+        *slot = into_handle(mcsync_prepared { inner: prepared });
+        Ok(())
+    }
+}
+
+/// Writes the version the prepared update will have if committed to `*version`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_prepared_version(
+    prepared: *const mcsync_prepared,
+    version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(prepared, "prepared")?;
+        *out(version, "version")? = p.inner.version();
+        Ok(())
+    }
+}
+
+/// Commits the prepared update: journals it durably and multicasts COMMIT (repeated until
+/// every participant acknowledges), after which the replicas apply it. On success, if
+/// `version` is not NULL, `*version` receives its version.
+///
+/// Ownership: `prepared` is freed in every case, success or failure; NULL gives
+/// `MCSYNC_ERR_NULL`. Errors: `MCSYNC_ERR_STORAGE` (not journaled: the update was aborted),
+/// `MCSYNC_ERR_CLOSED`. Blocks until durable.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_prepared_commit(
+    prepared: *mut mcsync_prepared,
+    version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        if prepared.is_null() {
+            return Err(FfiError::null("prepared"));
+        }
+        let p = Box::from_raw(prepared);
+        let v = p.inner.commit()?;
+        if let Some(slot) = version.as_mut() {
+            *slot = v;
+        }
+        Ok(())
+    }
+}
+
+/// Rolls the prepared update back: multicasts ABORT, the participants discard what they
+/// prepared, nothing is written and the version is given back (the next commit takes it).
+///
+/// Ownership: `prepared` is freed in every case, success or failure; NULL gives
+/// `MCSYNC_ERR_NULL`. Errors: `MCSYNC_ERR_CLOSED`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_prepared_rollback(prepared: *mut mcsync_prepared) -> mcsync_status {
+    ffi_panic_boundary! {
+        if prepared.is_null() {
+            return Err(FfiError::null("prepared"));
+        }
+        let p = Box::from_raw(prepared);
+        p.inner.rollback()?;
         Ok(())
     }
 }

@@ -4,10 +4,11 @@ use crate::args::{borrow, borrow_mut, bytes_arg, free_handle, into_handle, out, 
 use crate::bytes::bytes_to_c;
 use crate::config::mcsync_subscriber_config;
 use crate::error::{mcsync_status, FfiError};
+use crate::resync::{mcsync_resync_report, report_to_c};
 use crate::stats::mcsync_stats;
 use mcsync_core::{OpKind, Record, Subscriber, Subscription, Update};
 use std::ffi::CString;
-use std::os::raw::{c_char, c_void};
+use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,7 +51,8 @@ pub struct mcsync_op {
 pub struct mcsync_update {
     /// The database version this transaction produced (1, 2, 3, ... per database).
     pub version: u64,
-    /// When the publisher committed it, microseconds since the Unix epoch.
+    /// When the publisher committed it, microseconds since the Unix epoch (0 for the
+    /// update a hash resync passes).
     pub timestamp_us: u64,
     /// The operations, in the order the publisher issued them (NULL when `ops_len` is 0).
     pub ops: *const mcsync_op,
@@ -61,12 +63,54 @@ pub struct mcsync_update {
 
 /// An update callback: called with the `user_data` given to `mcsync_subscriber_subscribe`
 /// and one update, on the subscription's process thread, after the update is committed to
-/// the local replica; once per master transaction, in version order. `update` is valid
-/// only during the call. The callback must return (not `longjmp` or throw out of it); it
+/// the local replica; once per master transaction, in version order. Two exceptions, where
+/// one update stands for many versions (so versions skip): a compacted catch-up of a
+/// replica far behind (see `mcsync_subscriber_config_set_compact_catch_up_after`) passes the
+/// latest value of each changed key at the last version it covers, and a hash resync (a
+/// journal trimmed past the replica's version, or `mcsync_subscription_request_resync`)
+/// passes the records it fetched and deleted at the publisher's snapshot version, with
+/// `timestamp_us` 0, followed by the journal updates after it. `update` is valid only
+/// during the call. The callback must return (not `longjmp` or throw out of it); it
 /// may call any mcsync function, including closing or freeing its own subscription, except
 /// waiting on its own subscription (`mcsync_subscription_wait_for_version` would time out).
 pub type mcsync_update_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, update: *const mcsync_update)>;
+
+/// Size in bytes of the `reason` buffer mcsync passes to a vote callback (room for 255
+/// bytes of text and a NUL).
+pub const MCSYNC_VOTE_REASON_BYTES: usize = 256;
+
+/// A two-phase participant's vote (see `mcsync_subscriber_subscribe_participant`): called
+/// with the `user_data` given at subscription and the prepared update, on the
+/// subscription's process thread, once the replica is at the version just before it and
+/// before anything of it is visible in the replica. `update` is valid only during the call.
+/// Unlike an update callback it sees every operation of the transaction, also puts of
+/// records restricted to access groups this subscriber does not hold (they are withheld
+/// from the replica and from the update callback once committed).
+///
+/// Return 0 to vote PREPARED (the replica then keeps the update durably until the
+/// publisher's decision), or any other value to refuse it. To say why, copy a
+/// NUL-terminated UTF-8 text into `reason`, a zero-filled buffer of `reason_len`
+/// (`MCSYNC_VOTE_REASON_BYTES`) bytes owned by mcsync and valid only during the call; mcsync
+/// reads it up to the first NUL (or all `reason_len` bytes if there is none) after the
+/// callback returned, replaces invalid UTF-8, and passes it to the publisher, whose error
+/// names this participant (its client name, see `mcsync_subscriber_config_set_client_name`)
+/// and the reason. Without a text the reason says which value was returned. `reason` is
+/// ignored when 0 is returned. The return type is `int` rather than `mcsync_status` so that
+/// any value a C function returns is well-defined.
+///
+/// The callback must return (not `longjmp` or throw out of it), and should decide quickly:
+/// the publisher's update, and every commit queued behind it, waits for the vote. It must
+/// not wait on its own subscription; a write to the same publisher from it waits until the
+/// two-phase update is decided (by the votes or its timeout).
+pub type mcsync_vote_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        update: *const mcsync_update,
+        reason: *mut c_char,
+        reason_len: usize,
+    ) -> c_int,
+>;
 
 /// Frees a `user_data` handed to mcsync with a callback; called exactly once, after the last
 /// call of that callback (see `mcsync_subscriber_subscribe` and
@@ -127,6 +171,61 @@ impl Drop for UserData {
     }
 }
 
+/// Builds the C view of `update` (borrowing from it) and passes it to `f`; everything `f`
+/// sees lives until `f` returns.
+fn with_c_update<R>(update: &Update, f: impl FnOnce(&mcsync_update) -> R) -> R {
+    let groups: Vec<Vec<CString>> = update
+        .ops
+        .iter()
+        .map(|op| {
+            op.groups
+                .iter()
+                .map(|g| CString::new(g.replace('\0', "")).unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    let group_ptrs: Vec<Vec<*const c_char>> = groups
+        .iter()
+        .map(|gs| gs.iter().map(|g| g.as_ptr()).collect())
+        .collect();
+    let ops: Vec<mcsync_op> = update
+        .ops
+        .iter()
+        .zip(&group_ptrs)
+        .map(|(op, gp)| mcsync_op {
+            kind: match op.kind {
+                OpKind::Put => mcsync_op_kind::MCSYNC_OP_PUT,
+                OpKind::Delete => mcsync_op_kind::MCSYNC_OP_DELETE,
+            },
+            key: op.key.as_ptr(),
+            key_len: op.key.len(),
+            value: if op.value.is_empty() {
+                std::ptr::null()
+            } else {
+                op.value.as_ptr()
+            },
+            value_len: op.value.len(),
+            groups: if gp.is_empty() {
+                std::ptr::null()
+            } else {
+                gp.as_ptr()
+            },
+            groups_len: gp.len(),
+        })
+        .collect();
+    let c_update = mcsync_update {
+        version: update.version,
+        timestamp_us: update.timestamp_us,
+        ops: if ops.is_empty() {
+            std::ptr::null()
+        } else {
+            ops.as_ptr()
+        },
+        ops_len: ops.len(),
+    };
+    f(&c_update)
+}
+
 /// The C callback as the process thread owns it.
 struct HostCallback {
     callback: mcsync_update_callback,
@@ -142,57 +241,47 @@ impl HostCallback {
         let Some(callback) = self.callback else {
             return;
         };
-        let groups: Vec<Vec<CString>> = update
-            .ops
-            .iter()
-            .map(|op| {
-                op.groups
-                    .iter()
-                    .map(|g| CString::new(g.replace('\0', "")).unwrap_or_default())
-                    .collect()
-            })
-            .collect();
-        let group_ptrs: Vec<Vec<*const c_char>> = groups
-            .iter()
-            .map(|gs| gs.iter().map(|g| g.as_ptr()).collect())
-            .collect();
-        let ops: Vec<mcsync_op> = update
-            .ops
-            .iter()
-            .zip(&group_ptrs)
-            .map(|(op, gp)| mcsync_op {
-                kind: match op.kind {
-                    OpKind::Put => mcsync_op_kind::MCSYNC_OP_PUT,
-                    OpKind::Delete => mcsync_op_kind::MCSYNC_OP_DELETE,
-                },
-                key: op.key.as_ptr(),
-                key_len: op.key.len(),
-                value: if op.value.is_empty() {
-                    std::ptr::null()
-                } else {
-                    op.value.as_ptr()
-                },
-                value_len: op.value.len(),
-                groups: if gp.is_empty() {
-                    std::ptr::null()
-                } else {
-                    gp.as_ptr()
-                },
-                groups_len: gp.len(),
-            })
-            .collect();
-        let c_update = mcsync_update {
-            version: update.version,
-            timestamp_us: update.timestamp_us,
-            ops: if ops.is_empty() {
-                std::ptr::null()
-            } else {
-                ops.as_ptr()
-            },
-            ops_len: ops.len(),
-        };
         // SAFETY: the host supplied a valid function; everything passed outlives the call.
-        unsafe { callback(self.user.ptr, &c_update) };
+        with_c_update(update, |u| unsafe { callback(self.user.ptr, u) });
+    }
+}
+
+/// The C vote callback as the process thread owns it.
+struct HostVote {
+    vote: unsafe extern "C" fn(*mut c_void, *const mcsync_update, *mut c_char, usize) -> c_int,
+    user: Arc<UserData>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl HostVote {
+    fn decide(&mut self, update: &Update) -> Result<(), String> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err("the participant's subscription is closing".into());
+        }
+        let mut reason = [0u8; MCSYNC_VOTE_REASON_BYTES];
+        // SAFETY: the host supplied a valid function; `reason` holds `reason.len()` writable
+        // bytes and everything passed outlives the call.
+        let rc = with_c_update(update, |u| unsafe {
+            (self.vote)(self.user.ptr, u, reason.as_mut_ptr().cast(), reason.len())
+        });
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(reason_text(&reason, rc))
+        }
+    }
+}
+
+/// The refusal reason a vote callback left in its buffer: the bytes before the first NUL
+/// (all of them if it wrote none), invalid UTF-8 replaced; a default text if empty.
+fn reason_text(buf: &[u8], rc: c_int) -> String {
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let text = String::from_utf8_lossy(&buf[..end]);
+    let text = text.trim();
+    if text.is_empty() {
+        format!("vote callback returned {rc} (no reason given)")
+    } else {
+        text.to_owned()
     }
 }
 
@@ -260,44 +349,184 @@ pub unsafe extern "C" fn mcsync_subscriber_subscribe(
             ptr: user_data,
             free: free_user_data,
         });
-        let s = borrow(subscriber, "subscriber")?;
-        let name = str_arg(name, "name")?;
-        let slot = out(out_subscription, "out_subscription")?;
-        let closed_error = || {
-            FfiError::new(
-                mcsync_status::MCSYNC_ERR_CLOSED,
-                format!("subscriber is closed; cannot subscribe to {name:?}"),
-            )
-        };
-        if s.state.lock().unwrap_or_else(|e| e.into_inner()).closed {
-            return Err(closed_error());
-        }
-        let stopped = Arc::new(AtomicBool::new(false));
-        let mut host = HostCallback {
-            callback,
-            user: user.clone(),
-            stopped: stopped.clone(),
-        };
-        let boxed: mcsync_core::UpdateCallback = Box::new(move |u: &Update| host.deliver(u));
-        let subscription = s.inner.subscribe_with(name, Some(boxed))?;
-        let mut state = s.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.closed {
-            // Closed while we were registering.
-            drop(state);
-            stopped.store(true, Ordering::SeqCst);
-            let _ = subscription.close();
-            return Err(closed_error());
-        }
-        state.stopped.retain(|f| !f.load(Ordering::SeqCst));
-        state.stopped.push(stopped.clone());
-        drop(state);
-        *slot = into_handle(mcsync_subscription {
-            inner: subscription,
-            stopped,
-        });
+        let result = subscribe(&user, subscriber, name, callback, None, out_subscription);
         drop(user);
-        Ok(())
+        result
     }
+}
+
+/// Subscribes to database `name` as a two-phase participant: exactly as
+/// `mcsync_subscriber_subscribe` (same `callback`, `user_data`, ownership and errors), and
+/// in addition every two-phase update of the database (`mcsync_txn_commit_two_phase`,
+/// `mcsync_txn_prepare`) waits for this replica's vote. The publisher learns that this
+/// subscription is a participant when it registers, so updates prepared after this
+/// function returned wait for it.
+///
+/// `vote` (see `mcsync_vote_callback`) is called with the same `user_data` for each
+/// prepared update, on the subscription's process thread, before anything of the update is
+/// visible in the replica; it votes PREPARED (0) or refuses (non-zero, with a reason). With
+/// `vote` NULL the replica votes PREPARED whenever it can keep the update. A committed
+/// update is then applied and passed to `callback` like any other; an aborted one is
+/// dropped and never seen by `callback`. After `mcsync_subscription_close` no vote starts
+/// (an update prepared later is refused, or times out at the publisher).
+///
+/// `free_user_data` runs once, after the last call of either callback (as
+/// `mcsync_subscriber_subscribe` says). On success `*out_subscription` receives a new
+/// handle the caller owns and frees with `mcsync_subscription_free`. `name` is borrowed for
+/// the call only. Thread-safe; blocks while registering.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_subscribe_participant(
+    subscriber: *const mcsync_subscriber,
+    name: *const c_char,
+    callback: mcsync_update_callback,
+    vote: mcsync_vote_callback,
+    user_data: *mut c_void,
+    free_user_data: mcsync_free_callback,
+    out_subscription: *mut *mut mcsync_subscription,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        // Ownership of user_data as in mcsync_subscriber_subscribe.
+        let user = Arc::new(UserData {
+            ptr: user_data,
+            free: free_user_data,
+        });
+        let result = subscribe(&user, subscriber, name, callback, Some(vote), out_subscription);
+        drop(user);
+        result
+    }
+}
+
+/// What both subscribe functions do once `user` owns the host's `user_data`; `participant`
+/// is `Some(vote)` for a two-phase participant.
+unsafe fn subscribe(
+    user: &Arc<UserData>,
+    subscriber: *const mcsync_subscriber,
+    name: *const c_char,
+    callback: mcsync_update_callback,
+    participant: Option<mcsync_vote_callback>,
+    out_subscription: *mut *mut mcsync_subscription,
+) -> Result<(), FfiError> {
+    let s = borrow(subscriber, "subscriber")?;
+    let name = str_arg(name, "name")?;
+    let slot = out(out_subscription, "out_subscription")?;
+    let closed_error = || {
+        FfiError::new(
+            mcsync_status::MCSYNC_ERR_CLOSED,
+            format!("subscriber is closed; cannot subscribe to {name:?}"),
+        )
+    };
+    if s.state.lock().unwrap_or_else(|e| e.into_inner()).closed {
+        return Err(closed_error());
+    }
+    let stopped = Arc::new(AtomicBool::new(false));
+    let mut host = HostCallback {
+        callback,
+        user: user.clone(),
+        stopped: stopped.clone(),
+    };
+    let boxed: mcsync_core::UpdateCallback = Box::new(move |u: &Update| host.deliver(u));
+    let subscription = match participant {
+        None => s.inner.subscribe_with(name, Some(boxed))?,
+        Some(vote) => {
+            let vote = vote.map(|vote| {
+                let mut host = HostVote {
+                    vote,
+                    user: user.clone(),
+                    stopped: stopped.clone(),
+                };
+                Box::new(move |u: &Update| host.decide(u)) as mcsync_core::VoteCallback
+            });
+            s.inner.subscribe_participant(name, Some(boxed), vote)?
+        }
+    };
+    let mut state = s.state.lock().unwrap_or_else(|e| e.into_inner());
+    if state.closed {
+        // Closed while we were registering.
+        drop(state);
+        stopped.store(true, Ordering::SeqCst);
+        let _ = subscription.close();
+        return Err(closed_error());
+    }
+    state.stopped.retain(|f| !f.load(Ordering::SeqCst));
+    state.stopped.push(stopped.clone());
+    drop(state);
+    *slot = into_handle(mcsync_subscription {
+        inner: subscription,
+        stopped,
+    });
+    Ok(())
+}
+
+/// Compares the local replica of database `name` with the publisher's current state, by
+/// range digests of content hashes, without changing anything. The replica's hashes are
+/// recomputed from its data, so records changed behind mcsync's back are found too. Works
+/// with or without a live subscription to `name` (with one, updates still in flight may
+/// show as differences: compare `version` and `previous_version`).
+///
+/// On success `*out_report` receives a new report the caller owns and frees with
+/// `mcsync_resync_report_free`; its `in_agreement` says whether the records are the same.
+/// `name` is borrowed for the call only. Errors: `MCSYNC_ERR_CONFIG` (bad name),
+/// `MCSYNC_ERR_IO` (publisher unreachable), `MCSYNC_ERR_AUTH`, `MCSYNC_ERR_REFUSED`
+/// (unknown database), `MCSYNC_ERR_STORAGE`, `MCSYNC_ERR_CLOSED` (subscriber closed).
+/// Thread-safe; blocks while it talks to the publisher (one control connection; the traffic
+/// grows with the number of differences, not with the size of the replica).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_verify(
+    subscriber: *const mcsync_subscriber,
+    name: *const c_char,
+    out_report: *mut *mut mcsync_resync_report,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        one_shot(subscriber, name, out_report, false)
+    }
+}
+
+/// Resyncs the local replica of database `name` by hashes now, without subscribing: fetches
+/// what differs or is missing, deletes what the publisher does not have, then applies the
+/// journal after the publisher's snapshot, all in one LMDB transaction (readers see the old
+/// state until it commits). For a replica restored from a backup, copied from another
+/// replica or repaired by hand. With a live subscription to `name` this fails with
+/// `MCSYNC_ERR_CONFIG`: use `mcsync_subscription_request_resync` instead.
+///
+/// On success `*out_report` receives a new report the caller owns and frees with
+/// `mcsync_resync_report_free`. Other errors and threading as `mcsync_subscriber_verify`.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_resync(
+    subscriber: *const mcsync_subscriber,
+    name: *const c_char,
+    out_report: *mut *mut mcsync_resync_report,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        one_shot(subscriber, name, out_report, true)
+    }
+}
+
+/// `mcsync_subscriber_verify` (`apply` false) and `mcsync_subscriber_resync` (true).
+unsafe fn one_shot(
+    subscriber: *const mcsync_subscriber,
+    name: *const c_char,
+    out_report: *mut *mut mcsync_resync_report,
+    apply: bool,
+) -> Result<(), FfiError> {
+    let s = borrow(subscriber, "subscriber")?;
+    let name = str_arg(name, "name")?;
+    let slot = out(out_report, "out_report")?;
+    if s.state.lock().unwrap_or_else(|e| e.into_inner()).closed {
+        return Err(FfiError::new(
+            mcsync_status::MCSYNC_ERR_CLOSED,
+            format!(
+                "subscriber is closed; cannot {} {name:?}",
+                if apply { "resync" } else { "verify" }
+            ),
+        ));
+    }
+    let report = if apply {
+        s.inner.resync(name)?
+    } else {
+        s.inner.verify(name)?
+    };
+    *slot = report_to_c(&report);
+    Ok(())
 }
 
 /// Closes every subscription of this subscriber (see `mcsync_subscription_close`); later
@@ -533,6 +762,29 @@ pub unsafe extern "C" fn mcsync_subscription_wait_for_version(
     }
 }
 
+/// Asks the subscription's process thread to resync its replica by hashes as soon as it
+/// can (as `mcsync_subscriber_resync` does, but while subscribed): for a store restored
+/// from a backup or edited by hand. Returns at once. Update callbacks then see what changed
+/// as one update (see `mcsync_update_callback`); progress shows in the statistics
+/// (`catchups_resync`, `resync_fetched`, `resync_deleted`, `resync_bytes`).
+/// `MCSYNC_ERR_CLOSED` if the subscription is closed. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_request_resync(
+    subscription: *const mcsync_subscription,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        if s.inner.is_closed() || s.stopped.load(Ordering::SeqCst) {
+            return Err(FfiError::new(
+                mcsync_status::MCSYNC_ERR_CLOSED,
+                format!("subscription to {:?} is closed; cannot resync", s.inner.name()),
+            ));
+        }
+        s.inner.request_resync();
+        Ok(())
+    }
+}
+
 /// Takes a snapshot of the subscription's counters. On success `*out_stats` receives a new
 /// object the caller owns and frees with `mcsync_stats_free`. Thread-safe.
 #[no_mangle]
@@ -593,5 +845,28 @@ pub unsafe extern "C" fn mcsync_subscription_free(subscription: *mut mcsync_subs
             let _ = s.inner.close();
         }
         free_handle(subscription)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason_text;
+
+    #[test]
+    fn reason_text_reads_up_to_the_nul_or_the_whole_buffer() {
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            reason_text(&buf, 3),
+            "vote callback returned 3 (no reason given)"
+        );
+        buf[..5].copy_from_slice(b"no.\0x");
+        assert_eq!(reason_text(&buf, 1), "no.");
+        let full = [b'a'; 16];
+        assert_eq!(reason_text(&full, 1), "a".repeat(16));
+        assert_eq!(reason_text(b"bad \xff utf8\0", 1), "bad \u{fffd} utf8");
+        assert_eq!(
+            reason_text(b"  \0", -1),
+            "vote callback returned -1 (no reason given)"
+        );
     }
 }

@@ -321,3 +321,377 @@ fn bad_arguments_are_codes_with_messages() {
         assert!(sub.is_null());
     }
 }
+
+/// A two-phase participant's state: votes cast, and the key it refuses.
+struct Voter {
+    refuse_key: &'static [u8],
+    votes: AtomicU64,
+    refusals: AtomicU64,
+    applied: AtomicU64,
+}
+
+unsafe extern "C" fn vote(
+    user_data: *mut c_void,
+    update: *const mcsync_update,
+    reason: *mut std::os::raw::c_char,
+    reason_len: usize,
+) -> std::os::raw::c_int {
+    let voter = &*(user_data as *const Voter);
+    voter.votes.fetch_add(1, Ordering::SeqCst);
+    let u = &*update;
+    let ops = std::slice::from_raw_parts(u.ops, u.ops_len);
+    let refuse = ops
+        .iter()
+        .any(|op| std::slice::from_raw_parts(op.key, op.key_len) == voter.refuse_key);
+    if !refuse {
+        return 0;
+    }
+    voter.refusals.fetch_add(1, Ordering::SeqCst);
+    let text = b"key is on the deny list";
+    assert!(reason_len >= MCSYNC_VOTE_REASON_BYTES);
+    std::ptr::copy_nonoverlapping(text.as_ptr(), reason.cast::<u8>(), text.len());
+    7
+}
+
+unsafe extern "C" fn count_applied(user_data: *mut c_void, _update: *const mcsync_update) {
+    let voter = &*(user_data as *const Voter);
+    voter.applied.fetch_add(1, Ordering::SeqCst);
+}
+
+unsafe fn participant(
+    dir: &std::path::Path,
+    addr: &[std::os::raw::c_char],
+    client: &str,
+) -> *mut mcsync_subscriber {
+    let mut sc = null_mut();
+    ok(mcsync_subscriber_config_new(&mut sc));
+    ok(mcsync_subscriber_config_set_data_dir(
+        sc,
+        c(dir.join(client).to_str().unwrap()).as_ptr(),
+    ));
+    ok(mcsync_subscriber_config_set_server(sc, addr.as_ptr()));
+    ok(mcsync_subscriber_config_set_insecure_loopback(sc));
+    ok(mcsync_subscriber_config_set_client_name(
+        sc,
+        c(client).as_ptr(),
+    ));
+    ok(mcsync_subscriber_config_set_compact_catch_up_after(sc, 50));
+    let mut subscriber = null_mut();
+    ok(mcsync_subscriber_open(sc, &mut subscriber));
+    mcsync_subscriber_config_free(sc);
+    subscriber
+}
+
+unsafe fn has_key(sub: *const mcsync_subscription, key: &[u8]) -> bool {
+    let mut len = 0;
+    match mcsync_subscription_get_into(sub, key.as_ptr(), key.len(), null_mut(), 0, &mut len) {
+        mcsync_status::MCSYNC_ERR_NOT_FOUND => false,
+        mcsync_status::MCSYNC_OK | mcsync_status::MCSYNC_ERR_BUFFER_TOO_SMALL => true,
+        st => panic!("get_into: {st:?}: {}", last_error()),
+    }
+}
+
+#[test]
+fn two_phase_participants_verify_resync_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    unsafe {
+        let (publisher, plain) = open_pair(dir.path());
+        mcsync_subscriber_free(plain);
+        let mut db = null_mut();
+        ok(mcsync_publisher_database(
+            publisher,
+            c("ledger").as_ptr(),
+            &mut db,
+        ));
+        let mut addr = [0 as std::os::raw::c_char; 64];
+        let mut n = 0;
+        ok(mcsync_publisher_control_addr(
+            publisher,
+            addr.as_mut_ptr(),
+            addr.len(),
+            &mut n,
+        ));
+
+        // Two participants: A accepts everything, B refuses the key "deny".
+        let voters = [
+            Box::new(Voter {
+                refuse_key: b"",
+                votes: AtomicU64::new(0),
+                refusals: AtomicU64::new(0),
+                applied: AtomicU64::new(0),
+            }),
+            Box::new(Voter {
+                refuse_key: b"deny",
+                votes: AtomicU64::new(0),
+                refusals: AtomicU64::new(0),
+                applied: AtomicU64::new(0),
+            }),
+        ];
+        let names = ["participant-a", "participant-b"];
+        let mut subscribers = [null_mut(); 2];
+        let mut subs = [null_mut(); 2];
+        for i in 0..2 {
+            subscribers[i] = participant(dir.path(), &addr, names[i]);
+            ok(mcsync_subscriber_subscribe_participant(
+                subscribers[i],
+                c("ledger").as_ptr(),
+                Some(count_applied),
+                Some(vote),
+                &*voters[i] as *const Voter as *mut c_void,
+                None,
+                &mut subs[i],
+            ));
+        }
+
+        // The publisher lists both as participants, with their client names.
+        let mut list = null_mut();
+        ok(mcsync_publisher_subscribers(publisher, &mut list));
+        let mut count = 0;
+        ok(mcsync_subscriber_list_count(list, &mut count));
+        let mut participants = Vec::new();
+        for i in 0..count {
+            let mut info = null();
+            ok(mcsync_subscriber_list_entry(list, i, &mut info));
+            let info = &*info;
+            if info.participant {
+                participants.push(CStr::from_ptr(info.client).to_str().unwrap().to_owned());
+                assert_eq!(CStr::from_ptr(info.database).to_str().unwrap(), "ledger");
+                assert!(CStr::from_ptr(info.peer)
+                    .to_str()
+                    .unwrap()
+                    .starts_with("127."));
+            }
+        }
+        participants.sort();
+        assert_eq!(participants, names);
+        let mut info = null();
+        assert_eq!(
+            mcsync_subscriber_list_entry(list, count, &mut info),
+            mcsync_status::MCSYNC_ERR_RANGE
+        );
+        mcsync_subscriber_list_free(list);
+
+        // Accepted by both.
+        let mut txn = null_mut();
+        ok(mcsync_txn_begin(db, &mut txn));
+        ok(mcsync_txn_put(txn, b"a".as_ptr(), 1, b"1".as_ptr(), 1));
+        let mut v1 = 0;
+        ok(mcsync_txn_commit_two_phase(txn, 20_000, &mut v1));
+        assert_eq!(v1, 1);
+
+        // Refused by B: nothing written, and the message names B and its reason.
+        ok(mcsync_txn_begin(db, &mut txn));
+        ok(mcsync_txn_put(txn, b"deny".as_ptr(), 4, b"x".as_ptr(), 1));
+        let mut v = 99;
+        assert_eq!(
+            mcsync_txn_commit_two_phase(txn, 20_000, &mut v),
+            mcsync_status::MCSYNC_ERR_REFUSED
+        );
+        assert_eq!(v, 99);
+        let msg = last_error();
+        assert!(
+            msg.contains("participant-b") && msg.contains("key is on the deny list"),
+            "{msg}"
+        );
+        assert!(!msg.contains("participant-a"), "{msg}");
+        let mut at = 0;
+        ok(mcsync_db_version(db, &mut at));
+        assert_eq!(at, 1);
+        // The aborted version is given back. A one-phase write takes it: a repeat of the
+        // ABORT arriving after the next PREPARE of the same version would make the
+        // participants drop that PREPARE (a limitation of mcsync-core under load).
+        let mut filler = 0;
+        ok(mcsync_db_put(db, b"n".as_ptr(), 1, null(), 0, &mut filler));
+        assert_eq!(filler, 2);
+
+        // Prepare, then roll back: the version is given back.
+        ok(mcsync_txn_begin(db, &mut txn));
+        ok(mcsync_txn_put(txn, b"b".as_ptr(), 1, b"2".as_ptr(), 1));
+        let mut prepared = null_mut();
+        ok(mcsync_txn_prepare(txn, 20_000, &mut prepared));
+        let mut pv = 0;
+        ok(mcsync_prepared_version(prepared, &mut pv));
+        assert_eq!(pv, 3);
+        ok(mcsync_prepared_rollback(prepared));
+        ok(mcsync_db_put(db, b"n".as_ptr(), 1, null(), 0, &mut filler));
+        assert_eq!(filler, 3);
+        // Prepare, then commit.
+        ok(mcsync_txn_begin(db, &mut txn));
+        ok(mcsync_txn_put(txn, b"c".as_ptr(), 1, b"3".as_ptr(), 1));
+        ok(mcsync_txn_prepare(txn, 20_000, &mut prepared));
+        ok(mcsync_prepared_version(prepared, &mut pv));
+        assert_eq!(pv, 4);
+        let mut v2 = 0;
+        ok(mcsync_prepared_commit(prepared, &mut v2));
+        assert_eq!(v2, 4);
+
+        for (i, sub) in subs.iter().enumerate() {
+            ok(mcsync_subscription_wait_for_version(*sub, v2, 60_000));
+            assert!(has_key(*sub, b"a") && has_key(*sub, b"c"));
+            assert!(!has_key(*sub, b"deny") && !has_key(*sub, b"b"));
+            assert_eq!(voters[i].applied.load(Ordering::SeqCst), 4);
+            // Votes on versions 1, 2 (refused or not), 3 (rolled back) and 4.
+            assert!(voters[i].votes.load(Ordering::SeqCst) >= 3);
+        }
+        assert!(voters[1].refusals.load(Ordering::SeqCst) >= 1);
+        assert_eq!(voters[0].refusals.load(Ordering::SeqCst), 0);
+
+        // Verify: the replica agrees with the publisher.
+        let mut report = null_mut();
+        ok(mcsync_subscriber_verify(
+            subscribers[0],
+            c("ledger").as_ptr(),
+            &mut report,
+        ));
+        let r = &*report;
+        assert!(
+            r.in_agreement,
+            "{} differing ranges",
+            r.differing_ranges_len
+        );
+        assert!(r.differing_ranges.is_null() && r.differing_ranges_len == 0);
+        assert_eq!((r.version, r.previous_version), (v2, v2));
+        assert_eq!((r.local_records, r.remote_records), (3, 3));
+        assert!(r.bytes > 0);
+        mcsync_resync_report_free(report);
+        // Resync while subscribed is refused; request_resync is the way.
+        let mut report = null_mut();
+        assert_eq!(
+            mcsync_subscriber_resync(subscribers[0], c("ledger").as_ptr(), &mut report),
+            mcsync_status::MCSYNC_ERR_CONFIG
+        );
+        assert!(report.is_null());
+        ok(mcsync_subscription_request_resync(subs[0]));
+
+        // B closes; a resync without a subscription then finds nothing to do.
+        ok(mcsync_subscription_close(subs[1]));
+        assert_eq!(
+            mcsync_subscription_request_resync(subs[1]),
+            mcsync_status::MCSYNC_ERR_CLOSED
+        );
+        mcsync_subscription_free(subs[1]);
+        ok(mcsync_subscriber_resync(
+            subscribers[1],
+            c("ledger").as_ptr(),
+            &mut report,
+        ));
+        let r = &*report;
+        assert!(r.in_agreement && r.fetched == 0 && r.deleted == 0 && !r.full_copy);
+        assert_eq!(r.version, v2);
+        mcsync_resync_report_free(report);
+
+        // Retention with the defaults keeps everything; schedules change at run time.
+        let mut removed = 99;
+        ok(mcsync_publisher_apply_retention(publisher, &mut removed));
+        assert_eq!(removed, 0);
+        let windows = [mcsync_schedule_window {
+            start_minute: 0,
+            end_minute: 1440,
+        }];
+        ok(mcsync_publisher_set_schedule_windows(
+            publisher,
+            windows.as_ptr(),
+            1,
+        ));
+        let bad = [mcsync_schedule_window {
+            start_minute: 1440,
+            end_minute: 0,
+        }];
+        assert_eq!(
+            mcsync_publisher_set_schedule_windows(publisher, bad.as_ptr(), 1),
+            mcsync_status::MCSYNC_ERR_RANGE
+        );
+        assert_eq!(
+            mcsync_publisher_set_schedule_windows(publisher, null(), 0),
+            mcsync_status::MCSYNC_ERR_RANGE
+        );
+        ok(mcsync_publisher_set_schedule_never(publisher));
+        ok(mcsync_publisher_set_schedule_always(publisher));
+
+        // A participant alone now: A still votes, and the resync it asked for is done.
+        let mut v3 = 0;
+        ok(mcsync_txn_begin(db, &mut txn));
+        ok(mcsync_txn_put(txn, b"deny".as_ptr(), 4, b"ok".as_ptr(), 2));
+        ok(mcsync_txn_commit_two_phase(txn, 20_000, &mut v3));
+        ok(mcsync_subscription_wait_for_version(subs[0], v3, 60_000));
+        assert!(has_key(subs[0], b"deny"));
+
+        mcsync_subscription_free(subs[0]);
+        for s in subscribers {
+            ok(mcsync_subscriber_close(s));
+            mcsync_subscriber_free(s);
+        }
+        mcsync_db_free(db);
+        mcsync_publisher_free(publisher);
+    }
+}
+
+#[test]
+fn two_phase_arguments_are_checked() {
+    unsafe {
+        let mut v = 5;
+        assert_eq!(
+            mcsync_txn_commit_two_phase(null_mut(), 10, &mut v),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
+        let mut p = null_mut();
+        assert_eq!(
+            mcsync_txn_prepare(null_mut(), 10, &mut p),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
+        assert_eq!(
+            mcsync_prepared_commit(null_mut(), &mut v),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
+        assert_eq!(
+            mcsync_prepared_rollback(null_mut()),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
+        assert_eq!(
+            mcsync_prepared_version(null(), &mut v),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
+        assert_eq!(v, 5);
+        assert_eq!(
+            mcsync_subscriber_verify(null(), c("x").as_ptr(), null_mut()),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
+        assert_eq!(
+            mcsync_subscription_request_resync(null()),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
+        let mut pc = null_mut();
+        ok(mcsync_publisher_config_new(&mut pc));
+        assert_eq!(
+            mcsync_publisher_config_set_retention_max_age_ms(pc, u64::MAX),
+            mcsync_status::MCSYNC_ERR_RANGE
+        );
+        ok(mcsync_publisher_config_set_retention_max_age_ms(pc, 60_000));
+        ok(mcsync_publisher_config_set_retention_max_bytes(pc, 0));
+        ok(mcsync_publisher_config_set_retention_min_count(pc, 10));
+        ok(mcsync_publisher_config_set_retention_min_free_disk_bytes(
+            pc, 0,
+        ));
+        ok(mcsync_publisher_config_set_schedule_never(pc));
+        mcsync_publisher_config_free(pc);
+        mcsync_resync_report_free(null_mut());
+        mcsync_subscriber_list_free(null_mut());
+
+        // A participant subscribe that fails still frees user_data, exactly once.
+        let seen = new_seen(0);
+        let mut sub = null_mut();
+        assert_eq!(
+            mcsync_subscriber_subscribe_participant(
+                null(),
+                c("x").as_ptr(),
+                None,
+                None,
+                &*seen as *const Seen as *mut c_void,
+                Some(on_free),
+                &mut sub,
+            ),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
+        assert_eq!(seen.freed.load(Ordering::SeqCst), 1);
+    }
+}

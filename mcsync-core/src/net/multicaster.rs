@@ -42,6 +42,8 @@ pub enum McastCmd {
     },
     /// Every participant acknowledged the decision on this version.
     DecisionDone(u64),
+    /// The journal now starts at this version (announced in heartbeats).
+    Oldest(u64),
     /// New bundle size and packet rate from the loss subscribers report.
     Tune {
         /// Bytes of encoded updates per chain at most.
@@ -158,7 +160,11 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                             sender.rekey(Instant::now(), epoch);
                         }
                         McastCmd::Multicast(on) => sender.set_multicast(on),
-                        McastCmd::Control(encoded) => sender.push_control(encoded),
+                        McastCmd::Control(encoded) => {
+                            // A new round supersedes the previous decision's repeats.
+                            repeat = None;
+                            sender.push_control(encoded);
+                        }
                         McastCmd::Decision {
                             version,
                             commit,
@@ -185,6 +191,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                             let bytes_rate = p.config.bytes_per_sec;
                             sender.set_rates(Instant::now(), packets_per_sec, bytes_rate);
                         }
+                        McastCmd::Oldest(v) => sender.set_oldest_version(v),
                         McastCmd::DecisionDone(v) => {
                             if repeat.as_ref().is_some_and(|r| r.version == v) {
                                 repeat = None;

@@ -94,6 +94,10 @@ pub struct ServerContext {
     pub limiter: FailureLimiter,
     /// Revoked users.
     pub revoked: RwLock<HashSet<String>>,
+    /// Credentials that were accepted at least once: a later refusal of the same
+    /// credentials means access was withdrawn (keys are then rotated); a refusal of other
+    /// credentials (a wrong password) is just a failed login.
+    pub known_good: Mutex<HashSet<(String, [u8; 32])>>,
     /// Rotates a database's key (set by the publisher; used when the authenticator
     /// refuses a user that holds a registration).
     pub rotate: Mutex<Option<RotateFn>>,
@@ -551,6 +555,10 @@ fn authenticate(
     match ctx.authenticator.authenticate(user, secret.expose(), peer) {
         Ok(g) => {
             ctx.limiter.success(peer.ip());
+            ctx.known_good
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cache_key.clone());
             ctx.auth_cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -559,7 +567,14 @@ fn authenticate(
         }
         Err(why) => {
             ctx.limiter.failure(peer.ip(), now);
-            ctx.on_denied(user);
+            let withdrawn = ctx
+                .known_good
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&cache_key);
+            if withdrawn {
+                ctx.on_denied(user);
+            }
             Err(fail(why))
         }
     }
@@ -731,8 +746,9 @@ fn fetch(
     Ok(Message::FetchEnd { missing })
 }
 
-/// Encoded journal bytes folded into one compacted update.
-const COMPACT_CHUNK_BYTES: usize = 8 << 20;
+/// Encoded journal bytes folded into one compacted update (subscribers use compaction
+/// only when their update size limit is at least twice this).
+pub const COMPACT_CHUNK_BYTES: usize = 4 << 20;
 
 /// Streams versions `first..=last` compacted: the journal is read in chunks, and each
 /// chunk becomes one update at the chunk's last version holding only the latest operation
