@@ -93,12 +93,15 @@ fn offline_subscriber_past_trimmed_journal_converges_by_hash_resync() {
     let fs = fsub.stats();
     assert_eq!(fs.catchups_full_copy, 1, "{fs:?}");
 
+    let t0 = std::time::Instant::now();
     let s = open_subscriber(&sdir, &p, None);
     let sub = s.subscribe(DB, |_| {}).unwrap();
     sub.wait_for_version(last, CONVERGE).unwrap();
+    let took = t0.elapsed();
     assert_equal(&sub, &db);
     let st = sub.stats();
     assert_eq!(st.catchups_resync, 1, "{st:?}");
+    println!("hash resync of 100,000 records with 1 % changed took {took:?}");
     let fraction = st.resync_bytes as f64 / fs.resync_bytes as f64;
     println!(
         "hash resync moved {} bytes; a full copy {} bytes: {:.2} % ({} fetched, {} deleted)",

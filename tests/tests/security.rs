@@ -484,3 +484,28 @@ fn close_subscription_releases_the_publisher_record() {
     sub.close().unwrap();
     assert!(p.subscribers().is_empty());
 }
+
+#[test]
+fn multicast_starts_with_the_first_subscription_when_so_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = publisher_config(&dir.path().join("pub"));
+    cfg.multicast_on_first_subscription = true;
+    let p = Publisher::open(cfg).unwrap();
+    let db = p.database("lazy").unwrap();
+    for i in 0..20u32 {
+        db.put(format!("k{i}"), b"before anyone listens").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        p.stats().updates_sent,
+        0,
+        "nothing multicast before a subscriber registers"
+    );
+    let s = open_subscriber(&dir.path().join("sub"), &p, None);
+    let sub = s.subscribe("lazy", |_| {}).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let v = db.put("after", b"multicast").unwrap();
+    sub.wait_for_version(v, CONVERGE).unwrap();
+    assert!(p.stats().updates_sent >= 1, "{:?}", p.stats());
+    assert!(sub.stats().chains_received >= 1, "{:?}", sub.stats());
+}
