@@ -70,6 +70,19 @@ pub(crate) fn seconds_arg(py: Python<'_>, secs: f64, what: &str) -> PyResult<Dur
     })
 }
 
+/// A finite timeout in seconds, one the engine can add to the clock (a two-phase vote
+/// wait cannot be cancelled, so "forever" is not offered).
+pub(crate) fn finite_timeout_arg(py: Python<'_>, secs: f64, what: &str) -> PyResult<Duration> {
+    let d = seconds_arg(py, secs, what)?;
+    if Instant::now().checked_add(d).is_none() {
+        return Err(config_error(
+            py,
+            format!("{what} of {secs} seconds is too large"),
+        ));
+    }
+    Ok(d)
+}
+
 /// The deadline of an optional timeout in seconds; `None` waits forever (as does a timeout
 /// too large to represent).
 pub(crate) fn deadline_arg(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Instant>> {

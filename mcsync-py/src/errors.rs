@@ -77,7 +77,7 @@ fn create(py: Python<'_>) -> PyResult<ErrorTypes> {
         )?,
         refused: sub(
             "RefusedError",
-            "The peer refused the request (unknown database, missing versions).",
+            "Refused: an unknown database, missing versions, or an aborted two-phase update.",
         )?,
         error,
     })

@@ -6,6 +6,7 @@
 //! the GIL released: explicitly in `close()`, and through [`ReleaseOnDrop`] when Python
 //! frees an object.
 
+use crate::publisher::PubShared;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use std::ops::Deref;
@@ -23,6 +24,11 @@ pub(crate) struct ReleaseOnDrop<T: Send>(Option<T>);
 impl<T: Send> ReleaseOnDrop<T> {
     pub(crate) fn new(value: T) -> Self {
         ReleaseOnDrop(Some(value))
+    }
+
+    /// The value, to be consumed by the caller (who then drops it where it must).
+    pub(crate) fn into_inner(mut self) -> T {
+        self.0.take().expect("value present until drop")
     }
 }
 
@@ -95,7 +101,7 @@ where
     }
 }
 
-static PUBLISHERS: Mutex<Vec<Weak<mcsync::Publisher>>> = Mutex::new(Vec::new());
+static PUBLISHERS: Mutex<Vec<Weak<PubShared>>> = Mutex::new(Vec::new());
 static SUBSCRIBERS: Mutex<Vec<Weak<mcsync::Subscriber>>> = Mutex::new(Vec::new());
 
 fn track<T>(list: &Mutex<Vec<Weak<T>>>, item: &Arc<T>) {
@@ -111,7 +117,7 @@ fn live<T>(list: &Mutex<Vec<Weak<T>>>) -> Vec<Arc<T>> {
 }
 
 /// Remembers a publisher so [`close_all`] can close it.
-pub(crate) fn track_publisher(p: &Arc<mcsync::Publisher>) {
+pub(crate) fn track_publisher(p: &Arc<PubShared>) {
     track(&PUBLISHERS, p);
 }
 
@@ -121,7 +127,7 @@ pub(crate) fn track_subscriber(s: &Arc<mcsync::Subscriber>) {
 }
 
 /// Closes every open subscriber (with its subscriptions) and then every publisher, joining
-/// their threads.
+/// their threads. Two-phase updates still prepared are rolled back first.
 ///
 /// The ``mcsync`` package registers this with ``atexit``, so a script that forgets to close
 /// still exits. Objects stay usable for reading a replica; writes and waits raise

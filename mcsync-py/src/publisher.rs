@@ -1,16 +1,160 @@
-//! `Publisher`, `Database` and `Transaction`: the master side.
+//! `Publisher`, `Database`, `Transaction` and `Prepared`: the master side.
+//!
+//! A prepared two-phase update holds the publisher's intake (every later commit waits
+//! behind it, and closing the publisher would wait for it forever), so the prepared updates
+//! made through Python are registered with their publisher ([`PubShared`]) and rolled back
+//! before it closes; a one-phase commit queued behind one waits interruptibly.
 
-use crate::convert::{addr_tuple, bytes_arg, ipv4_arg, records_list, seconds_arg};
-use crate::convert::{socket_addr_arg, stats_dict};
-use crate::errors::{raise, OrRaise};
+use crate::convert::{addr_tuple, bytes_arg, finite_timeout_arg, ipv4_arg, records_list};
+use crate::convert::{seconds_arg, socket_addr_arg, stats_dict};
+use crate::errors::{config_error, raise, OrRaise};
 use crate::lifecycle::{interruptible, track_publisher, ReleaseOnDrop};
 use crate::security::{authentication_arg, identity_arg, schedule_arg};
 use mcsync::ErrorKind;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// Vote timeout of a two-phase update when none is given, in seconds.
+const DEFAULT_VOTE_TIMEOUT: f64 = 10.0;
+
+/// A core publisher shared by its Python objects, with the two-phase updates prepared
+/// through them.
+pub(crate) struct PubShared {
+    core: mcsync::Publisher,
+    /// Two-phase updates prepared and not yet known to be resolved.
+    prepared: Mutex<PreparedRegistry>,
+    /// Prepares in progress (waiting for the intake or for votes).
+    preparing: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct PreparedRegistry {
+    closing: bool,
+    slots: Vec<Weak<PreparedSlot>>,
+}
+
+impl PubShared {
+    fn new(core: mcsync::Publisher) -> Self {
+        PubShared {
+            core,
+            prepared: Mutex::new(PreparedRegistry::default()),
+            preparing: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Rolls back every prepared update (the intake waits for them), then closes the core
+    /// publisher, joining its threads. Call with the GIL released.
+    pub(crate) fn close(&self) -> mcsync::Result<()> {
+        let slots: Vec<_> = {
+            let mut r = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+            r.closing = true;
+            r.slots.drain(..).filter_map(|w| w.upgrade()).collect()
+        };
+        for slot in slots {
+            slot.abandon();
+        }
+        self.core.close()
+    }
+
+    /// Registers a prepared update; if the publisher is closing, hands it back.
+    fn register(&self, slot: &Arc<PreparedSlot>) -> bool {
+        let mut r = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if r.closing {
+            return false;
+        }
+        r.slots
+            .retain(|w| w.upgrade().is_some_and(|s| s.is_pending()));
+        r.slots.push(Arc::downgrade(slot));
+        true
+    }
+
+    /// Whether a two-phase update is being prepared or waits for its outcome: the intake
+    /// (and so every commit) waits for it.
+    fn intake_held(&self) -> bool {
+        if self.preparing.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        let r = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        r.slots
+            .iter()
+            .any(|w| w.upgrade().is_some_and(|s| s.is_pending()))
+    }
+
+    /// Commits a one-phase transaction: with the GIL released, and interruptibly when the
+    /// intake is held by a two-phase update (it could wait indefinitely then).
+    fn commit(&self, py: Python<'_>, t: mcsync::Transaction) -> PyResult<u64> {
+        if self.intake_held() {
+            interruptible(py, "commit", move || t.commit())?.or_raise(py)
+        } else {
+            py.detach(|| t.commit()).or_raise(py)
+        }
+    }
+
+    /// The first phase of `t`, waited for interruptibly (an interrupted prepare is rolled
+    /// back once its vote wait ends), and registered so closing rolls it back.
+    fn prepare(
+        &self,
+        py: Python<'_>,
+        t: mcsync::Transaction,
+        timeout: Duration,
+        database: &str,
+    ) -> PyResult<Arc<PreparedSlot>> {
+        // Counts the prepare as holding the intake until its outcome is registered or
+        // dropped (by the helper thread, when the caller was interrupted).
+        let guard = Preparing::new(&self.preparing);
+        let (prepared, guard) = interruptible(py, "prepare", move || {
+            (t.prepare(timeout).map(ReleaseOnDrop::new), guard)
+        })?;
+        let prepared = prepared.or_raise(py)?;
+        let slot = Arc::new(PreparedSlot {
+            database: database.to_owned(),
+            version: prepared.version(),
+            state: Mutex::new(PrepState::Pending(prepared)),
+        });
+        let registered = self.register(&slot);
+        drop(guard);
+        if !registered {
+            py.detach(|| slot.abandon());
+            return Err(raise(
+                py,
+                ErrorKind::Closed,
+                format!(
+                    "publisher closed while preparing version {} of database {:?}; rolled back",
+                    slot.version, slot.database
+                ),
+            ));
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for PubShared {
+    fn drop(&mut self) {
+        // Every prepared update is held by objects that keep this alive; this only guards
+        // the core's close against waiting for one.
+        let _ = self.close();
+    }
+}
+
+/// One prepare in progress, counted while it lives.
+struct Preparing(Arc<AtomicUsize>);
+
+impl Preparing {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Preparing(Arc::clone(count))
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The master side: journals every committed update durably, multicasts it once, and
 /// answers registrations and repair requests on its control address.
@@ -35,10 +179,18 @@ use std::sync::{Arc, Mutex};
 /// minutes after midnight UTC; outside them updates are only journaled and subscribers
 /// catch up by unicast.
 ///
+/// Journal retention: entries beyond both ``retention_max_bytes`` (per database, default
+/// 1 GiB) and ``retention_max_age`` (seconds, default 7 days) are removed, oldest first, but
+/// never below ``retention_min_count`` entries (default 10,000); when the data directory
+/// has less than ``retention_min_free_disk_bytes`` free (default 256 MiB) journals are
+/// trimmed to that minimum. It is applied about once a second and by
+/// ``apply_retention()``. A subscriber further behind than the journal reaches catches up
+/// by hash resync.
+///
 /// Use it as a context manager, or call ``close()``; it is also closed at interpreter exit.
 #[pyclass(frozen, module = "mcsync", name = "Publisher")]
 pub(crate) struct PyPublisher {
-    core: ReleaseOnDrop<Arc<mcsync::Publisher>>,
+    shared: ReleaseOnDrop<Arc<PubShared>>,
     closed: AtomicBool,
 }
 
@@ -52,7 +204,9 @@ impl PyPublisher {
         open_access = false, key_rotation_interval = None, schedule = None,
         rotate_key_at_window_start = false, multicast_on_first_subscription = false,
         datagram_bytes = None, max_packets_per_sec = None, max_bytes_per_sec = None,
-        max_update_bytes = None, map_size = None
+        max_update_bytes = None, map_size = None, retention_max_bytes = None,
+        retention_max_age = None, retention_min_count = None,
+        retention_min_free_disk_bytes = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -80,8 +234,19 @@ impl PyPublisher {
         max_bytes_per_sec: Option<u64>,
         max_update_bytes: Option<usize>,
         map_size: Option<usize>,
+        retention_max_bytes: Option<u64>,
+        retention_max_age: Option<f64>,
+        retention_min_count: Option<u64>,
+        retention_min_free_disk_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let mut c = mcsync::PublisherConfig::new(data_dir);
+        let r = &mut c.retention;
+        r.max_bytes = retention_max_bytes.unwrap_or(r.max_bytes);
+        if let Some(secs) = retention_max_age {
+            r.max_age = seconds_arg(py, secs, "retention_max_age")?;
+        }
+        r.min_count = retention_min_count.unwrap_or(r.min_count);
+        r.min_free_disk_bytes = retention_min_free_disk_bytes.unwrap_or(r.min_free_disk_bytes);
         c.identity = identity_arg(py, certificate, private_key, insecure_loopback)?;
         if let Some(a) = authentication_arg(py, users, authenticator, open_access)? {
             c.authentication = a;
@@ -113,13 +278,13 @@ impl PyPublisher {
         m.max_bytes_per_sec = max_bytes_per_sec.unwrap_or(m.max_bytes_per_sec);
         c.max_update_bytes = max_update_bytes.unwrap_or(c.max_update_bytes);
         c.map_size = map_size.unwrap_or(c.map_size);
-        let core = interruptible(py, "open-publisher", move || {
-            mcsync::Publisher::open(c).map(Arc::new)
+        let shared = interruptible(py, "open-publisher", move || {
+            mcsync::Publisher::open(c).map(|p| Arc::new(PubShared::new(p)))
         })?
         .or_raise(py)?;
-        track_publisher(&core);
+        track_publisher(&shared);
         Ok(PyPublisher {
-            core: ReleaseOnDrop::new(core),
+            shared: ReleaseOnDrop::new(shared),
             closed: AtomicBool::new(false),
         })
     }
@@ -128,19 +293,28 @@ impl PyPublisher {
     /// ``Subscriber(fingerprint=...)``; ``None`` with ``insecure_loopback=True``.
     #[getter]
     fn fingerprint(&self) -> Option<&str> {
-        self.core.fingerprint()
+        self.shared.core.fingerprint()
     }
 
     /// Cuts ``user`` off: its sessions are refused from now on (also after a restart) and
     /// every database's key is rotated, so it cannot decrypt anything published later.
     fn revoke(&self, py: Python<'_>, user: &str) -> PyResult<()> {
-        py.detach(|| self.core.revoke(user)).or_raise(py)
+        py.detach(|| self.shared.core.revoke(user)).or_raise(py)
+    }
+
+    /// Trims every database's journal now as the retention options say (the publisher
+    /// also does this about once a second); returns the number of entries removed.
+    fn apply_retention(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.shared.core.apply_retention())
+            .or_raise(py)
     }
 
     /// The subscribers currently registered, as dicts with ``id``, ``user``, ``database``,
-    /// ``client``, ``peer`` (``(host, port)``) and ``sessions``.
+    /// ``client``, ``peer`` (``(host, port)``), ``sessions`` and ``participant`` (whether
+    /// it votes on two-phase updates).
     fn subscribers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let records = self
+            .shared
             .core
             .subscribers()
             .into_iter()
@@ -152,6 +326,7 @@ impl PyPublisher {
                 d.set_item("client", r.client)?;
                 d.set_item("peer", addr_tuple(r.peer))?;
                 d.set_item("sessions", r.sessions)?;
+                d.set_item("participant", r.participant)?;
                 Ok(d)
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -161,24 +336,24 @@ impl PyPublisher {
     /// Changes the multicast schedule (``"always"``, ``"never"`` or a list of ``(start,
     /// end)`` minute windows, UTC); takes effect within about 50 ms.
     fn set_schedule(&self, py: Python<'_>, schedule: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.core.set_schedule(schedule_arg(py, schedule)?);
+        self.shared.core.set_schedule(schedule_arg(py, schedule)?);
         Ok(())
     }
 
     /// The database called ``name`` (1 to 200 characters of ``[A-Za-z0-9._-]``), created on
     /// first use; its versions continue across restarts.
     fn database(&self, py: Python<'_>, name: &str) -> PyResult<PyDatabase> {
-        let db = self.core.database(name).or_raise(py)?;
+        let db = self.shared.core.database(name).or_raise(py)?;
         Ok(PyDatabase {
             db,
-            publisher: ReleaseOnDrop::new(Arc::clone(&self.core)),
+            shared: ReleaseOnDrop::new(Arc::clone(&self.shared)),
         })
     }
 
     /// ``(host, port)`` of the control (repair) server: pass it to ``Subscriber(server=...)``.
     #[getter]
     fn control_addr(&self) -> (String, u16) {
-        addr_tuple(self.core.control_addr())
+        addr_tuple(self.shared.core.control_addr())
     }
 
     /// Whether ``close()`` was called.
@@ -189,14 +364,15 @@ impl PyPublisher {
 
     /// A snapshot of the publisher's counters (all databases together), as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        stats_dict(py, self.core.stats().fields())
+        stats_dict(py, self.shared.core.stats().fields())
     }
 
-    /// Stops accepting commits, sends everything queued, stops the repair server and joins
-    /// every thread (with the GIL released). Idempotent.
+    /// Rolls back the two-phase updates still prepared, stops accepting commits, sends
+    /// everything queued, stops the repair server and joins every thread (with the GIL
+    /// released). Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.closed.store(true, Ordering::SeqCst);
-        py.detach(|| self.core.close()).or_raise(py)
+        py.detach(|| self.shared.close()).or_raise(py)
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -219,7 +395,7 @@ impl PyPublisher {
     fn __repr__(&self) -> String {
         format!(
             "<mcsync.Publisher control_addr={}{}>",
-            self.core.control_addr(),
+            self.shared.core.control_addr(),
             if self.closed() { " closed" } else { "" }
         )
     }
@@ -230,7 +406,7 @@ impl PyPublisher {
 #[pyclass(frozen, module = "mcsync", name = "Database")]
 pub(crate) struct PyDatabase {
     db: mcsync::Database,
-    publisher: ReleaseOnDrop<Arc<mcsync::Publisher>>,
+    shared: ReleaseOnDrop<Arc<PubShared>>,
 }
 
 #[pymethods]
@@ -277,7 +453,7 @@ impl PyDatabase {
     ) -> PyResult<u64> {
         let mut t = self.db.transaction();
         push_put(py, &mut t, key, value, groups)?;
-        py.detach(|| t.commit()).or_raise(py)
+        self.shared.commit(py, t)
     }
 
     /// Deletes ``key`` (a no-op on the replicas if absent) and returns the new version.
@@ -285,7 +461,7 @@ impl PyDatabase {
         let key = bytes_arg(key, "key")?;
         let mut t = self.db.transaction();
         t.delete(key).or_raise(py)?;
-        py.detach(|| t.commit()).or_raise(py)
+        self.shared.commit(py, t)
     }
 
     /// The master's value of ``key``, or ``default``.
@@ -311,12 +487,37 @@ impl PyDatabase {
 
     /// Starts a transaction. As a context manager it commits when the block succeeds and
     /// discards everything when it raises.
-    fn transaction(&self) -> PyTransaction {
-        PyTransaction {
+    ///
+    /// With ``two_phase=True`` its ``commit()`` (and the end of a ``with`` block) is a
+    /// two-phase commit (see ``Transaction.commit_two_phase``) whose participants have
+    /// ``timeout`` seconds to vote (default 10).
+    #[pyo3(signature = (*, two_phase = false, timeout = None))]
+    fn transaction(
+        &self,
+        py: Python<'_>,
+        two_phase: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<PyTransaction> {
+        let two_phase = match (two_phase, timeout) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(config_error(
+                    py,
+                    "timeout= is the vote timeout of a two_phase=True transaction",
+                ))
+            }
+            (true, t) => Some(finite_timeout_arg(
+                py,
+                t.unwrap_or(DEFAULT_VOTE_TIMEOUT),
+                "timeout",
+            )?),
+        };
+        Ok(PyTransaction {
             state: Mutex::new(TxnState::Open(self.db.transaction())),
             name: self.db.name().to_owned(),
-            _publisher: ReleaseOnDrop::new(Arc::clone(&self.publisher)),
-        }
+            two_phase,
+            shared: ReleaseOnDrop::new(Arc::clone(&self.shared)),
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -349,21 +550,29 @@ fn push_put(
 
 enum TxnState {
     Open(mcsync::Transaction),
-    /// Being committed by another thread.
+    /// Being committed or prepared by some thread.
     Committing,
     Committed(u64),
+    /// Prepared by `prepare()` or `commit_two_phase()`: the outcome is the slot's.
+    Prepared(Arc<PreparedSlot>),
     Discarded,
 }
 
 /// A pending master transaction: puts and deletes applied atomically by ``commit()``.
 ///
 /// ``with db.transaction() as t:`` commits when the block ends normally (an empty block
-/// commits nothing) and discards the transaction when the block raises.
+/// commits nothing) and discards the transaction when the block raises (rolling back an
+/// update the block prepared with ``t.prepare()`` and left unresolved).
+///
+/// A transaction opened with ``db.transaction(two_phase=True, timeout=...)`` commits in
+/// two phases (``commit_two_phase``), also at the end of its ``with`` block.
 #[pyclass(frozen, module = "mcsync", name = "Transaction")]
 pub(crate) struct PyTransaction {
     state: Mutex<TxnState>,
     name: String,
-    _publisher: ReleaseOnDrop<Arc<mcsync::Publisher>>,
+    /// The vote timeout of a `two_phase=True` transaction.
+    two_phase: Option<Duration>,
+    shared: ReleaseOnDrop<Arc<PubShared>>,
 }
 
 impl PyTransaction {
@@ -389,6 +598,51 @@ impl PyTransaction {
             ),
         )
     }
+
+    /// Takes the open transaction, leaving `Committing` until [`Self::finish`].
+    fn take_open(&self, py: Python<'_>) -> PyResult<mcsync::Transaction> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *state, TxnState::Committing) {
+            TxnState::Open(t) => Ok(t),
+            other => {
+                *state = other;
+                Err(self.finished_error(py))
+            }
+        }
+    }
+
+    fn finish(&self, state: TxnState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    fn vote_timeout(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Duration> {
+        match (timeout, self.two_phase) {
+            (Some(t), _) => finite_timeout_arg(py, t, "timeout"),
+            (None, Some(d)) => Ok(d),
+            (None, None) => Ok(Duration::from_secs_f64(DEFAULT_VOTE_TIMEOUT)),
+        }
+    }
+
+    fn commit_one_phase(&self, py: Python<'_>) -> PyResult<u64> {
+        let txn = self.take_open(py)?;
+        let result = self.shared.commit(py, txn);
+        self.finish(match &result {
+            Ok(v) => TxnState::Committed(*v),
+            Err(_) => TxnState::Discarded,
+        });
+        result
+    }
+
+    fn prepare_slot(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Arc<PreparedSlot>> {
+        let timeout = self.vote_timeout(py, timeout)?;
+        let txn = self.take_open(py)?;
+        let result = self.shared.prepare(py, txn, timeout, &self.name);
+        self.finish(match &result {
+            Ok(slot) => TxnState::Prepared(Arc::clone(slot)),
+            Err(_) => TxnState::Discarded,
+        });
+        result
+    }
 }
 
 #[pymethods]
@@ -411,26 +665,46 @@ impl PyTransaction {
         self.with_open(py, |t| t.delete(key).or_raise(py))
     }
 
-    /// Journals the transaction durably, queues it for multicast and returns its version.
-    /// Raises ``ConfigError`` if it is empty and ``ClosedError`` if it already ended.
+    /// Journals the transaction durably, queues it for multicast and returns its version
+    /// (in two phases for a ``two_phase=True`` transaction). Raises ``ConfigError`` if it
+    /// is empty and ``ClosedError`` if it already ended.
     fn commit(&self, py: Python<'_>) -> PyResult<u64> {
-        let txn = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            match std::mem::replace(&mut *state, TxnState::Committing) {
-                TxnState::Open(t) => t,
-                other => {
-                    *state = other;
-                    return Err(self.finished_error(py));
-                }
-            }
-        };
-        let result = py.detach(|| txn.commit());
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        *state = match result {
-            Ok(v) => TxnState::Committed(v),
-            Err(_) => TxnState::Discarded,
-        };
-        result.or_raise(py)
+        if self.two_phase.is_some() {
+            self.commit_two_phase(py, None)
+        } else {
+            self.commit_one_phase(py)
+        }
+    }
+
+    /// Two-phase commit: multicasts PREPARE at the next version and waits up to
+    /// ``timeout`` seconds (default: the transaction's, else 10) until every participant
+    /// of the database (a subscription made with ``participant=True``) has voted PREPARED;
+    /// then journals the version durably, multicasts COMMIT and returns the version. With
+    /// no participant it commits at once.
+    ///
+    /// If a participant refuses or does not answer in time, the update is aborted
+    /// everywhere, its version is given back, and ``RefusedError`` names who refused (with
+    /// the reason) and who did not answer. Every other commit of the publisher waits
+    /// meanwhile. The GIL is released and Ctrl-C interrupts the wait; the update is then
+    /// rolled back when the vote wait ends.
+    #[pyo3(signature = (timeout = None))]
+    fn commit_two_phase(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<u64> {
+        self.prepare_slot(py, timeout)?.commit(py)
+    }
+
+    /// The first phase alone: like ``commit_two_phase`` but returns a ``Prepared`` once
+    /// every participant has voted PREPARED, to ``commit()`` or ``rollback()`` later (after
+    /// preparing elsewhere too, say). Until then no replica shows the update, and every
+    /// other commit of the publisher waits behind it: resolve it promptly, and not by
+    /// committing from the same thread first. Dropping the ``Prepared`` or closing the
+    /// publisher rolls it back. Raises ``RefusedError`` as ``commit_two_phase`` does.
+    #[pyo3(signature = (timeout = None))]
+    fn prepare(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyPrepared> {
+        let slot = self.prepare_slot(py, timeout)?;
+        Ok(PyPrepared {
+            slot,
+            _shared: ReleaseOnDrop::new(Arc::clone(&self.shared)),
+        })
     }
 
     /// Discards the transaction: nothing is written or sent. Idempotent.
@@ -444,8 +718,9 @@ impl PyTransaction {
     /// The committed version, or ``None`` before a commit (and after a rollback).
     #[getter]
     fn version(&self) -> Option<u64> {
-        match *self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            TxnState::Committed(v) => Some(v),
+        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            TxnState::Committed(v) => Some(*v),
+            TxnState::Prepared(slot) => slot.committed_version(),
             _ => None,
         }
     }
@@ -471,27 +746,265 @@ impl PyTransaction {
         traceback: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let _ = (exc_value, traceback);
-        let pending = match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            TxnState::Open(t) => Some(t.is_empty()),
-            _ => None,
+        enum Exit {
+            Commit,
+            Discard,
+            RollBack(Arc<PreparedSlot>),
+            Nothing,
+        }
+        let raised = exc_type.is_some();
+        let exit = match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            TxnState::Open(t) if !raised && !t.is_empty() => Exit::Commit,
+            TxnState::Open(_) => Exit::Discard,
+            TxnState::Prepared(slot) if raised && slot.is_pending() => {
+                Exit::RollBack(Arc::clone(slot))
+            }
+            _ => Exit::Nothing,
         };
-        match (exc_type.is_some(), pending) {
-            (false, Some(false)) => {
+        match exit {
+            Exit::Commit => {
                 self.commit(py)?;
             }
-            (_, Some(_)) => self.rollback(),
-            (_, None) => {}
+            Exit::Discard => self.rollback(),
+            // The block's exception propagates; a failed rollback must not replace it.
+            Exit::RollBack(slot) => {
+                let _ = slot.rollback(py);
+            }
+            Exit::Nothing => {}
         }
         Ok(false)
     }
 
     fn __repr__(&self) -> String {
         let state = match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
-            TxnState::Open(t) => format!("open, {} ops", t.len()),
+            TxnState::Open(t) => format!(
+                "open{}, {} ops",
+                if self.two_phase.is_some() {
+                    " (two-phase)"
+                } else {
+                    ""
+                },
+                t.len()
+            ),
             TxnState::Committing => "committing".to_owned(),
             TxnState::Committed(v) => format!("committed at version {v}"),
+            TxnState::Prepared(slot) => slot.describe(),
             TxnState::Discarded => "discarded".to_owned(),
         };
         format!("<mcsync.Transaction on {:?}: {state}>", self.name)
+    }
+}
+
+enum PrepState {
+    /// Every participant voted PREPARED; waiting for commit or rollback.
+    Pending(ReleaseOnDrop<mcsync::Prepared>),
+    /// Being committed by some thread.
+    Committing,
+    Committed(u64),
+    RolledBack,
+    /// Rolled back because the publisher closed.
+    Abandoned,
+    /// The commit failed (nothing was journaled).
+    Failed,
+}
+
+/// A prepared two-phase update shared by its `Prepared` and `Transaction` objects and
+/// registered with its publisher. Dropping it while pending rolls the update back (with
+/// the GIL released).
+pub(crate) struct PreparedSlot {
+    database: String,
+    version: u64,
+    state: Mutex<PrepState>,
+}
+
+impl PreparedSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PrepState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_pending(&self) -> bool {
+        matches!(*self.lock(), PrepState::Pending(_))
+    }
+
+    fn committed_version(&self) -> Option<u64> {
+        match *self.lock() {
+            PrepState::Committed(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let v = self.version;
+        match *self.lock() {
+            PrepState::Pending(_) => format!("prepared at version {v}"),
+            PrepState::Committing => format!("committing version {v}"),
+            PrepState::Committed(v) => format!("committed at version {v}"),
+            PrepState::RolledBack => format!("version {v} rolled back"),
+            PrepState::Abandoned => {
+                format!("version {v} rolled back when the publisher closed")
+            }
+            PrepState::Failed => format!("commit of version {v} failed"),
+        }
+    }
+
+    /// Rolls the update back if it is still pending, because the publisher closes. Call
+    /// with the GIL released.
+    fn abandon(&self) {
+        let prepared = {
+            let mut state = self.lock();
+            match std::mem::replace(&mut *state, PrepState::Abandoned) {
+                PrepState::Pending(p) => Some(p),
+                other => {
+                    *state = other;
+                    None
+                }
+            }
+        };
+        if let Some(p) = prepared {
+            // It can only fail when the publisher is already gone: nothing is committed.
+            let _ = p.into_inner().rollback();
+        }
+    }
+
+    /// Takes the pending update for `action`, leaving `Committing`.
+    fn take_pending(&self, py: Python<'_>, action: &str) -> PyResult<mcsync::Prepared> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, PrepState::Committing) {
+            PrepState::Pending(p) => Ok(p.into_inner()),
+            other => {
+                *state = other;
+                let what = state_text(&state);
+                Err(raise(
+                    py,
+                    ErrorKind::Closed,
+                    format!(
+                        "cannot {action} version {} of database {:?}: it {what}",
+                        self.version, self.database
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn commit(&self, py: Python<'_>) -> PyResult<u64> {
+        let prepared = self.take_pending(py, "commit")?;
+        let result = py.detach(|| prepared.commit());
+        *self.lock() = match &result {
+            Ok(v) => PrepState::Committed(*v),
+            Err(_) => PrepState::Failed,
+        };
+        result.or_raise(py)
+    }
+
+    /// Rolls back a pending update; a no-op once rolled back, an error once committed.
+    fn rollback(&self, py: Python<'_>) -> PyResult<()> {
+        if matches!(
+            *self.lock(),
+            PrepState::RolledBack | PrepState::Abandoned | PrepState::Failed
+        ) {
+            return Ok(());
+        }
+        let prepared = self.take_pending(py, "roll back")?;
+        // It can only fail when the publisher is already gone: nothing is committed.
+        let _ = py.detach(|| prepared.rollback());
+        *self.lock() = PrepState::RolledBack;
+        Ok(())
+    }
+}
+
+fn state_text(state: &PrepState) -> &'static str {
+    match state {
+        PrepState::Pending(_) => "is prepared",
+        PrepState::Committing => "is being committed",
+        PrepState::Committed(_) => "was already committed",
+        PrepState::RolledBack => "was already rolled back",
+        PrepState::Abandoned => "was rolled back when the publisher closed",
+        PrepState::Failed => "failed to commit",
+    }
+}
+
+/// A two-phase update every participant has voted PREPARED for, returned by
+/// ``Transaction.prepare()``: ``commit()`` or ``rollback()`` it. Until then no replica
+/// shows it and every other commit of the publisher waits behind it.
+///
+/// ``with t.prepare() as p:`` commits when the block ends normally and rolls back when it
+/// raises. Dropping an unresolved ``Prepared``, or closing the publisher, rolls it back.
+#[pyclass(frozen, module = "mcsync", name = "Prepared")]
+pub(crate) struct PyPrepared {
+    slot: Arc<PreparedSlot>,
+    // Keeps the publisher open (its intake waits for this update); dropped after `slot`.
+    _shared: ReleaseOnDrop<Arc<PubShared>>,
+}
+
+#[pymethods]
+impl PyPrepared {
+    /// The version the update has once committed.
+    #[getter]
+    fn version(&self) -> u64 {
+        self.slot.version
+    }
+
+    /// Name of the database.
+    #[getter]
+    fn database(&self) -> &str {
+        &self.slot.database
+    }
+
+    /// ``"prepared"``, ``"committing"``, ``"committed"``, ``"rolled back"`` or
+    /// ``"failed"`` (the commit raised; nothing was journaled).
+    #[getter]
+    fn state(&self) -> &'static str {
+        match *self.slot.lock() {
+            PrepState::Pending(_) => "prepared",
+            PrepState::Committing => "committing",
+            PrepState::Committed(_) => "committed",
+            PrepState::RolledBack | PrepState::Abandoned => "rolled back",
+            PrepState::Failed => "failed",
+        }
+    }
+
+    /// Journals the update durably, multicasts COMMIT (repeated until every participant
+    /// acknowledges) and returns the version. Raises ``ClosedError`` if it was already
+    /// resolved (or rolled back because the publisher closed).
+    fn commit(&self, py: Python<'_>) -> PyResult<u64> {
+        self.slot.commit(py)
+    }
+
+    /// Retracts the update: multicasts ABORT, participants discard what they prepared, and
+    /// the version is given back. A no-op once rolled back; ``ClosedError`` once committed.
+    fn rollback(&self, py: Python<'_>) -> PyResult<()> {
+        self.slot.rollback(py)
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (exc_type, exc_value, traceback, /))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let _ = (exc_value, traceback);
+        if self.slot.is_pending() {
+            if exc_type.is_some() {
+                // The block's exception propagates; a failed rollback must not replace it.
+                let _ = self.slot.rollback(py);
+            } else {
+                self.slot.commit(py)?;
+            }
+        }
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<mcsync.Prepared on {:?}: {}>",
+            self.slot.database,
+            self.slot.describe()
+        )
     }
 }

@@ -1,15 +1,17 @@
 //! `Subscriber`, `Subscription` and the pull-style `UpdateIterator`: the replica side.
 //!
-//! Callbacks run on the subscription's process thread (a Rust thread). It attaches to the
-//! interpreter only for the call; an exception from the callback goes to `on_error` if given,
-//! else to `sys.unraisablehook`, is counted in `stats()["callback_errors"]`, and the
-//! subscription keeps going.
+//! Callbacks (and a participant's vote) run on the subscription's process thread (a Rust
+//! thread). It attaches to the interpreter only for the call; an exception from the callback
+//! goes to `on_error` if given, else to `sys.unraisablehook`, is counted in
+//! `stats()["callback_errors"]`, and the subscription keeps going (an exception from a vote
+//! also refuses the update).
 
 use crate::convert::{addr_tuple, bytes_arg, deadline_arg, ipv4_arg, seconds_arg};
 use crate::convert::{records_list, socket_addr_arg, stats_dict, Deadline};
 use crate::delivery::{Delivery, UpdateQueue};
 use crate::errors::{raise, OrRaise};
 use crate::lifecycle::{interruptible, next_slice, track_subscriber, ReleaseOnDrop};
+use crate::resync::PyResyncReport;
 use crate::security::trust_arg;
 use crate::update::PyUpdate;
 use mcsync::ErrorKind;
@@ -31,6 +33,12 @@ use std::time::{Duration, Instant};
 /// checked, default the server's IP address), or ``insecure_loopback=True`` (no TLS,
 /// loopback only). ``user`` and ``secret`` are presented at registration.
 ///
+/// ``client_name`` is the name this subscriber gives the publisher (listed by
+/// ``Publisher.subscribers()``; a two-phase participant is named by it and its user in
+/// refusals). A replica more than ``compact_catch_up_after`` versions behind (default
+/// 1,000) catches up compacted, with the latest value of each changed key instead of every
+/// step (its callback then sees fewer, larger updates).
+///
 /// ``loss`` (a probability, e.g. ``0.05``) injects seeded receive-side loss for tests and
 /// demos; ``loss_seed`` and ``loss_burst`` shape it. Durations are in seconds. Options left
 /// at ``None`` take the engine's defaults.
@@ -43,6 +51,25 @@ pub(crate) struct PySubscriber {
     closed: AtomicBool,
 }
 
+impl PySubscriber {
+    fn one_shot(&self, py: Python<'_>, name: &str, apply: bool) -> PyResult<PyResyncReport> {
+        if self.closed() {
+            return Err(raise(py, ErrorKind::Closed, "subscriber is closed"));
+        }
+        let subscriber = Arc::clone(&self.core);
+        let name = name.to_owned();
+        let report = interruptible(py, if apply { "resync" } else { "verify" }, move || {
+            if apply {
+                subscriber.resync(&name)
+            } else {
+                subscriber.verify(&name)
+            }
+        })?
+        .or_raise(py)?;
+        Ok(PyResyncReport::new(report))
+    }
+}
+
 #[pymethods]
 impl PySubscriber {
     #[new]
@@ -52,7 +79,7 @@ impl PySubscriber {
         loss_seed = 0, loss_burst = 1, recv_buffer_bytes = None, channel_capacity = None,
         reorder_buffer_bytes = None, repair_delay = None, repair_retry = None,
         repair_io_timeout = None, silence_timeout = None, max_update_bytes = None,
-        map_size = None, client_name = None
+        map_size = None, client_name = None, compact_catch_up_after = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -79,6 +106,7 @@ impl PySubscriber {
         max_update_bytes: Option<usize>,
         map_size: Option<usize>,
         client_name: Option<String>,
+        compact_catch_up_after: Option<u64>,
     ) -> PyResult<Self> {
         let server = socket_addr_arg(py, server, "server")?;
         let trust = trust_arg(py, fingerprint, ca_file, insecure_loopback)?;
@@ -114,6 +142,7 @@ impl PySubscriber {
         c.max_update_bytes = max_update_bytes.unwrap_or(c.max_update_bytes);
         c.map_size = map_size.unwrap_or(c.map_size);
         c.client_name = client_name.unwrap_or(c.client_name);
+        c.compact_catch_up_after = compact_catch_up_after.unwrap_or(c.compact_catch_up_after);
         let core = interruptible(py, "open-subscriber", move || {
             mcsync::Subscriber::open(c).map(Arc::new)
         })?
@@ -137,7 +166,19 @@ impl PySubscriber {
     /// Without ``on_update``, updates are queued for ``Subscription.updates()``; at most
     /// ``queue_size`` are kept (the oldest are dropped and counted in
     /// ``stats()["updates_dropped"]``; ``0`` disables the queue).
-    #[pyo3(signature = (name, on_update = None, *, on_error = None, queue_size = 10000))]
+    ///
+    /// ``participant=True`` makes this replica a participant in the database's two-phase
+    /// updates (``Transaction.commit_two_phase``): each waits for its vote. ``vote(update)``
+    /// is called on the subscription's thread before anything of the update is visible;
+    /// returning ``None`` or ``True`` votes PREPARED, returning a string (the reason) or
+    /// ``False`` refuses. An exception refuses too, with ``"ExceptionType: message"`` as
+    /// the reason, and is reported like an ``on_update`` error. Without ``vote`` the
+    /// replica votes PREPARED whenever it can apply the update.
+    #[pyo3(signature = (
+        name, on_update = None, *, on_error = None, queue_size = 10000, participant = false,
+        vote = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn subscribe(
         &self,
         py: Python<'_>,
@@ -145,34 +186,60 @@ impl PySubscriber {
         on_update: Option<Bound<'_, PyAny>>,
         on_error: Option<Bound<'_, PyAny>>,
         queue_size: usize,
+        participant: bool,
+        vote: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PySubscription> {
         if self.closed() {
             return Err(raise(py, ErrorKind::Closed, "subscriber is closed"));
         }
-        for (what, f) in [("on_update", &on_update), ("on_error", &on_error)] {
+        for (what, f) in [
+            ("on_update", &on_update),
+            ("on_error", &on_error),
+            ("vote", &vote),
+        ] {
             if f.as_ref().is_some_and(|f| !f.is_callable()) {
                 return Err(PyTypeError::new_err(format!("{what} must be callable")));
             }
         }
+        if vote.is_some() && !participant {
+            return Err(raise(
+                py,
+                ErrorKind::Config,
+                "vote= is only called for a participant: pass participant=True",
+            ));
+        }
         let queue =
             (on_update.is_none() && queue_size > 0).then(|| Arc::new(UpdateQueue::new(queue_size)));
-        let delivery = Delivery {
+        let delivery = Arc::new(Delivery {
             on_update: on_update.map(Bound::unbind),
             on_error: on_error.map(Bound::unbind),
+            vote: vote.map(Bound::unbind),
             queue: queue.clone(),
             errors: Arc::new(AtomicU64::new(0)),
-        };
+        });
         let errors = delivery.errors.clone();
         let callback: Option<mcsync::UpdateCallback> =
             if delivery.on_update.is_some() || delivery.queue.is_some() {
-                Some(Box::new(move |u: &mcsync::Update| delivery.deliver(u)))
+                let d = Arc::clone(&delivery);
+                Some(Box::new(move |u: &mcsync::Update| d.deliver(u)))
             } else {
                 None
             };
+        let voter: Option<mcsync::VoteCallback> = if delivery.vote.is_some() {
+            let d = Arc::clone(&delivery);
+            Some(Box::new(move |u: &mcsync::Update| d.vote(u)))
+        } else {
+            None
+        };
+        drop(delivery);
         let subscriber = Arc::clone(&self.core);
         let name_owned = name.to_owned();
         let core = interruptible(py, "subscribe", move || {
-            subscriber.subscribe_with(&name_owned, callback)
+            if participant {
+                subscriber.subscribe_participant(&name_owned, callback, voter)
+            } else {
+                subscriber.subscribe_with(&name_owned, callback)
+            }
         })?
         .or_raise(py)?;
         Ok(PySubscription {
@@ -180,7 +247,27 @@ impl PySubscriber {
             _subscriber: ReleaseOnDrop::new(Arc::clone(&self.core)),
             queue,
             callback_errors: errors,
+            participant,
         })
+    }
+
+    /// Compares the local replica of ``name`` with the publisher's current state by range
+    /// digests of content hashes, without changing anything, and returns a
+    /// ``ResyncReport`` (``in_agreement`` tells the verdict). The replica's hashes are
+    /// recomputed from its data, so records edited behind mcsync's back are found. Works
+    /// with or without a live subscription; the GIL is released and Ctrl-C interrupts it.
+    fn verify(&self, py: Python<'_>, name: &str) -> PyResult<PyResyncReport> {
+        self.one_shot(py, name, false)
+    }
+
+    /// Makes the local replica of ``name`` equal to the publisher's state now, by hashes
+    /// (fetching what differs, deleting what the publisher lacks, then the journal since),
+    /// without subscribing: for a replica restored from a backup or repaired by hand.
+    /// Returns a ``ResyncReport``. Raises ``ConfigError`` while this subscriber has a live
+    /// subscription to ``name``; use ``Subscription.request_resync()`` then. The GIL is
+    /// released and Ctrl-C interrupts the wait (the resync then finishes in the background).
+    fn resync(&self, py: Python<'_>, name: &str) -> PyResult<PyResyncReport> {
+        self.one_shot(py, name, true)
     }
 
     /// ``(host, port)`` of the publisher's control server.
@@ -240,6 +327,7 @@ pub(crate) struct PySubscription {
     _subscriber: ReleaseOnDrop<Arc<mcsync::Subscriber>>,
     queue: Option<Arc<UpdateQueue>>,
     callback_errors: Arc<AtomicU64>,
+    participant: bool,
 }
 
 #[pymethods]
@@ -260,6 +348,21 @@ impl PySubscription {
     #[getter]
     fn closed(&self) -> bool {
         self.core.is_closed()
+    }
+
+    /// Whether it was made with ``participant=True`` (it votes on two-phase updates).
+    #[getter]
+    fn participant(&self) -> bool {
+        self.participant
+    }
+
+    /// Asks the subscription's thread to resync the replica by hashes now (for a store
+    /// restored from a backup or edited by hand) and returns at once. Progress shows in
+    /// ``stats()`` (``catchups_resync``, ``resync_fetched``, ``resync_deleted``,
+    /// ``resync_bytes``). The callback sees what changed as one update at the version of
+    /// the publisher's snapshot, then the journal updates after it.
+    fn request_resync(&self) {
+        self.core.request_resync();
     }
 
     /// The replica's value of ``key``, or ``default``.
@@ -364,7 +467,8 @@ impl PySubscription {
     }
 
     /// A snapshot of the subscription's counters, as a dict (the engine's counters plus
-    /// ``callback_errors`` and ``updates_dropped``).
+    /// ``callback_errors``, which counts exceptions from ``on_update`` and ``vote``, and
+    /// ``updates_dropped``).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = stats_dict(py, self.core.stats().fields())?;
         d.set_item(

@@ -166,3 +166,67 @@ def test_objects_freed_without_close_stop_their_threads(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.split() == ["True", "1"]
+
+
+@pytest.mark.parametrize(
+    "body, after",
+    [
+        # A two-phase commit waiting for a slow vote; once interrupted, the update is
+        # rolled back when the vote wait ends, so the next commit reuses its version.
+        (
+            """
+            sub = subscriber.subscribe(
+                "child", participant=True, vote=lambda u: time.sleep(1.5)
+            )
+            t = db.transaction(two_phase=True, timeout=5)
+            t.put("k", "prepared")
+            print("ready", flush=True)
+            try:
+                t.commit()
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            print(db.put("k", "one-phase"), db.get("k").decode(), t.version, flush=True)
+            """,
+            "2 one-phase None",
+        ),
+        # A one-phase commit queued behind a prepared update held by the same thread
+        # (it would wait forever); the commit stays queued until the update is resolved.
+        (
+            """
+            sub = subscriber.subscribe("child", participant=True)
+            t = db.transaction()
+            t.put("k", "two-phase")
+            p = t.prepare(timeout=30)
+            print("ready", flush=True)
+            try:
+                db.put("k", "queued")
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            p.rollback()
+            deadline = time.monotonic() + 30
+            while db.version < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print(db.version, db.get("k").decode(), p.state, flush=True)
+            """,
+            "2 queued rolled back",
+        ),
+    ],
+    ids=["commit_two_phase", "commit-behind-prepared"],
+)
+def test_sigint_interrupts_two_phase_waits(tmp_path: Path, body: str, after: str) -> None:
+    proc = run_child(
+        tmp_path,
+        textwrap.dedent(body) + "sys.exit(3)\n",
+    )
+    try:
+        assert read_line(proc, 60) == "ready"
+        time.sleep(0.3)  # let it block
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        assert read_line(proc, 10) == "interrupted"
+        assert time.monotonic() - t0 < 2.0
+        assert read_line(proc, 30) == after
+        assert proc.wait(timeout=30) == 3
+    finally:
+        proc.kill()
+        proc.communicate()

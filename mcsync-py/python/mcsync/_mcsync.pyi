@@ -11,15 +11,18 @@ _Bytes = bytes | bytearray | str
 _Address = str | tuple[str, int]
 _Path = str | PathLike[str]
 _Schedule = str | list[tuple[int, int]]
+_Vote = Callable[[Update], bool | str | None]
 
 __version__: str
 __all__ = [
     "Publisher",
     "Database",
     "Transaction",
+    "Prepared",
     "Subscriber",
     "Subscription",
     "UpdateIterator",
+    "ResyncReport",
     "Update",
     "Op",
     "Grant",
@@ -78,7 +81,7 @@ class TooLargeError(Error):
     """A key, value or update exceeds a configured maximum."""
 
 class RefusedError(Error):
-    """The peer refused the request (unknown database, missing versions)."""
+    """Refused: an unknown database, missing versions, or an aborted two-phase update."""
 
 @final
 class Grant:
@@ -138,6 +141,32 @@ class Update:
     def __iter__(self) -> Iterator[Op]: ...
 
 @final
+class Prepared:
+    """A prepared two-phase update; a context manager that commits on success."""
+
+    @property
+    def version(self) -> int:
+        """The version the update has once committed."""
+    @property
+    def database(self) -> str:
+        """Name of the database."""
+    @property
+    def state(self) -> str:
+        """``"prepared"``, ``"committing"``, ``"committed"``, ``"rolled back"`` or ``"failed"``."""
+    def commit(self) -> int:
+        """Journals the update durably, multicasts COMMIT and returns the version."""
+    def rollback(self) -> None:
+        """Retracts the update; the version is given back."""
+    def __enter__(self) -> Prepared: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool: ...
+
+@final
 class Transaction:
     """A pending master transaction; a context manager that commits on success."""
 
@@ -147,6 +176,10 @@ class Transaction:
         """Adds a delete of ``key``."""
     def commit(self) -> int:
         """Journals the transaction durably and returns its version."""
+    def commit_two_phase(self, timeout: float | None = None) -> int:
+        """Two-phase commit: waits for every participant's vote, then commits."""
+    def prepare(self, timeout: float | None = None) -> Prepared:
+        """The first phase alone: returns a ``Prepared`` to commit or roll back."""
     def rollback(self) -> None:
         """Discards the transaction."""
     @property
@@ -184,8 +217,10 @@ class Database:
         """The master's value of ``key``, or ``default``."""
     def items(self) -> list[tuple[bytes, bytes]]:
         """Every record of the master state in key order."""
-    def transaction(self) -> Transaction:
-        """Starts a transaction."""
+    def transaction(
+        self, *, two_phase: bool = False, timeout: float | None = None
+    ) -> Transaction:
+        """Starts a transaction (committed in two phases with ``two_phase=True``)."""
 
 @final
 class Publisher:
@@ -218,12 +253,18 @@ class Publisher:
         max_bytes_per_sec: int | None = None,
         max_update_bytes: int | None = None,
         map_size: int | None = None,
+        retention_max_bytes: int | None = None,
+        retention_max_age: float | None = None,
+        retention_min_count: int | None = None,
+        retention_min_free_disk_bytes: int | None = None,
     ) -> Publisher: ...
     @property
     def fingerprint(self) -> str | None:
         """SHA-256 fingerprint of the control channel's certificate."""
     def revoke(self, user: str) -> None:
         """Cuts ``user`` off and rotates every database's key."""
+    def apply_retention(self) -> int:
+        """Trims every database's journal now; returns the entries removed."""
     def subscribers(self) -> list[dict[str, Any]]:
         """The subscribers currently registered."""
     def set_schedule(self, schedule: _Schedule) -> None:
@@ -256,6 +297,33 @@ class UpdateIterator:
     def __next__(self) -> Update: ...
 
 @final
+class ResyncReport:
+    """What ``Subscriber.verify()`` found and ``Subscriber.resync()`` did."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def previous_version(self) -> int: ...
+    @property
+    def full_copy(self) -> bool: ...
+    @property
+    def fetched(self) -> int: ...
+    @property
+    def deleted(self) -> int: ...
+    @property
+    def journal_updates(self) -> int: ...
+    @property
+    def differing_ranges(self) -> list[tuple[int, int]]: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def local_records(self) -> int: ...
+    @property
+    def remote_records(self) -> int: ...
+    @property
+    def in_agreement(self) -> bool: ...
+
+@final
 class Subscription:
     """A live replica of one database."""
 
@@ -265,6 +333,10 @@ class Subscription:
     def version(self) -> int: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def participant(self) -> bool: ...
+    def request_resync(self) -> None:
+        """Asks the subscription's thread to resync the replica by hashes now."""
     def get(self, key: _Bytes, default: _T | None = None) -> bytes | _T | None:
         """The replica's value of ``key``, or ``default``."""
     def __getitem__(self, key: _Bytes, /) -> bytes: ...
@@ -318,6 +390,7 @@ class Subscriber:
         max_update_bytes: int | None = None,
         map_size: int | None = None,
         client_name: str | None = None,
+        compact_catch_up_after: int | None = None,
     ) -> Subscriber: ...
     def subscribe(
         self,
@@ -326,8 +399,14 @@ class Subscriber:
         *,
         on_error: Callable[[BaseException, Update | None], object] | None = None,
         queue_size: int = 10000,
+        participant: bool = False,
+        vote: _Vote | None = None,
     ) -> Subscription:
-        """Subscribes to database ``name``."""
+        """Subscribes to database ``name`` (as a two-phase participant if asked)."""
+    def verify(self, name: str) -> ResyncReport:
+        """Compares the local replica of ``name`` with the publisher, changing nothing."""
+    def resync(self, name: str) -> ResyncReport:
+        """Makes the local replica of ``name`` equal to the publisher's state by hashes."""
     @property
     def server(self) -> tuple[str, int]: ...
     @property
