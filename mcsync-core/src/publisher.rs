@@ -36,6 +36,10 @@ const MAX_GROUP: usize = 1024;
 /// Most encoded bytes grouped into one LMDB transaction.
 const MAX_GROUP_BYTES: usize = 64 << 20;
 
+fn publisher_closed() -> Error {
+    Error::Closed("publisher is closed".into())
+}
+
 /// Checks a database name: 1 to 200 bytes of letters, digits, `-`, `_`, `.`.
 pub(crate) fn validate_database_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -1116,33 +1120,36 @@ impl Transaction {
         self.ops.is_empty()
     }
 
-    /// Journals the transaction durably, queues it for multicast, and returns its version.
-    pub fn commit(self) -> Result<u64> {
+    /// Checks the transaction is not empty and hands it to the intake thread as `make`
+    /// builds it; returns the channel the answer comes back on.
+    fn submit<T>(
+        self,
+        make: impl FnOnce(Arc<DbShared>, Vec<Op>, chan::Sender<T>) -> Intake,
+    ) -> Result<chan::Receiver<T>> {
         if self.ops.is_empty() {
             return Err(Error::Config(format!(
                 "empty transaction on database {:?}",
                 self.db.name()
             )));
         }
-        let closed = || Error::Closed("publisher is closed".into());
         let (reply, rx) = chan::bounded(1);
-        let req = CommitRequest {
-            db: self.db.db.clone(),
-            ops: self.ops,
-            reply,
-        };
-        {
-            let guard = self
-                .db
-                .inner
-                .intake_tx
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let tx = guard.as_ref().ok_or_else(closed)?.clone();
-            drop(guard);
-            tx.send(Intake::Commit(req)).map_err(|_| closed())?;
-        }
-        rx.recv().map_err(|_| closed())?
+        let req = make(self.db.db.clone(), self.ops, reply);
+        let tx = self
+            .db
+            .inner
+            .intake_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(publisher_closed)?;
+        tx.send(req).map_err(|_| publisher_closed())?;
+        Ok(rx)
+    }
+
+    /// Journals the transaction durably, queues it for multicast, and returns its version.
+    pub fn commit(self) -> Result<u64> {
+        let rx = self.submit(|db, ops, reply| Intake::Commit(CommitRequest { db, ops, reply }))?;
+        rx.recv().map_err(|_| publisher_closed())?
     }
 
     /// Discards the transaction (the same as dropping it): nothing was written or sent.
@@ -1159,44 +1166,17 @@ impl Transaction {
     /// The first phase alone: returns a [`Prepared`] update to commit or roll back. On
     /// a refusal or timeout it is aborted at once and the error says why.
     pub fn prepare(self, timeout: Duration) -> Result<Prepared> {
-        if self.ops.is_empty() {
-            return Err(Error::Config(format!(
-                "empty transaction on database {:?}",
-                self.db.name()
-            )));
-        }
-        let closed = || Error::Closed("publisher is closed".into());
-        let (reply, rx) = chan::bounded(1);
-        let req = PrepareRequest {
-            db: self.db.db.clone(),
-            ops: self.ops,
-            reply,
-        };
-        {
-            let guard = self
-                .db
-                .inner
-                .intake_tx
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let tx = guard.as_ref().ok_or_else(closed)?.clone();
-            drop(guard);
-            tx.send(Intake::Prepare(req)).map_err(|_| closed())?;
-        }
-        let ticket = rx.recv().map_err(|_| closed())??;
+        let inner = self.db.inner.clone();
         let name = self.db.name().to_owned();
+        let rx =
+            self.submit(|db, ops, reply| Intake::Prepare(PrepareRequest { db, ops, reply }))?;
+        let ticket = rx.recv().map_err(|_| publisher_closed())??;
         let v = ticket.version;
         let mut prepared = Prepared {
             database: name.clone(),
             ticket: Some(ticket),
         };
-        match self
-            .db
-            .inner
-            .server_ctx
-            .two_phase
-            .wait_votes(&name, v, timeout)
-        {
+        match inner.server_ctx.two_phase.wait_votes(&name, v, timeout) {
             Ok(()) => Ok(prepared),
             Err(why) => {
                 prepared.resolve(false)?;
