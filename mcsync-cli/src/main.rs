@@ -1,5 +1,6 @@
-//! The `mcsync` command: demo, serve, subscribe, status.
+//! The `mcsync` command: demo, serve, subscribe, status, users, bench.
 
+mod bench;
 mod demo;
 mod serve;
 
@@ -26,9 +27,18 @@ enum Command {
     Subscribe(serve::SubscribeArgs),
     /// Print the databases, versions and record counts held in a data directory.
     Status(serve::StatusArgs),
+    /// Compare a subscriber's replica with the publisher's state by range digests; print
+    /// whether they agree and, if not, which key-hash ranges differ (exit code 1).
+    Verify(serve::CheckArgs),
+    /// Repair a subscriber's replica by hash resync (only what differs is sent).
+    Resync(serve::CheckArgs),
     /// Manage the users file the publisher authenticates subscribers with.
     #[command(subcommand)]
     Users(serve::UsersCommand),
+    /// Measure throughput, latency, egress bytes and repair cost on loopback multicast in
+    /// this process, beside raw UDP multicast and TCP fan-out baselines; print a table and
+    /// write bench.json and PNG plots.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +50,9 @@ fn main() -> ExitCode {
         Command::Subscribe(a) => serve::subscribe(a),
         Command::Status(a) => serve::status(a),
         Command::Users(c) => serve::users(c),
+        Command::Verify(a) => serve::verify(a),
+        Command::Resync(a) => serve::resync(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(code) => code,

@@ -74,6 +74,103 @@ pub struct SubscribeArgs {
     server_name: Option<String>,
 }
 
+/// Options of `mcsync verify` and `mcsync resync`.
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Data directory of the subscriber's store (the replica to check).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Publisher's control address.
+    #[arg(long, default_value = "127.0.0.1:47000")]
+    server: SocketAddr,
+    /// Database to check.
+    #[arg(long, default_value = "default")]
+    database: String,
+    /// User name.
+    #[arg(long)]
+    user: String,
+    /// File whose first line is the password (default: the MCSYNC_PASSWORD variable).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Pinned SHA-256 fingerprint of the publisher's certificate.
+    #[arg(long, conflicts_with = "ca_file")]
+    fingerprint: Option<String>,
+    /// CA certificates (PEM) to verify the publisher with.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Name to verify in the publisher's certificate (with --ca-file).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+fn open_for_check(a: &CheckArgs) -> Result<Subscriber, Box<dyn std::error::Error>> {
+    let trust = match (&a.fingerprint, &a.ca_file) {
+        (Some(f), _) => ServerTrust::Fingerprint(f.clone()),
+        (None, Some(c)) => ServerTrust::CaFile(c.clone()),
+        (None, None) => {
+            return Err("give --fingerprint or --ca-file to verify the publisher".into())
+        }
+    };
+    let mut cfg = SubscriberConfig::new(&a.data_dir, a.server, trust);
+    cfg.server_name = a.server_name.clone();
+    cfg.user = a.user.clone();
+    cfg.secret = read_password(a.password_file.as_ref())?.into();
+    Ok(Subscriber::open(cfg)?)
+}
+
+fn print_report(r: &mcsync::ResyncReport) {
+    println!(
+        "replica at version {} ({} records); publisher snapshot at version {} ({} records visible to this user)",
+        r.previous_version, r.local_records, r.version, r.remote_records
+    );
+    for range in r.differing_ranges.iter().take(50) {
+        println!(
+            "  differs: key hashes {:016x}..={:016x} (level {})",
+            range.lo,
+            range.hi(),
+            range.level
+        );
+    }
+    if r.differing_ranges.len() > 50 {
+        println!("  ... and {} more ranges", r.differing_ranges.len() - 50);
+    }
+}
+
+/// `mcsync verify`: compares a replica with the publisher by range digests. Exit code 0
+/// when they agree, 1 when they differ.
+pub fn verify(a: CheckArgs) -> CliResult {
+    let s = open_for_check(&a)?;
+    let r = s.verify(&a.database)?;
+    print_report(&r);
+    if r.in_agreement() {
+        println!("in agreement");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "DIFFERS in {} key-hash ranges; run `mcsync resync` to repair",
+            r.differing_ranges.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `mcsync resync`: repairs a replica by hash resync.
+pub fn resync(a: CheckArgs) -> CliResult {
+    let s = open_for_check(&a)?;
+    let r = s.resync(&a.database)?;
+    print_report(&r);
+    println!(
+        "resynced to version {}: {} records fetched, {} deleted, {} journal updates, {} bytes exchanged{}",
+        r.version,
+        r.fetched,
+        r.deleted,
+        r.journal_updates,
+        r.bytes,
+        if r.full_copy { " (full copy)" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Options of `mcsync status`.
 #[derive(Args)]
 pub struct StatusArgs {
@@ -149,6 +246,7 @@ pub fn serve(a: ServeArgs) -> CliResult {
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         cfg.identity = ServerIdentity::Files { cert, key };
     }
+    let stats_file = a.data_dir.join("stats.txt");
     let publisher = Publisher::open(cfg)?;
     let db = publisher.database(&a.database)?;
     println!(
@@ -160,6 +258,61 @@ pub fn serve(a: ServeArgs) -> CliResult {
         db.group()
     );
     eprintln!("reading `put KEY VALUE` / `del KEY` lines from standard input");
+    // `mcsync status` shows these figures while this runs.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| -> CliResult {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::write(&stats_file, stats_text(&publisher));
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        });
+        let r = read_commands(&db);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })?;
+    let _ = std::fs::write(&stats_file, stats_text(&publisher));
+    publisher.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The publisher's counters and registered subscribers, as text.
+fn stats_text(p: &Publisher) -> String {
+    let mut out = String::from("publisher\n");
+    for (k, v) in p.stats().fields() {
+        out.push_str(&format!("  {k}: {v}\n"));
+    }
+    for r in p.subscribers() {
+        out.push_str(&format!(
+            "subscriber {} {} ({}) on {} from {}{}",
+            r.id,
+            r.client,
+            r.user,
+            r.database,
+            r.peer,
+            if r.participant {
+                ", two-phase participant"
+            } else {
+                ""
+            }
+        ));
+        if let Some((rep, _)) = r.report {
+            out.push_str(&format!(
+                ": version {}, loss {:.2} %, latency p50 {} us p99 {} us, repairs {}{}",
+                rep.applied_version,
+                f64::from(rep.loss_ppm) / 1e4,
+                rep.latency_p50_us,
+                rep.latency_p99_us,
+                rep.repairs,
+                if rep.unicast_only { ", on unicast" } else { "" }
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn read_commands(db: &mcsync::Database) -> CliResult {
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line?;
         let mut parts = line.splitn(3, ' ');
@@ -177,7 +330,6 @@ pub fn serve(a: ServeArgs) -> CliResult {
             Err(e) => eprintln!("line {}: {e}", n + 1),
         }
     }
-    publisher.close()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -225,6 +377,9 @@ pub fn subscribe(a: SubscribeArgs) -> CliResult {
 
 /// Prints what a publisher's data directory holds.
 pub fn status(a: StatusArgs) -> CliResult {
+    if let Ok(text) = std::fs::read_to_string(a.data_dir.join("stats.txt")) {
+        print!("{text}");
+    }
     let store = mcsync::store::PublisherStore::open(&a.data_dir, 1 << 20)?;
     let names = store.database_names()?;
     if names.is_empty() {
