@@ -181,14 +181,14 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         ok &= same;
         let st = sub.stats();
         println!(
-            "subscriber {i}: version {}, {} records, digest {digest:016x} {}, packets lost {} (chains dropped {}), repaired {} updates in {} requests ({} bytes)",
+            "subscriber {i}: version {}, {} records, digest {digest:016x} {}, packets lost {}, repaired {} packets ({} bytes) + {} updates from the journal ({} bytes)",
             sub.version(),
             replica.len(),
             if same { "= master" } else { "DIFFERS" },
             st.dropped_injected,
-            st.chains_dropped,
+            st.packets_repaired,
+            st.packet_repair_bytes,
             st.repair_updates,
-            st.repairs_requested,
             st.repair_bytes
         );
     }
