@@ -140,12 +140,12 @@ impl Counts {
         if quick {
             Counts {
                 repeats: 1,
-                throughput: [s(1_000), s(1_000), s(150)],
-                latency_secs: 0.5 * scale,
+                throughput: [s(600), s(600), s(100)],
+                latency_secs: 0.3 * scale,
                 tail_lost: 5,
-                tail_trials: 150,
-                fanout: s(500),
-                repair: s(3_000),
+                tail_trials: 200,
+                fanout: s(300),
+                repair: s(2_000),
             }
         } else {
             Counts {
@@ -153,7 +153,7 @@ impl Counts {
                 throughput: [s(12_000), s(10_000), s(1_500)],
                 latency_secs: 10.0 * scale,
                 tail_lost: 50,
-                tail_trials: 800,
+                tail_trials: 1000,
                 fanout: s(10_000),
                 repair: s(6_000),
             }
@@ -291,6 +291,9 @@ struct TailLoss {
     /// packet repair (the reorder stage holds packets behind a sequence gap).
     heartbeat_repaired_samples: usize,
     heartbeat_repaired_p50_us: u64,
+    /// Error-policy events during the check (both should be 0).
+    quiesces: u64,
+    unicast_backoffs: u64,
     /// Lost-tail p50 minus lossless p50: detection plus the repair round trip.
     excess_p50_us: u64,
     target_us: u64,
@@ -334,6 +337,14 @@ struct RepairRow {
     chains_dropped: u64,
     /// Updates applied per subscriber LMDB commit (median run).
     updates_per_apply_commit: f64,
+    /// Error policy over every run: publisher quiesces, subscriber re-registrations and
+    /// unicast fallbacks; the publisher's adapted bundle size and packet rate at the end of
+    /// the median run.
+    quiesces: u64,
+    resubscriptions: u64,
+    unicast_backoffs: u64,
+    bundle_bytes_at_end: u64,
+    packets_per_sec_at_end: u64,
 }
 
 #[derive(Serialize)]
@@ -383,7 +394,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn open(ctx: &mut Ctx, n: usize, loss: Option<f64>) -> BenchResult<Cluster> {
+    /// A publisher and `n` subscribers, the first `lossy` of them with injected `loss`.
+    fn open(ctx: &mut Ctx, n: usize, loss: Option<f64>, lossy: usize) -> BenchResult<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("mcsync-bench-")
             .tempdir_in(&ctx.data_root)?;
@@ -418,7 +430,7 @@ impl Cluster {
             );
             sc.user = "bench".into();
             sc.client_name = format!("bench-{i}");
-            sc.loss = loss.filter(|p| *p > 0.0).map(|p| LossConfig {
+            sc.loss = loss.filter(|p| *p > 0.0 && i < lossy).map(|p| LossConfig {
                 probability: p,
                 burst_len: 1,
                 seed: ctx.seed.wrapping_mul(1000).wrapping_add(i as u64 + 1),
@@ -561,7 +573,7 @@ fn run_load(
     tag: &str,
 ) -> BenchResult<(Load, Vec<Vec<u8>>)> {
     let vals = values(count, size, ctx.seed ^ (size as u64) << 20 ^ subs as u64);
-    let c = Cluster::open(ctx, subs, loss)?;
+    let c = Cluster::open(ctx, subs, loss, subs)?;
     let (p0, s0) = (c.publisher.stats(), c.sub_stats());
     let t0 = Instant::now();
     let last = publish(&c.db, tag, &vals, ctx.publishers)?;
@@ -722,7 +734,7 @@ fn latency(ctx: &mut Ctx, counts: &Counts, a: &BenchArgs) -> BenchResult<(Latenc
         "(b) latency: {total} updates of 1 KiB at {rate}/s to {n} subscribers"
     ));
     let vals = values(total, 1024, ctx.seed ^ 0x1a7);
-    let c = Cluster::open(ctx, n, None)?;
+    let c = Cluster::open(ctx, n, None, 0)?;
     let p0 = c.publisher.stats();
     c.record.store(true, Ordering::SeqCst);
     let start = Instant::now() + Duration::from_millis(20);
@@ -819,15 +831,17 @@ fn latency(ctx: &mut Ctx, counts: &Counts, a: &BenchArgs) -> BenchResult<(Latenc
 }
 
 /// Time to apply an update whose packets were lost when nothing follows it: isolated 1 KiB
-/// updates to one subscriber with 20 % injected loss (heartbeats are lost at that rate
-/// too). An update counts as a lost tail when its data came by repair (packet repair
+/// updates to three subscribers, one of them with 10 % injected loss (heartbeats are lost
+/// at that rate too; a minority at a loss under the error thresholds, so neither the
+/// subscriber's unicast fallback nor the publisher's quiescing kicks in). An update counts as a lost tail when its data came by repair (packet repair
 /// delivered at least its size, or the journal delivered an update); otherwise as clean,
 /// or as "waited for a heartbeat" when only an earlier lost heartbeat was fetched first.
 fn tail_loss(ctx: &mut Ctx, counts: &Counts) -> BenchResult<TailLoss> {
-    const P: f64 = 0.2;
+    const P: f64 = 0.1;
     ctx.bar
-        .set_message("(b) tail loss: isolated updates, 20 % injected loss");
-    let c = Cluster::open(ctx, 1, Some(P))?;
+        .set_message("(b) tail loss: isolated updates, 10 % injected loss");
+    let c = Cluster::open(ctx, 3, Some(P), 1)?;
+    let p0 = c.publisher.stats();
     c.record.store(true, Ordering::SeqCst);
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ 0x7a11);
     let value = values(1, 1024, ctx.seed ^ 0x7a12).remove(0);
@@ -863,6 +877,10 @@ fn tail_loss(ctx: &mut Ctx, counts: &Counts) -> BenchResult<TailLoss> {
         std::thread::sleep(Duration::from_millis(rng.gen_range(20..40)));
     }
     let hb = c.heartbeat_initial;
+    let (quiesces, backoffs) = (
+        c.publisher.stats().quiesces - p0.quiesces,
+        sub.stats().unicast_backoffs,
+    );
     c.close()?;
     lost.sort_unstable();
     lossless.sort_unstable();
@@ -881,6 +899,8 @@ fn tail_loss(ctx: &mut Ctx, counts: &Counts) -> BenchResult<TailLoss> {
         heartbeat_repaired_samples: after_heartbeat.len(),
         heartbeat_repaired_p50_us: quantile(&after_heartbeat, 0.5),
         excess_p50_us: lp50.saturating_sub(llp50),
+        quiesces,
+        unicast_backoffs: backoffs,
         target_us: 2 * hb.as_micros() as u64,
     })
 }
@@ -986,6 +1006,11 @@ fn repair(ctx: &mut Ctx, counts: &Counts, subs: usize) -> BenchResult<Vec<Repair
             chains_dropped: sum(&|s| s.chains_dropped),
             updates_per_apply_commit: runs[mid].sub_sum(|s| s.updates_applied) as f64
                 / runs[mid].sub_sum(|s| s.apply_commits).max(1) as f64,
+            quiesces: runs.iter().map(|l| pd!(l, quiesces)).sum(),
+            resubscriptions: sum(&|s| s.resubscriptions),
+            unicast_backoffs: sum(&|s| s.unicast_backoffs),
+            bundle_bytes_at_end: runs[mid].p1.bundle_bytes,
+            packets_per_sec_at_end: runs[mid].p1.packets_per_sec,
         });
     }
     Ok(rows)
@@ -1221,9 +1246,11 @@ fn print_tables(r: &Report) {
             ms(t.target_us)
         );
         println!(
-            "  intact updates held while an earlier lost heartbeat was repaired: {}, p50 {:.2} ms",
+            "  intact updates held while an earlier lost heartbeat was repaired: {}, p50 {:.2} ms (quiesces {}, unicast fallbacks {})",
             t.heartbeat_repaired_samples,
-            ms(t.heartbeat_repaired_p50_us)
+            ms(t.heartbeat_repaired_p50_us),
+            t.quiesces,
+            t.unicast_backoffs
         );
     }
     if !r.fanout.is_empty() {
@@ -1258,11 +1285,11 @@ fn print_tables(r: &Report) {
     }
     if !r.repair.is_empty() {
         println!(
-            "\n(d) Repair cost under injected loss ({} subscribers, 1 KiB values)",
+            "\n(d) Repair cost under injected loss ({} subscribers, 1 KiB values; q/resub/uni = publisher quiesces / re-registrations / unicast fallbacks; bundle and pkt/s = adapted at the end)",
             r.repair[0].subscribers
         );
         println!(
-            "{:>6} {:>8} {:>10} {:>7} {:>9} {:>12} {:>12} {:>11} {:>11} {:>10}",
+            "{:>6} {:>8} {:>10} {:>7} {:>9} {:>12} {:>12} {:>11} {:>11} {:>10} {:>9} {:>8} {:>8}",
             "loss",
             "updates",
             "updates/s",
@@ -1272,11 +1299,14 @@ fn print_tables(r: &Report) {
             "repair B",
             "repair/lost",
             "chains drop",
-            "upd/commit"
+            "upd/commit",
+            "q/resub/uni",
+            "bundle",
+            "pkt/s"
         );
         for x in &r.repair {
             println!(
-                "{:>5.1}% {:>8} {:>10.0} {:>6.1}% {:>9} {:>12} {:>12} {:>11} {:>11} {:>10.1}",
+                "{:>5.1}% {:>8} {:>10.0} {:>6.1}% {:>9} {:>12} {:>12} {:>11} {:>11} {:>10.1} {:>11} {:>8} {:>8}",
                 x.loss * 100.0,
                 x.updates,
                 x.updates_per_s,
@@ -1287,7 +1317,13 @@ fn print_tables(r: &Report) {
                 x.repair_fraction
                     .map_or_else(|| "-".into(), |f| format!("{f:.3}")),
                 x.chains_dropped,
-                x.updates_per_apply_commit
+                x.updates_per_apply_commit,
+                format!(
+                    "{}/{}/{}",
+                    x.quiesces, x.resubscriptions, x.unicast_backoffs
+                ),
+                gauge(x.bundle_bytes_at_end),
+                gauge(x.packets_per_sec_at_end)
             );
         }
     }
@@ -1315,6 +1351,15 @@ fn print_tables(r: &Report) {
                 t.target
             );
         }
+    }
+}
+
+/// A gauge the publisher sets once subscriber reports arrived ("-" before that).
+fn gauge(v: u64) -> String {
+    if v == 0 {
+        "-".into()
+    } else {
+        v.to_string()
     }
 }
 

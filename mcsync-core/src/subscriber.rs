@@ -454,6 +454,9 @@ fn start(
     Ok(shared)
 }
 
+/// Fewest packets in a report interval for its loss rate to count.
+const MIN_PACKETS_FOR_LOSS: u64 = 20;
+
 /// How often a subscriber on unicast asks for the latest version.
 const UNICAST_POLL: Duration = Duration::from_millis(100);
 
@@ -665,7 +668,8 @@ impl Process {
         let (dr, dl) = (received - p.last_received, lost - p.last_lost);
         p.last_received = received;
         p.last_lost = lost;
-        let loss = if dr == 0 {
+        // Too few packets say nothing about the loss rate (and must not quiesce anyone).
+        let loss = if dr < MIN_PACKETS_FOR_LOSS {
             0.0
         } else {
             (dl as f64 / dr as f64).min(1.0)
@@ -681,7 +685,7 @@ impl Process {
                 log::info!("{}: rejoining multicast", self.shared.name);
             }
             Some(_) => {}
-            None if dr > 0 && loss > p.threshold => {
+            None if loss > p.threshold => {
                 p.strikes += 1;
                 if p.strikes == 1 {
                     hello = true;
