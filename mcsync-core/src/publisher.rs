@@ -154,6 +154,18 @@ struct Inner {
     stop: crate::net::StopFlag,
 }
 
+impl Inner {
+    /// Every published database (a snapshot of the list).
+    fn database_list(&self) -> Vec<Arc<DbShared>> {
+        self.databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
 /// A publisher: the master side. Cheap to share across threads (`&Publisher` is enough
 /// for every call); closing it stops every thread it started.
 pub struct Publisher {
@@ -283,7 +295,7 @@ impl Publisher {
     pub fn revoke(&self, user: &str) -> Result<()> {
         self.inner.store.revoke(user)?;
         self.inner.server_ctx.revoke(user);
-        let dbs: Vec<_> = self.all_databases();
+        let dbs: Vec<_> = self.inner.database_list();
         for db in dbs {
             rotate(&self.inner, &db)?;
         }
@@ -318,16 +330,6 @@ impl Publisher {
             .schedule
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = schedule;
-    }
-
-    fn all_databases(&self) -> Vec<Arc<DbShared>> {
-        self.inner
-            .databases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
     }
 
     /// The address subscribers connect to (the repair / control server).
@@ -414,13 +416,7 @@ fn close_inner(inner: &Inner) {
     {
         let _ = h.join();
     }
-    let dbs: Vec<_> = inner
-        .databases
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .cloned()
-        .collect();
+    let dbs: Vec<_> = inner.database_list();
     for db in dbs {
         drop(db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()).take());
         if let Some(h) = db
@@ -522,13 +518,7 @@ fn apply_retention(inner: &Inner) -> Result<u64> {
         policy.max_bytes = 0;
         policy.max_age = Duration::ZERO;
     }
-    let dbs: Vec<_> = inner
-        .databases
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .cloned()
-        .collect();
+    let dbs: Vec<_> = inner.database_list();
     let mut total = 0;
     for db in dbs {
         loop {
@@ -571,13 +561,7 @@ fn adapt_to_reports(inner: &Inner) {
                 .then(|| (r.database.clone(), f64::from(rep.loss_ppm) / 1e6))
         })
         .collect();
-    let dbs: Vec<_> = inner
-        .databases
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .cloned()
-        .collect();
+    let dbs: Vec<_> = inner.database_list();
     for db in dbs {
         let losses: Vec<f64> = reports
             .iter()
@@ -652,13 +636,7 @@ fn maintenance_loop(weak: std::sync::Weak<Inner>) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_open(minute_of_day());
-        let dbs: Vec<_> = inner
-            .databases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let dbs: Vec<_> = inner.database_list();
         for db in dbs {
             let quiesced = db
                 .quiesced
