@@ -12,7 +12,7 @@ use crate::net::tls::ClientTls;
 use crate::net::{socket, StopFlag};
 use crate::proto::{
     decode_chain_records, ChainAssembler, ChainDrop, LossGenerator, OpenPacket, PacketReorder,
-    Receiver, ReceiverConfig, ReorderConfig,
+    Participant, Receiver, ReceiverConfig, ReorderConfig, Route, TwoPhaseAction,
 };
 use crate::publisher::validate_database_name;
 use crate::resync::ResyncReport;
@@ -399,14 +399,8 @@ fn start(
             unicast_until: None,
         },
         leave: leave.clone(),
-        two_phase: TwoPhase {
-            participant: participant.is_some(),
-            vote: participant.flatten(),
-            durable: held.as_ref().map(|u| u.version),
-            pending: held,
-            voted: None,
-            acks: Vec::new(),
-        },
+        two_phase: Participant::new(participant.is_some(), held),
+        vote: participant.flatten(),
         compact_after: cfg.compact_catch_up_after,
         receiver_config,
         shared: shared.clone(),
@@ -473,26 +467,13 @@ struct Policy {
     unicast_until: Option<Instant>,
 }
 
-/// The subscriber's side of two-phase updates.
-struct TwoPhase {
-    /// Registered as a participant (votes and acknowledges).
-    participant: bool,
-    /// The host's vote.
-    vote: Option<VoteCallback>,
-    /// The prepared update held (never visible before COMMIT).
-    pending: Option<Update>,
-    /// Version of the prepared update kept in the store, if any.
-    durable: Option<u64>,
-    /// Version already voted on.
-    voted: Option<u64>,
-    /// Decisions to acknowledge.
-    acks: Vec<u64>,
-}
-
 struct Process {
     policy: Policy,
     leave: Arc<AtomicBool>,
-    two_phase: TwoPhase,
+    /// The subscriber's side of two-phase updates.
+    two_phase: Participant,
+    /// The host's vote on prepared updates (participants only).
+    vote: Option<VoteCallback>,
     compact_after: u64,
     receiver_config: ReceiverConfig,
     shared: Arc<SubShared>,
@@ -516,10 +497,14 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
     let stop = st.shared.stop.clone();
     while !stop.is_stopped() {
         let now = Instant::now();
-        let deadline = [st.receiver.next_timeout(), st.reorder.next_timeout()]
-            .into_iter()
-            .flatten()
-            .fold(now + IDLE_WAIT, Instant::min);
+        let deadline = [
+            st.receiver.next_timeout(),
+            st.reorder.next_timeout(),
+            st.two_phase.next_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(now + IDLE_WAIT, Instant::min);
         match rx.recv_deadline(deadline) {
             Ok(pkt) => {
                 st.on_packet(pkt);
@@ -788,122 +773,90 @@ impl Process {
     /// Routes one record of a chain: committed updates to the version order, two-phase
     /// records to the prepared-update state.
     fn on_record(&mut self, now: Instant, kind: RecordKind, u: Update) {
-        let tp = &mut self.two_phase;
-        let held = tp.pending.as_ref().map(|p| p.version);
-        // A decision belongs to the round whose PREPARE carried the same timestamp; an
-        // old decision repeated after the version was reused must not touch a new round.
-        let same_round = tp
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.version == u.version && p.timestamp_us == u.timestamp_us);
-        match kind {
-            RecordKind::Commit => {
-                if held == Some(u.version) {
-                    // The version was aborted and reused; what was prepared is void.
-                    tp.pending = None;
-                }
+        match self.two_phase.on_record(kind, u, self.receiver.applied()) {
+            Route::Apply(u) => {
                 self.receiver.on_update(now, u);
             }
-            RecordKind::Prepare => {
-                // A PREPARE for a version already held replaces it: the earlier one was
-                // aborted (its ABORT missed) and the version reused.
-                if u.version > self.receiver.applied() && tp.pending.as_ref() != Some(&u) {
-                    inc(&self.shared.counters.prepares_received);
-                    tp.pending = Some(u);
-                    tp.voted = None;
-                }
-            }
-            RecordKind::CommitPrepared => {
-                if same_round {
-                    if let Some(p) = tp.pending.take() {
-                        self.receiver.on_update(now, p);
-                    }
-                } else {
-                    // Missed the PREPARE: the committed version is in the journal now.
-                    self.receiver.on_heartbeat(now, u.version);
-                }
-                if tp.participant && !tp.acks.contains(&u.version) {
-                    tp.acks.push(u.version);
-                }
-            }
-            RecordKind::Abort => {
-                if same_round {
-                    tp.pending = None;
-                    inc(&self.shared.counters.prepares_aborted);
-                }
-                if tp.participant && !tp.acks.contains(&u.version) {
-                    tp.acks.push(u.version);
-                }
-            }
+            Route::CatchUp(v) => self.receiver.on_heartbeat(now, v),
+            Route::Held => {}
         }
     }
 
-    /// Votes on the held prepared update once the replica is right before it, keeps it
-    /// durably first, sends acknowledgements, and forgets durable copies that are done.
+    /// Does what the two-phase participant asks: forgets durable copies that are done,
+    /// acknowledges decisions, repairs up to a prepared update, asks the host's vote and
+    /// keeps the update durably before voting PREPARED. A storage failure stops the
+    /// subscription and is reported to waiters.
     fn two_phase_step(&mut self, client: &mut RepairClient) -> Result<()> {
-        let name = self.shared.name.clone();
-        let applied = self.receiver.applied();
-        let tp = &mut self.two_phase;
-        if tp.pending.as_ref().is_some_and(|p| p.version <= applied) {
-            tp.pending = None;
-        }
-        if tp.durable.is_some() && tp.pending.as_ref().map(|p| p.version) != tp.durable {
-            self.shared.store.clear_prepared(&name)?;
-            tp.durable = None;
-        }
-        for v in std::mem::take(&mut tp.acks) {
-            if let Err(e) = client.ack(v) {
-                log::debug!("{name}: acknowledging version {v}: {e}");
+        while let Some(action) = self.two_phase.poll(Instant::now(), self.receiver.applied()) {
+            if let Err(e) = self.two_phase_action(client, action) {
+                log::error!("{}: two-phase update: {e}", self.shared.name);
+                self.fail(&e);
+                return Err(e);
             }
-        }
-        if !tp.participant {
-            return Ok(());
-        }
-        let Some(p) = tp.pending.as_ref() else {
-            return Ok(());
-        };
-        let v = p.version;
-        if tp.voted == Some(v) {
-            return Ok(());
-        }
-        if applied + 1 < v {
-            // Behind: repair first, then vote.
-            self.receiver.on_heartbeat(Instant::now(), v - 1);
-            return Ok(());
-        }
-        // What this replica would apply (access groups enforced), and what its host may
-        // see of it: the vote and the durable copy never hold records it may not read.
-        let mut applied_form = [p.clone()];
-        let shown = filter_updates(&self.groups, &self.shared.counters, &mut applied_form);
-        let [p] = applied_form;
-        let verdict = match tp.vote.as_mut() {
-            Some(f) => {
-                let run = std::panic::AssertUnwindSafe(|| f(&shown[0]));
-                std::panic::catch_unwind(run)
-                    .unwrap_or_else(|_| Err("vote callback panicked".into()))
-            }
-            None => Ok(()),
-        };
-        if verdict.is_ok() && tp.durable != Some(v) {
-            self.shared.store.put_prepared(&name, &p)?;
-            tp.durable = Some(v);
-        }
-        let (ok, reason) = match &verdict {
-            Ok(()) => (true, String::new()),
-            Err(r) => (false, r.clone()),
-        };
-        match client.vote(v, ok, &reason) {
-            Ok(()) => {
-                tp.voted = Some(v);
-                inc(if ok {
-                    &self.shared.counters.votes_prepared
-                } else {
-                    &self.shared.counters.votes_refused
-                });
-            }
-            Err(e) => log::warn!("{name}: vote on version {v}: {e}"),
         }
         Ok(())
+    }
+
+    fn two_phase_action(
+        &mut self,
+        client: &mut RepairClient,
+        action: TwoPhaseAction,
+    ) -> Result<()> {
+        let name = self.shared.name.clone();
+        match action {
+            TwoPhaseAction::Forget => {
+                self.shared.store.clear_prepared(&name)?;
+                self.two_phase.forgotten();
+            }
+            TwoPhaseAction::Ack(v) => {
+                if let Err(e) = client.ack(v) {
+                    log::debug!("{name}: acknowledging version {v}: {e}");
+                }
+            }
+            TwoPhaseAction::CatchUp(v) => self.receiver.on_heartbeat(Instant::now(), v),
+            TwoPhaseAction::Check(v) => {
+                let Some(p) = self.two_phase.pending() else {
+                    return Ok(());
+                };
+                // What this replica would apply (access groups enforced), and what its host
+                // may see of it: the vote and the durable copy never hold records it may
+                // not read.
+                let mut applied_form = [p.clone()];
+                let shown = filter_updates(&self.groups, &self.shared.counters, &mut applied_form);
+                let verdict = match self.vote.as_mut() {
+                    Some(f) => {
+                        let run = std::panic::AssertUnwindSafe(|| f(&shown[0]));
+                        std::panic::catch_unwind(run)
+                            .unwrap_or_else(|_| Err("vote callback panicked".into()))
+                    }
+                    None => Ok(()),
+                };
+                if verdict.is_ok() {
+                    self.shared.store.put_prepared(&name, &applied_form[0])?;
+                }
+                self.two_phase.checked(v, verdict);
+            }
+            TwoPhaseAction::Vote {
+                version,
+                prepared,
+                reason,
+            } => match client.vote(version, prepared, &reason) {
+                Ok(()) => self.two_phase.vote_sent(version),
+                Err(e) => log::warn!("{name}: vote on version {version}: {e}"),
+            },
+        }
+        Ok(())
+    }
+
+    /// Records a failure that stops the subscription and wakes waiters to report it.
+    fn fail(&self, e: &Error) {
+        *self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        self.shared.stop.stop();
+        self.shared.advanced.notify_all();
     }
 
     fn on_ordered(&mut self, pkt: OpenPacket) {
@@ -970,13 +923,7 @@ impl Process {
                 .apply(&self.shared.name, self.shared.tables, &batch)
             {
                 log::error!("{}: applying up to version {last}: {e}", self.shared.name);
-                *self
-                    .shared
-                    .failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                self.shared.stop.stop();
-                self.shared.advanced.notify_all();
+                self.fail(&e);
                 return Err(e);
             }
             let c = &self.shared.counters;
@@ -1040,13 +987,7 @@ impl Process {
                 log::warn!("{}: resync failed: {e}", self.shared.name);
                 self.receiver.on_repair_done(Instant::now(), false);
                 if e.kind() == crate::ErrorKind::Storage {
-                    *self
-                        .shared
-                        .failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                    self.shared.stop.stop();
-                    self.shared.advanced.notify_all();
+                    self.fail(&e);
                     return Err(e);
                 }
                 return Ok(());
@@ -1174,6 +1115,13 @@ impl Process {
         let o = self.reorder.counters();
         c.packets_skipped.store(o.skipped, Ordering::Relaxed);
         c.packets_reordered.store(o.out_of_order, Ordering::Relaxed);
+        let t = self.two_phase.counters();
+        c.prepares_received
+            .store(t.prepares_received, Ordering::Relaxed);
+        c.prepares_aborted
+            .store(t.prepares_aborted, Ordering::Relaxed);
+        c.votes_prepared.store(t.votes_prepared, Ordering::Relaxed);
+        c.votes_refused.store(t.votes_refused, Ordering::Relaxed);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::wall_clock_us;
 use crate::crypto::Keyring;
-use crate::proto::{RetransmitBuffer, Sender, SenderConfig};
+use crate::proto::{DecisionRepeat, RetransmitBuffer, Sender, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::net::{SocketAddr, UdpSocket};
@@ -59,11 +59,8 @@ pub const DECISION_REPEAT_FOR: Duration = Duration::from_secs(30);
 
 /// A decision being repeated.
 struct Repeat {
-    version: u64,
+    schedule: DecisionRepeat,
     encoded: Arc<Vec<u8>>,
-    next: Instant,
-    interval: Duration,
-    until: Instant,
 }
 
 /// What a multicaster needs.
@@ -115,13 +112,10 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
     let mut repeat: Option<Repeat> = None;
     loop {
         if let Some(r) = repeat.as_mut() {
-            let now = Instant::now();
-            if now >= r.until {
-                repeat = None;
-            } else if now >= r.next {
-                sender.push_control(r.encoded.clone());
-                r.interval = (r.interval * 2).min(Duration::from_millis(500));
-                r.next = now + r.interval;
+            match r.schedule.poll(Instant::now()) {
+                None => repeat = None,
+                Some(true) => sender.push_control(r.encoded.clone()),
+                Some(false) => {}
             }
         }
         let now = Instant::now();
@@ -143,7 +137,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
         }
         let mut deadline = sender.next_timeout(Instant::now());
         if let Some(r) = &repeat {
-            deadline = deadline.min(r.next);
+            deadline = deadline.min(r.schedule.next_timeout());
         }
         if !open {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
@@ -174,13 +168,13 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                             if commit {
                                 sender.advance_to(version);
                             }
-                            let now = Instant::now();
                             repeat = Some(Repeat {
-                                version,
+                                schedule: DecisionRepeat::new(
+                                    Instant::now(),
+                                    version,
+                                    DECISION_REPEAT_FOR,
+                                ),
                                 encoded,
-                                next: now + Duration::from_millis(5),
-                                interval: Duration::from_millis(5),
-                                until: now + DECISION_REPEAT_FOR,
                             });
                         }
                         McastCmd::Tune {
@@ -193,7 +187,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                         }
                         McastCmd::Oldest(v) => sender.set_oldest_version(v),
                         McastCmd::DecisionDone(v) => {
-                            if repeat.as_ref().is_some_and(|r| r.version == v) {
+                            if repeat.as_ref().is_some_and(|r| r.schedule.version() == v) {
                                 repeat = None;
                             }
                         }

@@ -19,7 +19,7 @@ use crate::store::publisher::DbTables;
 use crate::store::PublisherStore;
 use crate::wire::control::{
     DatabaseInfo, ErrorCode, Message, SubscriberReport, CONTROL_VERSION, HELLO_PARTICIPANT,
-    MAX_LIST_ENTRIES, OUTCOME_ABORTED, OUTCOME_COMMITTED, OUTCOME_PENDING,
+    MAX_LIST_ENTRIES,
 };
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -396,13 +396,9 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
             },
             Message::OutcomeRequest { version } => match &session {
                 Some(s) => {
-                    let state = if ctx.two_phase.is_pending(s.db.name(), version) {
-                        OUTCOME_PENDING
-                    } else if version <= s.db.committed_version() {
-                        OUTCOME_COMMITTED
-                    } else {
-                        OUTCOME_ABORTED
-                    };
+                    let state =
+                        ctx.two_phase
+                            .outcome(s.db.name(), version, s.db.committed_version());
                     Ok(Message::Outcome { version, state })
                 }
                 None => Err(error(ErrorCode::BadRequest, "outcome request before HELLO")),

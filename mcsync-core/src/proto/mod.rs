@@ -14,6 +14,7 @@ pub mod replay;
 pub mod resync;
 pub mod retransmit;
 pub mod sender;
+pub mod two_phase;
 
 pub use assembler::{Assembled, Chain, ChainAssembler, ChainDrop};
 pub use chain::{ChainBuilder, PlainPacket};
@@ -26,3 +27,7 @@ pub use replay::ReplayWindow;
 pub use resync::{HashIndex, Range, ResyncPlanner, ResyncStep};
 pub use retransmit::RetransmitBuffer;
 pub use sender::{decode_chain, decode_chain_records, Sender, SenderConfig, SenderCounters};
+pub use two_phase::{
+    Action as TwoPhaseAction, DecisionRepeat, Participant, ParticipantCounters, Round, Route,
+    VoteFailure,
+};

@@ -1,0 +1,705 @@
+//! Two-phase updates, sans-IO: the coordinator's [`Round`] (who must vote, the votes, the
+//! decision, the acknowledgements), the [`DecisionRepeat`] schedule on which a decision is
+//! multicast again until acknowledged, and the [`Participant`] a subscriber runs (the held
+//! prepared update, its durable copy, the vote, the acknowledgements).
+//!
+//! The publisher is the single coordinator; this is not a consensus protocol. A round is
+//! identified by its version and by the timestamp its PREPARE carried: an aborted version
+//! is given back and reused, and a decision repeated for the old round must never touch the
+//! new one.
+//!
+//! Guarantees, checked by the seeded simulation in `tests/two_phase_sim.rs` with loss,
+//! reordering, slow voters and restarts of both sides:
+//! - a participant never hands a prepared update to the version order except on the COMMIT
+//!   of the same round, so nothing prepared is visible before COMMIT;
+//! - the coordinator commits only when every participant of the round voted PREPARED, and
+//!   a participant votes PREPARED only after its host kept the update durably;
+//! - a participant that missed the PREPARE or restarted catches up from the journal, which
+//!   holds exactly the committed versions.
+
+use crate::update::Update;
+use crate::wire::control::{OUTCOME_ABORTED, OUTCOME_COMMITTED, OUTCOME_PENDING};
+use crate::wire::update::RecordKind;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Why a prepare failed: who refused (with reasons) and who did not answer in time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VoteFailure {
+    /// `(participant, reason)` for each REFUSED.
+    pub refused: Vec<(String, String)>,
+    /// Participants that did not vote before the timeout.
+    pub timed_out: Vec<String>,
+}
+
+impl std::fmt::Display for VoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self
+            .refused
+            .iter()
+            .map(|(n, r)| format!("{n} refused: {r}"))
+            .collect();
+        if !self.timed_out.is_empty() {
+            parts.push(format!(
+                "no answer in time from {}",
+                self.timed_out.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            parts.push("the round was superseded".into());
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// One two-phase round of one database, on the coordinator.
+#[derive(Debug, Clone)]
+pub struct Round {
+    version: u64,
+    /// Participant id → name, fixed when the round starts.
+    participants: BTreeMap<u64, String>,
+    /// Participant id → `None` (PREPARED) or `Some(reason)` (REFUSED).
+    votes: HashMap<u64, Option<String>>,
+    acks: HashSet<u64>,
+    /// `None` while undecided; `Some(true)` committed; `Some(false)` aborted.
+    decision: Option<bool>,
+}
+
+impl Round {
+    /// A round for `version` with these participants (id → name).
+    pub fn new(version: u64, participants: BTreeMap<u64, String>) -> Round {
+        Round {
+            version,
+            participants,
+            votes: HashMap::new(),
+            acks: HashSet::new(),
+            decision: None,
+        }
+    }
+
+    /// The version being decided.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Records a vote; false if it is not for this round, the round is decided, or `id` is
+    /// not one of its participants. A repeated vote replaces the earlier one.
+    pub fn vote(&mut self, version: u64, id: u64, refusal: Option<String>) -> bool {
+        if version != self.version
+            || self.decision.is_some()
+            || !self.participants.contains_key(&id)
+        {
+            return false;
+        }
+        self.votes.insert(id, refusal);
+        true
+    }
+
+    /// `Some(Ok)` when every participant voted PREPARED, `Some(Err)` naming the refusers as
+    /// soon as one refused, `None` while votes are missing.
+    pub fn tally(&self) -> Option<Result<(), VoteFailure>> {
+        let refused: Vec<(String, String)> = self
+            .participants
+            .iter()
+            .filter_map(|(id, name)| {
+                let why = self.votes.get(id)?.as_ref()?;
+                Some((name.clone(), why.clone()))
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Some(Err(VoteFailure {
+                refused,
+                timed_out: Vec::new(),
+            }));
+        }
+        self.participants
+            .keys()
+            .all(|id| self.votes.contains_key(id))
+            .then_some(Ok(()))
+    }
+
+    /// The failure to report when the caller's timeout passed: who has not voted.
+    pub fn timed_out(&self) -> VoteFailure {
+        VoteFailure {
+            refused: Vec::new(),
+            timed_out: self
+                .participants
+                .iter()
+                .filter(|(id, _)| !self.votes.contains_key(id))
+                .map(|(_, n)| n.clone())
+                .collect(),
+        }
+    }
+
+    /// Records the decision (`true` = committed).
+    pub fn decide(&mut self, commit: bool) {
+        self.decision = Some(commit);
+    }
+
+    /// The decision, once made.
+    pub fn decision(&self) -> Option<bool> {
+        self.decision
+    }
+
+    /// Records an acknowledgement of the decision; returns true when every participant
+    /// has acknowledged (the decision need not be repeated any more).
+    pub fn ack(&mut self, version: u64, id: u64) -> bool {
+        if version != self.version || self.decision.is_none() {
+            return false;
+        }
+        if self.participants.contains_key(&id) {
+            self.acks.insert(id);
+        }
+        self.participants.keys().all(|p| self.acks.contains(p))
+    }
+
+    /// Participants that have not acknowledged the decision.
+    pub fn unacknowledged(&self) -> Vec<String> {
+        self.participants
+            .iter()
+            .filter(|(id, _)| !self.acks.contains(id))
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// Whether `version` is this round's and still undecided.
+    pub fn is_pending(&self, version: u64) -> bool {
+        self.version == version && self.decision.is_none()
+    }
+}
+
+/// What became of a prepared `version`, for a participant that asks after a restart:
+/// `OUTCOME_PENDING` while its round is undecided, `OUTCOME_COMMITTED` once the version is
+/// committed (the participant then fetches it from the journal rather than trusting what
+/// it prepared, which may be of an earlier, aborted round), else `OUTCOME_ABORTED`.
+pub fn outcome(round: Option<&Round>, version: u64, committed: u64) -> u8 {
+    if round.is_some_and(|r| r.is_pending(version)) {
+        OUTCOME_PENDING
+    } else if version <= committed {
+        OUTCOME_COMMITTED
+    } else {
+        OUTCOME_ABORTED
+    }
+}
+
+/// First interval between repeats of a decision; it doubles up to [`REPEAT_MAX_INTERVAL`].
+pub const REPEAT_FIRST_INTERVAL: Duration = Duration::from_millis(5);
+/// Longest interval between repeats of a decision.
+pub const REPEAT_MAX_INTERVAL: Duration = Duration::from_millis(500);
+
+/// When to multicast a decision again: 5 ms after it was sent, doubling to 500 ms, until
+/// every participant acknowledged it or `repeat_for` passed (participants that have not
+/// acknowledged by then are declared failed; they learn the outcome by asking or from the
+/// journal).
+#[derive(Debug, Clone)]
+pub struct DecisionRepeat {
+    version: u64,
+    next: Instant,
+    interval: Duration,
+    until: Instant,
+}
+
+impl DecisionRepeat {
+    /// The decision on `version` was sent at `now`.
+    pub fn new(now: Instant, version: u64, repeat_for: Duration) -> DecisionRepeat {
+        DecisionRepeat {
+            version,
+            next: now + REPEAT_FIRST_INTERVAL,
+            interval: REPEAT_FIRST_INTERVAL,
+            until: now + repeat_for,
+        }
+    }
+
+    /// The decided version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether to send the decision again now. Once it returns `None` the repeats are
+    /// over and the caller drops the schedule.
+    pub fn poll(&mut self, now: Instant) -> Option<bool> {
+        if now >= self.until {
+            return None;
+        }
+        if now < self.next {
+            return Some(false);
+        }
+        self.interval = (self.interval * 2).min(REPEAT_MAX_INTERVAL);
+        self.next = now + self.interval;
+        Some(true)
+    }
+
+    /// When to poll next.
+    pub fn next_timeout(&self) -> Instant {
+        self.next.min(self.until)
+    }
+}
+
+/// What the host does with a record the participant routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A committed update: hand it to the version order.
+    Apply(Update),
+    /// This version is committed but its contents are not held here (the PREPARE was
+    /// missed or belonged to another round): repair up to it from the journal.
+    CatchUp(u64),
+    /// Nothing to apply.
+    Held,
+}
+
+/// Something the participant's host must do. Each action is handed out once; the host
+/// answers with the method named (a vote that is not confirmed is handed out again after
+/// [`VOTE_RETRY`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Delete the durable prepared copy; answer with [`Participant::forgotten`].
+    Forget,
+    /// Acknowledge the decision on this version over the control channel.
+    Ack(u64),
+    /// Repair up to this version (the one right before the prepared update) before voting.
+    CatchUp(u64),
+    /// Ask the host's vote on the held update ([`Participant::pending`]) and, if it agrees,
+    /// keep the update durably; answer with [`Participant::checked`].
+    Check(u64),
+    /// Send this vote; answer with [`Participant::vote_sent`] once the coordinator took it.
+    Vote {
+        /// The prepared version.
+        version: u64,
+        /// PREPARED (`true`) or REFUSED.
+        prepared: bool,
+        /// Why it was refused (empty when prepared).
+        reason: String,
+    },
+}
+
+/// How long an unconfirmed vote waits before it is sent again.
+pub const VOTE_RETRY: Duration = Duration::from_millis(200);
+
+/// Counters kept by a [`Participant`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParticipantCounters {
+    /// PREPARE records taken (a new round held).
+    pub prepares_received: u64,
+    /// Held rounds discarded on ABORT.
+    pub prepares_aborted: u64,
+    /// PREPARED votes the coordinator took.
+    pub votes_prepared: u64,
+    /// REFUSED votes the coordinator took.
+    pub votes_refused: u64,
+}
+
+/// The subscriber's side of two-phase updates. Every subscriber holds PREPAREs (so that a
+/// COMMIT applies without a repair); only a registered participant votes and acknowledges.
+#[derive(Debug)]
+pub struct Participant {
+    participant: bool,
+    /// The prepared update held (never visible before COMMIT).
+    pending: Option<Update>,
+    /// Version of the prepared update the host keeps durably, if any.
+    durable: Option<u64>,
+    /// Forget handed out for this durable version.
+    forgetting: Option<u64>,
+    /// Catch-up handed out for this prepared version.
+    catching_up: Option<u64>,
+    /// Check handed out for this prepared version.
+    checking: Option<u64>,
+    /// The host's verdict on a prepared version.
+    verdict: Option<(u64, Result<(), String>)>,
+    /// Version whose vote the coordinator took.
+    voted: Option<u64>,
+    /// When an unconfirmed vote may be sent again.
+    vote_retry_at: Option<Instant>,
+    /// Decisions to acknowledge.
+    acks: Vec<u64>,
+    counters: ParticipantCounters,
+}
+
+impl Participant {
+    /// A participant (`participant`: registered to vote) holding `restored`, a prepared
+    /// update kept durably before a restart whose round the coordinator says is pending.
+    /// It was kept only after the host agreed, so the vote is sent again as PREPARED.
+    pub fn new(participant: bool, restored: Option<Update>) -> Participant {
+        let v = restored.as_ref().map(|u| u.version);
+        Participant {
+            participant,
+            durable: v,
+            verdict: v.map(|v| (v, Ok(()))),
+            pending: restored,
+            forgetting: None,
+            catching_up: None,
+            checking: None,
+            voted: None,
+            vote_retry_at: None,
+            acks: Vec::new(),
+            counters: ParticipantCounters::default(),
+        }
+    }
+
+    /// The prepared update held, if any.
+    pub fn pending(&self) -> Option<&Update> {
+        self.pending.as_ref()
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &ParticipantCounters {
+        &self.counters
+    }
+
+    /// Routes one record of a chain; `applied` is the replica's version.
+    pub fn on_record(&mut self, kind: RecordKind, u: Update, applied: u64) -> Route {
+        let held = self.pending.as_ref().map(|p| p.version);
+        // A decision belongs to the round whose PREPARE carried the same timestamp.
+        let same_round = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.version == u.version && p.timestamp_us == u.timestamp_us);
+        match kind {
+            RecordKind::Commit => {
+                if held == Some(u.version) {
+                    // The version was aborted and reused; what was prepared is void.
+                    self.pending = None;
+                }
+                Route::Apply(u)
+            }
+            RecordKind::Prepare => {
+                // A PREPARE for a version already held replaces it: the earlier round was
+                // aborted (its ABORT missed) and the version reused.
+                if u.version > applied && self.pending.as_ref() != Some(&u) {
+                    self.counters.prepares_received += 1;
+                    self.pending = Some(u);
+                    self.verdict = None;
+                    self.voted = None;
+                    self.checking = None;
+                    self.catching_up = None;
+                    self.vote_retry_at = None;
+                }
+                Route::Held
+            }
+            RecordKind::CommitPrepared => {
+                self.queue_ack(u.version);
+                match self.pending.take() {
+                    Some(p) if same_round => Route::Apply(p),
+                    other => {
+                        self.pending = other;
+                        Route::CatchUp(u.version)
+                    }
+                }
+            }
+            RecordKind::Abort => {
+                self.queue_ack(u.version);
+                if same_round {
+                    self.pending = None;
+                    self.counters.prepares_aborted += 1;
+                }
+                Route::Held
+            }
+        }
+    }
+
+    fn queue_ack(&mut self, version: u64) {
+        if self.participant && !self.acks.contains(&version) {
+            self.acks.push(version);
+        }
+    }
+
+    /// The next thing to do, given the replica's version `applied`.
+    pub fn poll(&mut self, now: Instant, applied: u64) -> Option<Action> {
+        if self.pending.as_ref().is_some_and(|p| p.version <= applied) {
+            self.pending = None;
+        }
+        let held = self.pending.as_ref().map(|p| p.version);
+        if self.durable.is_some() && self.durable != held && self.forgetting != self.durable {
+            self.forgetting = self.durable;
+            return Some(Action::Forget);
+        }
+        if let Some(v) = self.acks.pop() {
+            return Some(Action::Ack(v));
+        }
+        if !self.participant {
+            return None;
+        }
+        let v = held?;
+        if self.voted == Some(v) {
+            return None;
+        }
+        if applied + 1 < v {
+            // Behind: repair first, then vote.
+            if self.catching_up == Some(v) {
+                return None;
+            }
+            self.catching_up = Some(v);
+            return Some(Action::CatchUp(v - 1));
+        }
+        match &self.verdict {
+            Some((w, verdict)) if *w == v => {
+                if self.vote_retry_at.is_some_and(|t| now < t) {
+                    return None;
+                }
+                self.vote_retry_at = Some(now + VOTE_RETRY);
+                let (prepared, reason) = match verdict {
+                    Ok(()) => (true, String::new()),
+                    Err(r) => (false, r.clone()),
+                };
+                Some(Action::Vote {
+                    version: v,
+                    prepared,
+                    reason,
+                })
+            }
+            _ if self.checking == Some(v) => None,
+            _ => {
+                self.checking = Some(v);
+                Some(Action::Check(v))
+            }
+        }
+    }
+
+    /// The host deleted the durable prepared copy.
+    pub fn forgotten(&mut self) {
+        self.durable = None;
+        self.forgetting = None;
+    }
+
+    /// The host's verdict on `version`; on `Ok` it has kept the update durably.
+    pub fn checked(&mut self, version: u64, verdict: Result<(), String>) {
+        if self.pending.as_ref().map(|p| p.version) != Some(version) {
+            return;
+        }
+        if verdict.is_ok() {
+            self.durable = Some(version);
+        }
+        self.verdict = Some((version, verdict));
+    }
+
+    /// The coordinator took the vote on `version`.
+    pub fn vote_sent(&mut self, version: u64) {
+        let Some((v, verdict)) = &self.verdict else {
+            return;
+        };
+        if *v != version || self.voted == Some(version) {
+            return;
+        }
+        if verdict.is_ok() {
+            self.counters.votes_prepared += 1;
+        } else {
+            self.counters.votes_refused += 1;
+        }
+        self.voted = Some(version);
+        self.vote_retry_at = None;
+    }
+
+    /// When [`poll`](Self::poll) has something to do again without new input.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let waiting = self.participant
+            && self.pending.as_ref().map(|p| p.version) != self.voted
+            && self.pending.is_some();
+        self.vote_retry_at.filter(|_| waiting)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::Op;
+
+    fn update(v: u64, ts: u64) -> Update {
+        Update {
+            version: v,
+            timestamp_us: ts,
+            ops: vec![Op::put(format!("k{v}"), format!("v{ts}"))],
+        }
+    }
+
+    fn decision(v: u64, ts: u64) -> Update {
+        Update {
+            version: v,
+            timestamp_us: ts,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Drains the actions, answering checks with `verdict` and confirming every vote.
+    fn drain(
+        p: &mut Participant,
+        now: Instant,
+        applied: u64,
+        verdict: Result<(), String>,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(a) = p.poll(now, applied) {
+            match &a {
+                Action::Forget => p.forgotten(),
+                Action::Check(v) => p.checked(*v, verdict.clone()),
+                Action::Vote { version, .. } => p.vote_sent(*version),
+                _ => {}
+            }
+            out.push(a);
+        }
+        out
+    }
+
+    #[test]
+    fn prepare_vote_commit_ack() {
+        let now = Instant::now();
+        let mut p = Participant::new(true, None);
+        assert_eq!(
+            p.on_record(RecordKind::Prepare, update(5, 1), 4),
+            Route::Held
+        );
+        let acts = drain(&mut p, now, 4, Ok(()));
+        assert_eq!(
+            acts,
+            vec![
+                Action::Check(5),
+                Action::Vote {
+                    version: 5,
+                    prepared: true,
+                    reason: String::new()
+                }
+            ]
+        );
+        assert_eq!(
+            p.on_record(RecordKind::CommitPrepared, decision(5, 1), 4),
+            Route::Apply(update(5, 1))
+        );
+        // Applied: the durable copy is forgotten and the decision acknowledged.
+        assert_eq!(
+            drain(&mut p, now, 5, Ok(())),
+            vec![Action::Forget, Action::Ack(5)]
+        );
+        assert_eq!(p.counters().votes_prepared, 1);
+    }
+
+    #[test]
+    fn refusal_keeps_nothing_and_abort_discards() {
+        let now = Instant::now();
+        let mut p = Participant::new(true, None);
+        p.on_record(RecordKind::Prepare, update(2, 7), 1);
+        let acts = drain(&mut p, now, 1, Err("full".into()));
+        assert_eq!(
+            acts[1],
+            Action::Vote {
+                version: 2,
+                prepared: false,
+                reason: "full".into()
+            }
+        );
+        assert_eq!(
+            p.on_record(RecordKind::Abort, decision(2, 7), 1),
+            Route::Held
+        );
+        assert!(p.pending().is_none());
+        assert_eq!(drain(&mut p, now, 1, Ok(())), vec![Action::Ack(2)]);
+    }
+
+    #[test]
+    fn decision_of_another_round_never_applies_what_was_prepared() {
+        let mut p = Participant::new(true, None);
+        p.on_record(RecordKind::Prepare, update(3, 1), 2);
+        // A COMMIT of version 3 from a later round (timestamp 9): repair, never apply ours.
+        assert_eq!(
+            p.on_record(RecordKind::CommitPrepared, decision(3, 9), 2),
+            Route::CatchUp(3)
+        );
+        // A stale ABORT of the old round after a new PREPARE leaves the new one.
+        p.on_record(RecordKind::Prepare, update(4, 2), 3);
+        p.on_record(RecordKind::Abort, decision(4, 1), 3);
+        assert_eq!(p.pending(), Some(&update(4, 2)));
+        // A one-phase commit at the held version voids it.
+        assert_eq!(
+            p.on_record(RecordKind::Commit, update(4, 3), 3),
+            Route::Apply(update(4, 3))
+        );
+        assert!(p.pending().is_none());
+    }
+
+    #[test]
+    fn behind_catches_up_once_and_unconfirmed_votes_retry() {
+        let t0 = Instant::now();
+        let mut p = Participant::new(true, None);
+        p.on_record(RecordKind::Prepare, update(10, 1), 6);
+        assert_eq!(p.poll(t0, 6), Some(Action::CatchUp(9)));
+        assert_eq!(p.poll(t0, 6), None);
+        assert_eq!(p.poll(t0, 9), Some(Action::Check(10)));
+        assert_eq!(p.poll(t0, 9), None, "a check is handed out once");
+        p.checked(10, Ok(()));
+        assert!(matches!(p.poll(t0, 9), Some(Action::Vote { .. })));
+        assert_eq!(p.poll(t0, 9), None);
+        assert_eq!(p.next_timeout(), Some(t0 + VOTE_RETRY));
+        assert!(matches!(
+            p.poll(t0 + VOTE_RETRY, 9),
+            Some(Action::Vote { .. })
+        ));
+        p.vote_sent(10);
+        assert_eq!(p.next_timeout(), None);
+        assert_eq!(p.poll(t0 + VOTE_RETRY * 2, 9), None);
+    }
+
+    #[test]
+    fn restored_prepared_update_is_voted_again_without_asking() {
+        let now = Instant::now();
+        let mut p = Participant::new(true, Some(update(8, 4)));
+        assert!(matches!(
+            p.poll(now, 7),
+            Some(Action::Vote { prepared: true, .. })
+        ));
+        // Not a participant: holds, never votes or acknowledges.
+        let mut q = Participant::new(false, None);
+        q.on_record(RecordKind::Prepare, update(8, 4), 7);
+        assert_eq!(
+            q.on_record(RecordKind::CommitPrepared, decision(8, 4), 7),
+            Route::Apply(update(8, 4))
+        );
+        assert_eq!(q.poll(now, 8), None);
+    }
+
+    #[test]
+    fn round_tally_timeout_and_acks() {
+        let names: BTreeMap<u64, String> = [(1, "a".to_string()), (2, "b".to_string())]
+            .into_iter()
+            .collect();
+        let mut r = Round::new(7, names);
+        assert!(!r.vote(6, 1, None), "wrong version");
+        assert!(!r.vote(7, 3, None), "not a participant");
+        assert!(r.vote(7, 1, None));
+        assert_eq!(r.tally(), None);
+        assert_eq!(r.timed_out().timed_out, vec!["b".to_string()]);
+        assert!(r.vote(7, 2, Some("no room".into())));
+        let why = r.tally().unwrap().unwrap_err();
+        assert_eq!(why.refused, vec![("b".into(), "no room".into())]);
+        assert!(why.to_string().contains("b refused: no room"));
+        assert!(
+            r.vote(7, 2, None),
+            "a vote may be repeated before the decision"
+        );
+        assert_eq!(r.tally(), Some(Ok(())));
+        assert_eq!(outcome(Some(&r), 7, 6), OUTCOME_PENDING);
+        assert!(!r.ack(7, 1), "no ack before the decision");
+        r.decide(true);
+        assert!(!r.vote(7, 1, None), "no vote after the decision");
+        assert_eq!(outcome(Some(&r), 7, 7), OUTCOME_COMMITTED);
+        assert_eq!(outcome(None, 8, 7), OUTCOME_ABORTED);
+        assert!(!r.ack(7, 1));
+        assert_eq!(r.unacknowledged(), vec!["b".to_string()]);
+        assert!(r.ack(7, 2));
+    }
+
+    #[test]
+    fn decision_repeats_back_off_and_end() {
+        let t0 = Instant::now();
+        let mut d = DecisionRepeat::new(t0, 3, Duration::from_secs(2));
+        assert_eq!(d.poll(t0), Some(false));
+        let mut sent = Vec::new();
+        let mut t = t0;
+        while let Some(now) = Some(d.next_timeout()).filter(|_| t < t0 + Duration::from_secs(3)) {
+            t = now;
+            match d.poll(t) {
+                Some(true) => sent.push(t - t0),
+                Some(false) => {}
+                None => break,
+            }
+        }
+        let ms: Vec<u128> = sent.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![5, 15, 35, 75, 155, 315, 635, 1135, 1635]);
+    }
+}
