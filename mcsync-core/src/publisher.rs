@@ -763,6 +763,8 @@ fn intake_loop(
 ) {
     let c = &*ctx.counters;
     let mut next: HashMap<String, u64> = HashMap::new();
+    // Two-phase rounds are told apart by their PREPARE's timestamp, kept strictly rising.
+    let mut last_round = 0;
     let mut deferred: Option<Intake> = None;
     loop {
         let first = match deferred.take() {
@@ -775,7 +777,7 @@ fn intake_loop(
         let first = match first {
             Intake::Commit(r) => r,
             Intake::Prepare(p) => {
-                two_phase_round(p, &mut next, store, ctx, stop);
+                two_phase_round(p, (&mut next, &mut last_round), store, ctx, stop);
                 continue;
             }
         };
@@ -885,7 +887,7 @@ fn commit_batch(
 /// and multicasts the decision; ABORT multicasts the decision and gives the version back).
 fn two_phase_round(
     p: PrepareRequest,
-    next: &mut HashMap<String, u64>,
+    (next, last_round): (&mut HashMap<String, u64>, &mut u64),
     store: &PublisherStore,
     ctx: &ServerContext,
     stop: &StopFlag,
@@ -893,9 +895,10 @@ fn two_phase_round(
     let c = &*ctx.counters;
     let db = p.db;
     let v = next_version(next, &db);
+    *last_round = wall_clock_us().max(*last_round + 1);
     let u = Update {
         version: v,
-        timestamp_us: wall_clock_us(),
+        timestamp_us: *last_round,
         ops: p.ops,
     };
     let participants: BTreeMap<u64, String> = ctx
@@ -906,7 +909,8 @@ fn two_phase_round(
         .filter(|r| r.participant && r.database == db.name)
         .map(|r| (r.id, format!("{} ({})", r.client, r.user)))
         .collect();
-    ctx.two_phase.begin(&db.name, v, participants);
+    ctx.two_phase
+        .begin(&db.name, v, u.timestamp_us, participants);
     let mut prepare = Vec::new();
     encode_record(RecordKind::Prepare, &u, &mut prepare);
     send_mcast(&db, McastCmd::Control(Arc::new(prepare)));

@@ -327,7 +327,7 @@ fn start(
     // A prepared two-phase update kept from before a restart: ask what became of it.
     let mut held = None;
     if let Some(p) = store.prepared(name)? {
-        if p.version > applied && client.outcome(p.version)? == OUTCOME_PENDING {
+        if p.version > applied && client.outcome(p.version, p.timestamp_us)? == OUTCOME_PENDING {
             held = Some(p);
         } else {
             store.clear_prepared(name)?;
@@ -808,9 +808,9 @@ impl Process {
                 self.shared.store.clear_prepared(&name)?;
                 self.two_phase.forgotten();
             }
-            TwoPhaseAction::Ack(v) => {
-                if let Err(e) = client.ack(v) {
-                    log::debug!("{name}: acknowledging version {v}: {e}");
+            TwoPhaseAction::Ack { version, round } => {
+                if let Err(e) = client.ack(version, round) {
+                    log::debug!("{name}: acknowledging version {version}: {e}");
                 }
             }
             TwoPhaseAction::CatchUp(v) => self.receiver.on_heartbeat(Instant::now(), v),
@@ -838,10 +838,20 @@ impl Process {
             }
             TwoPhaseAction::Vote {
                 version,
+                round,
                 prepared,
                 reason,
-            } => match client.vote(version, prepared, &reason) {
+            } => match client.vote(version, round, prepared, &reason) {
                 Ok(()) => self.two_phase.vote_sent(version),
+                Err(e) if client.last_refusal().is_some() => {
+                    // Not taken: the round is over (its decision did not reach us) or
+                    // superseded. Ask what became of it.
+                    log::debug!("{name}: vote on version {version} not taken: {e}");
+                    let state = client.outcome(version, round)?;
+                    if let Route::CatchUp(v) = self.two_phase.on_outcome(version, round, state) {
+                        self.receiver.on_heartbeat(Instant::now(), v);
+                    }
+                }
                 Err(e) => log::warn!("{name}: vote on version {version}: {e}"),
             },
         }

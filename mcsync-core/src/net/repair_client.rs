@@ -171,22 +171,23 @@ impl RepairClient {
     }
 
     /// Sends this participant's vote on a prepared version.
-    pub fn vote(&mut self, version: u64, prepared: bool, reason: &str) -> Result<()> {
+    pub fn vote(&mut self, version: u64, round: u64, prepared: bool, reason: &str) -> Result<()> {
         self.expect_ok(&Message::Vote {
             version,
+            round,
             prepared,
             reason: reason.to_owned(),
         })
     }
 
     /// Acknowledges a two-phase decision.
-    pub fn ack(&mut self, version: u64) -> Result<()> {
-        self.expect_ok(&Message::Ack { version })
+    pub fn ack(&mut self, version: u64, round: u64) -> Result<()> {
+        self.expect_ok(&Message::Ack { version, round })
     }
 
-    /// Asks what became of a prepared version (`OUTCOME_*`).
-    pub fn outcome(&mut self, version: u64) -> Result<u8> {
-        match self.request(&Message::OutcomeRequest { version })?.0 {
+    /// Asks what became of the round `round` prepared at `version` (`OUTCOME_*`).
+    pub fn outcome(&mut self, version: u64, round: u64) -> Result<u8> {
+        match self.request(&Message::OutcomeRequest { version, round })?.0 {
             Message::Outcome { state, .. } => Ok(state),
             other => Err(self.unexpected(other)),
         }
@@ -203,7 +204,8 @@ impl RepairClient {
         self.stream_updates(&Message::CompactRequest { first, last }, on_update)
     }
 
-    /// The code of the last error frame the publisher sent.
+    /// The code of the error frame the publisher answered the last request with, if it
+    /// did.
     pub fn last_refusal(&self) -> Option<ErrorCode> {
         self.last_refusal
     }
@@ -268,6 +270,7 @@ impl RepairClient {
     /// connection fails at the transport level (the publisher closed it while idle, or
     /// restarted), reconnects once and tries again.
     fn request(&mut self, m: &Message) -> Result<(Message, usize)> {
+        self.last_refusal = None;
         let reused = self.conn.is_some();
         if !reused {
             self.connect()?;

@@ -367,13 +367,17 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
             },
             Message::Vote {
                 version,
+                round,
                 prepared,
                 reason,
             } => {
                 match &session {
                     Some(s) => {
                         let refusal = (!prepared).then_some(reason);
-                        if ctx.two_phase.vote(s.db.name(), version, s.id, refusal) {
+                        if ctx
+                            .two_phase
+                            .vote(s.db.name(), (version, round), s.id, refusal)
+                        {
                             Ok(Message::Ok)
                         } else {
                             Err(error(
@@ -385,20 +389,22 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
                     None => Err(error(ErrorCode::BadRequest, "vote before HELLO")),
                 }
             }
-            Message::Ack { version } => match &session {
+            Message::Ack { version, round } => match &session {
                 Some(s) => {
-                    if ctx.two_phase.ack(s.db.name(), version, s.id) {
+                    if ctx.two_phase.ack(s.db.name(), (version, round), s.id) {
                         s.db.decision_acknowledged(version);
                     }
                     Ok(Message::Ok)
                 }
                 None => Err(error(ErrorCode::BadRequest, "ack before HELLO")),
             },
-            Message::OutcomeRequest { version } => match &session {
+            Message::OutcomeRequest { version, round } => match &session {
                 Some(s) => {
-                    let state =
-                        ctx.two_phase
-                            .outcome(s.db.name(), version, s.db.committed_version());
+                    let state = ctx.two_phase.outcome(
+                        s.db.name(),
+                        (version, round),
+                        s.db.committed_version(),
+                    );
                     Ok(Message::Outcome { version, state })
                 }
                 None => Err(error(ErrorCode::BadRequest, "outcome request before HELLO")),

@@ -21,20 +21,35 @@ impl Coordinator {
         self.rounds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a round for `version` of `database` with these participants.
-    pub fn begin(&self, database: &str, version: u64, participants: BTreeMap<u64, String>) {
-        self.rounds()
-            .insert(database.to_owned(), Round::new(version, participants));
+    /// Starts round `round` (the PREPARE's timestamp) for `version` of `database` with
+    /// these participants.
+    pub fn begin(
+        &self,
+        database: &str,
+        version: u64,
+        round: u64,
+        participants: BTreeMap<u64, String>,
+    ) {
+        self.rounds().insert(
+            database.to_owned(),
+            Round::new(version, round, participants),
+        );
         self.changed.notify_all();
     }
 
     /// Records a vote; returns false if it is not for the open round or not from one of its
     /// participants.
-    pub fn vote(&self, database: &str, version: u64, id: u64, refusal: Option<String>) -> bool {
+    pub fn vote(
+        &self,
+        database: &str,
+        (version, round): (u64, u64),
+        id: u64,
+        refusal: Option<String>,
+    ) -> bool {
         let taken = self
             .rounds()
             .get_mut(database)
-            .is_some_and(|r| r.vote(version, id, refusal));
+            .is_some_and(|r| r.vote(version, round, id, refusal));
         self.changed.notify_all();
         taken
     }
@@ -82,10 +97,10 @@ impl Coordinator {
 
     /// Records an acknowledgement; returns true when every participant has acknowledged
     /// the decision (the publisher then stops repeating it).
-    pub fn ack(&self, database: &str, version: u64, id: u64) -> bool {
+    pub fn ack(&self, database: &str, (version, round): (u64, u64), id: u64) -> bool {
         self.rounds()
             .get_mut(database)
-            .is_some_and(|r| r.ack(version, id))
+            .is_some_and(|r| r.ack(version, round, id))
     }
 
     /// Participants that have not acknowledged the decision of `version`.
@@ -97,9 +112,9 @@ impl Coordinator {
             .unwrap_or_default()
     }
 
-    /// What became of `version` of `database`, whose latest committed version is
-    /// `committed` (see [`two_phase::outcome`]).
-    pub fn outcome(&self, database: &str, version: u64, committed: u64) -> u8 {
-        two_phase::outcome(self.rounds().get(database), version, committed)
+    /// What became of round `round` at `version` of `database`, whose latest committed
+    /// version is `committed` (see [`two_phase::outcome`]).
+    pub fn outcome(&self, database: &str, (version, round): (u64, u64), committed: u64) -> u8 {
+        two_phase::outcome(self.rounds().get(database), version, round, committed)
     }
 }

@@ -56,6 +56,8 @@ impl std::fmt::Display for VoteFailure {
 #[derive(Debug, Clone)]
 pub struct Round {
     version: u64,
+    /// The round's identity beside its version: the timestamp its PREPARE carried.
+    id: u64,
     /// Participant id → name, fixed when the round starts.
     participants: BTreeMap<u64, String>,
     /// Participant id → `None` (PREPARED) or `Some(reason)` (REFUSED).
@@ -66,10 +68,12 @@ pub struct Round {
 }
 
 impl Round {
-    /// A round for `version` with these participants (id → name).
-    pub fn new(version: u64, participants: BTreeMap<u64, String>) -> Round {
+    /// A round for `version` whose PREPARE carried timestamp `id`, with these
+    /// participants (registration id → name).
+    pub fn new(version: u64, id: u64, participants: BTreeMap<u64, String>) -> Round {
         Round {
             version,
+            id,
             participants,
             votes: HashMap::new(),
             acks: HashSet::new(),
@@ -82,10 +86,16 @@ impl Round {
         self.version
     }
 
-    /// Records a vote; false if it is not for this round, the round is decided, or `id` is
+    /// Whether `(version, round)` names this round.
+    pub fn is(&self, version: u64, round: u64) -> bool {
+        self.version == version && self.id == round
+    }
+
+    /// Records the vote of participant `id`; false if it is not for this round (a vote for
+    /// an earlier round of a reused version is refused), the round is decided, or `id` is
     /// not one of its participants. A repeated vote replaces the earlier one.
-    pub fn vote(&mut self, version: u64, id: u64, refusal: Option<String>) -> bool {
-        if version != self.version
+    pub fn vote(&mut self, version: u64, round: u64, id: u64, refusal: Option<String>) -> bool {
+        if !self.is(version, round)
             || self.decision.is_some()
             || !self.participants.contains_key(&id)
         {
@@ -143,8 +153,8 @@ impl Round {
 
     /// Records an acknowledgement of the decision; returns true when every participant
     /// has acknowledged (the decision need not be repeated any more).
-    pub fn ack(&mut self, version: u64, id: u64) -> bool {
-        if version != self.version || self.decision.is_none() {
+    pub fn ack(&mut self, version: u64, round: u64, id: u64) -> bool {
+        if !self.is(version, round) || self.decision.is_none() {
             return false;
         }
         if self.participants.contains_key(&id) {
@@ -162,18 +172,19 @@ impl Round {
             .collect()
     }
 
-    /// Whether `version` is this round's and still undecided.
-    pub fn is_pending(&self, version: u64) -> bool {
-        self.version == version && self.decision.is_none()
+    /// Whether `(version, round)` is this round and still undecided.
+    pub fn is_pending(&self, version: u64, round: u64) -> bool {
+        self.is(version, round) && self.decision.is_none()
     }
 }
 
-/// What became of a prepared `version`, for a participant that asks after a restart:
-/// `OUTCOME_PENDING` while its round is undecided, `OUTCOME_COMMITTED` once the version is
-/// committed (the participant then fetches it from the journal rather than trusting what
-/// it prepared, which may be of an earlier, aborted round), else `OUTCOME_ABORTED`.
-pub fn outcome(round: Option<&Round>, version: u64, committed: u64) -> u8 {
-    if round.is_some_and(|r| r.is_pending(version)) {
+/// What became of the round `round` prepared at `version`, for a participant that asks
+/// (after a restart, or when its vote was not taken): `OUTCOME_PENDING` while that round is
+/// undecided, `OUTCOME_COMMITTED` once the version is committed (by that round or a later
+/// one: the participant then fetches it from the journal rather than trusting what it
+/// prepared), else `OUTCOME_ABORTED`.
+pub fn outcome(current: Option<&Round>, version: u64, round: u64, committed: u64) -> u8 {
+    if current.is_some_and(|r| r.is_pending(version, round)) {
         OUTCOME_PENDING
     } else if version <= committed {
         OUTCOME_COMMITTED
@@ -255,16 +266,25 @@ pub enum Action {
     /// Delete the durable prepared copy; answer with [`Participant::forgotten`].
     Forget,
     /// Acknowledge the decision on this version over the control channel.
-    Ack(u64),
+    Ack {
+        /// The decided version.
+        version: u64,
+        /// The round (the decision's timestamp).
+        round: u64,
+    },
     /// Repair up to this version (the one right before the prepared update) before voting.
     CatchUp(u64),
     /// Ask the host's vote on the held update ([`Participant::pending`]) and, if it agrees,
     /// keep the update durably; answer with [`Participant::checked`].
     Check(u64),
-    /// Send this vote; answer with [`Participant::vote_sent`] once the coordinator took it.
+    /// Send this vote; answer with [`Participant::vote_sent`] once the coordinator took it,
+    /// or, if it refused the vote, ask what became of the round and answer with
+    /// [`Participant::on_outcome`].
     Vote {
         /// The prepared version.
         version: u64,
+        /// The round (the PREPARE's timestamp).
+        round: u64,
         /// PREPARED (`true`) or REFUSED.
         prepared: bool,
         /// Why it was refused (empty when prepared).
@@ -309,8 +329,8 @@ pub struct Participant {
     voted: Option<u64>,
     /// When an unconfirmed vote may be sent again.
     vote_retry_at: Option<Instant>,
-    /// Decisions to acknowledge.
-    acks: Vec<u64>,
+    /// Decisions to acknowledge: (version, round).
+    acks: Vec<(u64, u64)>,
     counters: ParticipantCounters,
 }
 
@@ -376,7 +396,7 @@ impl Participant {
                 Route::Held
             }
             RecordKind::CommitPrepared => {
-                self.queue_ack(u.version);
+                self.queue_ack(u.version, u.timestamp_us);
                 match self.pending.take() {
                     Some(p) if same_round => Route::Apply(p),
                     other => {
@@ -386,7 +406,7 @@ impl Participant {
                 }
             }
             RecordKind::Abort => {
-                self.queue_ack(u.version);
+                self.queue_ack(u.version, u.timestamp_us);
                 if same_round {
                     self.pending = None;
                     self.counters.prepares_aborted += 1;
@@ -396,9 +416,30 @@ impl Participant {
         }
     }
 
-    fn queue_ack(&mut self, version: u64) {
-        if self.participant && !self.acks.contains(&version) {
-            self.acks.push(version);
+    fn queue_ack(&mut self, version: u64, round: u64) {
+        if self.participant && !self.acks.contains(&(version, round)) {
+            self.acks.push((version, round));
+        }
+    }
+
+    /// The coordinator's answer to OUTCOME_REQUEST about the held round `(version,
+    /// round)`: ABORTED discards it; COMMITTED discards it too and says to catch up to the
+    /// version from the journal (the held copy is never applied on an answer); PENDING
+    /// keeps it (the vote is sent again).
+    pub fn on_outcome(&mut self, version: u64, round: u64, state: u8) -> Route {
+        let held = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.version == version && p.timestamp_us == round);
+        if !held || state == OUTCOME_PENDING {
+            return Route::Held;
+        }
+        self.pending = None;
+        if state == OUTCOME_COMMITTED {
+            Route::CatchUp(version)
+        } else {
+            self.counters.prepares_aborted += 1;
+            Route::Held
         }
     }
 
@@ -412,13 +453,13 @@ impl Participant {
             self.forgetting = self.durable;
             return Some(Action::Forget);
         }
-        if let Some(v) = self.acks.pop() {
-            return Some(Action::Ack(v));
+        if let Some((version, round)) = self.acks.pop() {
+            return Some(Action::Ack { version, round });
         }
         if !self.participant {
             return None;
         }
-        let v = held?;
+        let (v, round) = self.pending.as_ref().map(|p| (p.version, p.timestamp_us))?;
         if self.voted == Some(v) {
             return None;
         }
@@ -442,6 +483,7 @@ impl Participant {
                 };
                 Some(Action::Vote {
                     version: v,
+                    round,
                     prepared,
                     reason,
                 })
@@ -553,6 +595,7 @@ mod tests {
                 Action::Check(5),
                 Action::Vote {
                     version: 5,
+                    round: 1,
                     prepared: true,
                     reason: String::new()
                 }
@@ -565,7 +608,13 @@ mod tests {
         // Applied: the durable copy is forgotten and the decision acknowledged.
         assert_eq!(
             drain(&mut p, now, 5, Ok(())),
-            vec![Action::Forget, Action::Ack(5)]
+            vec![
+                Action::Forget,
+                Action::Ack {
+                    version: 5,
+                    round: 1
+                }
+            ]
         );
         assert_eq!(p.counters().votes_prepared, 1);
     }
@@ -580,6 +629,7 @@ mod tests {
             acts[1],
             Action::Vote {
                 version: 2,
+                round: 7,
                 prepared: false,
                 reason: "full".into()
             }
@@ -589,7 +639,13 @@ mod tests {
             Route::Held
         );
         assert!(p.pending().is_none());
-        assert_eq!(drain(&mut p, now, 1, Ok(())), vec![Action::Ack(2)]);
+        assert_eq!(
+            drain(&mut p, now, 1, Ok(())),
+            vec![Action::Ack {
+                version: 2,
+                round: 7
+            }]
+        );
     }
 
     #[test]
@@ -654,34 +710,64 @@ mod tests {
     }
 
     #[test]
+    fn a_vote_not_taken_is_settled_by_the_outcome() {
+        let mut p = Participant::new(true, None);
+        p.on_record(RecordKind::Prepare, update(6, 3), 5);
+        assert_eq!(
+            p.on_outcome(6, 2, OUTCOME_ABORTED),
+            Route::Held,
+            "another round"
+        );
+        assert!(p.pending().is_some());
+        assert_eq!(p.on_outcome(6, 3, OUTCOME_PENDING), Route::Held);
+        assert!(p.pending().is_some());
+        assert_eq!(p.on_outcome(6, 3, OUTCOME_COMMITTED), Route::CatchUp(6));
+        assert!(p.pending().is_none());
+        p.on_record(RecordKind::Prepare, update(7, 4), 6);
+        assert_eq!(p.on_outcome(7, 4, OUTCOME_ABORTED), Route::Held);
+        assert!(p.pending().is_none());
+        assert_eq!(p.counters().prepares_aborted, 1);
+    }
+
+    #[test]
     fn round_tally_timeout_and_acks() {
         let names: BTreeMap<u64, String> = [(1, "a".to_string()), (2, "b".to_string())]
             .into_iter()
             .collect();
-        let mut r = Round::new(7, names);
-        assert!(!r.vote(6, 1, None), "wrong version");
-        assert!(!r.vote(7, 3, None), "not a participant");
-        assert!(r.vote(7, 1, None));
+        let mut r = Round::new(7, 70, names);
+        assert!(!r.vote(6, 70, 1, None), "wrong version");
+        assert!(!r.vote(7, 69, 1, None), "an earlier round of the version");
+        assert!(!r.vote(7, 70, 3, None), "not a participant");
+        assert!(r.vote(7, 70, 1, None));
         assert_eq!(r.tally(), None);
         assert_eq!(r.timed_out().timed_out, vec!["b".to_string()]);
-        assert!(r.vote(7, 2, Some("no room".into())));
+        assert!(r.vote(7, 70, 2, Some("no room".into())));
         let why = r.tally().unwrap().unwrap_err();
         assert_eq!(why.refused, vec![("b".into(), "no room".into())]);
         assert!(why.to_string().contains("b refused: no room"));
         assert!(
-            r.vote(7, 2, None),
+            r.vote(7, 70, 2, None),
             "a vote may be repeated before the decision"
         );
         assert_eq!(r.tally(), Some(Ok(())));
-        assert_eq!(outcome(Some(&r), 7, 6), OUTCOME_PENDING);
-        assert!(!r.ack(7, 1), "no ack before the decision");
+        assert_eq!(outcome(Some(&r), 7, 70, 6), OUTCOME_PENDING);
+        assert_eq!(
+            outcome(Some(&r), 7, 69, 6),
+            OUTCOME_ABORTED,
+            "an earlier round"
+        );
+        assert!(!r.ack(7, 70, 1), "no ack before the decision");
         r.decide(true);
-        assert!(!r.vote(7, 1, None), "no vote after the decision");
-        assert_eq!(outcome(Some(&r), 7, 7), OUTCOME_COMMITTED);
-        assert_eq!(outcome(None, 8, 7), OUTCOME_ABORTED);
-        assert!(!r.ack(7, 1));
+        assert!(!r.vote(7, 70, 1, None), "no vote after the decision");
+        assert_eq!(outcome(Some(&r), 7, 70, 7), OUTCOME_COMMITTED);
+        assert_eq!(outcome(None, 8, 1, 7), OUTCOME_ABORTED);
+        assert!(
+            !r.ack(7, 69, 2),
+            "an ack of an earlier round does not count"
+        );
+        assert!(!r.ack(7, 70, 1));
         assert_eq!(r.unacknowledged(), vec!["b".to_string()]);
-        assert!(r.ack(7, 2));
+        assert!(r.ack(7, 70, 2));
     }
 
     #[test]

@@ -221,6 +221,8 @@ pub enum Message {
     Vote {
         /// The prepared version.
         version: u64,
+        /// The round: the timestamp its PREPARE carried.
+        round: u64,
         /// PREPARED (true) or REFUSED (false).
         prepared: bool,
         /// Why it refused (empty when prepared).
@@ -230,12 +232,16 @@ pub enum Message {
     Ack {
         /// The decided version.
         version: u64,
+        /// The round: the timestamp its PREPARE and decision carried.
+        round: u64,
     },
     /// Participant → publisher: what became of a version it holds prepared (asked after
     /// a restart).
     OutcomeRequest {
         /// The prepared version.
         version: u64,
+        /// The round: the timestamp its PREPARE carried.
+        round: u64,
     },
     /// Publisher → participant: the answer to OUTCOME_REQUEST.
     Outcome {
@@ -536,21 +542,25 @@ impl Message {
             }
             Message::Vote {
                 version,
+                round,
                 prepared,
                 reason,
             } => {
                 out.put_u8(T_VOTE);
                 out.put_u64(*version);
+                out.put_u64(*round);
                 out.put_u8(u8::from(*prepared));
                 out.put_str16(reason);
             }
-            Message::Ack { version } => {
+            Message::Ack { version, round } => {
                 out.put_u8(T_ACK);
                 out.put_u64(*version);
+                out.put_u64(*round);
             }
-            Message::OutcomeRequest { version } => {
+            Message::OutcomeRequest { version, round } => {
                 out.put_u8(T_OUTCOME_REQUEST);
                 out.put_u64(*version);
+                out.put_u64(*round);
             }
             Message::Outcome { version, state } => {
                 out.put_u8(T_OUTCOME);
@@ -694,6 +704,7 @@ impl Message {
             },
             T_VOTE => Message::Vote {
                 version: r.u64("version")?,
+                round: r.u64("round")?,
                 prepared: match r.u8("vote")? {
                     0 => false,
                     1 => true,
@@ -703,9 +714,11 @@ impl Message {
             },
             T_ACK => Message::Ack {
                 version: r.u64("version")?,
+                round: r.u64("round")?,
             },
             T_OUTCOME_REQUEST => Message::OutcomeRequest {
                 version: r.u64("version")?,
+                round: r.u64("round")?,
             },
             T_OUTCOME => {
                 let version = r.u64("version")?;
