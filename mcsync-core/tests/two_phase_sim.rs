@@ -731,17 +731,6 @@ impl Sim {
         n.up && n.gen == gen
     }
 
-    /// Holds an event for a node whose process thread is busy in a slow vote callback.
-    fn defer_if_busy(&mut self, i: usize, event: Event) -> Option<Event> {
-        match self.nodes[i].busy_until {
-            Some(t) if t > self.now => {
-                self.schedule(t, event);
-                None
-            }
-            _ => Some(event),
-        }
-    }
-
     fn deliver(&mut self, i: usize, msg: Msg) {
         let now = self.instant();
         let n = &mut self.nodes[i];
@@ -1000,22 +989,19 @@ impl Sim {
     // ------------------------------------------------------------------ the run
 
     fn handle(&mut self, event: Event) {
+        // Input for a node whose process thread is busy in a slow vote callback waits.
+        if let Event::Deliver { node, .. }
+        | Event::Tick { node, .. }
+        | Event::RepairReply { node, .. } = &event
+        {
+            if let Some(t) = self.nodes[*node].busy_until.filter(|&t| t > self.now) {
+                self.schedule(t, event);
+                return;
+            }
+        }
         match event {
-            Event::Deliver { node, gen, msg } if self.live(node, gen) => {
-                if let Some(Event::Deliver { msg, .. }) =
-                    self.defer_if_busy(node, Event::Deliver { node, gen, msg })
-                {
-                    self.deliver(node, msg);
-                }
-            }
-            Event::Tick { node, gen } if self.live(node, gen) => {
-                if self
-                    .defer_if_busy(node, Event::Tick { node, gen })
-                    .is_some()
-                {
-                    self.step(node);
-                }
-            }
+            Event::Deliver { node, gen, msg } if self.live(node, gen) => self.deliver(node, msg),
+            Event::Tick { node, gen } if self.live(node, gen) => self.step(node),
             Event::CheckDone {
                 node,
                 gen,
@@ -1032,24 +1018,7 @@ impl Sim {
                 updates,
                 ok,
                 current,
-            } if self.live(node, gen) => {
-                let e = Event::RepairReply {
-                    node,
-                    gen,
-                    updates,
-                    ok,
-                    current,
-                };
-                if let Some(Event::RepairReply {
-                    updates,
-                    ok,
-                    current,
-                    ..
-                }) = self.defer_if_busy(node, e)
-                {
-                    self.repair_reply(node, updates, ok, current);
-                }
-            }
+            } if self.live(node, gen) => self.repair_reply(node, updates, ok, current),
             Event::Crash { node } if !self.healed => self.crash(node),
             Event::Restart { node } if !self.nodes[node].up => self.start_node(node),
             Event::Next => self.next(),
