@@ -393,7 +393,7 @@ fn start(
             backoff: cfg.unicast_backoff,
             last_report: now,
             last_poll: now,
-            last_received: 0,
+            last_arrived: 0,
             last_lost: 0,
             strikes: 0,
             unicast_until: None,
@@ -461,7 +461,7 @@ struct Policy {
     backoff: Duration,
     last_report: Instant,
     last_poll: Instant,
-    last_received: u64,
+    last_arrived: u64,
     last_lost: u64,
     strikes: u32,
     unicast_until: Option<Instant>,
@@ -647,17 +647,25 @@ impl Process {
             return;
         }
         p.last_report = now;
-        let received = c.packets_received.load(Ordering::Relaxed);
-        let lost =
-            c.packets_repaired.load(Ordering::Relaxed) + c.packets_skipped.load(Ordering::Relaxed);
-        let (dr, dl) = (received - p.last_received, lost - p.last_lost);
-        p.last_received = received;
-        p.last_lost = lost;
+        let load = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
+        let received = load(&c.packets_received);
+        let lost = load(&c.packets_repaired) + load(&c.packets_skipped);
+        // The network's loss: packets that never arrived over packets sent. Packets the
+        // loss generator dropped did not arrive; packets that arrived under a key epoch not
+        // yet known were repaired but not lost by the network.
+        let arrived = received.saturating_sub(load(&c.dropped_injected));
+        let lost_net = lost.saturating_sub(load(&c.dropped_epoch));
+        let (da, dl) = (
+            arrived.saturating_sub(p.last_arrived),
+            lost_net.saturating_sub(p.last_lost),
+        );
+        p.last_arrived = arrived;
+        p.last_lost = lost_net;
         // Too few packets say nothing about the loss rate (and must not quiesce anyone).
-        let loss = if dr < MIN_PACKETS_FOR_LOSS {
+        let loss = if da + dl < MIN_PACKETS_FOR_LOSS {
             0.0
         } else {
-            (dl as f64 / dr as f64).min(1.0)
+            dl as f64 / (da + dl) as f64
         };
         c.loss_ppm.store((loss * 1e6) as u64, Ordering::Relaxed);
         let mut hello = false;

@@ -4,7 +4,9 @@
 
 use mcsync::crypto::{Key, Keyring, OpenError};
 use mcsync::proto::{decode_chain, Chain, ChainAssembler};
-use mcsync::wire::control::{DatabaseInfo, ErrorCode, Message, MAX_KEYS, MAX_RANGES};
+use mcsync::wire::control::{
+    DatabaseInfo, ErrorCode, Message, SubscriberReport, MAX_KEYS, MAX_RANGES,
+};
 use mcsync::wire::packet::{
     Compression, Heartbeat, PacketHeader, PacketKind, CHANGEKEY, FIC, HEADER_LEN, LIC, TAG_LEN,
 };
@@ -179,7 +181,78 @@ fn arb_message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|subscriber_id| Message::CloseSubscription { subscriber_id }),
         Just(Message::Ok),
         (arb_error_code(), ".{0,200}").prop_map(|(code, message)| Message::Error { code, message }),
+        (any::<u64>(), any::<u64>(), any::<bool>(), ".{0,100}").prop_map(
+            |(version, round, prepared, reason)| Message::Vote {
+                version,
+                round,
+                prepared,
+                reason,
+            }
+        ),
+        (any::<u64>(), any::<u64>()).prop_map(|(version, round)| Message::Ack { version, round }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(version, round)| Message::OutcomeRequest { version, round }),
+        (any::<u64>(), 1u8..=3).prop_map(|(version, state)| Message::Outcome { version, state }),
+        (1u64..1_000, 0u64..1_000).prop_map(|(first, n)| Message::CompactRequest {
+            first,
+            last: first + n
+        }),
+        (
+            (0u32..=1_000_000, any::<u64>(), any::<u64>(), any::<u64>()),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>()
+            ),
+        )
+            .prop_map(
+                |((loss_ppm, packets_received, packets_lost, applied_version), rest)| {
+                    let (latency_p50_us, latency_p99_us, repairs, resubscriptions, unicast_only) =
+                        rest;
+                    Message::Report(SubscriberReport {
+                        loss_ppm,
+                        packets_received,
+                        packets_lost,
+                        applied_version,
+                        latency_p50_us,
+                        latency_p99_us,
+                        repairs,
+                        resubscriptions,
+                        unicast_only,
+                    })
+                }
+            ),
+        Just(Message::StatusRequest),
+        (any::<u64>(), any::<u64>()).prop_map(|(current_version, oldest_version)| {
+            Message::Status {
+                current_version,
+                oldest_version,
+            }
+        }),
     ]
+}
+
+/// Free text longer than its length field is cut at a character boundary: the frame still
+/// parses, and the reason is a prefix of what the host gave.
+#[test]
+fn overlong_text_is_cut_on_a_character_boundary() {
+    let reason = "é".repeat(40_000); // 80,000 bytes, two per character
+    let frame = Message::Vote {
+        version: 3,
+        round: 9,
+        prepared: false,
+        reason: reason.clone(),
+    }
+    .to_vec();
+    match Message::parse(&frame[4..]).expect("parses") {
+        Message::Vote { reason: r, .. } => {
+            assert_eq!(r.len(), 65_534);
+            assert!(reason.starts_with(&r));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Messages whose last field is "the rest of the frame", so their prefixes parse too.

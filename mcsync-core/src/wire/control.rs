@@ -89,10 +89,10 @@ pub const MAX_KEYS: usize = 4;
 /// Most access groups in one HELLO_OK.
 pub const MAX_GROUPS: usize = 255;
 
-/// A subscriber's summary of its reception, sent periodically and with repair requests.
+/// A subscriber's summary of its reception, sent every report interval and when it re-registers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SubscriberReport {
-    /// Packets lost (not received by multicast) per million, over the last interval.
+    /// Packets the network lost per million sent, over the last interval.
     pub loss_ppm: u32,
     /// Packets received by multicast so far.
     pub packets_received: u64,

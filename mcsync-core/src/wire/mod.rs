@@ -157,14 +157,27 @@ impl Put for Vec<u8> {
         self.extend_from_slice(b);
     }
     fn put_str16(&mut self, s: &str) {
-        // Callers validate lengths; truncate defensively to keep the encoding parseable.
-        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        // Free text (reasons, messages) longer than the field is cut at a character
+        // boundary, so the encoding stays valid UTF-8; names are validated by callers.
+        let b = truncate_utf8(s, u16::MAX as usize).as_bytes();
         self.put_u16(b.len() as u16);
         self.extend_from_slice(b);
     }
     fn put_str8(&mut self, s: &str) {
-        let b = &s.as_bytes()[..s.len().min(u8::MAX as usize)];
+        let b = truncate_utf8(s, u8::MAX as usize).as_bytes();
         self.put_u8(b.len() as u8);
         self.extend_from_slice(b);
     }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
