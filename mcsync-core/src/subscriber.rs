@@ -680,8 +680,10 @@ impl Process {
             Some(_) => {}
             None if loss > p.threshold => {
                 p.strikes += 1;
-                if p.strikes == 1 {
-                    hello = true;
+                // A two-phase participant stays in the group: PREPAREs are only multicast,
+                // and without them it could not vote.
+                if p.strikes == 1 || self.two_phase.is_participant() {
+                    hello = p.strikes == 1;
                 } else {
                     p.unicast_until = Some(now + p.backoff);
                     p.last_poll = now;

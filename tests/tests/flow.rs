@@ -52,8 +52,24 @@ fn a_lossy_subscriber_reregisters_backs_off_to_unicast_and_rejoins_without_losin
     let t0 = Instant::now();
     let mut last = 0;
     let mut i = 0u32;
+    // While backed off it receives nothing by multicast, although another subscriber of
+    // the same process is still in the group.
+    let mut backoff_seen: Option<Instant> = None;
+    let mut received_in_backoff: Option<u64> = None;
+    let mut checked_silence = false;
     while t0.elapsed() < Duration::from_secs(4) || sub.stats().rejoins == 0 {
         assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", sub.stats());
+        let st = sub.stats();
+        if st.unicast_backoffs == 1 && st.rejoins == 0 {
+            let since = *backoff_seen.get_or_insert_with(Instant::now);
+            let waited = since.elapsed();
+            if waited >= Duration::from_millis(100) && received_in_backoff.is_none() {
+                received_in_backoff = Some(st.packets_received);
+            } else if waited >= Duration::from_millis(500) && !checked_silence {
+                assert_eq!(Some(st.packets_received), received_in_backoff, "{st:?}");
+                checked_silence = true;
+            }
+        }
         last = db
             .put(format!("k{}", i % 500), format!("value {i}"))
             .unwrap();
@@ -73,6 +89,10 @@ fn a_lossy_subscriber_reregisters_backs_off_to_unicast_and_rejoins_without_losin
         "{st:?}"
     );
     assert!(st.reports_sent >= 5, "{st:?}");
+    assert!(
+        checked_silence,
+        "never observed the back-off long enough: {st:?}"
+    );
     let ps = p.stats();
     assert!(ps.reports_received >= 5, "{ps:?}");
     // The clean subscriber's reports keep the publisher from quiescing, and latency is

@@ -92,6 +92,10 @@ fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
                 continue;
             }
         };
+        if !joined {
+            // Left the group: whatever still arrives is not ours to take.
+            continue;
+        }
         inc(&c.packets_received);
         add(&c.bytes_received, n as u64);
         if p.source

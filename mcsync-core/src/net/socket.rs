@@ -53,22 +53,33 @@ pub fn receiver_socket(
     .map_err(|e| Error::io(ctx("bind"), e))?;
     s.join_multicast_v4(group.ip(), &interface)
         .map_err(|e| Error::io(ctx("IP_ADD_MEMBERSHIP"), e))?;
+    // Linux delivers a group's packets to every socket bound to its address and port once
+    // any socket of the host joined it; receive only what this socket itself joined, so
+    // that leaving the group (the error policy) really stops reception.
+    #[cfg(target_os = "linux")]
+    set_int_option(&s, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, 0)
+        .map_err(|e| Error::io(ctx("IP_MULTICAST_ALL"), e))?;
     s.set_read_timeout(Some(Duration::from_millis(50)))
         .map_err(|e| Error::io(ctx("SO_RCVTIMEO"), e))?;
     Ok((s.into(), granted))
 }
 
-fn force_recv_buffer(s: &Socket, size: usize) -> std::io::Result<()> {
+/// `setsockopt` with an int value.
+fn set_int_option(
+    s: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let v: libc::c_int = size.min(i32::MAX as usize) as libc::c_int;
     // SAFETY: fd is a valid socket owned by `s`; the option value is a c_int that outlives
     // the call, and its size is passed.
     let rc = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&v as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -77,4 +88,9 @@ fn force_recv_buffer(s: &Socket, size: usize) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+fn force_recv_buffer(s: &Socket, size: usize) -> std::io::Result<()> {
+    let v = size.min(i32::MAX as usize) as libc::c_int;
+    set_int_option(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
 }

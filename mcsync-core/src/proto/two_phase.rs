@@ -355,6 +355,11 @@ impl Participant {
         }
     }
 
+    /// Whether it votes and acknowledges (registered as a participant).
+    pub fn is_participant(&self) -> bool {
+        self.participant
+    }
+
     /// The prepared update held, if any.
     pub fn pending(&self) -> Option<&Update> {
         self.pending.as_ref()
