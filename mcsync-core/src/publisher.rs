@@ -569,6 +569,12 @@ fn adapt_to_reports(inner: &Inner) {
             .map(|(_, l)| *l)
             .collect();
         if losses.is_empty() {
+            // Nobody on multicast reports (all backed off to unicast, or gone): a pause
+            // has nothing left to protect once its minimum is over.
+            let mut q = db.quiesced.lock().unwrap_or_else(|e| e.into_inner());
+            if q.is_some_and(|since| since.elapsed() >= QUIESCE_FOR) {
+                *q = None;
+            }
             continue;
         }
         let (before, after) = {

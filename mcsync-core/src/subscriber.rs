@@ -561,7 +561,9 @@ impl Process {
         let dropped = c.dropped_source.load(Ordering::Relaxed);
         let foreign = dropped > self.seen_dropped_source;
         let since_hello = now.duration_since(self.last_hello);
-        let silent = now.duration_since(self.last_heard) > self.silence_timeout;
+        // Off the group by choice (error policy), silence says nothing about the publisher.
+        let silent = self.policy.unicast_until.is_none()
+            && now.duration_since(self.last_heard) > self.silence_timeout;
         let rekey = self.rekey.load(Ordering::Relaxed);
         // After an authorization failure, try again only every few seconds.
         let gap = if self.auth_backoff {
@@ -674,6 +676,8 @@ impl Process {
                 p.unicast_until = None;
                 p.strikes = 0;
                 self.leave.store(false, Ordering::SeqCst);
+                // Silence is measured from the rejoin, not from before the back-off.
+                self.last_heard = now;
                 inc(&c.rejoins);
                 log::info!("{}: rejoining multicast", self.shared.name);
             }

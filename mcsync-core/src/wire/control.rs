@@ -729,7 +729,10 @@ impl Message {
                 Message::Outcome { version, state }
             }
             T_REPORT => Message::Report(SubscriberReport {
-                loss_ppm: r.u32("loss")?.min(1_000_000),
+                loss_ppm: match r.u32("loss")? {
+                    v @ 0..=1_000_000 => v,
+                    v => return Err(WireError::Invalid("loss", v.into())),
+                },
                 packets_received: r.u64("received")?,
                 packets_lost: r.u64("lost")?,
                 applied_version: r.u64("applied")?,
@@ -737,7 +740,11 @@ impl Message {
                 latency_p99_us: r.u64("p99")?,
                 repairs: r.u64("repairs")?,
                 resubscriptions: r.u64("resubscriptions")?,
-                unicast_only: r.u8("unicast only")? != 0,
+                unicast_only: match r.u8("unicast only")? {
+                    0 => false,
+                    1 => true,
+                    v => return Err(WireError::Invalid("unicast only", v.into())),
+                },
             }),
             T_STATUS_REQUEST => Message::StatusRequest,
             T_STATUS => Message::Status {
