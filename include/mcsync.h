@@ -136,7 +136,8 @@ typedef struct mcsync_db mcsync_db;
 
 /**
  * What an authenticated subscriber may do, filled in by an authenticator callback. Starts
- * as "every database, no access groups". Borrowed: valid only during the callback.
+ * as "every database, no access groups, not a two-phase participant". Borrowed: valid only
+ * during the callback.
  */
 typedef struct mcsync_grant mcsync_grant;
 
@@ -216,7 +217,8 @@ typedef struct mcsync_txn mcsync_txn;
 /**
  * An authenticator: decides whether `user` with `secret`, connecting from `peer` ("ip:port"),
  * may subscribe, and to what. To accept, fill in `grant` (by default every database and no
- * access groups; see `mcsync_grant_allow_database` and `mcsync_grant_add_group`) and
+ * access groups, not a two-phase participant; see `mcsync_grant_allow_database`,
+ * `mcsync_grant_add_group` and `mcsync_grant_allow_participant`) and
  * return `MCSYNC_OK` (0); any other value refuses, and the subscriber gets
  * `MCSYNC_ERR_AUTH` (with a message that does not say whether the user exists). The return
  * type is `int` rather than `mcsync_status` so that any value a C function returns is
@@ -1261,6 +1263,15 @@ enum mcsync_status mcsync_grant_allow_database(struct mcsync_grant *grant, const
  * `group` (1..=255 bytes) is copied. Only valid inside an authenticator callback.
  */
 enum mcsync_status mcsync_grant_add_group(struct mcsync_grant *grant, const char *group);
+
+/**
+ * Lets the user register as a two-phase participant of the databases the grant covers
+ * (see `mcsync_subscriber_subscribe_participant`). Without it, a subscriber asking to be a
+ * participant is refused with `MCSYNC_ERR_AUTH`. A participant votes on every two-phase
+ * update of the database and can refuse or stall them all: grant it to trusted replicas
+ * only. Only valid inside an authenticator callback, on the grant it was given.
+ */
+enum mcsync_status mcsync_grant_allow_participant(struct mcsync_grant *grant);
 
 /**
  * Opens (or creates) a subscriber's store in the configured data directory. No network

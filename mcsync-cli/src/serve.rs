@@ -197,6 +197,10 @@ pub enum UsersCommand {
         /// Access groups (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "")]
         groups: Vec<String>,
+        /// May register as a two-phase participant (and so vote on, and refuse, the
+        /// database's two-phase updates).
+        #[arg(long)]
+        participant: bool,
     },
 }
 
@@ -221,13 +225,21 @@ pub fn users(cmd: UsersCommand) -> CliResult {
             name,
             databases,
             groups,
+            participant,
         } => {
             let password = read_password(None)?;
             if password.is_empty() {
                 return Err("empty password".into());
             }
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
-            UsersFile::add_user(&file, &name, &password, databases.as_deref(), &groups)?;
+            UsersFile::add_user(
+                &file,
+                &name,
+                &password,
+                databases.as_deref(),
+                &groups,
+                participant,
+            )?;
             println!("added {name} to {}", file.display());
             Ok(ExitCode::SUCCESS)
         }

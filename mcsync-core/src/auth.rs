@@ -54,15 +54,26 @@ pub struct Grant {
     /// The user's access groups: records restricted to groups are visible to the user only
     /// if it holds one of them.
     pub groups: Vec<String>,
+    /// Whether the user may register as a two-phase participant of the databases it may
+    /// subscribe to. A participant votes on every two-phase update of the database and so
+    /// can refuse (veto) or stall them all; grant it only to trusted replicas.
+    pub participant: bool,
 }
 
 impl Grant {
-    /// A grant to every database with the given groups.
+    /// A grant to every database with the given groups (not as a two-phase participant).
     pub fn all(groups: &[&str]) -> Grant {
         Grant {
             databases: None,
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            participant: false,
         }
+    }
+
+    /// The same grant, also allowing registration as a two-phase participant.
+    pub fn with_participant(mut self) -> Grant {
+        self.participant = true;
+        self
     }
 
     /// Whether the grant covers `database`.
@@ -108,12 +119,13 @@ struct UserEntry {
 /// The built-in authenticator: a text file, one user per line:
 ///
 /// ```text
-/// # name   argon2 hash (PHC)            databases (or *)   groups (or -)
+/// # name   argon2 hash (PHC)            databases (or *)   groups (or -)   [participant]
 /// alice    $argon2id$v=19$m=19456,...   inventory,orders   sales,emea
-/// bob      $argon2id$v=19$m=19456,...   *                  -
+/// bob      $argon2id$v=19$m=19456,...   *                  -               participant
 /// ```
 ///
-/// Blank lines and lines starting with `#` are ignored. `mcsync users add` writes entries.
+/// The optional fifth field `participant` lets the user register as a two-phase
+/// participant. Blank lines and lines starting with `#` are ignored. `mcsync users add` writes entries.
 #[derive(Debug)]
 pub struct UsersFile {
     path: PathBuf,
@@ -147,15 +159,25 @@ impl UsersFile {
             let f: Vec<&str> = line.split_whitespace().collect();
             let bad =
                 |why: &str| Error::Config(format!("{} line {}: {why}", path.display(), i + 1));
-            if f.len() != 4 {
-                return Err(bad("expected: name hash databases groups"));
-            }
+            let participant = match f.get(4) {
+                _ if !(4..=5).contains(&f.len()) => {
+                    return Err(bad("expected: name hash databases groups [participant]"))
+                }
+                None => false,
+                Some(&"participant") => true,
+                Some(other) => {
+                    return Err(bad(&format!(
+                        "fifth field is {other:?}; the only one allowed is \"participant\""
+                    )))
+                }
+            };
             PasswordHash::new(f[1]).map_err(|_| bad("password hash is not a PHC string"))?;
             let entry = UserEntry {
                 hash: f[1].to_owned(),
                 grant: Grant {
                     databases: split_list(f[2], "*"),
                     groups: split_list(f[3], "-").unwrap_or_default(),
+                    participant,
                 },
             };
             if users.insert(f[0].to_owned(), entry).is_some() {
@@ -168,13 +190,15 @@ impl UsersFile {
         })
     }
 
-    /// Appends a user to a users file (creating it), hashing the password.
+    /// Appends a user to a users file (creating it), hashing the password. `participant`
+    /// lets the user register as a two-phase participant.
     pub fn add_user(
         path: &Path,
         name: &str,
         password: &str,
         databases: Option<&[String]>,
         groups: &[String],
+        participant: bool,
     ) -> Result<()> {
         let valid = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c == ',');
         if !valid(name)
@@ -197,7 +221,8 @@ impl UsersFile {
         } else {
             groups.join(",")
         };
-        let line = format!("{name} {} {dbs} {gs}\n", hash_password(password)?);
+        let role = if participant { " participant" } else { "" };
+        let line = format!("{name} {} {dbs} {gs}{role}\n", hash_password(password)?);
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -296,5 +321,46 @@ impl FailureLimiter {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_file_fields_and_the_participant_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        UsersFile::add_user(&path, "ann", "pw", None, &[], true).unwrap();
+        UsersFile::add_user(
+            &path,
+            "ben",
+            "pw",
+            Some(&["a".into()]),
+            &["g".into()],
+            false,
+        )
+        .unwrap();
+        let users = UsersFile::load(&path).unwrap();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let ann = users.authenticate("ann", "pw", peer).unwrap();
+        assert_eq!(ann, Grant::all(&[]).with_participant());
+        let ben = users.authenticate("ben", "pw", peer).unwrap();
+        assert!(!ben.participant && ben.allows("a") && !ben.allows("b"));
+        assert_eq!(ben.groups, vec!["g".to_string()]);
+        let hash = hash_password("pw").unwrap();
+        for (line, why) in [
+            (format!("cat {hash} * - voter"), "fifth field is \"voter\""),
+            (
+                format!("cat {hash} * - participant x"),
+                "expected: name hash",
+            ),
+            (format!("cat {hash} *"), "expected: name hash"),
+        ] {
+            std::fs::write(&path, line).unwrap();
+            let err = UsersFile::load(&path).unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains("line 1"), "{err}");
+        }
     }
 }

@@ -460,7 +460,9 @@ fn group_for(m: &crate::MulticastConfig, index: u64) -> Result<SocketAddr> {
 
 fn authenticator(a: &Authentication) -> Result<Arc<dyn Authenticator>> {
     Ok(match a {
-        Authentication::Open => Arc::new(|_: &str, _: &str, _: SocketAddr| Ok(Grant::default())),
+        Authentication::Open => {
+            Arc::new(|_: &str, _: &str, _: SocketAddr| Ok(Grant::all(&[]).with_participant()))
+        }
         Authentication::Custom(a) => a.clone(),
         Authentication::UsersFile(path) => {
             if !path.exists() {

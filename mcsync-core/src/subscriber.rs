@@ -188,7 +188,9 @@ impl Subscriber {
     /// Subscribes as a two-phase participant: every two-phase update of the database
     /// waits for this replica's vote. `vote` may refuse (returning the reason); without
     /// it the replica votes PREPARED whenever it can apply the update. It is called on
-    /// the process thread, before anything of the update is visible.
+    /// the process thread, before anything of the update is visible. The user's grant must
+    /// allow it ([`Grant::participant`](crate::Grant::participant)); otherwise it fails
+    /// with an `Auth` error.
     pub fn subscribe_participant(
         &self,
         name: &str,

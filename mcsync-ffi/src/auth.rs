@@ -11,15 +11,18 @@ use std::os::raw::{c_char, c_int, c_void};
 use std::sync::Arc;
 
 /// What an authenticated subscriber may do, filled in by an authenticator callback. Starts
-/// as "every database, no access groups". Borrowed: valid only during the callback.
+/// as "every database, no access groups, not a two-phase participant". Borrowed: valid only
+/// during the callback.
 pub struct mcsync_grant {
     databases: Option<Vec<String>>,
     groups: Vec<String>,
+    participant: bool,
 }
 
 /// An authenticator: decides whether `user` with `secret`, connecting from `peer` ("ip:port"),
 /// may subscribe, and to what. To accept, fill in `grant` (by default every database and no
-/// access groups; see `mcsync_grant_allow_database` and `mcsync_grant_add_group`) and
+/// access groups, not a two-phase participant; see `mcsync_grant_allow_database`,
+/// `mcsync_grant_add_group` and `mcsync_grant_allow_participant`) and
 /// return `MCSYNC_OK` (0); any other value refuses, and the subscriber gets
 /// `MCSYNC_ERR_AUTH` (with a message that does not say whether the user exists). The return
 /// type is `int` rather than `mcsync_status` so that any value a C function returns is
@@ -81,6 +84,7 @@ impl Authenticator for HostAuthenticator {
             let mut grant = mcsync_grant {
                 databases: None,
                 groups: Vec::new(),
+                participant: false,
             };
             // SAFETY: the host supplied a valid, thread-safe function; every pointer passed
             // outlives the call.
@@ -99,6 +103,7 @@ impl Authenticator for HostAuthenticator {
             Ok((0, grant)) => Ok(Grant {
                 databases: grant.databases,
                 groups: grant.groups,
+                participant: grant.participant,
             }),
             _ => Err(denied()),
         }
@@ -155,6 +160,20 @@ pub unsafe extern "C" fn mcsync_grant_add_group(
             )));
         }
         g.groups.push(group.to_owned());
+        Ok(())
+    }
+}
+
+/// Lets the user register as a two-phase participant of the databases the grant covers
+/// (see `mcsync_subscriber_subscribe_participant`). Without it, a subscriber asking to be a
+/// participant is refused with `MCSYNC_ERR_AUTH`. A participant votes on every two-phase
+/// update of the database and can refuse or stall them all: grant it to trusted replicas
+/// only. Only valid inside an authenticator callback, on the grant it was given.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_grant_allow_participant(grant: *mut mcsync_grant) -> mcsync_status {
+    ffi_panic_boundary! {
+        let g = borrow_mut(grant, "grant")?;
+        g.participant = true;
         Ok(())
     }
 }

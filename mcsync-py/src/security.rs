@@ -12,23 +12,33 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// What an authenticated user may do: the databases it may subscribe to (``None``: every
-/// database) and its access groups (records restricted to groups reach a replica only if
-/// its user holds one of them). Returned by an ``authenticator`` callable.
+/// database), its access groups (records restricted to groups reach a replica only if
+/// its user holds one of them), and whether it may register as a two-phase participant
+/// (a participant can refuse every two-phase update). Returned by an ``authenticator``
+/// callable.
 #[pyclass(frozen, module = "mcsync", name = "Grant")]
 pub(crate) struct PyGrant {
     databases: Option<Vec<String>>,
     groups: Vec<String>,
+    participant: bool,
 }
 
 #[pymethods]
 impl PyGrant {
     #[new]
-    #[pyo3(signature = (databases = None, groups = None))]
-    fn new(databases: Option<Vec<String>>, groups: Option<Vec<String>>) -> Self {
+    #[pyo3(signature = (databases = None, groups = None, participant = false))]
+    fn new(databases: Option<Vec<String>>, groups: Option<Vec<String>>, participant: bool) -> Self {
         PyGrant {
             databases,
             groups: groups.unwrap_or_default(),
+            participant,
         }
+    }
+
+    /// Whether the user may register as a two-phase participant.
+    #[getter]
+    fn participant(&self) -> bool {
+        self.participant
     }
 
     /// Databases the user may subscribe to, or ``None`` for every database.
@@ -52,8 +62,9 @@ impl PyGrant {
             None => "None".to_owned(),
         };
         Ok(format!(
-            "Grant(databases={databases}, groups={})",
-            self.groups(py)?.repr()?
+            "Grant(databases={databases}, groups={}, participant={})",
+            self.groups(py)?.repr()?,
+            if self.participant { "True" } else { "False" }
         ))
     }
 }
@@ -118,6 +129,7 @@ impl PyAuthenticator {
             return Ok(mcsync::Grant {
                 databases: g.databases.clone(),
                 groups: g.groups.clone(),
+                participant: g.participant,
             });
         }
         let type_name = result
@@ -227,10 +239,11 @@ pub(crate) fn schedule_arg(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<m
 /// Adds a user to a users file (creating the file), with an argon2 hash of ``password``.
 ///
 /// ``databases`` lists what the user may subscribe to (``None``: every database);
-/// ``groups`` are its access groups. A publisher reads the file at open
+/// ``groups`` are its access groups; ``participant`` lets it register as a two-phase
+/// participant. A publisher reads the file at open
 /// (``Publisher(users=path)``; the default is ``<data_dir>/users``).
 #[pyfunction]
-#[pyo3(signature = (path, user, password, databases = None, groups = None))]
+#[pyo3(signature = (path, user, password, databases = None, groups = None, participant = false))]
 pub(crate) fn add_user(
     py: Python<'_>,
     path: PathBuf,
@@ -238,10 +251,18 @@ pub(crate) fn add_user(
     password: String,
     databases: Option<Vec<String>>,
     groups: Option<Vec<String>>,
+    participant: bool,
 ) -> PyResult<()> {
     let groups = groups.unwrap_or_default();
     py.detach(|| {
-        mcsync::auth::UsersFile::add_user(&path, &user, &password, databases.as_deref(), &groups)
+        mcsync::auth::UsersFile::add_user(
+            &path,
+            &user,
+            &password,
+            databases.as_deref(),
+            &groups,
+            participant,
+        )
     })
     .or_raise(py)
 }

@@ -80,8 +80,9 @@ def test_authenticator_grants_databases_and_access_groups(
 def test_grant() -> None:
     g = mcsync.Grant(databases=["a", "b"], groups=["sales"])
     assert (g.databases, g.groups) == (("a", "b"), ("sales",))
-    assert repr(g) == "Grant(databases=('a', 'b'), groups=('sales',))"
+    assert repr(g) == "Grant(databases=('a', 'b'), groups=('sales',), participant=False)"
     assert mcsync.Grant().databases is None and mcsync.Grant().groups == ()
+    assert not g.participant and mcsync.Grant(participant=True).participant
     with pytest.raises(TypeError):
         mcsync.Grant(databases="a")  # type: ignore[arg-type]
 
@@ -89,13 +90,28 @@ def test_grant() -> None:
 def test_users_file(tmp_path: Path) -> None:
     users = tmp_path / "users"
     mcsync.add_user(users, "carol", "s3cret", databases=["inventory"], groups=["emea"])
-    mcsync.add_user(users, "dave", "pw")
+    mcsync.add_user(users, "dave", "pw", participant=True)
     with pytest.raises(mcsync.ConfigError, match="already"):
         mcsync.add_user(users, "carol", "again")
+    assert users.read_text().splitlines()[1].endswith(" - participant")
     with open_publisher(tmp_path / "pub", users=users) as pub:
-        v = pub.database("inventory").put("widget", "7")
+        inventory = pub.database("inventory")
+        v = inventory.put("widget", "7")
         with subscriber_of(pub, tmp_path / "carol", "carol", "s3cret") as s:
+            # carol's grant does not let her vote on (or veto) two-phase updates.
+            with pytest.raises(mcsync.AuthError, match="two-phase participant"):
+                s.subscribe("inventory", participant=True)
             s.subscribe("inventory").wait_for_version(v, timeout=CONVERGE)
+        with subscriber_of(pub, tmp_path / "dave", "dave", "pw") as s:
+            replica = s.subscribe("inventory", participant=True)
+            t = inventory.transaction()
+            t.put("widget", "8")
+            v = t.commit_two_phase(timeout=CONVERGE)
+            replica.wait_for_version(v, timeout=CONVERGE)
+            assert replica["widget"] == b"8"
+            assert [r["participant"] for r in pub.subscribers() if r["user"] == "dave"] == [
+                True
+            ]
         with subscriber_of(pub, tmp_path / "eve", "carol", "guess") as s:
             with pytest.raises(mcsync.AuthError):
                 s.subscribe("inventory")

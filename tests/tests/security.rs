@@ -16,7 +16,7 @@ use std::time::Duration;
 const DB: &str = "sales";
 
 /// Users: alice (sales, groups emea+na), bob (sales, group apac), carol (orders only),
-/// dave (sales, no groups).
+/// dave (every database, no groups, may be a two-phase participant).
 fn users_file(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("users");
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -26,11 +26,28 @@ fn users_file(dir: &Path) -> std::path::PathBuf {
         "alice-pw",
         Some(&s(&[DB])),
         &s(&["emea", "na"]),
+        false,
     )
     .unwrap();
-    UsersFile::add_user(&path, "bob", "bob-pw", Some(&s(&[DB])), &s(&["apac"])).unwrap();
-    UsersFile::add_user(&path, "carol", "carol-pw", Some(&s(&["orders"])), &[]).unwrap();
-    UsersFile::add_user(&path, "dave", "dave-pw", None, &[]).unwrap();
+    UsersFile::add_user(
+        &path,
+        "bob",
+        "bob-pw",
+        Some(&s(&[DB])),
+        &s(&["apac"]),
+        false,
+    )
+    .unwrap();
+    UsersFile::add_user(
+        &path,
+        "carol",
+        "carol-pw",
+        Some(&s(&["orders"])),
+        &[],
+        false,
+    )
+    .unwrap();
+    UsersFile::add_user(&path, "dave", "dave-pw", None, &[], true).unwrap();
     path
 }
 
@@ -117,6 +134,45 @@ fn repeated_failures_from_one_address_are_rate_limited() {
         .unwrap_err();
     assert!(err.to_string().contains("too many failed logins"), "{err}");
     assert!(p.stats().auth_rate_limited >= 1);
+}
+
+#[test]
+fn only_users_granted_it_become_two_phase_participants() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = secure_publisher(dir.path());
+    let db = p.database(DB).unwrap();
+    db.put("k", "v").unwrap();
+    // alice may read the database but not vote on (or veto) its two-phase updates.
+    let alice = login(dir.path(), &p, "alice", "alice-pw", None);
+    let err = alice
+        .subscribe_participant(DB, None, None)
+        .err()
+        .expect("refused");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(
+        err.to_string()
+            .contains("may not register as a two-phase participant"),
+        "{err}"
+    );
+    // As an ordinary replica she is welcome, and no participant is registered.
+    let sub = alice.subscribe(DB, |_| {}).unwrap();
+    sub.wait_for_version(1, CONVERGE).unwrap();
+    assert!(p.subscribers().iter().all(|r| !r.participant));
+    // A two-phase update therefore commits without waiting for her.
+    let mut t = db.transaction();
+    t.put("k", "w").unwrap();
+    assert_eq!(t.commit_two_phase(Duration::from_secs(30)).unwrap(), 2);
+    // dave's grant allows it.
+    let dave = login(dir.path(), &p, "dave", "dave-pw", None);
+    let dsub = dave.subscribe_participant(DB, None, None).unwrap();
+    dsub.wait_for_version(2, CONVERGE).unwrap();
+    assert_eq!(p.subscribers().iter().filter(|r| r.participant).count(), 1);
+    let mut t = db.transaction();
+    t.put("k", "x").unwrap();
+    assert_eq!(t.commit_two_phase(Duration::from_secs(30)).unwrap(), 3);
+    sub.wait_for_version(3, CONVERGE).unwrap();
+    assert_eq!(sub.get("k").unwrap().as_deref(), Some(&b"x"[..]));
+    assert!(p.stats().auth_failures >= 1);
 }
 
 #[test]

@@ -627,6 +627,25 @@ fn hello(
         ));
     };
     let participant = flags & HELLO_PARTICIPANT != 0;
+    if participant && !grant.participant {
+        inc(&ctx.counters.auth_failures);
+        // A registration that was a participant under an earlier grant votes no more.
+        if let Some(r) = ctx
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&subscriber_id)
+            .filter(|r| r.user == user && r.database == database)
+        {
+            r.participant = false;
+        }
+        return Err(error(
+            ErrorCode::Auth,
+            format!(
+                "user {user:?} may not register as a two-phase participant of database {database:?}"
+            ),
+        ));
+    }
     let record = SubscriberRecord {
         id: subscriber_id,
         user: user.clone(),

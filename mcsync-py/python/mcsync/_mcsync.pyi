@@ -46,7 +46,8 @@ def add_user(
     user: str,
     password: str,
     databases: list[str] | None = None,
-    groups: list[str] | None = None,
+        groups: list[str] | None = None,
+    participant: bool = False,
 ) -> None:
     """Adds a user to a users file (creating the file)."""
 
@@ -88,12 +89,18 @@ class Grant:
     """What an authenticated user may do; returned by an ``authenticator``."""
 
     def __new__(
-        cls, databases: list[str] | None = None, groups: list[str] | None = None
+        cls,
+        databases: list[str] | None = None,
+        groups: list[str] | None = None,
+        participant: bool = False,
     ) -> Grant: ...
     @property
     def databases(self) -> tuple[str, ...] | None: ...
     @property
     def groups(self) -> tuple[str, ...]: ...
+    @property
+    def participant(self) -> bool:
+        """Whether the user may register as a two-phase participant."""
 
 @final
 class Op:
