@@ -144,9 +144,9 @@ typedef struct mcsync_grant mcsync_grant;
 /**
  * A two-phase update every participant has voted PREPARED, awaiting the decision. Created
  * by `mcsync_txn_prepare`; ended (and freed) by exactly one of `mcsync_prepared_commit` or
- * `mcsync_prepared_rollback`. Until then no replica shows it, and every other commit of
- * the publisher (on any database) waits behind it, so decide promptly, and never write to
- * the same publisher from the thread holding it (that write would wait forever). Not
+ * `mcsync_prepared_rollback`. Until then no replica shows it, and every later commit of
+ * its database waits behind it (other databases go on), so decide promptly, and never write
+ * to the same database from the thread holding it (that write would wait forever). Not
  * thread-safe: use it from one thread at a time (it may be handed to another thread).
  */
 typedef struct mcsync_prepared mcsync_prepared;
@@ -1195,7 +1195,7 @@ enum mcsync_status mcsync_txn_commit(struct mcsync_txn *txn, uint64_t *version);
  * Ownership: the transaction is freed in every case, success or failure (as
  * `mcsync_txn_commit`). Errors: `MCSYNC_ERR_REFUSED`, `MCSYNC_ERR_CONFIG` (empty
  * transaction), `MCSYNC_ERR_RANGE` (timeout), `MCSYNC_ERR_CLOSED`, `MCSYNC_ERR_STORAGE`.
- * Blocks until decided and durable; every other commit of the publisher waits meanwhile.
+ * Blocks until decided and durable; later commits of the database wait meanwhile.
  */
 enum mcsync_status mcsync_txn_commit_two_phase(struct mcsync_txn *txn,
                                                uint64_t timeout_ms,
@@ -1206,10 +1206,10 @@ enum mcsync_status mcsync_txn_commit_two_phase(struct mcsync_txn *txn,
  * waits, at most `timeout_ms` milliseconds (0..=3600000), until every participant has
  * voted PREPARED. On success `*out_prepared` receives a new prepared update the caller
  * owns and must end with exactly one of `mcsync_prepared_commit` or
- * `mcsync_prepared_rollback` (see `mcsync_prepared`: every other commit of the publisher
- * waits until then, and `mcsync_publisher_close` and `mcsync_publisher_free` block until
- * then). On a refusal or timeout it is aborted at once and `MCSYNC_ERR_REFUSED` says why,
- * as for `mcsync_txn_commit_two_phase`.
+ * `mcsync_prepared_rollback` (see `mcsync_prepared`: later commits of the database wait
+ * until then; `mcsync_publisher_close` and `mcsync_publisher_free` roll it back). On a
+ * refusal or timeout it is aborted at once and `MCSYNC_ERR_REFUSED` says why, as for
+ * `mcsync_txn_commit_two_phase`.
  *
  * Ownership: the transaction is freed in every case, success or failure, also when
  * `out_prepared` is NULL (`MCSYNC_ERR_NULL`, nothing sent). Errors as

@@ -22,7 +22,7 @@ use crate::wire::update::{
 };
 use crate::{Error, Op, Result, Update};
 use crossbeam_channel as chan;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -761,8 +761,26 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
     }))
 }
 
+/// A two-phase round waiting for its caller's decision.
+struct OpenRound {
+    db: Arc<DbShared>,
+    update: Update,
+    resolve: chan::Receiver<bool>,
+    done: chan::Sender<Result<u64>>,
+}
+
+impl Intake {
+    fn db(&self) -> &Arc<DbShared> {
+        match self {
+            Intake::Commit(r) => &r.db,
+            Intake::Prepare(p) => &p.db,
+        }
+    }
+}
+
 /// Groups whatever commits are queued into one durable LMDB transaction, then hands the
-/// updates to the multicasters in version order and answers the callers.
+/// updates to the multicasters in version order and answers the callers. A two-phase
+/// round holds what comes after it for its own database only, until its caller decides.
 fn intake_loop(
     rx: chan::Receiver<Intake>,
     store: &PublisherStore,
@@ -773,39 +791,92 @@ fn intake_loop(
     let mut next: HashMap<String, u64> = HashMap::new();
     // Two-phase rounds are told apart by their PREPARE's timestamp, kept strictly rising.
     let mut last_round = 0;
-    let mut deferred: Option<Intake> = None;
+    let mut rounds: HashMap<String, OpenRound> = HashMap::new();
+    // What arrived for a database with an open round, in order.
+    let mut held: HashMap<String, VecDeque<Intake>> = HashMap::new();
+    // Taken from the channel (or released by a decision), not yet handled.
+    let mut ready: VecDeque<Intake> = VecDeque::new();
+    let mut open = true;
     loop {
-        let first = match deferred.take() {
-            Some(i) => i,
-            None => match rx.recv() {
-                Ok(i) => i,
-                Err(_) => return,
-            },
-        };
-        let first = match first {
-            Intake::Commit(r) => r,
-            Intake::Prepare(p) => {
-                two_phase_round(p, (&mut next, &mut last_round), store, ctx, stop);
-                continue;
+        // Decisions first: a decided round releases what waited behind it. Closing the
+        // publisher rolls back every undecided round.
+        let decided: Vec<(String, bool)> = rounds
+            .iter()
+            .filter_map(|(name, r)| match r.resolve.try_recv() {
+                Ok(commit) => Some((name.clone(), commit)),
+                Err(chan::TryRecvError::Disconnected) => Some((name.clone(), false)),
+                Err(chan::TryRecvError::Empty) => stop.is_stopped().then(|| (name.clone(), false)),
+            })
+            .collect();
+        for (name, commit) in decided {
+            if let Some(r) = rounds.remove(&name) {
+                finish_round(r, commit, &mut next, store, ctx);
             }
-        };
-        let mut batch = vec![first];
+            for i in held.remove(&name).into_iter().flatten().rev() {
+                ready.push_front(i);
+            }
+        }
+        if ready.is_empty() {
+            if !open && rounds.is_empty() {
+                return;
+            }
+            // Wait for intake or a decision.
+            let mut sel = chan::Select::new();
+            if open {
+                sel.recv(&rx);
+            }
+            for r in rounds.values() {
+                sel.recv(&r.resolve);
+            }
+            let _ = sel.ready_timeout(Duration::from_millis(100));
+            if open {
+                match rx.try_recv() {
+                    Ok(i) => ready.push_back(i),
+                    Err(chan::TryRecvError::Disconnected) => open = false,
+                    Err(chan::TryRecvError::Empty) => {}
+                }
+            }
+            continue;
+        }
+        let mut batch = Vec::new();
         let mut bytes = 0;
         while batch.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
-            match rx.try_recv() {
-                Ok(Intake::Commit(r)) => {
+            let item = match ready.pop_front() {
+                Some(i) => i,
+                None if open => match rx.try_recv() {
+                    Ok(i) => i,
+                    Err(chan::TryRecvError::Empty) => break,
+                    Err(chan::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                },
+                None => break,
+            };
+            let name = &item.db().name;
+            if rounds.contains_key(name) {
+                held.entry(name.clone()).or_default().push_back(item);
+                continue;
+            }
+            match item {
+                Intake::Commit(r) => {
                     bytes += update_encoded_len(&r.ops);
                     batch.push(r);
                 }
-                Ok(prepare) => {
-                    // A two-phase update waits for the commits queued before it.
-                    deferred = Some(prepare);
+                // A two-phase update waits for the commits queued before it.
+                Intake::Prepare(p) if !batch.is_empty() => {
+                    ready.push_front(Intake::Prepare(p));
                     break;
                 }
-                Err(_) => break,
+                Intake::Prepare(p) => {
+                    let round = begin_round(p, (&mut next, &mut last_round), ctx);
+                    rounds.insert(round.db.name.clone(), round);
+                }
             }
         }
-        commit_batch(batch, &mut next, store, c);
+        if !batch.is_empty() {
+            commit_batch(batch, &mut next, store, c);
+        }
     }
 }
 
@@ -890,17 +961,14 @@ fn commit_batch(
     }
 }
 
-/// One two-phase update: multicast PREPARE at the next version, hand the caller a ticket,
-/// and hold every later commit until the caller resolves it (COMMIT journals the version
-/// and multicasts the decision; ABORT multicasts the decision and gives the version back).
-fn two_phase_round(
+/// Starts a two-phase update: multicast PREPARE at the next version and hand the caller a
+/// ticket. The intake then holds every later commit of the database until the caller
+/// decides ([`finish_round`]).
+fn begin_round(
     p: PrepareRequest,
     (next, last_round): (&mut HashMap<String, u64>, &mut u64),
-    store: &PublisherStore,
     ctx: &ServerContext,
-    stop: &StopFlag,
-) {
-    let c = &*ctx.counters;
+) -> OpenRound {
     let db = p.db;
     let v = next_version(next, &db);
     *last_round = wall_clock_us().max(*last_round + 1);
@@ -922,7 +990,7 @@ fn two_phase_round(
     let mut prepare = Vec::new();
     encode_record(RecordKind::Prepare, &u, &mut prepare);
     send_mcast(&db, McastCmd::Control(Arc::new(prepare)));
-    inc(&c.two_phase_prepared);
+    inc(&ctx.counters.two_phase_prepared);
     let (resolve_tx, resolve_rx) = chan::bounded(1);
     let (done_tx, done_rx) = chan::bounded(1);
     let ticket = PreparedTicket {
@@ -930,18 +998,33 @@ fn two_phase_round(
         resolve: resolve_tx,
         done: done_rx,
     };
-    if p.reply.send(Ok(ticket)).is_err() {
-        // The caller went away before learning its version: roll back.
+    // A caller that went away drops the ticket, which rolls the update back.
+    let _ = p.reply.send(Ok(ticket));
+    OpenRound {
+        db,
+        update: u,
+        resolve: resolve_rx,
+        done: done_tx,
     }
-    // Closing the publisher rolls back an unresolved two-phase update.
-    let wants_commit = loop {
-        match resolve_rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(commit) => break commit,
-            Err(chan::RecvTimeoutError::Disconnected) => break false,
-            Err(chan::RecvTimeoutError::Timeout) if stop.is_stopped() => break false,
-            Err(chan::RecvTimeoutError::Timeout) => {}
-        }
-    };
+}
+
+/// Ends a two-phase update as its caller decided: COMMIT journals the version and
+/// multicasts the decision; ABORT multicasts the decision and gives the version back.
+fn finish_round(
+    round: OpenRound,
+    wants_commit: bool,
+    next: &mut HashMap<String, u64>,
+    store: &PublisherStore,
+    ctx: &ServerContext,
+) {
+    let c = &*ctx.counters;
+    let OpenRound {
+        db,
+        update: u,
+        done,
+        ..
+    } = round;
+    let v = u.version;
     let outcome = if wants_commit {
         let enc = update_to_vec(&u);
         let entry = JournalEntry {
@@ -990,7 +1073,7 @@ fn two_phase_round(
             encoded: Arc::new(enc),
         },
     );
-    let _ = done_tx.send(outcome);
+    let _ = done.send(outcome);
 }
 
 impl Database {
@@ -1179,8 +1262,8 @@ impl Transaction {
 }
 
 /// A two-phase update every participant has PREPARED: commit or roll it back. Until then
-/// no replica shows it, and later commits of the publisher wait behind it. Dropping it
-/// rolls it back.
+/// no replica shows it, and later commits of its database wait behind it (other databases
+/// go on). Dropping it rolls it back.
 pub struct Prepared {
     database: String,
     ticket: Option<PreparedTicket>,

@@ -925,7 +925,7 @@ fn state_text(state: &PrepState) -> &'static str {
 
 /// A two-phase update every participant has voted PREPARED for, returned by
 /// ``Transaction.prepare()``: ``commit()`` or ``rollback()`` it. Until then no replica
-/// shows it and every other commit of the publisher waits behind it.
+/// shows it and every later commit of its database waits behind it.
 ///
 /// ``with t.prepare() as p:`` commits when the block ends normally and rolls back when it
 /// raises. Dropping an unresolved ``Prepared``, or closing the publisher, rolls it back.

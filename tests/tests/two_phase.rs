@@ -248,3 +248,48 @@ fn compacted_catch_up_equals_step_by_step_with_fewer_bytes() {
         "the callback saw the compacted changes, not every step"
     );
 }
+
+#[test]
+fn a_held_prepared_update_holds_only_its_own_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Arc::new(Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap());
+    let ledger = p.database(DB).unwrap();
+    let other = p.database("other").unwrap();
+    ledger.put("a", "1").unwrap();
+    let mut t = ledger.transaction();
+    t.put("a", "2").unwrap();
+    let prepared = t.prepare(Duration::from_secs(30)).unwrap();
+    assert_eq!(prepared.version(), 2);
+    // Another database commits at once, in several groups.
+    for i in 0..50u32 {
+        assert_eq!(other.put(format!("k{i}"), "v").unwrap(), u64::from(i) + 1);
+    }
+    // A commit of the same database waits behind the prepared update...
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p2 = p.clone();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(p2.database(DB).unwrap().put("b", "3"));
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    // ...and takes the next version once it is committed.
+    assert_eq!(prepared.commit().unwrap(), 2);
+    assert_eq!(rx.recv_timeout(CONVERGE).unwrap().unwrap(), 3);
+    waiter.join().unwrap();
+    // The same after a rollback: the waiting commit takes the version given back.
+    let mut t = ledger.transaction();
+    t.put("c", "4").unwrap();
+    let prepared = t.prepare(Duration::from_secs(30)).unwrap();
+    assert_eq!(prepared.version(), 4);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p2 = p.clone();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(p2.database(DB).unwrap().put("d", "5"));
+    });
+    assert_eq!(other.put("x", "y").unwrap(), 51);
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    prepared.rollback().unwrap();
+    assert_eq!(rx.recv_timeout(CONVERGE).unwrap().unwrap(), 4);
+    waiter.join().unwrap();
+    assert_eq!(ledger.get("c").unwrap(), None);
+    assert_eq!(ledger.get("d").unwrap().as_deref(), Some(&b"5"[..]));
+}
