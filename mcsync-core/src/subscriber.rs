@@ -863,9 +863,15 @@ impl Process {
                     // Not taken: the round is over (its decision did not reach us) or
                     // superseded. Ask what became of it.
                     log::debug!("{name}: vote on version {version} not taken: {e}");
-                    let state = client.outcome(version, round)?;
-                    if let Route::CatchUp(v) = self.two_phase.on_outcome(version, round, state) {
-                        self.receiver.on_heartbeat(Instant::now(), v);
+                    match client.outcome(version, round) {
+                        Ok(state) => {
+                            let route = self.two_phase.on_outcome(version, round, state);
+                            if let Route::CatchUp(v) = route {
+                                self.receiver.on_heartbeat(Instant::now(), v);
+                            }
+                        }
+                        // Asked again after the next vote.
+                        Err(e) => log::debug!("{name}: outcome of version {version}: {e}"),
                     }
                 }
                 Err(e) => log::warn!("{name}: vote on version {version}: {e}"),

@@ -293,3 +293,48 @@ fn a_held_prepared_update_holds_only_its_own_database() {
     assert_eq!(ledger.get("c").unwrap(), None);
     assert_eq!(ledger.get("d").unwrap().as_deref(), Some(&b"5"[..]));
 }
+
+#[test]
+fn a_late_vote_never_counts_for_the_round_that_reuses_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    db.put("a", "1").unwrap();
+    // The first vote takes longer than the caller waits, the second a little while; each
+    // is recorded when it is decided.
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let c2 = calls.clone();
+    let slow_once: mcsync::VoteCallback = Box::new(move |u| {
+        let first = c2.lock().unwrap().is_empty();
+        std::thread::sleep(Duration::from_millis(if first { 1500 } else { 300 }));
+        c2.lock().unwrap().push(u.ops[0].value.clone());
+        Ok(())
+    });
+    let slow = participant(dir.path(), &p, "slow", None, Some(slow_once));
+    let quick = participant(dir.path(), &p, "quick", None, None);
+    wait_participants(&p, 2);
+    let mut t = db.transaction();
+    t.put("k", "first").unwrap();
+    let err = t.commit_two_phase(Duration::from_millis(300)).unwrap_err();
+    assert!(
+        err.to_string().contains("no answer in time from slow"),
+        "{err}"
+    );
+    // Version 2 again, while the slow participant is still deciding on the first round:
+    // its late PREPARED (for the aborted round) must not count for this one.
+    let mut t = db.transaction();
+    t.put("k", "second").unwrap();
+    assert_eq!(t.commit_two_phase(Duration::from_secs(20)).unwrap(), 2);
+    // Committed only after the slow participant checked the second round's update.
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![b"first".to_vec(), b"second".to_vec()]
+    );
+    for x in [&slow, &quick] {
+        x.sub.wait_for_version(2, CONVERGE).unwrap();
+        assert_eq!(x.sub.get("k").unwrap().as_deref(), Some(&b"second"[..]));
+    }
+    // Its vote for the first round was not taken; the one for the second was.
+    assert_eq!(slow.sub.stats().votes_prepared, 1);
+    assert_eq!(*slow.seen.lock().unwrap(), vec![1, 2]);
+}
