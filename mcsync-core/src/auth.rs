@@ -84,6 +84,12 @@ impl Grant {
     }
 }
 
+/// Whether a record restricted to `record_groups` (none: everyone) is visible to a holder of
+/// `mine`.
+pub(crate) fn visible(record_groups: &[String], mine: &[String]) -> bool {
+    record_groups.is_empty() || record_groups.iter().any(|g| mine.contains(g))
+}
+
 /// Decides who may subscribe. Called on every registration and every repair session, from
 /// the publisher's connection threads (so it must be thread-safe).
 pub trait Authenticator: Send + Sync {

@@ -4,6 +4,7 @@
 //! → channel) and one process thread (chain assembly → version order → one LMDB
 //! transaction per group of whole master transactions → callbacks → repair).
 
+use crate::auth::visible;
 use crate::config::SubscriberConfig;
 use crate::crypto::Keyring;
 use crate::net::receive::{self, Inbound, ReceiveParts};
@@ -87,11 +88,6 @@ fn filter_updates(
         });
     }
     shown
-}
-
-/// Whether a record restricted to `op_groups` is visible to a holder of `mine`.
-fn visible(op_groups: &[String], mine: &[String]) -> bool {
-    op_groups.is_empty() || op_groups.iter().any(|g| mine.contains(g))
 }
 
 struct SubShared {

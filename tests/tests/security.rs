@@ -137,6 +137,37 @@ fn repeated_failures_from_one_address_are_rate_limited() {
 }
 
 #[test]
+fn a_resync_fetch_withholds_records_restricted_after_its_snapshot() {
+    use mcsync::proto::resync::key_hash;
+    let dir = tempfile::tempdir().unwrap();
+    let p = secure_publisher(dir.path());
+    let db = p.database(DB).unwrap();
+    db.put("open", "everyone").unwrap();
+    db.put("later-secret", "readable for now").unwrap();
+    // bob (group apac) snapshots while both records are open to him...
+    let mut c = repair_client(&p, DB, "bob", "bob-pw");
+    c.hello().unwrap();
+    let (version, root) = c.resync_begin().unwrap();
+    assert_eq!((version, root.count), (2, 2));
+    // ...then one is restricted to a group he does not hold.
+    let mut t = db.transaction();
+    t.put_with_groups("later-secret", "for emea only", &["emea"])
+        .unwrap();
+    t.commit().unwrap();
+    let mut got = Vec::new();
+    let missing = c
+        .fetch(&[key_hash(b"open"), key_hash(b"later-secret")], |k, v| {
+            got.push((k, v))
+        })
+        .unwrap();
+    assert_eq!(got, vec![(b"open".to_vec(), b"everyone".to_vec())]);
+    assert_eq!(
+        missing, 1,
+        "reported absent, so his replica deletes its copy"
+    );
+}
+
+#[test]
 fn only_users_granted_it_become_two_phase_participants() {
     let dir = tempfile::tempdir().unwrap();
     let p = secure_publisher(dir.path());

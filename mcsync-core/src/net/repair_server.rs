@@ -11,7 +11,7 @@ use super::frame::{read_message, write_message};
 use super::tls::{ServerTls, Stream};
 use super::two_phase::Coordinator;
 use super::StopFlag;
-use crate::auth::{Authenticator, FailureLimiter, Grant, Secret};
+use crate::auth::{visible, Authenticator, FailureLimiter, Grant, Secret};
 use crate::crypto::Key;
 use crate::proto::resync::{child_digests, key_hash, HashIndex, Range};
 use crate::stats::{add, inc, PublisherCounters};
@@ -705,8 +705,7 @@ fn resync_begin(ctx: &ServerContext, s: &mut Session) -> std::result::Result<Mes
     let mut keys = HashMap::with_capacity(records.len());
     let mut entries = Vec::with_capacity(records.len());
     for r in records {
-        let visible = r.groups.is_empty() || r.groups.iter().any(|g| s.groups.contains(g));
-        if visible {
+        if visible(&r.groups, &s.groups) {
             let kh = key_hash(&r.key);
             entries.push((kh, r.hash));
             keys.insert(kh, r.key);
@@ -751,12 +750,14 @@ fn fetch(
         .filter_map(|kh| r.keys.get(kh).cloned())
         .collect();
     let mut missing = (key_hashes.len() - keys.len()) as u64;
-    let values = ctx
+    let records = ctx
         .store
         .get_many(s.db.tables(), &keys)
         .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
-    for (key, value) in keys.into_iter().zip(values) {
-        let Some(value) = value else {
+    for (key, record) in keys.into_iter().zip(records) {
+        // Deleted since the snapshot, or restricted since to groups this user does not
+        // hold: absent for this replica (it deletes its copy).
+        let Some((value, _)) = record.filter(|(_, groups)| visible(groups, &s.groups)) else {
             missing += 1;
             continue;
         };

@@ -8,6 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+/// A record's value and its access groups (empty: visible to everyone).
+pub type GroupedValue = (Vec<u8>, Vec<String>);
+
 /// LMDB tables of one published database.
 #[derive(Debug, Clone, Copy)]
 pub struct DbTables {
@@ -309,14 +312,27 @@ impl PublisherStore {
         })
     }
 
-    /// Current values of `keys` (`None` where absent), read in one transaction.
-    pub fn get_many(&self, tables: DbTables, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    /// Current values of `keys` with their access groups (`None` where absent), read in one
+    /// transaction.
+    pub fn get_many(
+        &self,
+        tables: DbTables,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<GroupedValue>>> {
         self.env.read(|txn| {
             keys.iter()
-                .map(|k| match txn.get(tables.records.data, k) {
-                    Ok(v) => Ok(Some(v.to_vec())),
-                    Err(lmdb::Error::NotFound) => Ok(None),
-                    Err(e) => Err(e),
+                .map(|k| {
+                    let value = match txn.get(tables.records.data, k) {
+                        Ok(v) => v.to_vec(),
+                        Err(lmdb::Error::NotFound) => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    let groups = match tables.records.acl.map(|acl| txn.get(acl, k)) {
+                        Some(Ok(g)) => decode_groups(g),
+                        None | Some(Err(lmdb::Error::NotFound)) => Vec::new(),
+                        Some(Err(e)) => return Err(e),
+                    };
+                    Ok(Some((value, groups)))
                 })
                 .collect()
         })
