@@ -14,9 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mcsync::net::wall_clock_us;
 use mcsync::wire::update::update_to_vec;
 use mcsync::{
-    Authentication, Database, LossConfig, MulticastConfig, Op, Publisher, PublisherConfig,
-    PublisherStats, ServerTrust, Subscriber, SubscriberConfig, Subscription, SubscriptionStats,
-    Update,
+    Authentication, Database, Durability, LossConfig, MulticastConfig, Op, Publisher,
+    PublisherConfig, PublisherStats, ServerTrust, Subscriber, SubscriberConfig, Subscription,
+    SubscriptionStats, Update,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -107,6 +107,28 @@ pub struct BenchArgs {
     /// Seed of the values and of the loss generators.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// When the publisher's commits return: `sync` (journaled durably, the library's
+    /// default) or `async` (version assigned; a journal writer group-commits behind).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
+    durability: DurabilityArg,
+}
+
+/// `--durability` values.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum DurabilityArg {
+    /// `Durability::Sync`.
+    Sync,
+    /// `Durability::Async`.
+    Async,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Durability {
+        match d {
+            DurabilityArg::Sync => Durability::Sync,
+            DurabilityArg::Async => Durability::Async,
+        }
+    }
 }
 
 /// A section of the bench.
@@ -365,6 +387,7 @@ struct Ctx {
     max_pps: Option<u64>,
     publishers: usize,
     seed: u64,
+    durability: Durability,
     bar: ProgressBar,
 }
 
@@ -410,6 +433,7 @@ impl Cluster {
         pc.multicast.port = ep.port();
         pc.multicast.port_count = 1;
         pc.multicast.datagram_bytes = ctx.datagram_bytes;
+        pc.durability = ctx.durability;
         if let Some(r) = ctx.max_pps {
             pc.multicast.max_packets_per_sec = r;
         }
@@ -1428,6 +1452,7 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         max_pps: a.max_packets_per_sec,
         publishers: a.publishers,
         seed: a.seed,
+        durability: a.durability.into(),
         bar: bar.clone(),
     };
     let t0 = Instant::now();
@@ -1446,7 +1471,11 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
             max_bundle_bytes: defaults.max_bundle_bytes,
             heartbeat_initial_us: defaults.heartbeat_initial.as_micros() as u64,
             encryption: "AES-256-GCM on every packet; TLS 1.3 repair channel".into(),
-            journal: "durable (each commit returns after the journal's LMDB fsync; concurrent commits share one)".into(),
+            journal: match a.durability {
+                DurabilityArg::Sync => "sync: each commit returns after the journal's LMDB fsync; concurrent commits share one",
+                DurabilityArg::Async => "async: each commit returns once its version is assigned; a journal writer group-commits (fsync) behind it, at most 8,192 updates behind",
+            }
+            .into(),
             value_content: "random bytes (incompressible), a distinct key per update".into(),
             data_dir: data_root.display().to_string(),
         },

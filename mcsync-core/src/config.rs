@@ -192,6 +192,27 @@ impl Default for MulticastConfig {
     }
 }
 
+/// When a commit returns to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Once the update is journaled durably (LMDB commit with fsync; concurrent commits
+    /// share one). The default: a version a caller was given survives a crash.
+    #[default]
+    Sync,
+    /// Once its version is assigned. A journal writer thread group-commits right behind
+    /// (at most [`ASYNC_MAX_PENDING`] updates wait for it; past that, commits wait for
+    /// room), then multicasts. Far faster for a caller that commits one
+    /// update at a time, e.g. from a host's update hook. A crash, or a journal failure, can
+    /// lose the updates not yet journaled; they were never multicast, so no replica has
+    /// them. Reads of the master state (`Database::get`) see an update once it is
+    /// journaled; [`Publisher::flush`](crate::Publisher::flush) waits for that.
+    Async,
+}
+
+/// Most acknowledged updates waiting for the journal writer with [`Durability::Async`]:
+/// what a crash can lose.
+pub const ASYNC_MAX_PENDING: usize = 8192;
+
 /// Everything [`Publisher::open`](crate::Publisher::open) needs.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -220,6 +241,8 @@ pub struct PublisherConfig {
     pub max_update_bytes: usize,
     /// Initial LMDB map size; the map grows when full.
     pub map_size: usize,
+    /// When commits return (default [`Durability::Sync`]).
+    pub durability: Durability,
 }
 
 impl PublisherConfig {
@@ -239,6 +262,7 @@ impl PublisherConfig {
             multicast: MulticastConfig::default(),
             max_update_bytes: DEFAULT_MAX_UPDATE_BYTES,
             map_size: 256 << 20,
+            durability: Durability::Sync,
         }
     }
 

@@ -71,8 +71,8 @@ pub mod wire;
 
 pub use auth::{Authenticator, Grant, Secret};
 pub use config::{
-    Authentication, LossConfig, MulticastConfig, PublisherConfig, Retention, Schedule,
-    SubscriberConfig,
+    Authentication, Durability, LossConfig, MulticastConfig, PublisherConfig, Retention, Schedule,
+    SubscriberConfig, ASYNC_MAX_PENDING,
 };
 pub use crypto::Key;
 pub use error::{Error, ErrorKind, Result};

@@ -5,7 +5,7 @@
 //! multicaster thread per database sends; the repair server answers catch-up requests.
 
 use crate::auth::{Authenticator, FailureLimiter, Grant, UsersFile};
-use crate::config::{Authentication, PublisherConfig, Schedule};
+use crate::config::{Authentication, Durability, PublisherConfig, Schedule, ASYNC_MAX_PENDING};
 use crate::crypto::{Key, Keyring};
 use crate::net::multicaster::{self, McastCmd, MulticasterParts, Outgoing};
 use crate::net::repair_server::{PublishedDatabase, RepairServer, ServerContext, SubscriberRecord};
@@ -25,7 +25,7 @@ use crossbeam_channel as chan;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,8 @@ struct PreparedTicket {
 enum Intake {
     Commit(CommitRequest),
     Prepare(PrepareRequest),
+    /// Answer once every commit answered before is journaled.
+    Flush(chan::Sender<Result<()>>),
 }
 
 struct DbShared {
@@ -222,9 +224,13 @@ impl Publisher {
         let (tx, rx) = chan::bounded(INTAKE_QUEUE);
         let stop = StopFlag::default();
         let (s2, x2, f2) = (store.clone(), server_ctx.clone(), stop.clone());
+        let writer = match config.durability {
+            Durability::Sync => None,
+            Durability::Async => Some(JournalWriter::start(store.clone(), counters.clone())?),
+        };
         let intake = std::thread::Builder::new()
             .name("mcsync-intake".into())
-            .spawn(move || intake_loop(rx, &s2, &x2, &f2))
+            .spawn(move || intake_loop(rx, &s2, &x2, &f2, writer))
             .map_err(|e| Error::io("spawning intake thread", e))?;
         let publisher = Publisher {
             inner: Arc::new(Inner {
@@ -374,6 +380,24 @@ impl Publisher {
     /// A snapshot of the publisher's counters.
     pub fn stats(&self) -> PublisherStats {
         self.inner.counters.snapshot()
+    }
+
+    /// Waits until every commit that has returned is journaled durably (and handed to
+    /// multicast). With [`Durability::Sync`] that is already so; with
+    /// [`Durability::Async`] it waits for the journal writer, and fails with `Storage` if
+    /// a journal commit failed (the updates it held are lost).
+    pub fn flush(&self) -> Result<()> {
+        let tx = self
+            .inner
+            .intake_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(publisher_closed)?;
+        let (reply, rx) = chan::bounded(1);
+        tx.send(Intake::Flush(reply))
+            .map_err(|_| publisher_closed())?;
+        rx.recv().map_err(|_| publisher_closed())?
     }
 
     /// Stops accepting commits, finishes those in progress, sends everything queued, stops
@@ -770,10 +794,11 @@ struct OpenRound {
 }
 
 impl Intake {
-    fn db(&self) -> &Arc<DbShared> {
+    fn db(&self) -> Option<&Arc<DbShared>> {
         match self {
-            Intake::Commit(r) => &r.db,
-            Intake::Prepare(p) => &p.db,
+            Intake::Commit(r) => Some(&r.db),
+            Intake::Prepare(p) => Some(&p.db),
+            Intake::Flush(_) => None,
         }
     }
 }
@@ -786,6 +811,7 @@ fn intake_loop(
     store: &PublisherStore,
     ctx: &ServerContext,
     stop: &StopFlag,
+    writer: Option<JournalWriter>,
 ) {
     let c = &*ctx.counters;
     let mut next: HashMap<String, u64> = HashMap::new();
@@ -853,9 +879,8 @@ fn intake_loop(
                 },
                 None => break,
             };
-            let name = &item.db().name;
-            if rounds.contains_key(name) {
-                held.entry(name.clone()).or_default().push_back(item);
+            if let Some(db) = item.db().filter(|db| rounds.contains_key(&db.name)) {
+                held.entry(db.name.clone()).or_default().push_back(item);
                 continue;
             }
             match item {
@@ -863,19 +888,26 @@ fn intake_loop(
                     bytes += update_encoded_len(&r.ops);
                     batch.push(r);
                 }
-                // A two-phase update waits for the commits queued before it.
-                Intake::Prepare(p) if !batch.is_empty() => {
-                    ready.push_front(Intake::Prepare(p));
+                // A two-phase update or a flush waits for the commits taken before it.
+                i @ (Intake::Prepare(_) | Intake::Flush(_)) if !batch.is_empty() => {
+                    ready.push_front(i);
                     break;
                 }
                 Intake::Prepare(p) => {
+                    // Its PREPARE follows the versions before it onto the wire.
+                    if let Some(w) = &writer {
+                        let _ = w.flush();
+                    }
                     let round = begin_round(p, (&mut next, &mut last_round), ctx);
                     rounds.insert(round.db.name.clone(), round);
+                }
+                Intake::Flush(reply) => {
+                    let _ = reply.send(writer.as_ref().map_or(Ok(()), JournalWriter::flush));
                 }
             }
         }
         if !batch.is_empty() {
-            commit_batch(batch, &mut next, store, c);
+            commit_batch(batch, &mut next, store, c, writer.as_ref());
         }
     }
 }
@@ -894,57 +926,99 @@ fn send_mcast(db: &DbShared, cmd: McastCmd) {
     }
 }
 
-/// Journals a group of one-phase commits in one durable transaction, then hands them to
-/// the multicasters in version order and answers the callers.
+/// An update with its version assigned, ready to journal.
+struct Staged {
+    db: Arc<DbShared>,
+    update: Update,
+    encoded: Arc<Vec<u8>>,
+}
+
+/// Assigns the next versions to a group of one-phase commits.
+fn stage(batch: &mut [CommitRequest], next: &mut HashMap<String, u64>) -> Vec<Staged> {
+    let ts = wall_clock_us();
+    batch
+        .iter_mut()
+        .map(|r| {
+            let v = next_version(next, &r.db);
+            next.insert(r.db.name.clone(), v);
+            let update = Update {
+                version: v,
+                timestamp_us: ts,
+                ops: std::mem::take(&mut r.ops),
+            };
+            let encoded = Arc::new(update_to_vec(&update));
+            Staged {
+                db: r.db.clone(),
+                update,
+                encoded,
+            }
+        })
+        .collect()
+}
+
+/// Journals staged updates in one durable LMDB transaction, then marks them committed and
+/// hands them to the multicasters in version order.
+fn journal(staged: &[Staged], store: &PublisherStore, c: &PublisherCounters) -> Result<()> {
+    let entries: Vec<JournalEntry<'_>> = staged
+        .iter()
+        .map(|s| JournalEntry {
+            name: &s.db.name,
+            tables: s.db.tables,
+            update: &s.update,
+            encoded: &s.encoded,
+        })
+        .collect();
+    store.append(&entries)?;
+    inc(&c.journal_commits);
+    add(&c.updates_committed, staged.len() as u64);
+    let enc_bytes: usize = staged.iter().map(|s| s.encoded.len()).sum();
+    add(&c.bytes_committed, enc_bytes as u64);
+    for s in staged {
+        s.db.committed.store(s.update.version, Ordering::SeqCst);
+        send_mcast(
+            &s.db,
+            McastCmd::Update(Outgoing {
+                version: s.update.version,
+                encoded: s.encoded.clone(),
+            }),
+        );
+    }
+    Ok(())
+}
+
+/// Commits a group of one-phase commits: with `Durability::Sync` journals them and then
+/// answers the callers; with an async `writer`, answers at once and hands them to it.
 fn commit_batch(
     mut batch: Vec<CommitRequest>,
     next: &mut HashMap<String, u64>,
     store: &PublisherStore,
     c: &PublisherCounters,
+    writer: Option<&JournalWriter>,
 ) {
-    let ts = wall_clock_us();
-    let staged: Vec<(Update, Arc<Vec<u8>>)> = batch
-        .iter_mut()
-        .map(|r| {
-            let v = next_version(next, &r.db);
-            next.insert(r.db.name.clone(), v);
-            let u = Update {
-                version: v,
-                timestamp_us: ts,
-                ops: std::mem::take(&mut r.ops),
-            };
-            let enc = Arc::new(update_to_vec(&u));
-            (u, enc)
-        })
-        .collect();
-    let entries: Vec<JournalEntry<'_>> = batch
-        .iter()
-        .zip(&staged)
-        .map(|(r, (u, enc))| JournalEntry {
-            name: &r.db.name,
-            tables: r.db.tables,
-            update: u,
-            encoded: enc,
-        })
-        .collect();
-    let result = store.append(&entries);
-    drop(entries);
+    if let Some(why) = writer.and_then(JournalWriter::failure) {
+        add(&c.commits_refused, batch.len() as u64);
+        for r in batch {
+            let _ = r.reply.send(Err(Error::Storage(format!(
+                "the publisher takes no more commits after a journal failure: {why}"
+            ))));
+        }
+        return;
+    }
+    let staged = stage(&mut batch, next);
+    let result = match writer {
+        Some(w) => {
+            for (r, s) in batch.iter().zip(&staged) {
+                let _ = r.reply.send(Ok(s.update.version));
+            }
+            w.journal(staged);
+            return;
+        }
+        None => journal(&staged, store, c),
+    };
     match result {
         Ok(()) => {
-            inc(&c.journal_commits);
-            add(&c.updates_committed, batch.len() as u64);
-            let enc_bytes: usize = staged.iter().map(|(_, e)| e.len()).sum();
-            add(&c.bytes_committed, enc_bytes as u64);
-            for (r, (u, enc)) in batch.into_iter().zip(staged) {
-                r.db.committed.store(u.version, Ordering::SeqCst);
-                send_mcast(
-                    &r.db,
-                    McastCmd::Update(Outgoing {
-                        version: u.version,
-                        encoded: enc,
-                    }),
-                );
-                let _ = r.reply.send(Ok(u.version));
+            for (r, s) in batch.into_iter().zip(staged) {
+                let _ = r.reply.send(Ok(s.update.version));
             }
         }
         Err(e) => {
@@ -958,6 +1032,138 @@ fn commit_batch(
                 ))));
             }
         }
+    }
+}
+
+/// What the journal writer takes, in order.
+enum WriterMsg {
+    Journal(Vec<Staged>),
+    /// Answer once everything before is journaled.
+    Flush(chan::Sender<Result<()>>),
+}
+
+/// The journal writer of `Durability::Async`: a thread that group-commits what the intake
+/// staged, then multicasts it. After a journal failure it journals nothing more, and every
+/// later commit fails with the failure.
+struct JournalWriter {
+    tx: Option<chan::Sender<WriterMsg>>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<WriterShared>,
+}
+
+/// What the intake and the writer thread share.
+#[derive(Default)]
+struct WriterShared {
+    /// The journal failure that stopped the writer.
+    failed: Mutex<Option<String>>,
+    /// Updates handed over and not yet journaled.
+    pending: Mutex<usize>,
+    drained: Condvar,
+}
+
+impl JournalWriter {
+    fn start(store: Arc<PublisherStore>, counters: Arc<PublisherCounters>) -> Result<Self> {
+        let (tx, rx) = chan::unbounded();
+        let shared = Arc::new(WriterShared::default());
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("mcsync-journal".into())
+            .spawn(move || writer_loop(rx, &store, &counters, &s2))
+            .map_err(|e| Error::io("spawning journal writer", e))?;
+        Ok(JournalWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+            shared,
+        })
+    }
+
+    /// The journal failure that stopped the writer, if any.
+    fn failure(&self) -> Option<String> {
+        lock(&self.shared.failed).clone()
+    }
+
+    /// Hands over staged updates; waits while [`ASYNC_MAX_PENDING`] are not yet journaled.
+    fn journal(&self, staged: Vec<Staged>) {
+        let mut pending = lock(&self.shared.pending);
+        while *pending >= ASYNC_MAX_PENDING {
+            pending = self
+                .shared
+                .drained
+                .wait(pending)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *pending += staged.len();
+        drop(pending);
+        self.send(WriterMsg::Journal(staged));
+    }
+
+    fn send(&self, msg: WriterMsg) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Waits until everything handed over before is journaled.
+    fn flush(&self) -> Result<()> {
+        let (tx, rx) = chan::bounded(1);
+        self.send(WriterMsg::Flush(tx));
+        rx.recv().map_err(|_| publisher_closed())?
+    }
+}
+
+impl Drop for JournalWriter {
+    /// Journals what is still queued, then stops the thread.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn writer_loop(
+    rx: chan::Receiver<WriterMsg>,
+    store: &PublisherStore,
+    c: &PublisherCounters,
+    shared: &WriterShared,
+) {
+    while let Ok(first) = rx.recv() {
+        // Everything waiting goes into one transaction.
+        let mut group = Vec::new();
+        let mut flushes = Vec::new();
+        for msg in std::iter::once(first).chain(rx.try_iter()) {
+            match msg {
+                WriterMsg::Journal(staged) => group.extend(staged),
+                WriterMsg::Flush(reply) => flushes.push(reply),
+            }
+        }
+        let mut failure = lock(&shared.failed);
+        if failure.is_some() {
+            add(&c.commits_lost, group.len() as u64);
+        } else if !group.is_empty() {
+            if let Err(e) = journal(&group, store, c) {
+                log::error!(
+                    "journal commit of {} acknowledged updates failed; they are lost, and the \
+                     publisher takes no more commits: {e}",
+                    group.len()
+                );
+                add(&c.commits_lost, group.len() as u64);
+                *failure = Some(e.to_string());
+            }
+        }
+        for reply in flushes {
+            let _ = reply.send(match &*failure {
+                None => Ok(()),
+                Some(why) => Err(Error::Storage(format!("journal commit failed: {why}"))),
+            });
+        }
+        drop(failure);
+        *lock(&shared.pending) -= group.len();
+        shared.drained.notify_all();
     }
 }
 

@@ -56,6 +56,8 @@ counters!(
         journal_commits,
         /// Commits refused (too large, invalid, storage failure).
         commits_refused,
+        /// Updates acknowledged with `Durability::Async` that a journal failure lost.
+        commits_lost,
         /// Multicast datagrams sent (data and heartbeats).
         packets_sent,
         /// Bytes of multicast datagrams sent (UDP payload).
