@@ -69,10 +69,10 @@ fn close_journals_what_was_acknowledged_and_two_phase_follows_the_queue() {
     let mut t = db.transaction();
     t.put("k1", "two-phase").unwrap();
     assert_eq!(t.commit_two_phase(Duration::from_secs(30)).unwrap(), 501);
-    let last = (0..500u64)
-        .map(|i| db.put(format!("after{i}"), "x").unwrap())
-        .last()
-        .unwrap();
+    let mut last = 0;
+    for i in 0..500u64 {
+        last = db.put(format!("after{i}"), "x").unwrap();
+    }
     assert_eq!(last, 1_001);
     // Closing right away still journals everything acknowledged.
     p.close().unwrap();
