@@ -7,7 +7,8 @@
  * write path ends in an update hook, the way SQLite's sqlite3_update_hook() or a storage
  * engine's post-commit trigger does. The only mcsync code is in the hook (and in opening
  * the publisher at startup): every committed write is handed to mcsync, which journals it
- * and multicasts it to the replicas. A batch maps to one mcsync transaction, so replicas
+ * (asynchronously, so the hook does not wait for the disk) and multicasts it to the
+ * replicas. A batch maps to one mcsync transaction, so replicas
  * see it atomically, as one version.
  *
  * To show the result, the same process also runs a subscriber and checks that its replica
@@ -145,6 +146,10 @@ int main(int argc, char **argv)
     CHECK(mcsync_publisher_config_set_group(pc, argv[2]));
     CHECK(mcsync_publisher_config_set_port(pc, (uint16_t)atoi(argv[3])));
     CHECK(mcsync_publisher_config_set_interface(pc, "127.0.0.1"));
+    /* The hook runs inside the server's write path: return as soon as the version is
+     * assigned, and let mcsync's journal writer group-commit behind (a crash may lose the
+     * last few updates; mcsync_publisher_flush waits for them). */
+    CHECK(mcsync_publisher_config_set_async_commits(pc, true));
     CHECK(mcsync_publisher_open(pc, &pub));
     mcsync_publisher_config_free(pc);
 
@@ -189,6 +194,9 @@ int main(int argc, char **argv)
         kv_set(&server, "counter", "41") || kv_del(&server, "user:2") ||
         kv_batch(&server, KV_BATCH_COMMIT) != 0)
         return 1;
+
+    /* Everything the hook handed over is durable from here on. */
+    CHECK(mcsync_publisher_flush(pub));
 
     /* The replica converges to the server's table, record for record. */
     CHECK(mcsync_subscription_wait_for_version(replica, repl.version, 60000));

@@ -901,6 +901,8 @@ static void misuse_null_handles(void)
     EXPECT(mcsync_prepared_commit(NULL, &v), MCSYNC_ERR_NULL);
     EXPECT(mcsync_prepared_rollback(NULL), MCSYNC_ERR_NULL);
     EXPECT(mcsync_publisher_apply_retention(NULL, &v), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_flush(NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_publisher_config_set_async_commits(NULL, true), MCSYNC_ERR_NULL);
     EXPECT(mcsync_publisher_set_schedule_always(NULL), MCSYNC_ERR_NULL);
     EXPECT(mcsync_publisher_set_schedule_never(NULL), MCSYNC_ERR_NULL);
     EXPECT(mcsync_publisher_set_schedule_windows(NULL, NULL, 0), MCSYNC_ERR_NULL);

@@ -1141,7 +1141,8 @@ fn writer_loop(
                 WriterMsg::Flush(reply) => flushes.push(reply),
             }
         }
-        let mut failure = lock(&shared.failed);
+        // (The lock is not held while journaling: the intake reads it for every commit.)
+        let mut failure = lock(&shared.failed).clone();
         if failure.is_some() {
             add(&c.commits_lost, group.len() as u64);
         } else if !group.is_empty() {
@@ -1152,16 +1153,16 @@ fn writer_loop(
                     group.len()
                 );
                 add(&c.commits_lost, group.len() as u64);
-                *failure = Some(e.to_string());
+                failure = Some(e.to_string());
+                *lock(&shared.failed) = failure.clone();
             }
         }
         for reply in flushes {
-            let _ = reply.send(match &*failure {
+            let _ = reply.send(match &failure {
                 None => Ok(()),
                 Some(why) => Err(Error::Storage(format!("journal commit failed: {why}"))),
             });
         }
-        drop(failure);
         *lock(&shared.pending) -= group.len();
         shared.drained.notify_all();
     }

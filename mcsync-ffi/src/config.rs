@@ -350,6 +350,27 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_rotate_key_at_window_start(
     }
 }
 
+/// When commits return (default false: once journaled durably). With `async_commits`,
+/// a commit returns once its version is assigned and a journal writer group-commits
+/// behind it (at most 8,192 updates behind): far faster for a caller committing one update
+/// at a time, e.g. from a database's update hook, but a crash can lose the updates not yet
+/// journaled (never multicast, so no replica has them). `mcsync_publisher_flush` waits
+/// until everything returned so far is journaled.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_async_commits(
+    config: *mut mcsync_publisher_config,
+    async_commits: bool,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow_mut(config, "config")?.config.durability = if async_commits {
+            mcsync_core::Durability::Async
+        } else {
+            mcsync_core::Durability::Sync
+        };
+        Ok(())
+    }
+}
+
 /// Whether a database starts multicasting only once a subscriber registered for it
 /// (default false).
 #[no_mangle]

@@ -240,6 +240,20 @@ pub unsafe extern "C" fn mcsync_publisher_stats(
     }
 }
 
+/// Waits until every commit that has returned is journaled durably and handed to
+/// multicast (immediate unless `mcsync_publisher_config_set_async_commits` is on). Errors:
+/// `MCSYNC_ERR_STORAGE` (a journal commit failed; the updates it held are lost),
+/// `MCSYNC_ERR_CLOSED`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_flush(
+    publisher: *const mcsync_publisher,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        borrow(publisher, "publisher")?.inner.flush()?;
+        Ok(())
+    }
+}
+
 /// Trims every database's journal now as the retention policy says
 /// (`mcsync_publisher_config_set_retention_*`; the publisher also does this by itself about
 /// once a second). On success, if `removed` is not NULL, `*removed` receives the number of

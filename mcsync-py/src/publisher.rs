@@ -187,6 +187,12 @@ impl Drop for Preparing {
 /// ``apply_retention()``. A subscriber further behind than the journal reaches catches up
 /// by hash resync.
 ///
+/// ``durability="sync"`` (default): a commit returns once journaled durably.
+/// ``durability="async"``: it returns once its version is assigned, and a journal writer
+/// group-commits behind it (at most 8,192 updates behind) — far faster for one update at a
+/// time, but a crash can lose what was not journaled yet (never multicast, so no replica
+/// has it). ``flush()`` waits until everything returned so far is journaled.
+///
 /// Use it as a context manager, or call ``close()``; it is also closed at interpreter exit.
 #[pyclass(frozen, module = "mcsync", name = "Publisher")]
 pub(crate) struct PyPublisher {
@@ -206,7 +212,7 @@ impl PyPublisher {
         datagram_bytes = None, max_packets_per_sec = None, max_bytes_per_sec = None,
         max_update_bytes = None, map_size = None, retention_max_bytes = None,
         retention_max_age = None, retention_min_count = None,
-        retention_min_free_disk_bytes = None
+        retention_min_free_disk_bytes = None, durability = "sync"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -238,8 +244,19 @@ impl PyPublisher {
         retention_max_age: Option<f64>,
         retention_min_count: Option<u64>,
         retention_min_free_disk_bytes: Option<u64>,
+        durability: &str,
     ) -> PyResult<Self> {
         let mut c = mcsync::PublisherConfig::new(data_dir);
+        c.durability = match durability {
+            "sync" => mcsync::Durability::Sync,
+            "async" => mcsync::Durability::Async,
+            other => {
+                return Err(config_error(
+                    py,
+                    format!("durability must be \"sync\" or \"async\", not {other:?}"),
+                ))
+            }
+        };
         let r = &mut c.retention;
         r.max_bytes = retention_max_bytes.unwrap_or(r.max_bytes);
         if let Some(secs) = retention_max_age {
@@ -300,6 +317,13 @@ impl PyPublisher {
     /// every database's key is rotated, so it cannot decrypt anything published later.
     fn revoke(&self, py: Python<'_>, user: &str) -> PyResult<()> {
         py.detach(|| self.shared.core.revoke(user)).or_raise(py)
+    }
+
+    /// Waits until every commit that has returned is journaled durably (immediate with
+    /// ``durability="sync"``). Raises ``StorageError`` if a journal commit failed (the
+    /// updates it held are lost).
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.shared.core.flush()).or_raise(py)
     }
 
     /// Trims every database's journal now as the retention options say (the publisher

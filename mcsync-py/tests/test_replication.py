@@ -197,3 +197,26 @@ def test_closed_publisher_refuses_writes(publisher: mcsync.Publisher) -> None:
     with pytest.raises(mcsync.ClosedError):
         publisher.database("closing")
     publisher.close()  # idempotent
+
+
+def test_async_durability_returns_at_once_and_flush_waits_for_the_journal(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(mcsync.ConfigError, match="durability"):
+        open_publisher(tmp_path / "bad", durability="eventually")
+    with open_publisher(tmp_path / "pub", durability="async") as pub:
+        db = pub.database("hooked")
+        with mcsync.Subscriber(
+            tmp_path / "sub", server=pub.control_addr, fingerprint=pub.fingerprint
+        ) as s:
+            seen: list[int] = []
+            replica = s.subscribe("hooked", recorder(seen))
+            # One update per call, as from a host's update hook: versions in call order.
+            versions = [db.put(f"k{i % 50}", f"v{i}") for i in range(1000)]
+            assert versions == list(range(1, 1001))
+            pub.flush()
+            assert db.version == 1000 and db.get("k49") == b"v999"
+            replica.wait_for_version(1000, timeout=CONVERGE)
+            assert dict(replica) == dict(db.items())
+            assert seen == versions
+            assert pub.stats()["commits_lost"] == 0

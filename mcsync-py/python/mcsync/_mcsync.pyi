@@ -264,12 +264,15 @@ class Publisher:
         retention_max_age: float | None = None,
         retention_min_count: int | None = None,
         retention_min_free_disk_bytes: int | None = None,
+        durability: str = "sync",
     ) -> Publisher: ...
     @property
     def fingerprint(self) -> str | None:
         """SHA-256 fingerprint of the control channel's certificate."""
     def revoke(self, user: str) -> None:
         """Cuts ``user`` off and rotates every database's key."""
+    def flush(self) -> None:
+        """Waits until every commit that has returned is journaled durably."""
     def apply_retention(self) -> int:
         """Trims every database's journal now; returns the entries removed."""
     def subscribers(self) -> list[dict[str, Any]]:
