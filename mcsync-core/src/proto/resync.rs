@@ -43,8 +43,11 @@ impl Range {
 
     /// Whether `lo` is aligned to `level` (what a parser must check).
     pub fn is_valid(&self) -> bool {
-        self.level <= MAX_LEVEL
-            && (self.level == 0 && self.lo == 0 || self.lo & (self.width() - 1) == 0)
+        match self.level {
+            0 => self.lo == 0,
+            l if l <= MAX_LEVEL => self.lo & (self.width() - 1) == 0,
+            _ => false,
+        }
     }
 
     fn width(&self) -> u64 {
@@ -308,6 +311,11 @@ mod tests {
         }
         assert!(!Range { lo: 1, level: 1 }.is_valid());
         assert!(Range { lo: 7, level: 16 }.is_valid());
+        // A root that does not start at 0, and levels past the deepest, are invalid (and
+        // checking them does not overflow).
+        assert!(!Range { lo: 5, level: 0 }.is_valid());
+        assert!(!Range { lo: 0, level: 17 }.is_valid());
+        assert!(!Range { lo: 0, level: 255 }.is_valid());
         assert!(Range { lo: 7, level: 16 }.children().is_empty());
     }
 
