@@ -30,6 +30,7 @@
 //! let fingerprint = publisher.fingerprint().unwrap().to_owned(); // give it to subscribers
 //! let db = publisher.database("inventory")?;
 //! let v = db.put("sku-1", "12 in stock")?; // durable in the journal, then multicast
+//! // (`config.durability = Durability::Async` returns before the fsync: for update hooks)
 //!
 //! // Subscriber: pins the publisher's certificate and logs in.
 //! let mut config = SubscriberConfig::new(

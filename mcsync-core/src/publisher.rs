@@ -157,6 +157,11 @@ struct Inner {
 }
 
 impl Inner {
+    /// Where commits go; `Closed` once the publisher is closing.
+    fn intake(&self) -> Result<chan::Sender<Intake>> {
+        lock(&self.intake_tx).clone().ok_or_else(publisher_closed)
+    }
+
     /// Every published database (a snapshot of the list).
     fn database_list(&self) -> Vec<Arc<DbShared>> {
         self.databases
@@ -387,13 +392,7 @@ impl Publisher {
     /// [`Durability::Async`] it waits for the journal writer, and fails with `Storage` if
     /// a journal commit failed (the updates it held are lost).
     pub fn flush(&self) -> Result<()> {
-        let tx = self
-            .inner
-            .intake_tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(publisher_closed)?;
+        let tx = self.inner.intake()?;
         let (reply, rx) = chan::bounded(1);
         tx.send(Intake::Flush(reply))
             .map_err(|_| publisher_closed())?;
@@ -1414,14 +1413,7 @@ impl Transaction {
         }
         let (reply, rx) = chan::bounded(1);
         let req = make(self.db.db.clone(), self.ops, reply);
-        let tx = self
-            .db
-            .inner
-            .intake_tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(publisher_closed)?;
+        let tx = self.db.inner.intake()?;
         tx.send(req).map_err(|_| publisher_closed())?;
         Ok(rx)
     }

@@ -236,6 +236,10 @@ fn compacted_catch_up_equals_step_by_step_with_fewer_bytes() {
     let (ra, rb): (Vec<_>, Vec<_>) = (sa.iter().unwrap().collect(), sb.iter().unwrap().collect());
     assert!(ra == rb && ra == db.snapshot().unwrap(), "same final state");
     let (xa, xb) = (sa.stats(), sb.stats());
+    println!(
+        "catch-up of {last} versions: compacted {} bytes, step by step {} bytes",
+        xa.repair_bytes, xb.repair_bytes
+    );
     assert_eq!(xa.catchups_compacted, 1, "{xa:?}");
     assert!(
         xa.repair_bytes * 10 < xb.repair_bytes,
