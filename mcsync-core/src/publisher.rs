@@ -7,7 +7,7 @@
 use crate::auth::{Authenticator, FailureLimiter, Grant, UsersFile};
 use crate::config::{Authentication, Durability, PublisherConfig, Schedule, ASYNC_MAX_PENDING};
 use crate::crypto::{Key, Keyring};
-use crate::net::multicaster::{self, McastCmd, MulticasterParts, Outgoing};
+use crate::net::multicaster::{self, McastCmd, MulticasterParts, Outgoing, DECISION_REPEAT_FOR};
 use crate::net::repair_server::{PublishedDatabase, RepairServer, ServerContext, SubscriberRecord};
 use crate::net::tls::ServerTls;
 use crate::net::{socket, wall_clock_us, StopFlag};
@@ -660,6 +660,22 @@ fn maintenance_loop(weak: std::sync::Weak<Inner>) {
             adapt_to_reports(&inner);
             if let Err(e) = apply_retention(&inner) {
                 log::error!("journal retention failed: {e}");
+            }
+            let overdue = inner
+                .server_ctx
+                .two_phase
+                .overdue(Instant::now(), DECISION_REPEAT_FOR);
+            for (db, version, names) in overdue {
+                log::warn!(
+                    "database {db:?}: no acknowledgement of the two-phase decision on version \
+                     {version} from {} within {DECISION_REPEAT_FOR:?}; declared failed (they \
+                     learn the outcome from later versions or after a restart)",
+                    names.join(", ")
+                );
+                add(
+                    &inner.counters.two_phase_participants_failed,
+                    names.len() as u64,
+                );
             }
         }
         let open = inner

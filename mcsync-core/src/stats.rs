@@ -110,6 +110,9 @@ counters!(
         two_phase_committed,
         /// Two-phase updates aborted (refused, timed out, or rolled back).
         two_phase_aborted,
+        /// Participants declared failed: they did not acknowledge a decision while it was
+        /// repeated (30 s).
+        two_phase_participants_failed,
         /// Reception reports received from subscribers.
         reports_received,
         /// Current bundle size of the adaptation, bytes (a gauge; the last database tuned).

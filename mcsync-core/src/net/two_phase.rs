@@ -9,15 +9,37 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// The current round of a database, with when it was decided.
+#[derive(Debug)]
+struct Entry {
+    round: Round,
+    decided_at: Option<Instant>,
+    /// Its unacknowledging participants were declared failed.
+    reported: bool,
+}
+
+impl std::ops::Deref for Entry {
+    type Target = Round;
+    fn deref(&self) -> &Round {
+        &self.round
+    }
+}
+
+impl std::ops::DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut Round {
+        &mut self.round
+    }
+}
+
 /// Two-phase state of every database.
 #[derive(Debug, Default)]
 pub struct Coordinator {
-    rounds: Mutex<HashMap<String, Round>>,
+    rounds: Mutex<HashMap<String, Entry>>,
     changed: Condvar,
 }
 
 impl Coordinator {
-    fn rounds(&self) -> MutexGuard<'_, HashMap<String, Round>> {
+    fn rounds(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         self.rounds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -30,10 +52,12 @@ impl Coordinator {
         round: u64,
         participants: BTreeMap<u64, String>,
     ) {
-        self.rounds().insert(
-            database.to_owned(),
-            Round::new(version, round, participants),
-        );
+        let entry = Entry {
+            round: Round::new(version, round, participants),
+            decided_at: None,
+            reported: false,
+        };
+        self.rounds().insert(database.to_owned(), entry);
         self.changed.notify_all();
     }
 
@@ -91,8 +115,27 @@ impl Coordinator {
             .filter(|r| r.version() == version)
         {
             r.decide(commit);
+            r.decided_at = Some(Instant::now());
         }
         self.changed.notify_all();
+    }
+
+    /// Rounds decided at least `after` before `now` whose decision some participants never
+    /// acknowledged: `(database, version, their names)`, each round once. The publisher
+    /// stops repeating a decision after that long and declares them failed.
+    pub fn overdue(&self, now: Instant, after: Duration) -> Vec<(String, u64, Vec<String>)> {
+        let mut out = Vec::new();
+        for (name, e) in self.rounds().iter_mut() {
+            let due = e.decided_at.is_some_and(|t| now >= t + after);
+            if due && !e.reported {
+                e.reported = true;
+                let missing = e.unacknowledged();
+                if !missing.is_empty() {
+                    out.push((name.clone(), e.version(), missing));
+                }
+            }
+        }
+        out
     }
 
     /// Records an acknowledgement; returns true when every participant has acknowledged
@@ -108,13 +151,43 @@ impl Coordinator {
         self.rounds()
             .get(database)
             .filter(|r| r.version() == version)
-            .map(Round::unacknowledged)
+            .map(|r| r.unacknowledged())
             .unwrap_or_default()
     }
 
     /// What became of round `round` at `version` of `database`, whose latest committed
     /// version is `committed` (see [`two_phase::outcome`]).
     pub fn outcome(&self, database: &str, (version, round): (u64, u64), committed: u64) -> u8 {
-        two_phase::outcome(self.rounds().get(database), version, round, committed)
+        two_phase::outcome(
+            self.rounds().get(database).map(|e| &e.round),
+            version,
+            round,
+            committed,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn participants_that_never_acknowledge_are_declared_failed_once() {
+        let c = Coordinator::default();
+        let names: BTreeMap<u64, String> = [(1, "a".into()), (2, "b".into())].into();
+        c.begin("db", 4, 40, names);
+        assert!(c.vote("db", (4, 40), 1, None) && c.vote("db", (4, 40), 2, None));
+        c.decide("db", 4, true);
+        assert!(!c.ack("db", (4, 40), 1));
+        let now = Instant::now();
+        let after = Duration::from_secs(30);
+        assert!(c.overdue(now, after).is_empty(), "not yet");
+        let late = now + after + Duration::from_secs(1);
+        assert_eq!(
+            c.overdue(late, after),
+            vec![("db".into(), 4, vec!["b".into()])]
+        );
+        assert!(c.overdue(late, after).is_empty(), "reported once");
+        assert_eq!(c.unacknowledged("db", 4), vec!["b".to_string()]);
     }
 }
