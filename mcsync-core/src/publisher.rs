@@ -909,6 +909,10 @@ fn intake_loop(
                     break;
                 }
                 Intake::Prepare(p) => {
+                    if let Some(why) = writer.as_ref().and_then(JournalWriter::failure) {
+                        let _ = p.reply.send(Err(stopped_by(&why)));
+                        continue;
+                    }
                     // Its PREPARE follows the versions before it onto the wire.
                     if let Some(w) = &writer {
                         let _ = w.flush();
@@ -1013,9 +1017,7 @@ fn commit_batch(
     if let Some(why) = writer.and_then(JournalWriter::failure) {
         add(&c.commits_refused, batch.len() as u64);
         for r in batch {
-            let _ = r.reply.send(Err(Error::Storage(format!(
-                "the publisher takes no more commits after a journal failure: {why}"
-            ))));
+            let _ = r.reply.send(Err(stopped_by(&why)));
         }
         return;
     }
@@ -1048,6 +1050,13 @@ fn commit_batch(
             }
         }
     }
+}
+
+/// The error of every commit after the async journal writer failed.
+fn stopped_by(why: &str) -> Error {
+    Error::Storage(format!(
+        "the publisher takes no more commits after a journal failure: {why}"
+    ))
 }
 
 /// What the journal writer takes, in order.
