@@ -13,8 +13,9 @@ use crate::crypto::Key;
 use crate::proto::resync::{Digest, Range, MAX_FETCH_PER_REQUEST, MAX_RANGES_PER_REQUEST};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// Version of the control protocol this build speaks.
-pub const CONTROL_VERSION: u8 = 1;
+/// Version of the control protocol this build speaks. 2: VOTE, ACK and OUTCOME_REQUEST
+/// name the two-phase round (its PREPARE's timestamp) beside the version.
+pub const CONTROL_VERSION: u8 = 2;
 /// Bytes of frame header (length + type).
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Most version ranges in one catch-up request.
