@@ -3,6 +3,7 @@
 //! single bit flip.
 
 use mcsync::crypto::{Key, Keyring, OpenError};
+use mcsync::proto::resync::{Digest, Range};
 use mcsync::proto::{decode_chain, Chain, ChainAssembler};
 use mcsync::wire::control::{
     DatabaseInfo, ErrorCode, Message, SubscriberReport, MAX_KEYS, MAX_RANGES,
@@ -150,6 +151,20 @@ fn arb_info() -> impl Strategy<Value = DatabaseInfo> {
         )
 }
 
+/// A node of the resync range tree: `lo` aligned to its level.
+fn arb_tree_range() -> impl Strategy<Value = Range> {
+    (0u8..=16, any::<u64>()).prop_map(|(level, x)| match level {
+        0 => Range::ROOT,
+        l => {
+            let width = 1u64 << (64 - 4 * u32::from(l));
+            Range {
+                lo: x & !(width - 1),
+                level: l,
+            }
+        }
+    })
+}
+
 /// Every control message variant.
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
@@ -225,6 +240,36 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 }
             ),
         Just(Message::StatusRequest),
+        Just(Message::ResyncBegin),
+        (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(version, count, sum)| {
+            Message::ResyncSnapshot {
+                version,
+                count,
+                sum,
+            }
+        }),
+        prop::collection::vec(arb_tree_range(), 1..20)
+            .prop_map(|ranges| Message::DigestRequest { ranges }),
+        prop::collection::vec((any::<u32>(), any::<u64>()), 0..40).prop_map(|d| {
+            Message::DigestReply {
+                digests: d
+                    .into_iter()
+                    .map(|(count, sum)| Digest { count, sum })
+                    .collect(),
+            }
+        }),
+        prop::collection::vec(arb_tree_range(), 1..20)
+            .prop_map(|ranges| Message::ListRequest { ranges }),
+        prop::collection::vec((any::<u64>(), any::<u64>()), 0..40)
+            .prop_map(|entries| Message::ListReply { entries }),
+        prop::collection::vec(any::<u64>(), 1..40)
+            .prop_map(|key_hashes| Message::FetchRequest { key_hashes }),
+        (
+            prop::collection::vec(any::<u8>(), 0..64),
+            prop::collection::vec(any::<u8>(), 0..200)
+        )
+            .prop_map(|(key, value)| Message::FetchRecord { key, value }),
+        any::<u64>().prop_map(|missing| Message::FetchEnd { missing }),
         (any::<u64>(), any::<u64>()).prop_map(|(current_version, oldest_version)| {
             Message::Status {
                 current_version,
