@@ -1313,7 +1313,8 @@ impl Database {
         &self.db.name
     }
 
-    /// Latest committed version (0 before the first commit).
+    /// Latest journaled version (0 before the first commit). With [`Durability::Async`] a
+    /// version a commit returned is included once the journal writer has committed it.
     pub fn version(&self) -> u64 {
         self.db.committed.load(Ordering::SeqCst)
     }

@@ -441,7 +441,8 @@ impl PyDatabase {
         self.db.name()
     }
 
-    /// Latest committed version (0 before the first commit).
+    /// Latest journaled version (0 before the first commit); with ``durability="async"``
+    /// a version a commit returned is included once journaled (see ``Publisher.flush``).
     #[getter]
     fn version(&self) -> u64 {
         self.db.version()
