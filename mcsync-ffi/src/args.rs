@@ -30,6 +30,16 @@ pub(crate) unsafe fn out<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, FfiE
     p.as_mut().ok_or_else(|| FfiError::null(what))
 }
 
+/// Writes `value` to an optional out parameter (nothing when `p` is NULL).
+///
+/// # Safety
+/// `p` is NULL or valid for writes of `T`.
+pub(crate) unsafe fn set_optional<T>(p: *mut T, value: T) {
+    if let Some(slot) = p.as_mut() {
+        *slot = value;
+    }
+}
+
 /// Borrows a NUL-terminated UTF-8 string.
 ///
 /// # Safety

@@ -1,6 +1,8 @@
 //! Publisher, database and transaction handles.
 
-use crate::args::{borrow, borrow_mut, bytes_arg, free_handle, into_handle, out, str_arg};
+use crate::args::{
+    borrow, borrow_mut, bytes_arg, free_handle, into_handle, out, set_optional, str_arg,
+};
 use crate::config::mcsync_publisher_config;
 use crate::error::{mcsync_status, FfiError};
 use crate::stats::mcsync_stats;
@@ -266,9 +268,7 @@ pub unsafe extern "C" fn mcsync_publisher_apply_retention(
     ffi_panic_boundary! {
         let p = borrow(publisher, "publisher")?;
         let n = p.inner.apply_retention()?;
-        if let Some(slot) = removed.as_mut() {
-            *slot = n;
-        }
+        set_optional(removed, n);
         Ok(())
     }
 }
@@ -474,9 +474,7 @@ pub unsafe extern "C" fn mcsync_db_put(
         let key = bytes_arg(key, key_len, "key")?;
         let value = bytes_arg(value, value_len, "value")?;
         let v = d.inner.put(key, value)?;
-        if let Some(slot) = version.as_mut() {
-            *slot = v;
-        }
+        set_optional(version, v);
         Ok(())
     }
 }
@@ -495,9 +493,7 @@ pub unsafe extern "C" fn mcsync_db_delete(
         let d = borrow(db, "db")?;
         let key = bytes_arg(key, key_len, "key")?;
         let v = d.inner.delete(key)?;
-        if let Some(slot) = version.as_mut() {
-            *slot = v;
-        }
+        set_optional(version, v);
         Ok(())
     }
 }
@@ -526,9 +522,7 @@ pub unsafe extern "C" fn mcsync_db_rotate_key(
     ffi_panic_boundary! {
         let d = borrow(db, "db")?;
         let e = d.inner.rotate_key()?;
-        if let Some(slot) = epoch.as_mut() {
-            *slot = e;
-        }
+        set_optional(epoch, e);
         Ok(())
     }
 }
@@ -670,9 +664,7 @@ pub unsafe extern "C" fn mcsync_txn_commit(
         }
         let t = Box::from_raw(txn);
         let v = t.inner.commit()?;
-        if let Some(slot) = version.as_mut() {
-            *slot = v;
-        }
+        set_optional(version, v);
         Ok(())
     }
 }
@@ -722,9 +714,7 @@ pub unsafe extern "C" fn mcsync_txn_commit_two_phase(
     ffi_panic_boundary! {
         let (t, timeout) = take_two_phase(txn, timeout_ms)?;
         let v = t.inner.commit_two_phase(timeout)?;
-        if let Some(slot) = version.as_mut() {
-            *slot = v;
-        }
+        set_optional(version, v);
         Ok(())
     }
 }
@@ -787,9 +777,7 @@ pub unsafe extern "C" fn mcsync_prepared_commit(
         }
         let p = Box::from_raw(prepared);
         let v = p.inner.commit()?;
-        if let Some(slot) = version.as_mut() {
-            *slot = v;
-        }
+        set_optional(version, v);
         Ok(())
     }
 }
