@@ -212,6 +212,8 @@ counters!(
         auth_failures,
         /// Key epochs learned by re-registering.
         key_changes,
+        /// Newest key epoch the subscription holds (a gauge).
+        key_epoch,
         /// Updates whose ops were partly or wholly withheld by access groups.
         updates_filtered,
         /// Times the subscriber said HELLO again (publisher silent or sending from a new

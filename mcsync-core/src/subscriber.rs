@@ -338,6 +338,9 @@ fn start(
     counters
         .recv_buffer_bytes
         .store(granted as u64, Ordering::Relaxed);
+    counters
+        .key_epoch
+        .store(u64::from(info.key_epoch()), Ordering::Relaxed);
     let shared = Arc::new(SubShared {
         name: name.to_owned(),
         store: store.clone(),
@@ -612,6 +615,10 @@ impl Process {
             if k.newest_epoch() != before {
                 inc(&self.shared.counters.key_changes);
             }
+            self.shared
+                .counters
+                .key_epoch
+                .store(u64::from(k.newest_epoch().unwrap_or(0)), Ordering::Relaxed);
         }
         self.rekey.store(false, Ordering::Relaxed);
         self.groups = info.groups.clone();

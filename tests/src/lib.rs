@@ -104,3 +104,16 @@ pub fn assert_versions(seen: &[u64], expected: std::ops::RangeInclusive<u64>) {
         );
     }
 }
+
+/// Waits until `cond` holds, polling every 10 ms; panics with `what` after `timeout`.
+/// For properties that become true eventually (a gauge catching up), never for timing.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

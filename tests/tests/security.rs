@@ -251,8 +251,13 @@ fn key_rotation_under_loss_loses_nothing() {
             db.snapshot().unwrap()
         );
         assert_versions(&seen.lock().unwrap(), 1..=last);
+        // Rotations that come close together may be learned in one re-registration, so
+        // the property is that the final epoch was adopted, not how many steps it took.
+        let final_epoch = u64::from(db.key_epoch());
+        wait_until(CONVERGE, || sub.stats().key_epoch == final_epoch);
         let st = sub.stats();
-        assert!(st.key_changes >= 6, "{st:?}");
+        assert_eq!(st.key_epoch, final_epoch, "{st:?}");
+        assert!(st.key_changes >= 1, "{st:?}");
         assert!(st.dropped_injected > 0, "{st:?}");
     }
     assert!(p.stats().key_rotations >= 6);
