@@ -392,7 +392,15 @@ pub fn status(a: StatusArgs) -> CliResult {
     if let Ok(text) = std::fs::read_to_string(a.data_dir.join("stats.txt")) {
         print!("{text}");
     }
-    let store = mcsync::store::PublisherStore::open(&a.data_dir, 1 << 20)?;
+    let store = match mcsync::store::PublisherStore::open(&a.data_dir, 1 << 20) {
+        Ok(store) => store,
+        // A running publisher holds the directory's lock; its stats.txt above is current.
+        Err(e) if e.kind() == mcsync::ErrorKind::Config => {
+            println!("{e}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let names = store.database_names()?;
     if names.is_empty() {
         println!("{}: no databases", a.data_dir.display());

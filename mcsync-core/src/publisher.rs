@@ -459,6 +459,8 @@ fn close_inner(inner: &Inner) {
     {
         s.shutdown();
     }
+    // Nothing writes any more: another publisher may open the directory.
+    inner.store.release_lock();
 }
 
 fn group_for(m: &crate::MulticastConfig, index: u64) -> Result<SocketAddr> {

@@ -107,19 +107,22 @@ struct SubShared {
 }
 
 impl SubShared {
-    fn close(&self) {
+    /// Stops the threads and joins them; false when called from the process thread itself
+    /// (which then exits after the callback returns).
+    fn close(&self) -> bool {
         self.stop.stop();
         self.advanced.notify_all();
         let me = std::thread::current().id();
         if self.process_thread.get() == Some(&me) {
             // Closing from inside a callback: the threads see the flag and exit by
             // themselves; joining here would wait for ourselves.
-            return;
+            return false;
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
         }
+        true
     }
 }
 
@@ -129,7 +132,7 @@ struct CloseOnDrop(Arc<SubShared>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.close();
+        let _ = self.0.close();
     }
 }
 
@@ -237,6 +240,9 @@ impl Subscriber {
     fn one_shot(&self, name: &str, apply: bool) -> Result<ResyncReport> {
         validate_database_name(name)?;
         let subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed("subscriber is closed".into()));
+        }
         if apply && subs.get(name).is_some_and(|s| !s.stop.is_stopped()) {
             return Err(Error::Config(format!(
                 "database {name:?} has a live subscription; use Subscription::request_resync"
@@ -274,8 +280,13 @@ impl Subscriber {
             .drain()
             .map(|(_, s)| s)
             .collect();
+        let mut joined = true;
         for s in subs {
-            s.close();
+            joined &= s.close();
+        }
+        // Every writer (process thread) is joined: the directory may be opened again.
+        if joined {
+            self.store.release_lock();
         }
         Ok(())
     }
@@ -1268,7 +1279,7 @@ impl Subscription {
     /// subscription's own callback: it then returns at once and the threads exit after the
     /// callback returns.
     pub fn close(&self) -> Result<()> {
-        self.shared.close();
+        let _ = self.shared.close();
         Ok(())
     }
 }

@@ -40,6 +40,66 @@ pub struct Env {
     env: Environment,
     gate: RwLock<()>,
     path: PathBuf,
+    // Declared last so the environment is closed before another process may take the lock.
+    lock: std::sync::Mutex<Option<DirLock>>,
+}
+
+/// An exclusive OS lock (flock) on a data directory, held for the life of the store: two
+/// writers on one LMDB environment would each hand out the same versions.
+///
+/// flock locks belong to the open file description, so a second open in the same process
+/// is refused like one in another process; the kernel releases the lock when the holder
+/// exits, kill -9 included, so a crash never leaves a stale lock behind.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Name of the lock file inside a data directory.
+pub const LOCK_FILE: &str = "mcsync.lock";
+
+impl DirLock {
+    /// Takes the lock on `dir` (which must exist), or fails with a `Config` error naming the
+    /// directory and the PID of the process holding it.
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join(LOCK_FILE);
+        let ctx = |e| Error::io(format!("opening lock file {}", path.display()), e);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(ctx)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim().parse::<u32>() {
+                    Ok(pid) if pid == std::process::id() => "this process".to_owned(),
+                    Ok(pid) => format!("process {pid}"),
+                    Err(_) => "another process".to_owned(),
+                };
+                return Err(Error::Config(format!(
+                    "data directory {} is in use by {holder} (one publisher or subscriber per \
+                     data directory)",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", path.display()), e))
+            }
+        }
+        // Only the holder writes its PID, so a reader refused above sees the holder's.
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| file.write_all(pid.as_bytes()))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        Ok(DirLock { _file: file })
+    }
 }
 
 impl std::fmt::Debug for Env {
@@ -55,6 +115,7 @@ impl Env {
     pub fn open(dir: &Path, map_size: usize) -> Result<Env> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
+        let lock = DirLock::acquire(dir)?;
         let env = Environment::new()
             .set_max_dbs(MAX_DBS)
             .set_map_size(map_size.max(1 << 20))
@@ -65,7 +126,16 @@ impl Env {
             env,
             gate: RwLock::new(()),
             path: dir.to_owned(),
+            lock: std::sync::Mutex::new(Some(lock)),
         })
+    }
+
+    /// Gives up the data directory's lock once its owner is closed and will write no more
+    /// (a closed handle that lingers, e.g. in a garbage-collected binding, must not keep
+    /// the directory from being opened again). Reads through this environment stay safe:
+    /// LMDB serializes writers across processes and readers never block.
+    pub fn release_lock(&self) {
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     /// Opens or creates a named database.

@@ -64,6 +64,11 @@ impl PublisherStore {
         })
     }
 
+    /// Releases the data directory's lock (the owner is closed; see [`Env::release_lock`]).
+    pub fn release_lock(&self) {
+        self.env.release_lock();
+    }
+
     /// Opens (creating) the tables of database `name`.
     pub fn tables(&self, name: &str) -> Result<DbTables> {
         let mut map = self.tables.lock().unwrap_or_else(|e| e.into_inner());

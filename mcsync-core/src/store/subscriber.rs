@@ -42,6 +42,11 @@ impl SubscriberStore {
         })
     }
 
+    /// Releases the data directory's lock (the owner is closed; see [`Env::release_lock`]).
+    pub fn release_lock(&self) {
+        self.env.release_lock();
+    }
+
     /// Opens (creating) the tables of database `name`.
     pub fn tables(&self, name: &str) -> Result<ReplicaTables> {
         Ok(ReplicaTables {
