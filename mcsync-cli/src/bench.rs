@@ -950,6 +950,7 @@ fn fanout(ctx: &mut Ctx, counts: &Counts) -> BenchResult<Vec<FanoutRow>> {
                     version: i as u64 + 2,
                     timestamp_us: ts,
                     ops: vec![Op::put(key("f", i), v)],
+                    reset: false,
                 })
             })
             .collect();

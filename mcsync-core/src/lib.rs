@@ -81,7 +81,7 @@ pub use net::tls::{ServerIdentity, ServerTrust};
 pub use publisher::{Database, Prepared, Publisher, Transaction};
 pub use resync::ResyncReport;
 pub use stats::{PublisherStats, SubscriptionStats};
-pub use subscriber::{Subscriber, Subscription, UpdateCallback, VoteCallback};
+pub use subscriber::{SubscribeOptions, Subscriber, Subscription, UpdateCallback, VoteCallback};
 pub use update::{Op, OpKind, Update};
 
 /// A record: key and value.

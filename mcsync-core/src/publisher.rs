@@ -966,6 +966,7 @@ fn stage(batch: &mut [CommitRequest], next: &mut HashMap<String, u64>) -> Vec<St
                 version: v,
                 timestamp_us: ts,
                 ops: std::mem::take(&mut r.ops),
+                reset: false,
             };
             let encoded = Arc::new(update_to_vec(&update));
             Staged {
@@ -1209,6 +1210,7 @@ fn begin_round(
         version: v,
         timestamp_us: *last_round,
         ops: p.ops,
+        reset: false,
     };
     let participants: BTreeMap<u64, String> = ctx
         .registry
@@ -1290,6 +1292,7 @@ fn finish_round(
         version: v,
         timestamp_us: u.timestamp_us,
         ops: Vec::new(),
+        reset: false,
     };
     let kind = if committed {
         RecordKind::CommitPrepared

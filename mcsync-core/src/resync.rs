@@ -16,6 +16,7 @@ use crate::proto::resync::{
     key_hash, HashIndex, Range, ResyncPlanner, ResyncStep, MAX_FETCH_PER_REQUEST,
 };
 use crate::store::subscriber::ReplicaTables;
+use crate::store::subscriber::ResyncDelivery;
 use crate::store::SubscriberStore;
 use crate::wire::update::{decode_update, Limits};
 use crate::{Error, Op, Result, Update};
@@ -56,13 +57,26 @@ impl ResyncReport {
 /// The outcome of [`run`]: the report and, when applied, what the callback should see.
 pub(crate) struct Resynced {
     pub report: ResyncReport,
-    /// The changes as one compacted update at the new version (empty if nothing changed).
-    pub update: Option<Update>,
-    /// Updates from the journal after the snapshot (already applied), for callbacks.
-    pub journal: Vec<Update>,
+    /// What the host sees, already kept as pending in the resync's transaction: the
+    /// changes as one update at the snapshot version (absent if nothing changed), then the
+    /// journal updates after it. Empty unless [`HostDelivery::Changes`].
+    pub shown: Vec<Update>,
 }
 
-/// Compares the replica with the publisher and, if `apply`, makes it equal.
+/// What a resync hands the host of the subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostDelivery {
+    /// No host is listening (a one-shot resync): the next subscribe finds the delivery
+    /// log incomplete and catches its host up from the journal, or resets it.
+    Nobody,
+    /// The changes and the journal tail, kept for delivery like applied updates.
+    Changes,
+    /// The whole state (the history changed): the caller hands the host a reset.
+    Reset,
+}
+
+/// Compares the replica with the publisher and, if `apply` says how to tell the host,
+/// makes it equal.
 /// `filter` enforces access groups on journal updates (as the live path does).
 pub(crate) fn run(
     store: &SubscriberStore,
@@ -70,7 +84,7 @@ pub(crate) fn run(
     tables: ReplicaTables,
     client: &mut RepairClient,
     limits: &Limits,
-    apply: bool,
+    apply: Option<HostDelivery>,
     filter: &dyn Fn(&mut [Update]) -> Vec<Update>,
 ) -> Result<Resynced> {
     let (sent0, recv0) = client.bytes();
@@ -106,15 +120,14 @@ pub(crate) fn run(
         remote_records: u64::from(root.count),
         ..ResyncReport::default()
     };
-    if !apply {
+    let Some(delivery) = apply else {
         let (s, r) = client.bytes();
         report.bytes = (s - sent0) + (r - recv0);
         return Ok(Resynced {
             report,
-            update: None,
-            journal: Vec::new(),
+            shown: Vec::new(),
         });
-    }
+    };
     let mut puts = Vec::new();
     for chunk in planner.to_fetch().chunks(MAX_FETCH_PER_REQUEST) {
         client.fetch(chunk, |k, v| puts.push((k, v)))?;
@@ -135,25 +148,28 @@ pub(crate) fn run(
             Ok(())
         })?;
     }
-    let shown = filter(&mut journal);
+    let shown_journal = filter(&mut journal);
     let new_version = journal.last().map_or(version, |u| u.version.max(version));
-    store.apply_resync(name, tables, &deletes, &puts, &journal, new_version)?;
+    let mut ops: Vec<Op> = deletes.iter().cloned().map(Op::delete).collect();
+    ops.extend(puts.iter().map(|(k, v)| Op::put(k.clone(), v.clone())));
+    let update = (!ops.is_empty()).then_some(Update {
+        version,
+        timestamp_us: 0,
+        ops,
+        reset: false,
+    });
+    let shown: Vec<Update> = update.iter().cloned().chain(shown_journal).collect();
+    let keep = match delivery {
+        HostDelivery::Nobody => ResyncDelivery::Keep(&[]),
+        HostDelivery::Changes => ResyncDelivery::Keep(&shown),
+        HostDelivery::Reset => ResyncDelivery::Reset,
+    };
+    store.apply_resync(name, tables, &deletes, &puts, &journal, new_version, keep)?;
     report.fetched = puts.len() as u64;
     report.deleted = deletes.len() as u64;
     report.journal_updates = journal.len() as u64;
     report.version = new_version;
     let (s, r) = client.bytes();
     report.bytes = (s - sent0) + (r - recv0);
-    let mut ops: Vec<Op> = deletes.into_iter().map(Op::delete).collect();
-    ops.extend(puts.into_iter().map(|(k, v)| Op::put(k, v)));
-    let update = (!ops.is_empty()).then_some(Update {
-        version,
-        timestamp_us: 0,
-        ops,
-    });
-    Ok(Resynced {
-        report,
-        update,
-        journal: shown,
-    })
+    Ok(Resynced { report, shown })
 }

@@ -238,6 +238,14 @@ counters!(
         recv_buffer_bytes,
         /// Callbacks that panicked (the subscription keeps going).
         callback_panics,
+        /// Updates handed to the host's callback (replays included).
+        updates_delivered,
+        /// Updates handed to the host again or late: kept updates replayed after a restart
+        /// or close, and journal updates fetched for a host behind its replica.
+        updates_replayed,
+        /// Times the host was handed the whole state (`Update::reset`): the history changed,
+        /// or nothing reached back to the host's version.
+        resets_delivered,
     }
 );
 

@@ -12,11 +12,12 @@ use crate::net::repair_client::{ClientIdentity, RepairClient};
 use crate::net::tls::ClientTls;
 use crate::net::{socket, StopFlag};
 use crate::proto::{
-    decode_chain_records, ChainAssembler, ChainDrop, LossGenerator, OpenPacket, PacketReorder,
-    Participant, Receiver, ReceiverConfig, ReorderConfig, Route, TwoPhaseAction,
+    decode_chain_records, Backlog, ChainAssembler, ChainDrop, Delivery, DeliveryStart,
+    LossGenerator, OpenPacket, PacketReorder, Participant, Receiver, ReceiverConfig, ReorderConfig,
+    Route, TwoPhaseAction,
 };
 use crate::publisher::validate_database_name;
-use crate::resync::ResyncReport;
+use crate::resync::{HostDelivery, ResyncReport};
 use crate::stats::{add, inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
 use crate::store::SubscriberStore;
@@ -85,6 +86,7 @@ fn filter_updates(
             version: u.version,
             timestamp_us: u.timestamp_us,
             ops: visible_ops,
+            reset: false,
         });
     }
     shown
@@ -98,7 +100,10 @@ struct SubShared {
     store: Arc<SubscriberStore>,
     tables: ReplicaTables,
     counters: Arc<SubscriptionCounters>,
+    /// Version up to which the replica is applied and every callback has run.
     version: Mutex<u64>,
+    /// The publisher's latest version when the subscription registered.
+    registered_version: u64,
     advanced: Condvar,
     failure: Mutex<Option<String>>,
     stop: StopFlag,
@@ -152,6 +157,39 @@ pub struct Subscription {
     _guard: Arc<CloseOnDrop>,
 }
 
+/// How to subscribe: see [`Subscriber::subscribe_with_options`].
+#[derive(Default)]
+pub struct SubscribeOptions {
+    /// Called after each master transaction is applied, once per transaction, in version
+    /// order, on the subscription's process thread.
+    pub callback: Option<UpdateCallback>,
+    /// The version the host already holds, for **exactly-once** delivery. A host that
+    /// stores, in its own transaction, the data a callback hands it together with that
+    /// update's version passes that version here at every subscribe and gets exactly the
+    /// updates after it: from the replica's kept updates, from the publisher's journal, or
+    /// — when neither reaches back that far, or the master's history changed — one update
+    /// with [`Update::reset`] set that holds the whole state. Never a silent gap.
+    ///
+    /// `None` (the default) continues after the replica's durable delivered cursor:
+    /// at least once (a crash may replay the last few callbacks).
+    pub after: Option<u64>,
+    /// Register as a two-phase participant (see [`Subscriber::subscribe_participant`]).
+    pub participant: bool,
+    /// The participant's vote (needs `participant`).
+    pub vote: Option<VoteCallback>,
+}
+
+impl std::fmt::Debug for SubscribeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscribeOptions")
+            .field("callback", &self.callback.is_some())
+            .field("after", &self.after)
+            .field("participant", &self.participant)
+            .field("vote", &self.vote.is_some())
+            .finish()
+    }
+}
+
 impl Subscriber {
     /// Opens (or creates) the subscriber's store in `config.data_dir`.
     pub fn open(config: SubscriberConfig) -> Result<Subscriber> {
@@ -166,7 +204,13 @@ impl Subscriber {
     }
 
     /// Subscribes to database `name`, calling `callback` after each master transaction is
-    /// applied. Catches up from the version stored locally (0 for a new replica).
+    /// applied. Returns once registered; the replica then catches up from the version
+    /// stored locally (0 for a new replica) in the background
+    /// ([`Subscription::wait_caught_up`] waits for that).
+    ///
+    /// Every update's callback runs **at least once**, in version order: callbacks that a
+    /// crash or [`close`](Subscription::close) cut off are replayed at the next subscribe.
+    /// For exactly once, see [`SubscribeOptions::after`].
     pub fn subscribe(
         &self,
         name: &str,
@@ -181,7 +225,29 @@ impl Subscriber {
         name: &str,
         callback: Option<UpdateCallback>,
     ) -> Result<Subscription> {
-        self.subscribe_inner(name, callback, None)
+        self.subscribe_with_options(
+            name,
+            SubscribeOptions {
+                callback,
+                ..SubscribeOptions::default()
+            },
+        )
+    }
+
+    /// Subscribes as `options` say (a callback, the host's own version for exactly-once
+    /// delivery, two-phase participation).
+    pub fn subscribe_with_options(
+        &self,
+        name: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        if options.vote.is_some() && !options.participant {
+            return Err(Error::Config(
+                "a vote callback needs SubscribeOptions::participant".into(),
+            ));
+        }
+        let participant = options.participant.then_some(options.vote);
+        self.subscribe_inner(name, options.callback, participant, options.after)
     }
 
     /// Subscribes as a two-phase participant: every two-phase update of the database
@@ -196,7 +262,7 @@ impl Subscriber {
         callback: Option<UpdateCallback>,
         vote: Option<VoteCallback>,
     ) -> Result<Subscription> {
-        self.subscribe_inner(name, callback, Some(vote))
+        self.subscribe_inner(name, callback, Some(vote), None)
     }
 
     fn subscribe_inner(
@@ -204,6 +270,7 @@ impl Subscriber {
         name: &str,
         callback: Option<UpdateCallback>,
         participant: Option<Option<VoteCallback>>,
+        after: Option<u64>,
     ) -> Result<Subscription> {
         validate_database_name(name)?;
         let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
@@ -215,7 +282,14 @@ impl Subscriber {
                 "already subscribed to database {name:?} in this subscriber"
             )));
         }
-        let shared = start(&self.config, &self.store, name, callback, participant)?;
+        let shared = start(
+            &self.config,
+            &self.store,
+            name,
+            callback,
+            participant,
+            after,
+        )?;
         subs.insert(name.to_owned(), shared.clone());
         Ok(Subscription {
             _guard: Arc::new(CloseOnDrop(shared.clone())),
@@ -262,7 +336,7 @@ impl Subscriber {
             tables,
             &mut client,
             &limits,
-            apply,
+            apply.then_some(HostDelivery::Nobody),
             &filter,
         )?;
         drop(subs);
@@ -323,9 +397,11 @@ fn start(
     name: &str,
     callback: Option<UpdateCallback>,
     participant: Option<Option<VoteCallback>>,
+    after: Option<u64>,
 ) -> Result<Arc<SubShared>> {
     let tables = store.tables(name)?;
     let applied = store.applied_version(name)?;
+    let kept = store.delivery_state(name)?;
     let mut client = client_for(cfg, name)?;
     client.set_participant(participant.is_some());
     client.set_subscriber_id(store.subscriber_id(name)?);
@@ -342,6 +418,15 @@ fn start(
             store.clear_prepared(name)?;
         }
     }
+    let delivery = Delivery::plan(DeliveryStart {
+        applied: kept.applied,
+        delivered: kept.delivered,
+        pending_complete: kept.pending_complete,
+        reset_owed: kept.reset_owed,
+        after,
+        master_version: info.current_version,
+        has_callback: callback.is_some(),
+    });
     let keyring = Arc::new(RwLock::new(keyring_from(&info)));
     let (sock, granted) =
         socket::receiver_socket(info.group, cfg.interface, cfg.recv_buffer_bytes)?;
@@ -357,7 +442,8 @@ fn start(
         store: store.clone(),
         tables,
         counters: counters.clone(),
-        version: Mutex::new(applied),
+        version: Mutex::new(applied.min(delivery.delivered)),
+        registered_version: info.current_version,
         auth_error: Mutex::new(None),
         latency: Default::default(),
         force_resync: AtomicBool::new(false),
@@ -433,6 +519,9 @@ fn start(
         groups: info.groups.clone(),
         auth_backoff: false,
         callback,
+        delivered_durable: delivery.delivered,
+        delivery,
+        last_flush: now,
         limits: Limits {
             max_update_bytes: cfg.max_update_bytes,
         },
@@ -502,8 +591,20 @@ struct Process {
     groups: Vec<String>,
     auth_backoff: bool,
     callback: Option<UpdateCallback>,
+    /// What the host has been called back for and what it is still owed.
+    delivery: Delivery,
+    /// The delivered cursor as last written to the store.
+    delivered_durable: u64,
+    last_flush: Instant,
     limits: Limits,
 }
+
+/// Longest the durable delivered cursor lags the callbacks while the subscription is
+/// busy (a crash replays at most this window; written with the next apply meanwhile).
+const DELIVERED_FLUSH: Duration = Duration::from_millis(200);
+
+/// Most bytes of kept updates read from the store at once when replaying.
+const REPLAY_CHUNK_BYTES: usize = 4 << 20;
 
 fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inbound>) {
     let stop = st.shared.stop.clone();
@@ -533,6 +634,9 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
         if st.apply_ready().is_err() {
             break;
         }
+        if st.deliver_backlog(&mut client).is_err() {
+            break;
+        }
         if let Some(ranges) = st.receiver.poll_repair(Instant::now()) {
             if st.repair(&mut client, &ranges).is_err() {
                 break;
@@ -543,12 +647,17 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
         if st.two_phase_step(&mut client).is_err() {
             break;
         }
-        if st.shared.force_resync.swap(false, Ordering::SeqCst) && st.resync(&mut client).is_err() {
+        if st.shared.force_resync.swap(false, Ordering::SeqCst)
+            && st.resync(&mut client, false).is_err()
+        {
             break;
         }
         st.sync_counters();
+        st.flush_delivered(false);
     }
     st.sync_counters();
+    // What the callbacks returned is recorded; the rest is replayed at the next subscribe.
+    st.flush_delivered(true);
     if st
         .shared
         .failure
@@ -942,7 +1051,9 @@ impl Process {
     }
 
     /// Applies every update that is ready, in batches of whole master transactions, then
-    /// runs the callbacks. A storage failure stops the subscription (the replica stays at
+    /// runs the callbacks. What the host is to see is kept in the apply's transaction until
+    /// its callback returns, so a crash or close between apply and callback replays it at
+    /// the next subscribe. A storage failure stops the subscription (the replica stays at
     /// its last committed version) and is reported to waiters.
     fn apply_ready(&mut self) -> Result<()> {
         loop {
@@ -963,15 +1074,24 @@ impl Process {
                 return Ok(());
             };
             let shown = self.filter(&mut batch);
-            if let Err(e) = self
-                .shared
-                .store
-                .apply(&self.shared.name, self.shared.tables, &batch)
-            {
+            let hosted = self.callback.is_some();
+            if !hosted {
+                // Nothing to deliver: the cursor follows the replica.
+                self.delivery.on_delivered(last);
+            }
+            let kept: &[Update] = if hosted { &shown } else { &[] };
+            if let Err(e) = self.shared.store.apply(
+                &self.shared.name,
+                self.shared.tables,
+                &batch,
+                kept,
+                self.delivery.delivered,
+            ) {
                 log::error!("{}: applying up to version {last}: {e}", self.shared.name);
                 self.fail(&e);
                 return Err(e);
             }
+            self.delivered_durable = self.delivery.delivered;
             let c = &self.shared.counters;
             inc(&c.apply_commits);
             let now_us = crate::net::wall_clock_us();
@@ -981,25 +1101,200 @@ impl Process {
                     .record(now_us.saturating_sub(u.timestamp_us));
             }
             add(&c.updates_applied, batch.len() as u64);
-            if let Some(cb) = self.callback.as_mut() {
-                for u in &shown {
-                    if self.shared.stop.is_stopped() {
-                        break;
+            // While older updates are still owed, these wait in the store behind them.
+            if self.delivery.backlog == Backlog::Clear {
+                self.deliver(&shown);
+            }
+            self.announce();
+        }
+    }
+
+    /// Runs the callback for each update in order (skipping versions the host already
+    /// holds) and moves the delivered cursor. Stops early when the subscription closes:
+    /// the rest stays kept and is replayed at the next subscribe.
+    fn deliver(&mut self, updates: &[Update]) {
+        let Some(cb) = self.callback.as_mut() else {
+            return;
+        };
+        let c = &self.shared.counters;
+        for u in updates {
+            if u.version <= self.delivery.delivered && !u.reset {
+                continue;
+            }
+            if self.shared.stop.is_stopped() {
+                return;
+            }
+            if self.delivery.wants(u.version) {
+                let run = std::panic::AssertUnwindSafe(|| cb(u));
+                if std::panic::catch_unwind(run).is_err() {
+                    inc(&c.callback_panics);
+                }
+                inc(&c.updates_delivered);
+            }
+            self.delivery.on_delivered(u.version);
+        }
+    }
+
+    /// Announces the version up to which the replica is applied and every callback has
+    /// run, so a waiter that wakes at version v knows every callback up to v has run.
+    fn announce(&self) {
+        let applied = self.receiver.applied();
+        let v = if self.callback.is_some() {
+            applied.min(self.delivery.delivered)
+        } else {
+            applied
+        };
+        *self
+            .shared
+            .version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = v;
+        self.shared.advanced.notify_all();
+    }
+
+    /// Writes the delivered cursor when it lags: at once if `now`, otherwise at most every
+    /// [`DELIVERED_FLUSH`] (applies write it too, for free).
+    fn flush_delivered(&mut self, now: bool) {
+        if self.delivery.delivered <= self.delivered_durable
+            || (!now && self.last_flush.elapsed() < DELIVERED_FLUSH)
+        {
+            return;
+        }
+        self.last_flush = Instant::now();
+        let v = self.delivery.delivered;
+        match self
+            .shared
+            .store
+            .mark_delivered(&self.shared.name, self.shared.tables, v)
+        {
+            Ok(()) => self.delivered_durable = v,
+            // Not fatal: the cursor stays behind, and those callbacks replay once more.
+            Err(e) => log::warn!("{}: recording delivery up to {v}: {e}", self.shared.name),
+        }
+    }
+
+    /// Delivers what the host is owed from before live updates: a reset, journal updates
+    /// the store no longer keeps, then the kept ones. A publisher that cannot answer now
+    /// is asked again next turn; only a storage failure stops the subscription.
+    fn deliver_backlog(&mut self, client: &mut RepairClient) -> Result<()> {
+        loop {
+            if self.shared.stop.is_stopped() {
+                return Ok(());
+            }
+            match self.delivery.backlog {
+                Backlog::Clear => return Ok(()),
+                Backlog::Reset => self.deliver_reset()?,
+                Backlog::Journal { from, through } => {
+                    if !self.deliver_from_journal(client, from, through) {
+                        return Ok(());
                     }
-                    let run = std::panic::AssertUnwindSafe(|| cb(u));
-                    if std::panic::catch_unwind(run).is_err() {
-                        inc(&c.callback_panics);
+                }
+                Backlog::Kept => {
+                    let kept = self
+                        .shared
+                        .store
+                        .pending_after(
+                            &self.shared.name,
+                            self.shared.tables,
+                            self.delivery.delivered,
+                            REPLAY_CHUNK_BYTES,
+                        )
+                        .inspect_err(|e| self.fail(e))?;
+                    if kept.is_empty() {
+                        self.delivery.on_kept_delivered();
+                    } else {
+                        add(&self.shared.counters.updates_replayed, kept.len() as u64);
+                        self.deliver(&kept);
                     }
                 }
             }
-            // Announced after the callbacks, so a waiter that wakes at version v knows every
-            // callback up to v has run.
-            *self
-                .shared
-                .version
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = last;
-            self.shared.advanced.notify_all();
+            self.announce();
+        }
+    }
+
+    /// Hands the host the whole state of the replica in one update with `reset` set.
+    fn deliver_reset(&mut self) -> Result<()> {
+        let version = self.receiver.applied();
+        let records = self
+            .shared
+            .store
+            .all(self.shared.tables)
+            .inspect_err(|e| self.fail(e))?;
+        let reset = Update {
+            version,
+            timestamp_us: 0,
+            ops: records
+                .into_iter()
+                .map(|(k, v)| crate::Op::put(k, v))
+                .collect(),
+            reset: true,
+        };
+        log::warn!(
+            "{}: handing the host the whole state at version {version} ({} records)",
+            self.shared.name,
+            reset.ops.len()
+        );
+        inc(&self.shared.counters.resets_delivered);
+        self.delivery.skip_through = 0;
+        self.deliver(std::slice::from_ref(&reset));
+        if self.shared.stop.is_stopped() {
+            return Ok(());
+        }
+        self.delivery.on_reset_delivered(version);
+        self.shared
+            .store
+            .reset_delivery(&self.shared.name, self.shared.tables, version)
+            .inspect_err(|e| self.fail(e))?;
+        self.delivered_durable = version;
+        Ok(())
+    }
+
+    /// Calls back versions `from..=through` fetched from the publisher's journal (the
+    /// replica already holds them). Returns whether that part of the backlog is done
+    /// (delivered, or turned into a reset because the journal no longer reaches back).
+    fn deliver_from_journal(&mut self, client: &mut RepairClient, from: u64, through: u64) -> bool {
+        let limits = self.limits;
+        let mut got = Vec::new();
+        let result = client.catch_up(&[(from, through)], |bytes| {
+            got.push(decode_update(bytes, &limits)?);
+            Ok(())
+        });
+        match result {
+            Ok(_) if got.len() as u64 == through - from + 1 => {
+                let shown = self.filter(&mut got);
+                add(&self.shared.counters.updates_replayed, shown.len() as u64);
+                self.deliver(&shown);
+                if self.shared.stop.is_stopped() {
+                    return false;
+                }
+                self.delivery.on_journal_delivered(through);
+                true
+            }
+            Err(_) if client.last_refusal() == Some(ErrorCode::Trimmed) => {
+                log::warn!(
+                    "{}: the journal no longer holds versions {from}..={through} the host has \
+                     not seen",
+                    self.shared.name
+                );
+                self.delivery.on_trimmed();
+                true
+            }
+            Ok(_) => {
+                log::warn!(
+                    "{}: journal answer for versions {from}..={through} was incomplete ({} \
+                     updates); asking again",
+                    self.shared.name,
+                    got.len()
+                );
+                false
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: fetching versions {from}..={through} for the host: {e}",
+                    self.shared.name
+                );
+                false
+            }
         }
     }
 
@@ -1012,18 +1307,24 @@ impl Process {
     }
 
     /// Hash resync (the journal no longer reaches back, or one was asked for): makes the
-    /// replica equal to the publisher's state, then continues from there.
-    fn resync(&mut self, client: &mut RepairClient) -> Result<()> {
+    /// replica equal to the publisher's state, then continues from there. With
+    /// `history_changed` the host is owed the whole state (a reset) instead of the changes.
+    fn resync(&mut self, client: &mut RepairClient, history_changed: bool) -> Result<()> {
         let c = self.shared.counters.clone();
         let groups = self.groups.clone();
         let filter = |b: &mut [Update]| filter_updates(&groups, &c, b);
+        let host = match (self.callback.is_some(), history_changed) {
+            (false, _) => HostDelivery::Nobody,
+            (true, false) => HostDelivery::Changes,
+            (true, true) => HostDelivery::Reset,
+        };
         let out = crate::resync::run(
             &self.shared.store,
             &self.shared.name,
             self.shared.tables,
             client,
             &self.limits,
-            true,
+            Some(host),
             &filter,
         );
         let done = match out {
@@ -1059,20 +1360,17 @@ impl Process {
             r.bytes
         );
         self.receiver = Receiver::new(r.version, self.receiver_config.clone());
-        if let Some(cb) = self.callback.as_mut() {
-            for u in done.update.iter().chain(&done.journal) {
-                let run = std::panic::AssertUnwindSafe(|| cb(u));
-                if std::panic::catch_unwind(run).is_err() {
-                    inc(&c.callback_panics);
-                }
+        match host {
+            HostDelivery::Nobody => self.delivery.on_delivered(r.version),
+            HostDelivery::Reset => self.delivery.on_history_changed(),
+            // Kept in the resync's transaction; delivered now unless older ones are owed.
+            HostDelivery::Changes if self.delivery.backlog == Backlog::Clear => {
+                let shown = done.shown;
+                self.deliver(&shown);
             }
+            HostDelivery::Changes => {}
         }
-        *self
-            .shared
-            .version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = r.version;
-        self.shared.advanced.notify_all();
+        self.announce();
         Ok(())
     }
 
@@ -1134,7 +1432,7 @@ impl Process {
             }
             Err(_) if client.last_refusal() == Some(ErrorCode::Trimmed) => {
                 // The journal no longer reaches back this far: resync by hashes.
-                return self.resync(client);
+                return self.resync(client, false);
             }
             Err(e) => {
                 inc(&c.repair_failures);
@@ -1187,7 +1485,8 @@ impl Subscription {
         Ok(self.shared.store.all(self.shared.tables)?.into_iter())
     }
 
-    /// Version the replica is at.
+    /// Version up to which the replica is applied and the callback has run for every
+    /// update (with no callback: the version the replica is at).
     pub fn version(&self) -> u64 {
         *self
             .shared
@@ -1251,6 +1550,15 @@ impl Subscription {
                 .0;
         }
         Ok(())
+    }
+
+    /// Waits until the replica has caught up with the version the publisher had when this
+    /// subscription registered, and every callback up to it has run (replays included);
+    /// returns that version. Fails like [`wait_for_version`](Self::wait_for_version).
+    pub fn wait_caught_up(&self, timeout: Duration) -> Result<u64> {
+        let v = self.shared.registered_version;
+        self.wait_for_version(v, timeout)?;
+        Ok(v)
     }
 
     /// A snapshot of the subscription's counters.

@@ -52,7 +52,7 @@ impl Op {
 
 /// One committed master transaction of one database: its version and its operations,
 /// in the order the host issued them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Update {
     /// The master version this update produces; versions of a database are 1, 2, 3, ...
     pub version: u64,
@@ -60,4 +60,12 @@ pub struct Update {
     pub timestamp_us: u64,
     /// The operations.
     pub ops: Vec<Op>,
+    /// Only in what a subscription hands its host, never on the wire: this update
+    /// **replaces the host's whole state**. `ops` are puts of every record the replica
+    /// holds at `version`; the host drops everything else it kept from this database
+    /// first. Sent when the updates after the host's version can no longer be delivered
+    /// one by one (the journal no longer reaches back that far) and when the master's
+    /// history changed (a publisher restored from an older copy); see
+    /// [`SubscribeOptions::after`](crate::SubscribeOptions::after).
+    pub reset: bool,
 }

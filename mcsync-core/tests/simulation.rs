@@ -219,6 +219,7 @@ fn random_update(rng: &mut ChaCha8Rng, p: &Params, version: u64) -> Update {
         version,
         timestamp_us: version * 1_000,
         ops,
+        reset: false,
     }
 }
 
@@ -1362,6 +1363,7 @@ fn lost_tail_is_detected_from_heartbeats() {
             version: v,
             timestamp_us: v,
             ops: vec![Op::put(format!("k{v}"), vec![v as u8; 3_000])],
+            reset: false,
         };
         sender.push(v, Arc::new(update_to_vec(&u)));
     }

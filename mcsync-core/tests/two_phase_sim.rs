@@ -412,6 +412,7 @@ impl Sim {
             version,
             timestamp_us,
             ops,
+            reset: false,
         }
     }
 
@@ -599,6 +600,7 @@ impl Sim {
             version: u.version,
             timestamp_us: u.timestamp_us,
             ops: Vec::new(),
+            reset: false,
         };
         let msg = Msg::Record(kind, record);
         self.multicast(msg.clone());

@@ -83,6 +83,7 @@ fn arb_update_sized(max_key: usize, max_value: usize) -> impl Strategy<Value = U
             version,
             timestamp_us,
             ops,
+            reset: false,
         })
 }
 

@@ -117,3 +117,48 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A host database as a legacy plugin keeps one: its own table rebuilt from callbacks and
+/// the version it applied, updated together (as the host's own transaction would), and
+/// every version it was called with, in order.
+#[derive(Debug, Default, Clone)]
+pub struct HostTable {
+    /// The host's table.
+    pub rows: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The version of the last update applied.
+    pub version: u64,
+    /// Every version called back, in order (a reset shows as its version).
+    pub seen: Vec<u64>,
+    /// Resets received.
+    pub resets: u64,
+}
+
+impl HostTable {
+    /// Applies one update as a host would: a reset replaces the table.
+    pub fn apply(&mut self, u: &mcsync::Update) {
+        if u.reset {
+            self.rows.clear();
+            self.resets += 1;
+        }
+        for op in &u.ops {
+            match op.kind {
+                mcsync::OpKind::Put => {
+                    self.rows.insert(op.key.clone(), op.value.clone());
+                }
+                mcsync::OpKind::Delete => {
+                    self.rows.remove(&op.key);
+                }
+            }
+        }
+        self.version = u.version;
+        self.seen.push(u.version);
+    }
+
+    /// The table as (key, value) pairs in key order, to compare with a snapshot.
+    pub fn records(&self) -> Vec<mcsync::Record> {
+        self.rows
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}

@@ -43,3 +43,212 @@ fn a_data_directory_has_one_subscriber_at_a_time() {
     drop(s);
     mcsync::Subscriber::open(subscriber_config(&sub_dir, &p, None)).unwrap();
 }
+
+use mcsync::{Retention, SubscribeOptions, Subscriber, Subscription};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Subscribes `s` to DB with a host table as the callback, continuing after `after`.
+/// When `close_at` is given, the callback closes the subscription from inside once the
+/// host reaches that version, leaving the rest of the applied batch undelivered.
+fn host_subscription(
+    s: &Subscriber,
+    host: &Arc<Mutex<HostTable>>,
+    after: Option<u64>,
+    close_at: Option<u64>,
+) -> Subscription {
+    let h = host.clone();
+    let me: Arc<Mutex<Option<Subscription>>> = Arc::default();
+    let me2 = me.clone();
+    let sub = s
+        .subscribe_with_options(
+            DB,
+            SubscribeOptions {
+                callback: Some(Box::new(move |u| {
+                    let mut h = h.lock().unwrap();
+                    h.apply(u);
+                    if close_at.is_some_and(|c| h.version >= c) {
+                        if let Some(sub) = me2.lock().unwrap().take() {
+                            sub.close().unwrap();
+                        }
+                    }
+                })),
+                after,
+                ..SubscribeOptions::default()
+            },
+        )
+        .unwrap();
+    *me.lock().unwrap() = Some(sub.clone());
+    sub
+}
+
+/// A subscriber that catches up step by step (never compacted), so every version is
+/// called back individually.
+fn stepwise_subscriber(dir: &std::path::Path, p: &Publisher) -> Subscriber {
+    let mut c = subscriber_config(dir, p, None);
+    c.compact_catch_up_after = u64::MAX;
+    Subscriber::open(c).unwrap()
+}
+
+/// Publishes `n` single-put (and some delete) transactions; returns the last version.
+fn publish(db: &mcsync::Database, from: u32, n: u32) -> u64 {
+    let mut v = 0;
+    for i in from..from + n {
+        v = if i % 7 == 3 {
+            db.delete(format!("k{}", (i / 2) % 150)).unwrap()
+        } else {
+            db.put(format!("k{}", i % 150), format!("value {i}"))
+                .unwrap()
+        };
+    }
+    v
+}
+
+/// Closes `s` once its subscription stopped (from its own callback) and the threads ended.
+fn close_after_stop(s: Subscriber, sub: Subscription) {
+    wait_until(CONVERGE, || sub.is_closed());
+    s.close().unwrap();
+    drop((sub, s));
+}
+
+#[test]
+fn a_host_that_keeps_its_version_gets_every_update_exactly_once_across_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    // Published before the replica exists: one catch-up applies it in large batches, so
+    // closing from the callback leaves applied updates whose callbacks have not run.
+    let first = publish(&db, 0, 600);
+    let host = Arc::new(Mutex::new(HostTable::default()));
+    let sub_dir = dir.path().join("sub");
+    let s = stepwise_subscriber(&sub_dir, &p);
+    let sub = host_subscription(&s, &host, Some(0), Some(100));
+    close_after_stop(s, sub);
+    let h1 = host.lock().unwrap().version;
+    assert!(h1 >= 100, "host at {h1}");
+    let last = publish(&db, 600, 400);
+    assert!(last > first);
+    // The host reopens, passing the version its own store holds.
+    let s = stepwise_subscriber(&sub_dir, &p);
+    let sub = host_subscription(&s, &host, Some(h1), None);
+    sub.wait_for_version(last, CONVERGE).unwrap();
+    let st = sub.stats();
+    eprintln!("host stopped at {h1}; replayed {}", st.updates_replayed);
+    let h = host.lock().unwrap();
+    assert_versions(&h.seen, 1..=last);
+    assert_eq!(h.records(), db.snapshot().unwrap());
+    assert_eq!(h.resets, 0);
+}
+
+#[test]
+fn without_the_hosts_version_delivery_is_at_least_once_in_order_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    publish(&db, 0, 600);
+    let host = Arc::new(Mutex::new(HostTable::default()));
+    let sub_dir = dir.path().join("sub");
+    let s = stepwise_subscriber(&sub_dir, &p);
+    let sub = host_subscription(&s, &host, None, Some(100));
+    close_after_stop(s, sub);
+    let first_session = host.lock().unwrap().seen.clone();
+    let last = publish(&db, 600, 200);
+    let s = stepwise_subscriber(&sub_dir, &p);
+    let sub = host_subscription(&s, &host, None, None);
+    sub.wait_for_version(last, CONVERGE).unwrap();
+    let h = host.lock().unwrap();
+    let second_session = &h.seen[first_session.len()..];
+    assert_versions(&first_session, 1..=*first_session.last().unwrap());
+    // The second session starts at or before the first one's end + 1 and runs to the end.
+    let start = second_session[0];
+    assert!(
+        start <= first_session.last().unwrap() + 1,
+        "gap: resumed at {start}"
+    );
+    assert_versions(second_session, start..=last);
+    assert_eq!(h.records(), db.snapshot().unwrap());
+}
+
+#[test]
+fn a_host_behind_its_replica_is_served_from_the_journal_or_reset_when_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = publisher_config(&dir.path().join("pub"));
+    let p = Publisher::open(cfg.clone()).unwrap();
+    let db = p.database(DB).unwrap();
+    let v1 = publish(&db, 0, 300);
+    let sub_dir = dir.path().join("sub");
+    // A replica with no host at all: it applies everything, delivers nothing.
+    {
+        let s = stepwise_subscriber(&sub_dir, &p);
+        let sub = s.subscribe_with(DB, None).unwrap();
+        sub.wait_for_version(v1, CONVERGE).unwrap();
+        s.close().unwrap();
+    }
+    // A host that restored its table to version 120 (say, from a backup): the journal
+    // still reaches back, so it gets exactly 121..=v1.
+    let mut restored = HostTable::default();
+    {
+        let all = Arc::new(Mutex::new(HostTable::default()));
+        let a2 = all.clone();
+        let probe = stepwise_subscriber(&dir.path().join("probe"), &p);
+        let sub = probe
+            .subscribe(DB, move |u| {
+                let mut h = a2.lock().unwrap();
+                if u.version <= 120 {
+                    h.apply(u);
+                }
+            })
+            .unwrap();
+        sub.wait_for_version(v1, CONVERGE).unwrap();
+        restored.rows = all.lock().unwrap().rows.clone();
+        restored.version = 120;
+    }
+    let host = Arc::new(Mutex::new(restored));
+    let s = stepwise_subscriber(&sub_dir, &p);
+    let sub = host_subscription(&s, &host, Some(120), None);
+    sub.wait_for_version(v1, CONVERGE).unwrap();
+    {
+        let h = host.lock().unwrap();
+        assert_versions(&h.seen, 121..=v1);
+        assert_eq!(h.records(), db.snapshot().unwrap());
+    }
+    s.close().unwrap();
+    drop((sub, s));
+    // Now the journal is trimmed far past version 50 (the publisher restarts keeping only
+    // the last 10 entries): a host at 50 can only be reset.
+    p.close().unwrap();
+    drop((db, p));
+    cfg.retention = Retention {
+        max_bytes: 1,
+        max_age: Duration::from_secs(3600),
+        min_count: 10,
+        min_free_disk_bytes: 0,
+    };
+    let p = Publisher::open(cfg).unwrap();
+    let db = p.database(DB).unwrap();
+    let v2 = publish(&db, 300, 100);
+    assert!(p.apply_retention().unwrap() > 0);
+    let host = Arc::new(Mutex::new(HostTable {
+        version: 50,
+        ..HostTable::default()
+    }));
+    host.lock()
+        .unwrap()
+        .rows
+        .insert(b"stale-row".to_vec(), b"gone at the master".to_vec());
+    let s = stepwise_subscriber(&sub_dir, &p);
+    let sub = host_subscription(&s, &host, Some(50), None);
+    sub.wait_for_version(v2, CONVERGE).unwrap();
+    let h = host.lock().unwrap();
+    assert_eq!(h.resets, 1, "{:?}", sub.stats());
+    // The reset carries the replica's version (v1, unless it caught up meanwhile).
+    let r = h.seen[0];
+    assert!(r >= v1, "reset at {r}");
+    // After it, in order to v2: one by one, or (the journal trimmed past the replica too)
+    // as a hash resync's changes at the snapshot version.
+    assert!(h.seen.windows(2).all(|w| w[0] < w[1]), "{:?}", h.seen);
+    assert_eq!(h.version, v2);
+    assert!(!h.rows.contains_key(&b"stale-row"[..]));
+    assert_eq!(h.records(), db.snapshot().unwrap());
+    assert_eq!(sub.stats().resets_delivered, 1);
+}

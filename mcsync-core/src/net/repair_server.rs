@@ -830,6 +830,7 @@ fn compact(
             version: top,
             timestamp_us: ts,
             ops: latest.into_values().collect(),
+            reset: false,
         };
         let bytes = crate::wire::update::update_to_vec(&u);
         let n = write_message(w, &Message::CatchupUpdate(bytes))

@@ -5,6 +5,7 @@
 pub mod adapt;
 pub mod assembler;
 pub mod chain;
+pub mod delivery;
 pub mod heartbeat;
 pub mod loss;
 pub mod pacer;
@@ -18,6 +19,7 @@ pub mod two_phase;
 
 pub use assembler::{Assembled, Chain, ChainAssembler, ChainDrop};
 pub use chain::{ChainBuilder, PlainPacket};
+pub use delivery::{Backlog, Delivery, DeliveryStart};
 pub use heartbeat::HeartbeatTimer;
 pub use loss::LossGenerator;
 pub use pacer::Pacer;

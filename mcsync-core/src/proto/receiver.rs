@@ -288,6 +288,7 @@ mod tests {
             version: v,
             timestamp_us: v * 10,
             ops: vec![Op::put(format!("k{v}"), vec![v as u8; 10])],
+            reset: false,
         }
     }
 

@@ -355,6 +355,7 @@ mod tests {
             version: v,
             timestamp_us: v,
             ops: vec![Op::put(format!("key-{v}"), value)],
+            reset: false,
         }
     }
 

@@ -554,6 +554,7 @@ mod tests {
             version: v,
             timestamp_us: ts,
             ops: vec![Op::put(format!("k{v}"), format!("v{ts}"))],
+            reset: false,
         }
     }
 
@@ -562,6 +563,7 @@ mod tests {
             version: v,
             timestamp_us: ts,
             ops: Vec::new(),
+            reset: false,
         }
     }
 

@@ -2,6 +2,13 @@
 //! hash per record, and meta (applied version). Each apply is one LMDB transaction holding
 //! one or more whole master transactions, so after a crash the replica is exactly the
 //! master's state at the stored version.
+//!
+//! Delivery to the host is tracked beside it: `delivered:<db>` is the version up to which
+//! the host's callbacks have returned, and `pending/<db>` keeps (in the same transaction
+//! as the apply) what the host is to see of every update applied after it, so callbacks
+//! that a crash or a close cut off are replayed at the next subscribe. The delivered
+//! cursor is written lazily (with the next apply, or when the subscription idles or
+//! closes): a crash replays at most that window again, it never skips one.
 
 use super::{apply_op, get_u64, record_hash, Env, RecordTables, StateSum};
 use crate::{Result, Update};
@@ -16,6 +23,31 @@ pub type KeyHash = (Vec<u8>, u64);
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaTables {
     records: RecordTables,
+    /// version → what the host sees of that update, for versions not yet delivered.
+    pending: Database,
+}
+
+/// Where delivery to the host stands for one database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryState {
+    /// Version the replica is at.
+    pub applied: u64,
+    /// Version up to which the host's callbacks returned (durably recorded).
+    pub delivered: u64,
+    /// Whether `pending` holds every update in (delivered, applied] (false when updates
+    /// were applied with no callback to deliver them to).
+    pub pending_complete: bool,
+    /// The host is owed a reset (the history changed; not yet handed over).
+    pub reset_owed: bool,
+}
+
+/// What a resync keeps for the host, in the same transaction as the resync itself.
+#[derive(Debug, Clone, Copy)]
+pub enum ResyncDelivery<'a> {
+    /// Keep these (what the host sees of the resync) as pending, to be delivered.
+    Keep(&'a [Update]),
+    /// The host will be handed the whole state: drop pending, delivered = the version.
+    Reset,
 }
 
 /// The subscriber's LMDB store (shared by its subscriptions).
@@ -27,6 +59,24 @@ pub struct SubscriberStore {
 
 fn applied_key(name: &str) -> String {
     format!("applied:{name}")
+}
+
+fn delivered_key(name: &str) -> String {
+    format!("delivered:{name}")
+}
+
+/// Set while `pending/<db>` does not cover everything after the delivered cursor.
+fn pending_gap_key(name: &str) -> String {
+    format!("pending-gap:{name}")
+}
+
+/// Set while the host is owed a reset (the whole state) after a history change.
+fn reset_owed_key(name: &str) -> String {
+    format!("reset-owed:{name}")
+}
+
+fn incarnation_key(name: &str) -> String {
+    format!("incarnation:{name}")
 }
 
 impl SubscriberStore {
@@ -55,6 +105,7 @@ impl SubscriberStore {
                 hash: self.env.db(&format!("hash/{name}"))?,
                 acl: None,
             },
+            pending: self.env.db(&format!("pending/{name}"))?,
         })
     }
 
@@ -66,8 +117,17 @@ impl SubscriberStore {
     }
 
     /// Applies whole updates, in version order, in one durable transaction and records the
-    /// last one's version.
-    pub fn apply(&self, name: &str, tables: ReplicaTables, updates: &[Update]) -> Result<()> {
+    /// last one's version. In the same transaction it keeps `shown` (what the host is to
+    /// see of them; empty when nothing is delivered to a host) for replay, and moves the
+    /// delivered cursor to `delivered` (callbacks that returned since the last write).
+    pub fn apply(
+        &self,
+        name: &str,
+        tables: ReplicaTables,
+        updates: &[Update],
+        shown: &[Update],
+        delivered: u64,
+    ) -> Result<()> {
         let Some(last) = updates.last() else {
             return Ok(());
         };
@@ -85,8 +145,142 @@ impl SubscriberStore {
                 &key,
                 &last.version.to_be_bytes(),
                 WriteFlags::empty(),
-            )
+            )?;
+            if shown.is_empty() {
+                txn.put(
+                    self.meta,
+                    &pending_gap_key(name),
+                    &[1u8],
+                    WriteFlags::empty(),
+                )?;
+            }
+            for u in shown {
+                let bytes = crate::wire::update::update_to_vec(u);
+                txn.put(
+                    tables.pending,
+                    &u.version.to_be_bytes(),
+                    &bytes,
+                    WriteFlags::empty(),
+                )?;
+            }
+            self.record_delivered(txn, name, tables, delivered)
         })
+    }
+
+    /// Moves the delivered cursor forward to `v` (never back) and forgets the pending
+    /// updates it covers. Runs inside the caller's transaction.
+    fn record_delivered(
+        &self,
+        txn: &mut lmdb::RwTransaction<'_>,
+        name: &str,
+        tables: ReplicaTables,
+        v: u64,
+    ) -> std::result::Result<(), lmdb::Error> {
+        let key = delivered_key(name);
+        if get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0) >= v {
+            return Ok(());
+        }
+        txn.put(self.meta, &key, &v.to_be_bytes(), WriteFlags::empty())?;
+        let done: Vec<Vec<u8>> = {
+            let mut cur = txn.open_ro_cursor(tables.pending)?;
+            let mut out = Vec::new();
+            for item in cur.iter_start() {
+                let (k, _) = item?;
+                if k > &v.to_be_bytes()[..] {
+                    break;
+                }
+                out.push(k.to_vec());
+            }
+            out
+        };
+        for k in done {
+            txn.del(tables.pending, &k, None)?;
+        }
+        // Caught up: whatever was applied without pending copies is delivered now.
+        let applied = get_u64(txn, self.meta, applied_key(name).as_bytes())?.unwrap_or(0);
+        if v >= applied {
+            match txn.del(self.meta, &pending_gap_key(name), None) {
+                Ok(()) | Err(lmdb::Error::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records durably that the host's callbacks returned up to version `v`.
+    pub fn mark_delivered(&self, name: &str, tables: ReplicaTables, v: u64) -> Result<()> {
+        self.env
+            .write(|txn| self.record_delivered(txn, name, tables, v))
+    }
+
+    /// Where delivery stands for `name`.
+    pub fn delivery_state(&self, name: &str) -> Result<DeliveryState> {
+        self.env.read(|txn| {
+            let applied = get_u64(txn, self.meta, applied_key(name).as_bytes())?.unwrap_or(0);
+            // A store from before delivery was tracked counts as delivered up to applied.
+            let delivered = get_u64(txn, self.meta, delivered_key(name).as_bytes())?
+                .unwrap_or(applied)
+                .min(applied);
+            let flag = |key: String| match txn.get(self.meta, &key) {
+                Ok(_) => Ok(true),
+                Err(lmdb::Error::NotFound) => Ok(false),
+                Err(e) => Err(e),
+            };
+            let gap = flag(pending_gap_key(name))?;
+            Ok(DeliveryState {
+                applied,
+                delivered,
+                pending_complete: !gap || delivered >= applied,
+                reset_owed: flag(reset_owed_key(name))?,
+            })
+        })
+    }
+
+    /// The kept (not yet delivered) updates of `name` after version `after`, in version
+    /// order, at most `max_bytes` of them (at least one).
+    pub fn pending_after(
+        &self,
+        name: &str,
+        tables: ReplicaTables,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Update>> {
+        let limits = crate::wire::update::Limits {
+            max_update_bytes: usize::MAX,
+        };
+        let raw = self.env.read(|txn| {
+            let mut cur = txn.open_ro_cursor(tables.pending)?;
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            let start = (after.saturating_add(1)).to_be_bytes();
+            for item in cur.iter_from(start) {
+                let (_, v) = item?;
+                bytes += v.len();
+                out.push(v.to_vec());
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(out)
+        })?;
+        raw.iter()
+            .map(|b| crate::wire::update::decode_update(b, &limits))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| crate::Error::Storage(format!("pending update of {name:?}: {e}")))
+    }
+
+    /// The history (incarnation id) the replica of `name` belongs to (0 if not known yet).
+    pub fn incarnation(&self, name: &str) -> Result<u64> {
+        let key = incarnation_key(name);
+        self.env
+            .read(|txn| Ok(get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0)))
+    }
+
+    /// Records the history the replica of `name` belongs to.
+    pub fn set_incarnation(&self, name: &str, id: u64) -> Result<()> {
+        let key = incarnation_key(name);
+        self.env
+            .write(|txn| txn.put(self.meta, &key, &id.to_be_bytes(), WriteFlags::empty()))
     }
 
     /// One record of the replica.
@@ -180,6 +374,7 @@ impl SubscriberStore {
     /// Replaces records in one transaction: deletes `deletes`, writes `puts`, then applies
     /// `updates` (journal entries after the snapshot), records `version`, and recomputes
     /// the state digest from the hash table. Readers see the old state until it commits.
+    #[allow(clippy::too_many_arguments)] // one transaction's worth of inputs, each distinct
     pub fn apply_resync(
         &self,
         name: &str,
@@ -188,6 +383,7 @@ impl SubscriberStore {
         puts: &[crate::Record],
         updates: &[Update],
         version: u64,
+        delivery: ResyncDelivery<'_>,
     ) -> Result<()> {
         let key = applied_key(name);
         self.env.write(|txn| {
@@ -225,7 +421,60 @@ impl SubscriberStore {
                 }
             }
             total.store(txn, self.meta, name)?;
-            txn.put(self.meta, &key, &version.to_be_bytes(), WriteFlags::empty())
+            txn.put(self.meta, &key, &version.to_be_bytes(), WriteFlags::empty())?;
+            match delivery {
+                ResyncDelivery::Keep(shown) => {
+                    for u in shown {
+                        let bytes = crate::wire::update::update_to_vec(u);
+                        txn.put(
+                            tables.pending,
+                            &u.version.to_be_bytes(),
+                            &bytes,
+                            WriteFlags::empty(),
+                        )?;
+                    }
+                    if shown.is_empty() {
+                        txn.put(
+                            self.meta,
+                            &pending_gap_key(name),
+                            &[1u8],
+                            WriteFlags::empty(),
+                        )?;
+                    }
+                }
+                ResyncDelivery::Reset => {
+                    // The host is owed the whole state (durably, so a crash before it is
+                    // handed over still owes it); nothing older is replayed.
+                    txn.clear_db(tables.pending)?;
+                    txn.put(
+                        self.meta,
+                        &reset_owed_key(name),
+                        &[1u8],
+                        WriteFlags::empty(),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Forgets every pending update and sets the delivered cursor to `version`: the host
+    /// was handed the whole state at `version` (a reset).
+    pub fn reset_delivery(&self, name: &str, tables: ReplicaTables, version: u64) -> Result<()> {
+        self.env.write(|txn| {
+            txn.clear_db(tables.pending)?;
+            for key in [pending_gap_key(name), reset_owed_key(name)] {
+                match txn.del(self.meta, &key, None) {
+                    Ok(()) | Err(lmdb::Error::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            txn.put(
+                self.meta,
+                &delivered_key(name),
+                &version.to_be_bytes(),
+                WriteFlags::empty(),
+            )
         })
     }
 }

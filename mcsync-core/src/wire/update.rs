@@ -188,6 +188,7 @@ pub fn decode_record(buf: &[u8], limits: &Limits) -> Result<(RecordKind, Update)
         version,
         timestamp_us,
         ops,
+        reset: false,
     };
     Ok((kind, u))
 }
