@@ -23,6 +23,18 @@ pub struct CatchupOutcome {
     pub bytes: u64,
 }
 
+/// The publisher's answer to STATUS_REQUEST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// Latest committed version of the database.
+    pub current_version: u64,
+    /// Oldest version the journal holds (as of the publisher's last retention pass).
+    pub oldest_version: u64,
+    /// The database's incarnation (as in HELLO_OK): a different one than the replica
+    /// stored means the publisher's history changed.
+    pub incarnation: u64,
+}
+
 /// Who the client is and how it reaches the publisher.
 #[derive(Clone)]
 pub struct ClientIdentity {
@@ -142,13 +154,18 @@ impl RepairClient {
         self.expect_ok(&Message::Report(r))
     }
 
-    /// The publisher's latest and oldest versions.
-    pub fn status(&mut self) -> Result<(u64, u64)> {
+    /// The publisher's latest and oldest versions and the database's incarnation.
+    pub fn status(&mut self) -> Result<StatusInfo> {
         match self.request(&Message::StatusRequest)?.0 {
             Message::Status {
                 current_version,
                 oldest_version,
-            } => Ok((current_version, oldest_version)),
+                incarnation,
+            } => Ok(StatusInfo {
+                current_version,
+                oldest_version,
+                incarnation,
+            }),
             other => Err(self.unexpected(other)),
         }
     }

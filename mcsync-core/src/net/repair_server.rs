@@ -421,10 +421,14 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
                 None => Err(error(ErrorCode::BadRequest, "report before HELLO")),
             },
             Message::StatusRequest => match &session {
-                Some(s) => Ok(Message::Status {
-                    current_version: s.db.committed_version(),
-                    oldest_version: s.db.info().oldest_version,
-                }),
+                Some(s) => {
+                    let info = s.db.info();
+                    Ok(Message::Status {
+                        current_version: info.current_version,
+                        oldest_version: info.oldest_version,
+                        incarnation: info.incarnation,
+                    })
+                }
                 None => Err(error(ErrorCode::BadRequest, "status before HELLO")),
             },
             Message::CompactRequest { first, last } => match &session {
