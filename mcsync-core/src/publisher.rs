@@ -725,6 +725,8 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
     let latest = inner.store.last_version(name)?;
     let oldest = inner.store.oldest_version(tables)?.max(1);
     let stream_id = inner.store.next_stream_id()?;
+    // Drawn once per database and kept: replicas compare it to tell a changed history.
+    let incarnation = inner.store.incarnation(name)?;
     // A fresh key and epoch at every start: a restarted publisher never seals under a key
     // a previous run used, and keys never touch the disk.
     let key_epoch = inner.store.next_key_epoch(name)?;
@@ -781,6 +783,8 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
             current_version: latest,
             oldest_version: oldest,
             subscriber_id: 0,
+            incarnation,
+            stream_id,
         },
         committed: AtomicU64::new(latest),
         keys: Mutex::new(vec![(key_epoch, key)]),
@@ -1322,6 +1326,15 @@ impl Database {
     /// version a commit returned is included once the journal writer has committed it.
     pub fn version(&self) -> u64 {
         self.db.committed.load(Ordering::SeqCst)
+    }
+
+    /// The database's incarnation id: random, nonzero, drawn when the database was first
+    /// published from this data directory and kept durably across restarts. Subscribers
+    /// get it in HELLO_OK and STATUS; a replica that sees a different one (the publisher's
+    /// data was replaced) knows its versions no longer match the master's history and
+    /// resyncs.
+    pub fn incarnation(&self) -> u64 {
+        self.db.info.incarnation
     }
 
     /// Rotates this database's key now; returns the new epoch.

@@ -148,6 +148,21 @@ pub(crate) fn run(
             Ok(())
         })?;
     }
+    // The tail must continue the snapshot without a hole (the client checked the answer
+    // against the range asked for; this holds the applied list to the same rule): a
+    // skipped version would leave the replica claiming a version whose changes it lacks.
+    if let Some((i, u)) = journal
+        .iter()
+        .enumerate()
+        .find(|&(i, u)| u.version != version + 1 + i as u64)
+    {
+        return Err(Error::Protocol(format!(
+            "resync journal tail after snapshot version {version} is not contiguous: \
+             expected version {}, received {}",
+            version + 1 + i as u64,
+            u.version
+        )));
+    }
     let shown_journal = filter(&mut journal);
     let new_version = journal.last().map_or(version, |u| u.version.max(version));
     let mut ops: Vec<Op> = deletes.iter().cloned().map(Op::delete).collect();

@@ -765,7 +765,7 @@ impl Process {
         let p = &mut self.policy;
         if p.unicast_until.is_some() && now.duration_since(p.last_poll) >= UNICAST_POLL {
             p.last_poll = now;
-            if let Ok((current, _)) = client.status() {
+            if let Ok(current) = client.status().map(|s| s.current_version) {
                 self.receiver.on_heartbeat(now, current);
             }
         }

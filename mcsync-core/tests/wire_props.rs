@@ -137,9 +137,16 @@ fn arb_info() -> impl Strategy<Value = DatabaseInfo> {
         prop::collection::vec(arb_key(), 0..=MAX_KEYS),
         prop::collection::vec(arb_group(), 0..5),
         (any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<u64>(), any::<u32>()),
     )
         .prop_map(
-            |((group, source, encrypted), keys, groups, (current, oldest, id))| DatabaseInfo {
+            |(
+                (group, source, encrypted),
+                keys,
+                groups,
+                (current, oldest, id),
+                (incarnation, stream_id),
+            )| DatabaseInfo {
                 group,
                 source,
                 encrypted,
@@ -148,6 +155,8 @@ fn arb_info() -> impl Strategy<Value = DatabaseInfo> {
                 current_version: current,
                 oldest_version: oldest,
                 subscriber_id: id,
+                incarnation,
+                stream_id,
             },
         )
 }
@@ -271,12 +280,15 @@ fn arb_message() -> impl Strategy<Value = Message> {
         )
             .prop_map(|(key, value)| Message::FetchRecord { key, value }),
         any::<u64>().prop_map(|missing| Message::FetchEnd { missing }),
-        (any::<u64>(), any::<u64>()).prop_map(|(current_version, oldest_version)| {
-            Message::Status {
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(current_version, oldest_version, incarnation)| Message::Status {
                 current_version,
                 oldest_version,
+                incarnation,
             }
-        }),
+        ),
+        (1u64.., prop::collection::vec(any::<u8>(), 0..2_000))
+            .prop_map(|(first, update)| Message::CompactUpdate { first, update }),
     ]
 }
 
@@ -303,7 +315,10 @@ fn overlong_text_is_cut_on_a_character_boundary() {
 
 /// Messages whose last field is "the rest of the frame", so their prefixes parse too.
 fn open_ended(m: &Message) -> bool {
-    matches!(m, Message::CatchupUpdate(_) | Message::PacketData(_))
+    matches!(
+        m,
+        Message::CatchupUpdate(_) | Message::PacketData(_) | Message::CompactUpdate { .. }
+    )
 }
 
 /// An encoded bundle of valid updates.
@@ -438,6 +453,22 @@ proptest! {
         if !open_ended(&m) {
             prop_assert!(Message::parse(&longer).is_err());
         }
+    }
+
+    /// COMPACT_UPDATE's update is open-ended, but its type and `first` are not: shorter
+    /// frames fail, and `first` = 0 (no version is 0) fails.
+    #[test]
+    fn compact_update_needs_its_first_version(
+        first in 1u64..,
+        update in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let frame = Message::CompactUpdate { first, update }.to_vec();
+        for n in 4..4 + 9 {
+            prop_assert!(Message::parse(&frame[4..n]).is_err(), "prefix of {}", n);
+        }
+        let mut zero = frame[4..].to_vec();
+        zero[1..9].copy_from_slice(&0u64.to_be_bytes());
+        prop_assert!(Message::parse(&zero).is_err());
     }
 
     #[test]

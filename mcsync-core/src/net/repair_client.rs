@@ -7,6 +7,7 @@ use super::tls::{ClientTls, Stream};
 use crate::auth::Secret;
 use crate::proto::resync::{Digest, Range};
 use crate::wire::control::{DatabaseInfo, ErrorCode, Message, CONTROL_VERSION};
+use crate::wire::update::peek_version;
 use crate::{Error, Result};
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,6 +22,113 @@ pub struct CatchupOutcome {
     pub updates: u64,
     /// Bytes received (frames).
     pub bytes: u64,
+}
+
+/// The publisher's answer to STATUS_REQUEST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// Latest committed version of the database.
+    pub current_version: u64,
+    /// Oldest version the journal holds (as of the publisher's last retention pass).
+    pub oldest_version: u64,
+    /// The database's incarnation (as in HELLO_OK): a different one than the replica
+    /// stored means the publisher's history changed.
+    pub incarnation: u64,
+}
+
+/// A catch-up answer that did not cover exactly the versions asked for: the publisher
+/// skipped versions (or sent ones not asked for). Whatever came before it was handed on
+/// (it was in order); nothing from it on was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoverageGap {
+    /// The version that should have come next (for a compacted answer: the first version
+    /// the next chunk should cover), or `None` if nothing more was asked for.
+    pub expected: Option<u64>,
+    /// The version that came instead (for a compacted chunk: the first version it says it
+    /// covers), or `None` if the answer ended (CATCHUP_END) without it.
+    pub received: Option<u64>,
+}
+
+impl std::fmt::Display for CoverageGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.expected {
+            Some(v) => write!(f, "expected version {v}")?,
+            None => write!(f, "expected nothing more")?,
+        }
+        match self.received {
+            Some(v) => write!(f, ", received version {v}"),
+            None => write!(f, ", but the answer ended"),
+        }
+    }
+}
+
+/// What a catch-up answer must cover, checked update by update before any is handed on:
+/// the versions of `ranges` in order, each exactly once, up to the publisher's latest
+/// version (ranges are capped there). A compacted answer has one range, and each chunk
+/// must start where the previous one ended (the first at the range's start).
+#[derive(Debug, Clone)]
+struct Coverage {
+    ranges: Vec<(u64, u64)>,
+    /// Index of the range `next` is in (`ranges.len()` once all are covered).
+    idx: usize,
+    /// Next version wanted, inside `ranges[idx]`.
+    next: u64,
+}
+
+impl Coverage {
+    fn new(ranges: &[(u64, u64)]) -> Coverage {
+        Coverage {
+            ranges: ranges.to_vec(),
+            idx: 0,
+            next: ranges.first().map_or(0, |r| r.0),
+        }
+    }
+
+    /// The next version wanted, if any.
+    fn wanted(&self) -> Option<u64> {
+        (self.idx < self.ranges.len()).then_some(self.next)
+    }
+
+    /// The versions `first..=last` arrived (one update, or a compacted chunk).
+    fn take(&mut self, first: u64, last: u64) -> std::result::Result<(), CoverageGap> {
+        let gap = CoverageGap {
+            expected: self.wanted(),
+            received: Some(first),
+        };
+        let Some(&(_, end)) = self.ranges.get(self.idx) else {
+            return Err(gap);
+        };
+        if first != self.next || last < first || last > end {
+            return Err(gap);
+        }
+        if last == end {
+            self.idx += 1;
+            self.next = self.ranges.get(self.idx).map_or(0, |r| r.0);
+        } else {
+            self.next = last + 1;
+        }
+        Ok(())
+    }
+
+    /// The answer ended with the publisher at `current`: every version asked for up to
+    /// `current` must have come.
+    fn end(&self, current: u64) -> std::result::Result<(), CoverageGap> {
+        match self.wanted() {
+            Some(v) if v <= current => Err(CoverageGap {
+                expected: Some(v),
+                received: None,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How a streamed catch-up answer comes: one journaled update per frame, or compacted
+/// chunks that name their first version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Journal,
+    Compacted,
 }
 
 /// Who the client is and how it reaches the publisher.
@@ -48,6 +156,7 @@ pub struct RepairClient {
     conn: Option<BufReader<Box<dyn Stream>>>,
     last_info: Option<DatabaseInfo>,
     last_refusal: Option<ErrorCode>,
+    last_gap: Option<CoverageGap>,
     bytes_sent: u64,
     bytes_received: u64,
     participant: bool,
@@ -78,6 +187,7 @@ impl RepairClient {
             conn: None,
             last_info: None,
             last_refusal: None,
+            last_gap: None,
             bytes_sent: 0,
             bytes_received: 0,
             participant: false,
@@ -142,13 +252,18 @@ impl RepairClient {
         self.expect_ok(&Message::Report(r))
     }
 
-    /// The publisher's latest and oldest versions.
-    pub fn status(&mut self) -> Result<(u64, u64)> {
+    /// The publisher's latest and oldest versions and the database's incarnation.
+    pub fn status(&mut self) -> Result<StatusInfo> {
         match self.request(&Message::StatusRequest)?.0 {
             Message::Status {
                 current_version,
                 oldest_version,
-            } => Ok((current_version, oldest_version)),
+                incarnation,
+            } => Ok(StatusInfo {
+                current_version,
+                oldest_version,
+                incarnation,
+            }),
             other => Err(self.unexpected(other)),
         }
     }
@@ -194,20 +309,33 @@ impl RepairClient {
     }
 
     /// Fetches versions `first..=last` compacted, handing each encoded update (one per
-    /// journal chunk, at the chunk's last version) to `on_update`.
+    /// journal chunk, at the chunk's last version) to `on_update`. The chunks must cover
+    /// `first..=` min(`last`, the publisher's latest version) exactly, each starting right
+    /// after the previous one (the first at `first`); otherwise the answer is refused with
+    /// [`Error::Protocol`] at the first chunk that does not fit (which is not handed on),
+    /// and [`last_gap`](Self::last_gap) says where.
     pub fn compact(
         &mut self,
         first: u64,
         last: u64,
         on_update: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<CatchupOutcome> {
-        self.stream_updates(&Message::CompactRequest { first, last }, on_update)
+        let req = Message::CompactRequest { first, last };
+        self.stream_updates(&req, Answer::Compacted, &[(first, last)], on_update)
     }
 
     /// The code of the error frame the publisher answered the last request with, if it
     /// did.
     pub fn last_refusal(&self) -> Option<ErrorCode> {
         self.last_refusal
+    }
+
+    /// Where the last catch-up answer (of [`catch_up`](Self::catch_up) or
+    /// [`compact`](Self::compact)) failed to cover exactly the versions asked for, if it
+    /// did: the publisher skipped versions, so the replica must not move past them by
+    /// this answer. Cleared by every request.
+    pub fn last_gap(&self) -> Option<CoverageGap> {
+        self.last_gap
     }
 
     /// Bytes sent and received on the control channel so far (frames, not TLS records).
@@ -271,6 +399,7 @@ impl RepairClient {
     /// restarted), reconnects once and tries again.
     fn request(&mut self, m: &Message) -> Result<(Message, usize)> {
         self.last_refusal = None;
+        self.last_gap = None;
         let reused = self.conn.is_some();
         if !reused {
             self.connect()?;
@@ -314,7 +443,10 @@ impl RepairClient {
     }
 
     /// Fetches the inclusive version ranges, handing each encoded update to `on_update`
-    /// as it arrives.
+    /// as it arrives. The updates must be exactly the versions of `ranges`, in order
+    /// (each range capped at the publisher's latest version); otherwise the answer is
+    /// refused with [`Error::Protocol`] at the first update that does not fit (which is
+    /// not handed on), and [`last_gap`](Self::last_gap) says where.
     pub fn catch_up(
         &mut self,
         ranges: &[(u64, u64)],
@@ -323,12 +455,24 @@ impl RepairClient {
         let req = Message::CatchupRequest {
             ranges: ranges.to_vec(),
         };
-        self.stream_updates(&req, on_update)
+        self.stream_updates(&req, Answer::Journal, ranges, on_update)
+    }
+
+    /// Refuses an answer that skipped versions: records where, and drops the connection
+    /// (the rest of the answer is still on it).
+    fn gap(&mut self, ranges: &[(u64, u64)], gap: CoverageGap) -> Error {
+        self.conn = None;
+        self.last_gap = Some(gap);
+        Error::Protocol(format!(
+            "catch-up of versions {ranges:?} from the publisher does not cover them: {gap}"
+        ))
     }
 
     fn stream_updates(
         &mut self,
         req: &Message,
+        answer: Answer,
+        ranges: &[(u64, u64)],
         mut on_update: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<CatchupOutcome> {
         let mut out = CatchupOutcome {
@@ -336,22 +480,42 @@ impl RepairClient {
             updates: 0,
             bytes: 0,
         };
+        let mut coverage = Coverage::new(ranges);
         let mut reply = self.request(req)?;
         loop {
             out.bytes += reply.1 as u64;
-            match reply.0 {
-                Message::CatchupUpdate(bytes) => {
-                    out.updates += 1;
-                    if let Err(e) = on_update(&bytes) {
-                        self.conn = None;
-                        return Err(e);
-                    }
+            let (first, bytes) = match (answer, reply.0) {
+                (Answer::Journal, Message::CatchupUpdate(bytes)) => (None, bytes),
+                (Answer::Compacted, Message::CompactUpdate { first, update }) => {
+                    (Some(first), update)
                 }
-                Message::CatchupEnd { current_version } => {
+                (_, Message::CatchupEnd { current_version }) => {
+                    if let Err(g) = coverage.end(current_version) {
+                        return Err(self.gap(ranges, g));
+                    }
                     out.current_version = current_version;
                     return Ok(out);
                 }
-                other => return Err(self.unexpected(other)),
+                (_, other) => return Err(self.unexpected(other)),
+            };
+            let version = match peek_version(&bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.conn = None;
+                    return Err(Error::Protocol(format!(
+                        "catch-up update from the publisher: {e}"
+                    )));
+                }
+            };
+            // A journal update covers its own version; a compacted chunk the versions from
+            // the first it names to its own.
+            if let Err(g) = coverage.take(first.unwrap_or(version), version) {
+                return Err(self.gap(ranges, g));
+            }
+            out.updates += 1;
+            if let Err(e) = on_update(&bytes) {
+                self.conn = None;
+                return Err(e);
             }
             reply = self.receive()?;
         }
@@ -427,5 +591,106 @@ impl RepairClient {
         };
         self.conn = None;
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Coverage, CoverageGap};
+
+    fn gap(expected: Option<u64>, received: Option<u64>) -> CoverageGap {
+        CoverageGap { expected, received }
+    }
+
+    #[test]
+    fn journal_answer_covering_every_range_in_order_passes() {
+        let mut c = Coverage::new(&[(3, 5), (9, 10)]);
+        for v in [3, 4, 5, 9, 10] {
+            assert_eq!(c.take(v, v), Ok(()), "version {v}");
+        }
+        assert_eq!(c.end(10), Ok(()));
+    }
+
+    #[test]
+    fn journal_answer_with_a_hole_is_refused_at_the_hole() {
+        let mut c = Coverage::new(&[(3, 8)]);
+        assert_eq!(c.take(3, 3), Ok(()));
+        assert_eq!(c.take(5, 5), Err(gap(Some(4), Some(5))));
+    }
+
+    #[test]
+    fn journal_answer_starting_late_is_refused() {
+        let mut c = Coverage::new(&[(3, 8)]);
+        assert_eq!(c.take(4, 4), Err(gap(Some(3), Some(4))));
+    }
+
+    #[test]
+    fn journal_answer_skipping_into_the_next_range_is_refused() {
+        let mut c = Coverage::new(&[(3, 5), (9, 10)]);
+        assert_eq!(c.take(3, 3), Ok(()));
+        assert_eq!(c.take(9, 9), Err(gap(Some(4), Some(9))));
+    }
+
+    #[test]
+    fn journal_answer_out_of_order_or_repeated_is_refused() {
+        let mut c = Coverage::new(&[(3, 5)]);
+        assert_eq!(c.take(3, 3), Ok(()));
+        assert_eq!(c.take(3, 3), Err(gap(Some(4), Some(3))));
+    }
+
+    #[test]
+    fn journal_answer_ending_early_is_refused_unless_capped_at_the_latest() {
+        let mut c = Coverage::new(&[(3, 8)]);
+        assert_eq!(c.take(3, 3), Ok(()));
+        assert_eq!(c.take(4, 4), Ok(()));
+        // The publisher is at 8: versions 5..=8 should have come.
+        assert_eq!(c.end(8), Err(gap(Some(5), None)));
+        // The publisher is at 4: the range was capped there, and all of it came.
+        assert_eq!(c.end(4), Ok(()));
+    }
+
+    #[test]
+    fn updates_beyond_the_ranges_are_refused() {
+        let mut c = Coverage::new(&[(3, 3)]);
+        assert_eq!(c.take(3, 3), Ok(()));
+        assert_eq!(c.take(4, 4), Err(gap(None, Some(4))));
+    }
+
+    #[test]
+    fn compacted_chunks_must_chain_from_the_first_version() {
+        let mut c = Coverage::new(&[(10, 100)]);
+        assert_eq!(c.take(10, 40), Ok(()));
+        assert_eq!(c.take(41, 70), Ok(()));
+        assert_eq!(c.take(71, 100), Ok(()));
+        assert_eq!(c.end(120), Ok(()));
+    }
+
+    #[test]
+    fn compacted_chunk_after_a_trimmed_stretch_is_refused() {
+        let mut c = Coverage::new(&[(10, 100)]);
+        assert_eq!(c.take(10, 40), Ok(()));
+        // The journal lost 41..=50 between chunks; the next chunk starts at 51.
+        assert_eq!(c.take(51, 80), Err(gap(Some(41), Some(51))));
+    }
+
+    #[test]
+    fn compacted_first_chunk_must_start_at_the_first_version_asked() {
+        let mut c = Coverage::new(&[(10, 100)]);
+        assert_eq!(c.take(12, 40), Err(gap(Some(10), Some(12))));
+    }
+
+    #[test]
+    fn compacted_chunk_past_the_range_or_ending_before_it_starts_is_refused() {
+        let mut c = Coverage::new(&[(10, 100)]);
+        assert_eq!(c.take(10, 101), Err(gap(Some(10), Some(10))));
+        assert_eq!(c.take(10, 9), Err(gap(Some(10), Some(10))));
+    }
+
+    #[test]
+    fn compacted_answer_ending_short_is_refused_unless_capped_at_the_latest() {
+        let mut c = Coverage::new(&[(10, 100)]);
+        assert_eq!(c.take(10, 40), Ok(()));
+        assert_eq!(c.end(100), Err(gap(Some(41), None)));
+        assert_eq!(c.end(40), Ok(()));
     }
 }

@@ -421,10 +421,14 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
                 None => Err(error(ErrorCode::BadRequest, "report before HELLO")),
             },
             Message::StatusRequest => match &session {
-                Some(s) => Ok(Message::Status {
-                    current_version: s.db.committed_version(),
-                    oldest_version: s.db.info().oldest_version,
-                }),
+                Some(s) => {
+                    let info = s.db.info();
+                    Ok(Message::Status {
+                        current_version: info.current_version,
+                        oldest_version: info.oldest_version,
+                        incarnation: info.incarnation,
+                    })
+                }
                 None => Err(error(ErrorCode::BadRequest, "status before HELLO")),
             },
             Message::CompactRequest { first, last } => match &session {
@@ -772,10 +776,86 @@ fn fetch(
 /// only when their update size limit is at least twice this).
 pub const COMPACT_CHUNK_BYTES: usize = 4 << 20;
 
+/// Where a journal answer (catch-up or compacted catch-up) reads from, and how much per
+/// read.
+struct JournalSource<'a> {
+    store: &'a PublisherStore,
+    tables: DbTables,
+    counters: &'a PublisherCounters,
+    /// Most updates and about the most bytes per journal read (a compacted chunk is one
+    /// read).
+    batch_updates: usize,
+    batch_bytes: usize,
+    /// Called with the version about to be read before every journal read. The server
+    /// passes a no-op; tests trim the journal here, as retention may at any moment
+    /// between two reads of a long answer.
+    before_read: &'a mut dyn FnMut(u64),
+}
+
+impl JournalSource<'_> {
+    fn internal(e: Error) -> Message {
+        error(ErrorCode::Internal, e.to_string())
+    }
+
+    /// The oldest version the journal holds now.
+    fn oldest(&self) -> std::result::Result<u64, Message> {
+        self.store
+            .oldest_version(self.tables)
+            .map_err(Self::internal)
+    }
+
+    /// Reads up to a batch of journal entries `next..=last` and checks they are exactly
+    /// `next, next + 1, …`: the journal is contiguous from its oldest version, so a
+    /// version missing here was trimmed (by retention, while an earlier part of the
+    /// answer was being sent). Serving from the next version held instead would move the
+    /// replica past changes it never received, so the answer is ERROR Trimmed, and the
+    /// subscriber resyncs by hashes.
+    fn read(&mut self, next: u64, last: u64) -> std::result::Result<Vec<(u64, Vec<u8>)>, Message> {
+        (self.before_read)(next);
+        let batch = self
+            .store
+            .read_journal(
+                self.tables,
+                next,
+                last,
+                self.batch_updates,
+                self.batch_bytes,
+            )
+            .map_err(Self::internal)?;
+        for (want, &(v, _)) in (next..).zip(batch.iter()) {
+            if v != want {
+                return Err(self.missing(want, Some(v)));
+            }
+        }
+        if batch.is_empty() {
+            return Err(self.missing(next, None));
+        }
+        Ok(batch)
+    }
+
+    /// The answer when version `want` is not in the journal (`held` is the next one it
+    /// holds, if any within the request).
+    fn missing(&self, want: u64, held: Option<u64>) -> Message {
+        let oldest = match self.oldest() {
+            Ok(o) => o,
+            Err(m) => return m,
+        };
+        let held = held.map_or_else(String::new, |v| format!("; next held is {v}"));
+        error(
+            ErrorCode::Trimmed,
+            format!(
+                "version {want} is no longer in the journal (trimmed while the answer was \
+                 being sent; oldest is now {oldest}{held})"
+            ),
+        )
+    }
+}
+
 /// Streams versions `first..=last` compacted: the journal is read in chunks, and each
 /// chunk becomes one update at the chunk's last version holding only the latest operation
-/// on each key it touched. Applied in order after version `first - 1`, each leaves the
-/// replica exactly at the master's state of its version.
+/// on each key it touched, sent as COMPACT_UPDATE naming the chunk's first version.
+/// Applied in order after version `first - 1`, each leaves the replica exactly at the
+/// master's state of its version.
 fn compact(
     ctx: &ServerContext,
     db: &dyn PublishedDatabase,
@@ -783,39 +863,47 @@ fn compact(
     last: u64,
     w: &mut impl Write,
 ) -> std::result::Result<Message, Message> {
-    let current = db.committed_version();
-    let tables = db.tables();
-    let internal = |e: Error| error(ErrorCode::Internal, e.to_string());
+    let mut src = JournalSource {
+        store: &ctx.store,
+        tables: db.tables(),
+        counters: &ctx.counters,
+        batch_updates: usize::MAX,
+        batch_bytes: COMPACT_CHUNK_BYTES,
+        before_read: &mut |_| {},
+    };
+    compact_from(&mut src, db.committed_version(), first, last, w)
+}
+
+/// [`compact`] from a journal source, `current` being the latest committed version.
+fn compact_from(
+    src: &mut JournalSource<'_>,
+    current: u64,
+    first: u64,
+    last: u64,
+    w: &mut impl Write,
+) -> std::result::Result<Message, Message> {
     if first > current {
         return Err(error(
             ErrorCode::NoSuchVersion,
             format!("versions {first}..={last} do not exist: latest version is {current}"),
         ));
     }
-    let oldest = ctx.store.oldest_version(tables).map_err(internal)?;
+    let oldest = src.oldest()?;
     if oldest > first {
         return Err(error(
             ErrorCode::Trimmed,
             format!("version {first} is no longer in the journal (oldest is {oldest})"),
         ));
     }
-    inc(&ctx.counters.repairs_served);
+    inc(&src.counters.repairs_served);
     let limits = crate::wire::update::Limits {
         max_update_bytes: usize::MAX,
     };
     let last = last.min(current);
     let mut next = first;
     while next <= last {
-        let batch = ctx
-            .store
-            .read_journal(tables, next, last, usize::MAX, COMPACT_CHUNK_BYTES)
-            .map_err(internal)?;
-        let Some(&(top, _)) = batch.last() else {
-            return Err(error(
-                ErrorCode::Internal,
-                format!("journal has no version {next}"),
-            ));
-        };
+        let batch = src.read(next, last)?;
+        let top = batch.last().map_or(next, |b| b.0);
         let mut latest: BTreeMap<Vec<u8>, crate::Op> = BTreeMap::new();
         let mut ts = 0;
         for (_, bytes) in &batch {
@@ -832,11 +920,17 @@ fn compact(
             ops: latest.into_values().collect(),
             reset: false,
         };
-        let bytes = crate::wire::update::update_to_vec(&u);
-        let n = write_message(w, &Message::CatchupUpdate(bytes))
-            .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
-        inc(&ctx.counters.repair_updates_sent);
-        add(&ctx.counters.repair_bytes_sent, n as u64);
+        let update = crate::wire::update::update_to_vec(&u);
+        let n = write_message(
+            w,
+            &Message::CompactUpdate {
+                first: next,
+                update,
+            },
+        )
+        .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
+        inc(&src.counters.repair_updates_sent);
+        add(&src.counters.repair_bytes_sent, n as u64);
         next = top + 1;
     }
     Ok(Message::CatchupEnd {
@@ -885,10 +979,27 @@ fn catch_up(
     ranges: &[(u64, u64)],
     w: &mut impl Write,
 ) -> std::result::Result<Message, Message> {
-    let current = db.committed_version();
-    let tables = db.tables();
-    let internal = |e: Error| error(ErrorCode::Internal, e.to_string());
-    let oldest = ctx.store.oldest_version(tables).map_err(internal)?;
+    let mut src = JournalSource {
+        store: &ctx.store,
+        tables: db.tables(),
+        counters: &ctx.counters,
+        batch_updates: BATCH_UPDATES,
+        batch_bytes: BATCH_BYTES,
+        before_read: &mut |_| {},
+    };
+    catch_up_from(&mut src, db.committed_version(), ranges, w)
+}
+
+/// Streams every version of `ranges` (each capped at `current`, the latest committed
+/// version) from the journal, in order, each range exactly: a version trimmed meanwhile
+/// ends the answer with ERROR Trimmed rather than being skipped.
+fn catch_up_from(
+    src: &mut JournalSource<'_>,
+    current: u64,
+    ranges: &[(u64, u64)],
+    w: &mut impl Write,
+) -> std::result::Result<Message, Message> {
+    let oldest = src.oldest()?;
     if let Some(&(first, last)) = ranges.iter().find(|&&(a, _)| a > current) {
         return Err(error(
             ErrorCode::NoSuchVersion,
@@ -903,26 +1014,18 @@ fn catch_up(
             ));
         }
     }
-    inc(&ctx.counters.repairs_served);
+    inc(&src.counters.repairs_served);
     for &(first, last) in ranges {
         let last = last.min(current);
         let mut next = first;
         while next <= last {
-            let batch = ctx
-                .store
-                .read_journal(tables, next, last, BATCH_UPDATES, BATCH_BYTES)
-                .map_err(internal)?;
-            let Some(&(top, _)) = batch.last() else {
-                return Err(error(
-                    ErrorCode::Internal,
-                    format!("journal has no version {next} (latest {current})"),
-                ));
-            };
+            let batch = src.read(next, last)?;
+            let top = batch.last().map_or(next, |b| b.0);
             for (_, bytes) in batch {
                 let n = write_message(w, &Message::CatchupUpdate(bytes))
                     .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
-                inc(&ctx.counters.repair_updates_sent);
-                add(&ctx.counters.repair_bytes_sent, n as u64);
+                inc(&src.counters.repair_updates_sent);
+                add(&src.counters.repair_bytes_sent, n as u64);
             }
             next = top + 1;
         }
@@ -930,4 +1033,205 @@ fn catch_up(
     Ok(Message::CatchupEnd {
         current_version: current,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Journal answers against a real LMDB store, with retention trimming the journal
+    //! between two reads of one answer (the `before_read` hook), as it may on a live
+    //! publisher while a long catch-up is being streamed.
+    use super::*;
+    use crate::config::Retention;
+    use crate::store::publisher::JournalEntry;
+    use crate::wire::update::{peek_version, update_to_vec};
+    use crate::{Op, Update};
+
+    const DB: &str = "db";
+
+    /// A store holding versions `1..=n` of `DB`, each putting one ~100-byte record.
+    fn journal(n: u64) -> (tempfile::TempDir, PublisherStore, DbTables) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = PublisherStore::open(dir.path(), 16 << 20).expect("store");
+        let tables = store.tables(DB).expect("tables");
+        for v in 1..=n {
+            let u = Update {
+                version: v,
+                timestamp_us: v,
+                ops: vec![Op::put(format!("k{}", v % 4), vec![v as u8; 100])],
+                reset: false,
+            };
+            let encoded = update_to_vec(&u);
+            let entry = JournalEntry {
+                name: DB,
+                tables,
+                update: &u,
+                encoded: &encoded,
+            };
+            store.append(&[entry]).expect("append");
+        }
+        (dir, store, tables)
+    }
+
+    /// Trims the journal so that it keeps only its newest `keep` versions.
+    fn trim_to(store: &PublisherStore, tables: DbTables, keep: u64) {
+        let policy = Retention {
+            max_bytes: 0,
+            max_age: Duration::from_secs(3600),
+            min_count: keep,
+            min_free_disk_bytes: 0,
+        };
+        store
+            .trim_journal(DB, tables, &policy, 0, usize::MAX)
+            .expect("trim");
+    }
+
+    /// The frames written, parsed.
+    fn frames(mut bytes: &[u8]) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some((m, _)) = read_message(&mut bytes, 1 << 20).expect("frame") {
+            out.push(m);
+        }
+        out
+    }
+
+    /// Runs `f` with a journal source reading `batch_updates` per read (or chunks of about
+    /// three updates when compacting), trimming the journal to its newest `keep` versions
+    /// just before the read that starts at `trim_at`.
+    fn with_source<T>(
+        store: &PublisherStore,
+        tables: DbTables,
+        batch_updates: usize,
+        trim_at: Option<(u64, u64)>,
+        f: impl FnOnce(&mut JournalSource<'_>) -> T,
+    ) -> T {
+        let counters = PublisherCounters::default();
+        // Every update of `journal` encodes to the same size: three fit a read, four do not.
+        let one = store
+            .read_journal(tables, 1, 1, 1, usize::MAX)
+            .expect("read")[0]
+            .1
+            .len();
+        let mut hook = |next: u64| {
+            if let Some((at, keep)) = trim_at {
+                if next == at {
+                    trim_to(store, tables, keep);
+                }
+            }
+        };
+        let mut src = JournalSource {
+            store,
+            tables,
+            counters: &counters,
+            batch_updates,
+            batch_bytes: 3 * one + one / 2,
+            before_read: &mut hook,
+        };
+        f(&mut src)
+    }
+
+    fn is_trimmed(r: &std::result::Result<Message, Message>) -> bool {
+        matches!(
+            r,
+            Err(Message::Error {
+                code: ErrorCode::Trimmed,
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn compacted_chunks_name_their_first_version_and_cover_the_range() {
+        let (_dir, store, tables) = journal(10);
+        let mut out = Vec::new();
+        let r = with_source(&store, tables, usize::MAX, None, |src| {
+            compact_from(src, 10, 1, 10, &mut out)
+        });
+        assert_eq!(
+            r,
+            Ok(Message::CatchupEnd {
+                current_version: 10
+            })
+        );
+        let chunks: Vec<(u64, u64)> = frames(&out)
+            .into_iter()
+            .map(|m| match m {
+                Message::CompactUpdate { first, update } => {
+                    (first, peek_version(&update).expect("version"))
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(chunks, vec![(1, 3), (4, 6), (7, 9), (10, 10)]);
+    }
+
+    #[test]
+    fn compaction_trimmed_between_chunks_answers_trimmed() {
+        let (_dir, store, tables) = journal(10);
+        let mut out = Vec::new();
+        // Versions 1..=5 go just before the second chunk (4..) is read: before the fix
+        // the second chunk started at 6 and claimed to cover 4..=8.
+        let r = with_source(&store, tables, usize::MAX, Some((4, 5)), |src| {
+            compact_from(src, 10, 1, 10, &mut out)
+        });
+        assert!(is_trimmed(&r), "{r:?}");
+        let sent = frames(&out);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(
+            matches!(&sent[0], Message::CompactUpdate { first: 1, update }
+            if peek_version(update).ok() == Some(3))
+        );
+    }
+
+    #[test]
+    fn catch_up_trimmed_between_reads_answers_trimmed() {
+        let (_dir, store, tables) = journal(10);
+        let mut out = Vec::new();
+        let r = with_source(&store, tables, 3, Some((4, 5)), |src| {
+            catch_up_from(src, 10, &[(1, 10)], &mut out)
+        });
+        assert!(is_trimmed(&r), "{r:?}");
+        let versions: Vec<u64> = frames(&out)
+            .into_iter()
+            .map(|m| match m {
+                Message::CatchupUpdate(b) => peek_version(&b).expect("version"),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(versions, vec![1, 2, 3], "nothing after the trimmed version");
+    }
+
+    #[test]
+    fn a_later_range_trimmed_meanwhile_answers_trimmed() {
+        let (_dir, store, tables) = journal(10);
+        let mut out = Vec::new();
+        // The second range (5..=6) loses version 5 while the first is being sent.
+        let r = with_source(&store, tables, 512, Some((5, 5)), |src| {
+            catch_up_from(src, 10, &[(1, 2), (5, 6)], &mut out)
+        });
+        assert!(is_trimmed(&r), "{r:?}");
+        assert_eq!(frames(&out).len(), 2, "versions 1 and 2 only");
+    }
+
+    #[test]
+    fn catch_up_untouched_sends_every_version_of_every_range() {
+        let (_dir, store, tables) = journal(10);
+        let mut out = Vec::new();
+        let r = with_source(&store, tables, 3, None, |src| {
+            catch_up_from(src, 10, &[(2, 4), (6, 12)], &mut out)
+        });
+        assert_eq!(
+            r,
+            Ok(Message::CatchupEnd {
+                current_version: 10
+            })
+        );
+        let versions: Vec<u64> = frames(&out)
+            .into_iter()
+            .map(|m| match m {
+                Message::CatchupUpdate(b) => peek_version(&b).expect("version"),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(versions, vec![2, 3, 4, 6, 7, 8, 9, 10]);
+    }
 }

@@ -126,6 +126,29 @@ impl PublisherStore {
         })
     }
 
+    /// The incarnation id of database `name`: a random nonzero u64 drawn the first time it
+    /// is asked for (when the database is created, or on the first open of a data
+    /// directory written before incarnations existed) and stored durably in meta
+    /// (`incarnation:<name>`), so it stays the same across restarts and changes only when
+    /// the database's history does (a new data directory draws a new one).
+    pub fn incarnation(&self, name: &str) -> Result<u64> {
+        let key = format!("incarnation:{name}");
+        self.env.write(|txn| {
+            if let Some(id) = get_u64(txn, self.meta, key.as_bytes())?.filter(|&id| id != 0) {
+                return Ok(id);
+            }
+            // Zero is never drawn: replicas use it for "no incarnation known yet".
+            let id = loop {
+                let id = rand::random::<u64>();
+                if id != 0 {
+                    break id;
+                }
+            };
+            txn.put(self.meta, &key, &id.to_be_bytes(), WriteFlags::empty())?;
+            Ok(id)
+        })
+    }
+
     /// Draws the next stream id and stores it durably before it is used, so a restart never
     /// reuses one (the GCM nonce includes it).
     pub fn next_stream_id(&self) -> Result<u32> {
@@ -401,5 +424,26 @@ impl PublisherStore {
         self.env
             .read(|txn| get_u64(txn, self.meta, b"db_count").map(|_| ()))
             .map_err(|e| Error::Storage(format!("publisher store unreadable: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PublisherStore;
+
+    #[test]
+    fn incarnation_is_drawn_once_per_database_and_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a, b) = {
+            let store = PublisherStore::open(dir.path(), 1 << 20).expect("store");
+            let a = store.incarnation("a").expect("incarnation");
+            assert_ne!(a, 0);
+            assert_eq!(store.incarnation("a").expect("again"), a);
+            (a, store.incarnation("b").expect("incarnation"))
+        };
+        assert_ne!(a, b, "one per database");
+        let store = PublisherStore::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(store.incarnation("a").expect("after reopen"), a);
+        assert_eq!(store.incarnation("b").expect("after reopen"), b);
     }
 }

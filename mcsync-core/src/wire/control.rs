@@ -14,8 +14,11 @@ use crate::proto::resync::{Digest, Range, MAX_FETCH_PER_REQUEST, MAX_RANGES_PER_
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Version of the control protocol this build speaks. 2: VOTE, ACK and OUTCOME_REQUEST
-/// name the two-phase round (its PREPARE's timestamp) beside the version.
-pub const CONTROL_VERSION: u8 = 2;
+/// name the two-phase round (its PREPARE's timestamp) beside the version. 3: HELLO_OK
+/// carries the database's incarnation and stream id, STATUS its incarnation, and a
+/// compacted catch-up answers with COMPACT_UPDATE (which names the first version each
+/// chunk covers), so a replica can tell a changed history or a skipped version.
+pub const CONTROL_VERSION: u8 = 3;
 /// Bytes of frame header (length + type).
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Most version ranges in one catch-up request.
@@ -76,6 +79,13 @@ pub struct DatabaseInfo {
     pub oldest_version: u64,
     /// Id of this subscriber's registration (sent back in later HELLOs and in CLOSE).
     pub subscriber_id: u64,
+    /// The database's incarnation: a random nonzero id drawn when the database was created
+    /// at this publisher. A different one means a different history (the publisher's data
+    /// was replaced), so versions a replica holds no longer mean the same content.
+    pub incarnation: u64,
+    /// Stream id the database's multicaster seals under now (it changes at every publisher
+    /// start); data packets of any other stream are not from this registration's stream.
+    pub stream_id: u32,
 }
 
 impl DatabaseInfo {
@@ -269,6 +279,17 @@ pub enum Message {
         current_version: u64,
         /// Oldest version the journal holds.
         oldest_version: u64,
+        /// The database's incarnation, as in HELLO_OK.
+        incarnation: u64,
+    },
+    /// Publisher → client: one compacted update in answer to COMPACT_REQUEST, the net
+    /// effect of versions `first..=` the update's own version.
+    CompactUpdate {
+        /// First version the update covers (the one after the previous chunk's last, or
+        /// the request's `first`), so the client can check nothing was skipped.
+        first: u64,
+        /// One encoded update (see `wire::update`) at the chunk's last version.
+        update: Vec<u8>,
     },
     /// Either direction: a failure, with a code and a human-readable message.
     Error {
@@ -307,6 +328,7 @@ const T_COMPACT_REQUEST: u8 = 25;
 const T_REPORT: u8 = 26;
 const T_STATUS_REQUEST: u8 = 27;
 const T_STATUS: u8 = 28;
+const T_COMPACT_UPDATE: u8 = 29;
 /// HELLO flag: the subscriber takes part in two-phase updates.
 pub const HELLO_PARTICIPANT: u8 = 1;
 /// OUTCOME state: committed.
@@ -438,6 +460,8 @@ fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
         current_version: r.u64("current version")?,
         oldest_version: r.u64("oldest version")?,
         subscriber_id: r.u64("subscriber id")?,
+        incarnation: r.u64("incarnation")?,
+        stream_id: r.u32("stream id")?,
     })
 }
 
@@ -484,6 +508,8 @@ impl Message {
                 out.put_u64(info.current_version);
                 out.put_u64(info.oldest_version);
                 out.put_u64(info.subscriber_id);
+                out.put_u64(info.incarnation);
+                out.put_u32(info.stream_id);
             }
             Message::CloseSubscription { subscriber_id } => {
                 out.put_u8(T_CLOSE_SUBSCRIPTION);
@@ -589,10 +615,17 @@ impl Message {
             Message::Status {
                 current_version,
                 oldest_version,
+                incarnation,
             } => {
                 out.put_u8(T_STATUS);
                 out.put_u64(*current_version);
                 out.put_u64(*oldest_version);
+                out.put_u64(*incarnation);
+            }
+            Message::CompactUpdate { first, update } => {
+                out.put_u8(T_COMPACT_UPDATE);
+                out.put_u64(*first);
+                out.extend_from_slice(update);
             }
             Message::CatchupRequest { ranges } => {
                 out.put_u8(T_CATCHUP_REQUEST);
@@ -751,7 +784,19 @@ impl Message {
             T_STATUS => Message::Status {
                 current_version: r.u64("current version")?,
                 oldest_version: r.u64("oldest version")?,
+                incarnation: r.u64("incarnation")?,
             },
+            T_COMPACT_UPDATE => {
+                let first = r.u64("first")?;
+                if first == 0 {
+                    return Err(WireError::Invalid("first", 0));
+                }
+                let n = r.remaining();
+                Message::CompactUpdate {
+                    first,
+                    update: r.bytes(n, "update")?.to_vec(),
+                }
+            }
             T_COMPACT_REQUEST => {
                 let first = r.u64("first")?;
                 let last = r.u64("last")?;
