@@ -243,6 +243,12 @@ counters!(
         /// Updates handed to the host again or late: kept updates replayed after a restart
         /// or close, and journal updates fetched for a host behind its replica.
         updates_replayed,
+        /// Data packets from a stream the latest registration did not name (dropped; the
+        /// subscriber registers again and repairs them).
+        dropped_stream,
+        /// Times the publisher's history changed under the replica (another incarnation, or
+        /// a master behind it) and the replica resynced against the new one.
+        history_changes,
         /// Times the host was handed the whole state (`Update::reset`): the history changed,
         /// or nothing reached back to the host's version.
         resets_delivered,

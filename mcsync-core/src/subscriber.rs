@@ -409,6 +409,14 @@ fn start(
     if info.subscriber_id != store.subscriber_id(name)? {
         store.set_subscriber_id(name, info.subscriber_id)?;
     }
+    let stored_incarnation = store.incarnation(name)?;
+    let history_change = history_changed(stored_incarnation, applied, &info);
+    if stored_incarnation == 0 && history_change.is_none() {
+        // A new replica (or one from before incarnations) joins this history.
+        store.set_incarnation(name, info.incarnation)?;
+    }
+    // Requests go to the history registered with; a changed one is resynced against first.
+    client.expect_incarnation(info.incarnation);
     // A prepared two-phase update kept from before a restart: ask what became of it.
     let mut held = None;
     if let Some(p) = store.prepared(name)? {
@@ -484,6 +492,11 @@ fn start(
     // Catch up at once to what the publisher had when we said hello.
     receiver.on_heartbeat(Instant::now(), info.current_version);
     let now = Instant::now();
+    let reorder_config = ReorderConfig {
+        repair_delay: cfg.repair_delay,
+        max_bytes: cfg.reorder_buffer_bytes,
+        max_ranges: 64,
+    };
     let state = Process {
         policy: Policy {
             interval: cfg.report_interval,
@@ -509,11 +522,8 @@ fn start(
         seen_dropped_source: 0,
         receiver,
         assembler: ChainAssembler::new(cfg.max_update_bytes + (64 << 10)),
-        reorder: PacketReorder::new(ReorderConfig {
-            repair_delay: cfg.repair_delay,
-            max_bytes: cfg.reorder_buffer_bytes,
-            max_ranges: 64,
-        }),
+        reorder: PacketReorder::new(reorder_config.clone()),
+        reorder_config,
         keyring,
         rekey,
         groups: info.groups.clone(),
@@ -521,6 +531,14 @@ fn start(
         callback,
         delivered_durable: delivery.delivered,
         delivery,
+        incarnation: if history_change.is_some() {
+            stored_incarnation
+        } else {
+            info.incarnation
+        },
+        new_history: history_change,
+        stream_id: info.stream_id,
+        last_history_try: now - HISTORY_RETRY,
         last_flush: now,
         limits: Limits {
             max_update_bytes: cfg.max_update_bytes,
@@ -547,6 +565,14 @@ fn start(
         .unwrap_or_else(|e| e.into_inner())
         .extend([recv, process]);
     Ok(shared)
+}
+
+/// Whether a registration shows a history other than the replica's: another incarnation
+/// (the publisher's data was replaced), or a master behind the replica (it lost versions
+/// the replica applied). Returns the registration's incarnation if so.
+fn history_changed(stored: u64, applied: u64, info: &DatabaseInfo) -> Option<u64> {
+    let other = stored != 0 && stored != info.incarnation;
+    (other || info.current_version < applied).then_some(info.incarnation)
 }
 
 /// Fewest packets in a report interval for its loss rate to count.
@@ -595,6 +621,14 @@ struct Process {
     delivery: Delivery,
     /// The delivered cursor as last written to the store.
     delivered_durable: u64,
+    /// The history (incarnation) the replica belongs to.
+    incarnation: u64,
+    /// A history the replica must resync against before anything else is applied.
+    new_history: Option<u64>,
+    /// The stream the latest registration named: data from any other is not applied.
+    stream_id: u32,
+    last_history_try: Instant,
+    reorder_config: ReorderConfig,
     last_flush: Instant,
     limits: Limits,
 }
@@ -602,6 +636,9 @@ struct Process {
 /// Longest the durable delivered cursor lags the callbacks while the subscription is
 /// busy (a crash replays at most this window; written with the next apply meanwhile).
 const DELIVERED_FLUSH: Duration = Duration::from_millis(200);
+
+/// Least time between attempts to resync against a changed history.
+const HISTORY_RETRY: Duration = Duration::from_millis(500);
 
 /// Most bytes of kept updates read from the store at once when replaying.
 const REPLAY_CHUNK_BYTES: usize = 4 << 20;
@@ -627,6 +664,17 @@ fn run_process(mut st: Process, mut client: RepairClient, rx: chan::Receiver<Inb
             }
             Err(chan::RecvTimeoutError::Timeout) => {}
             Err(chan::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(new) = client.history_changed() {
+            st.new_history = Some(new);
+        }
+        if st.new_history.is_some() {
+            // Nothing of another history is applied on top of this one.
+            if st.adopt_history(&mut client).is_err() {
+                break;
+            }
+            st.maybe_hello_again(&mut client);
+            continue;
         }
         if let Some((stream, ranges)) = st.reorder.poll_repair(Instant::now()) {
             st.packet_repair(&mut client, stream, &ranges);
@@ -742,6 +790,10 @@ impl Process {
         }
         self.rekey.store(false, Ordering::Relaxed);
         self.groups = info.groups.clone();
+        self.stream_id = info.stream_id;
+        if let Some(new) = history_changed(self.incarnation, self.receiver.applied(), info) {
+            self.new_history = Some(new);
+        }
         let mut src = self.source.lock().unwrap_or_else(|e| e.into_inner());
         if src.is_some_and(|s| s != info.source) {
             log::info!(
@@ -857,6 +909,14 @@ impl Process {
     /// every packet that is now ready.
     fn on_packet(&mut self, pkt: Inbound) {
         let now = Instant::now();
+        if pkt.header.stream_id != self.stream_id {
+            // A stream the registration did not name (the publisher restarted, maybe on
+            // another history): register again, which names the current stream and shows
+            // the history, before anything from it is applied. Repair fills the gap.
+            inc(&self.shared.counters.dropped_stream);
+            self.rekey.store(true, Ordering::Relaxed);
+            return;
+        }
         self.last_heard = now;
         if self.reorder.on_packet(now, pkt) {
             self.assembler.reset();
@@ -1309,7 +1369,7 @@ impl Process {
     /// Hash resync (the journal no longer reaches back, or one was asked for): makes the
     /// replica equal to the publisher's state, then continues from there. With
     /// `history_changed` the host is owed the whole state (a reset) instead of the changes.
-    fn resync(&mut self, client: &mut RepairClient, history_changed: bool) -> Result<()> {
+    fn resync(&mut self, client: &mut RepairClient, history_changed: bool) -> Result<bool> {
         let c = self.shared.counters.clone();
         let groups = self.groups.clone();
         let filter = |b: &mut [Update]| filter_updates(&groups, &c, b);
@@ -1337,7 +1397,7 @@ impl Process {
                     self.fail(&e);
                     return Err(e);
                 }
-                return Ok(());
+                return Ok(false);
             }
         };
         let r = &done.report;
@@ -1371,6 +1431,40 @@ impl Process {
             HostDelivery::Changes => {}
         }
         self.announce();
+        Ok(true)
+    }
+
+    /// Resyncs the replica against the history the publisher now has (another incarnation,
+    /// or a master behind the replica) and owes the host a reset. Tried again next turn
+    /// until it succeeds; only a storage failure stops the subscription.
+    fn adopt_history(&mut self, client: &mut RepairClient) -> Result<()> {
+        let Some(new) = self.new_history else {
+            return Ok(());
+        };
+        if self.last_history_try.elapsed() < HISTORY_RETRY {
+            return Ok(());
+        }
+        self.last_history_try = Instant::now();
+        log::warn!(
+            "{}: the publisher's history changed (incarnation {new:016x}, replica at version {} \
+             of {:016x}); resyncing",
+            self.shared.name,
+            self.receiver.applied(),
+            self.incarnation
+        );
+        client.expect_incarnation(new);
+        self.reorder = PacketReorder::new(self.reorder_config.clone());
+        self.assembler.reset();
+        if !self.resync(client, true)? {
+            return Ok(());
+        }
+        self.shared
+            .store
+            .set_incarnation(&self.shared.name, new)
+            .inspect_err(|e| self.fail(e))?;
+        self.incarnation = new;
+        self.new_history = None;
+        inc(&self.shared.counters.history_changes);
         Ok(())
     }
 
@@ -1432,7 +1526,7 @@ impl Process {
             }
             Err(_) if client.last_refusal() == Some(ErrorCode::Trimmed) => {
                 // The journal no longer reaches back this far: resync by hashes.
-                return self.resync(client, false);
+                return self.resync(client, false).map(|_| ());
             }
             Err(e) => {
                 inc(&c.repair_failures);

@@ -252,3 +252,110 @@ fn a_host_behind_its_replica_is_served_from_the_journal_or_reset_when_trimmed() 
     assert_eq!(h.records(), db.snapshot().unwrap());
     assert_eq!(sub.stats().resets_delivered, 1);
 }
+
+/// Copies a directory tree (a publisher's data directory, closed).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Waits until the host's table equals the master's state at the master's version.
+fn wait_host_equals_master(host: &Arc<Mutex<HostTable>>, db: &mcsync::Database) {
+    let v = db.version();
+    let want = db.snapshot().unwrap();
+    wait_until(CONVERGE, || {
+        let h = host.lock().unwrap();
+        h.version == v && h.records() == want
+    });
+}
+
+#[test]
+fn a_publisher_restored_from_an_older_copy_makes_replicas_resync_not_diverge() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("pub");
+    let mut cfg = publisher_config(&pdir);
+    let p = Publisher::open(cfg.clone()).unwrap();
+    cfg.control_addr = p.control_addr();
+    let db = p.database(DB).unwrap();
+    assert_eq!(publish(&db, 0, 100), 100);
+    p.close().unwrap();
+    drop((db, p));
+    copy_dir(&pdir, &dir.path().join("backup"));
+    // The master goes on to 200 and the replica and its host follow.
+    let p = Publisher::open(cfg.clone()).unwrap();
+    let db = p.database(DB).unwrap();
+    assert_eq!(publish(&db, 100, 100), 200);
+    let host = Arc::new(Mutex::new(HostTable::default()));
+    let s = stepwise_subscriber(&dir.path().join("sub"), &p);
+    let sub = host_subscription(&s, &host, Some(0), None);
+    sub.wait_for_version(200, CONVERGE).unwrap();
+    p.close().unwrap();
+    drop((db, p));
+    // The master's data is restored from the copy at version 100 and takes other updates.
+    std::fs::remove_dir_all(&pdir).unwrap();
+    copy_dir(&dir.path().join("backup"), &pdir);
+    let p = Publisher::open(cfg).unwrap();
+    let db = p.database(DB).unwrap();
+    assert_eq!(db.version(), 100);
+    assert_eq!(publish(&db, 5_000, 50), 150);
+    wait_host_equals_master(&host, &db);
+    let st = sub.stats();
+    assert!(st.history_changes >= 1, "{st:?}");
+    assert_eq!(
+        sub.iter().unwrap().collect::<Vec<_>>(),
+        db.snapshot().unwrap()
+    );
+    let resets = host.lock().unwrap().resets;
+    assert!(resets >= 1);
+    // From there on, exactly the new history's updates, once each, in order.
+    let seen_before = host.lock().unwrap().seen.len();
+    let last = publish(&db, 6_000, 100);
+    wait_host_equals_master(&host, &db);
+    let h = host.lock().unwrap();
+    assert_versions(&h.seen[seen_before..], 151..=last);
+    assert_eq!(h.resets, resets);
+}
+
+#[test]
+fn a_publisher_whose_data_was_lost_starts_a_new_history_that_replicas_adopt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = publisher_config(&dir.path().join("pub"));
+    let p = Publisher::open(cfg.clone()).unwrap();
+    cfg.control_addr = p.control_addr();
+    let db = p.database(DB).unwrap();
+    assert_eq!(publish(&db, 0, 200), 200);
+    let old = db.incarnation();
+    let host = Arc::new(Mutex::new(HostTable::default()));
+    let s = stepwise_subscriber(&dir.path().join("sub"), &p);
+    let sub = host_subscription(&s, &host, Some(0), None);
+    sub.wait_for_version(200, CONVERGE).unwrap();
+    p.close().unwrap();
+    drop((db, p));
+    // A new data directory (only the TLS identity kept): versions start again at 1 and
+    // pass the replica's 200 before it hears of them.
+    let fresh = dir.path().join("pub-new");
+    copy_dir(&dir.path().join("pub").join("tls"), &fresh.join("tls"));
+    cfg.data_dir = fresh;
+    let p = Publisher::open(cfg).unwrap();
+    let db = p.database(DB).unwrap();
+    assert_ne!(db.incarnation(), old);
+    assert_eq!(publish(&db, 9_000, 300), 300);
+    wait_host_equals_master(&host, &db);
+    assert_eq!(
+        sub.iter().unwrap().collect::<Vec<_>>(),
+        db.snapshot().unwrap()
+    );
+    let st = sub.stats();
+    assert!(
+        st.history_changes >= 1 && st.resets_delivered >= 1,
+        "{st:?}"
+    );
+}

@@ -160,6 +160,12 @@ pub struct RepairClient {
     bytes_sent: u64,
     bytes_received: u64,
     participant: bool,
+    /// The history (incarnation) the caller's replica belongs to; 0 accepts any.
+    expected_incarnation: u64,
+    /// A registration showed another history: requests are refused until the caller
+    /// accepts it ([`RepairClient::expect_incarnation`]), so nothing of the new history is
+    /// applied on top of the old one through a silent reconnect.
+    history_change: Option<u64>,
 }
 
 fn refused(code: ErrorCode, message: String) -> Error {
@@ -191,6 +197,8 @@ impl RepairClient {
             bytes_sent: 0,
             bytes_received: 0,
             participant: false,
+            expected_incarnation: 0,
+            history_change: None,
         }
     }
 
@@ -235,6 +243,9 @@ impl RepairClient {
         match reply {
             (Message::HelloOk(info), _) => {
                 self.subscriber_id = info.subscriber_id;
+                if self.expected_incarnation != 0 && info.incarnation != self.expected_incarnation {
+                    self.history_change = Some(info.incarnation);
+                }
                 self.last_info = Some(info.clone());
                 Ok(info)
             }
@@ -404,13 +415,40 @@ impl RepairClient {
         if !reused {
             self.connect()?;
         }
+        self.check_history()?;
         match self.exchange(m) {
             Err(e) if reused && e.kind() == crate::ErrorKind::Io => {
                 self.connect()?;
+                self.check_history()?;
                 self.exchange(m)
             }
             other => other,
         }
+    }
+
+    /// Fails while a registration showed a history other than the expected one.
+    fn check_history(&self) -> Result<()> {
+        match self.history_change {
+            Some(new) => Err(Error::Protocol(format!(
+                "database {:?}: the publisher's history changed (incarnation {:016x}, replica \
+                 has {:016x}); the replica must resync",
+                self.database, new, self.expected_incarnation
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Sets the history the caller's replica belongs to (0 accepts any) and clears a
+    /// noticed change: requests go to that history from now on.
+    pub fn expect_incarnation(&mut self, incarnation: u64) {
+        self.expected_incarnation = incarnation;
+        self.history_change = None;
+    }
+
+    /// The incarnation of a history other than the expected one, if a registration showed
+    /// one (requests fail until [`expect_incarnation`](Self::expect_incarnation)).
+    pub fn history_changed(&self) -> Option<u64> {
+        self.history_change
     }
 
     /// Fetches sealed datagrams of `stream_id` (inclusive sequence ranges) from the
