@@ -359,3 +359,52 @@ fn a_publisher_whose_data_was_lost_starts_a_new_history_that_replicas_adopt() {
         "{st:?}"
     );
 }
+
+#[test]
+fn a_replica_away_while_a_restored_publisher_passed_its_version_still_resyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("pub");
+    let mut cfg = publisher_config(&pdir);
+    let p = Publisher::open(cfg.clone()).unwrap();
+    cfg.control_addr = p.control_addr();
+    let db = p.database(DB).unwrap();
+    assert_eq!(publish(&db, 0, 100), 100);
+    p.close().unwrap();
+    drop((db, p));
+    copy_dir(&pdir, &dir.path().join("backup"));
+    let p = Publisher::open(cfg.clone()).unwrap();
+    let db = p.database(DB).unwrap();
+    let incarnation = db.incarnation();
+    assert_eq!(publish(&db, 100, 100), 200);
+    let host = Arc::new(Mutex::new(HostTable::default()));
+    let sub_dir = dir.path().join("sub");
+    {
+        let s = stepwise_subscriber(&sub_dir, &p);
+        let sub = host_subscription(&s, &host, Some(0), None);
+        sub.wait_for_version(200, CONVERGE).unwrap();
+        s.close().unwrap();
+    }
+    p.close().unwrap();
+    drop((db, p));
+    // Restored from the copy, the master publishes other updates past the replica's 200
+    // while the replica is away: versions alone cannot tell the histories apart.
+    std::fs::remove_dir_all(&pdir).unwrap();
+    copy_dir(&dir.path().join("backup"), &pdir);
+    let p = Publisher::open(cfg).unwrap();
+    let db = p.database(DB).unwrap();
+    assert_ne!(
+        db.incarnation(),
+        incarnation,
+        "a restored data file is a new history"
+    );
+    assert_eq!(publish(&db, 7_000, 150), 250);
+    let after = host.lock().unwrap().version;
+    let s = stepwise_subscriber(&sub_dir, &p);
+    let sub = host_subscription(&s, &host, Some(after), None);
+    wait_host_equals_master(&host, &db);
+    assert_eq!(
+        sub.iter().unwrap().collect::<Vec<_>>(),
+        db.snapshot().unwrap()
+    );
+    assert!(sub.stats().history_changes >= 1, "{:?}", sub.stats());
+}

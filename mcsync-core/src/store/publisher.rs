@@ -57,10 +57,66 @@ impl PublisherStore {
     pub fn open(dir: &Path, map_size: usize) -> Result<PublisherStore> {
         let env = Env::open(dir, map_size)?;
         let meta = env.db("meta")?;
-        Ok(PublisherStore {
+        let store = PublisherStore {
             env,
             meta,
             tables: Mutex::new(HashMap::new()),
+        };
+        store.check_file_identity(dir)?;
+        Ok(store)
+    }
+
+    /// A data file that is not the one this store last ran on (restored from a backup, or
+    /// copied) may hold an older history under the same incarnation ids, which replicas
+    /// could not tell from the one they hold. LMDB writes its data file in place, so a new
+    /// (device, inode) means a copy: every database then gets a new incarnation (replicas
+    /// resync) and the stream ids start from a fresh random value.
+    fn check_file_identity(&self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let file = dir.join("data.mdb");
+        let m = std::fs::metadata(&file)
+            .map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&m.dev().to_be_bytes());
+        id[8..].copy_from_slice(&m.ino().to_be_bytes());
+        self.env.write(|txn| {
+            let known = match txn.get(self.meta, b"data-file-id") {
+                Ok(b) => Some(b.to_vec()),
+                Err(lmdb::Error::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            if known.as_deref() == Some(&id[..]) {
+                return Ok(());
+            }
+            if known.is_some() {
+                let mut stale = Vec::new();
+                {
+                    let mut cur = txn.open_ro_cursor(self.meta)?;
+                    for item in cur.iter_start() {
+                        let (k, _) = item?;
+                        if k.starts_with(b"incarnation:") {
+                            stale.push(k.to_vec());
+                        }
+                    }
+                }
+                log::warn!(
+                    "{}: data file was copied or restored; {} database(s) get a new history id \
+                     and replicas will resync",
+                    dir.display(),
+                    stale.len()
+                );
+                for k in stale {
+                    txn.del(self.meta, &k, None)?;
+                }
+                let fresh = u64::from(rand::random::<u32>() >> 1);
+                txn.put(
+                    self.meta,
+                    b"stream_id",
+                    &fresh.to_be_bytes(),
+                    WriteFlags::empty(),
+                )?;
+            }
+            txn.put(self.meta, b"data-file-id", &id, WriteFlags::empty())
         })
     }
 
