@@ -110,6 +110,11 @@ impl std::fmt::Debug for Env {
 
 const MAX_DBS: u32 = 1024;
 
+/// LMDB reader slots: every control connection (at most 512) may read at once, beside the
+/// host's own threads reading replicas and the publisher's maintenance. A slot costs 64
+/// bytes of the lock file.
+pub const MAX_READERS: u32 = 2048;
+
 impl Env {
     /// Opens (creating if needed) the environment in directory `dir`.
     pub fn open(dir: &Path, map_size: usize) -> Result<Env> {
@@ -119,7 +124,10 @@ impl Env {
         let env = Environment::new()
             .set_max_dbs(MAX_DBS)
             .set_map_size(map_size.max(1 << 20))
-            .set_max_readers(256)
+            .set_max_readers(MAX_READERS)
+            // Read transactions are short and may run on any thread: without NOTLS each
+            // thread that ever read would pin a reader slot for its whole life.
+            .set_flags(lmdb::EnvironmentFlags::NO_TLS)
             .open(dir)
             .map_err(|e| Error::Storage(format!("opening LMDB in {}: {e}", dir.display())))?;
         Ok(Env {
@@ -353,4 +361,44 @@ pub(crate) fn read_all(
         out.push((k.to_vec(), v.to_vec()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_hundred_threads_can_read_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::open(dir.path(), 1 << 20).unwrap();
+        let db = env.db("t").unwrap();
+        env.write(|txn| txn.put(db, b"k", b"v", lmdb::WriteFlags::empty()))
+            .unwrap();
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let (holding, failed, ok) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
+        std::thread::scope(|s| {
+            for _ in 0..300 {
+                s.spawn(|| {
+                    // Each thread holds its read transaction until all 300 hold one (or one
+                    // could not begin, which is the failure this test is about).
+                    let got = env.read(|txn| {
+                        holding.fetch_add(1, SeqCst);
+                        while holding.load(SeqCst) + failed.load(SeqCst) < 300 {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        txn.get(db, b"k").map(|v| v.to_vec())
+                    });
+                    match got {
+                        Ok(v) if v == b"v" => ok.fetch_add(1, SeqCst),
+                        _ => failed.fetch_add(1, SeqCst),
+                    };
+                });
+            }
+        });
+        assert_eq!(ok.into_inner(), 300);
+    }
 }
