@@ -268,6 +268,7 @@ impl PublisherConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         let m = &self.multicast;
+        check_interface(m.interface, "multicast interface")?;
         if !m.group.is_multicast() {
             return Err(Error::Config(format!(
                 "multicast group {} is not a multicast address",
@@ -414,6 +415,7 @@ impl SubscriberConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        check_interface(self.interface, "subscriber interface")?;
         if let Some(l) = &self.loss {
             if !(0.0..=1.0).contains(&l.probability) || l.burst_len == 0 {
                 return Err(Error::Config(
@@ -431,5 +433,46 @@ impl SubscriberConfig {
             )));
         }
         Ok(())
+    }
+}
+
+/// An interface address must name one interface: 0.0.0.0 would join on whichever the
+/// kernel picks and, on the subscriber, make every packet fail the source check.
+fn check_interface(ip: Ipv4Addr, what: &str) -> Result<()> {
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(Error::Config(format!(
+            "{what} {ip} does not name one interface; give the address of the interface to \
+             use (127.0.0.1 for loopback)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod interface_tests {
+    use super::*;
+
+    #[test]
+    fn an_unspecified_or_group_interface_is_refused_with_a_clear_error() {
+        for bad in ["0.0.0.0", "239.1.2.3", "255.255.255.255"] {
+            let ip: Ipv4Addr = bad.parse().unwrap();
+            let mut s = SubscriberConfig::new(
+                "/tmp/x",
+                "127.0.0.1:1".parse().unwrap(),
+                crate::ServerTrust::InsecureLoopback,
+            );
+            s.interface = ip;
+            let e = s.validate().unwrap_err();
+            assert!(e.to_string().contains("does not name one interface"), "{e}");
+            let mut p = PublisherConfig::new("/tmp/x");
+            p.multicast.interface = ip;
+            assert!(p.validate().is_err(), "{bad}");
+        }
+        let s = SubscriberConfig::new(
+            "/tmp/x",
+            "127.0.0.1:1".parse().unwrap(),
+            crate::ServerTrust::InsecureLoopback,
+        );
+        assert!(s.validate().is_ok());
     }
 }
