@@ -146,7 +146,35 @@ pub struct Subscriber {
     closed: AtomicBool,
     config: SubscriberConfig,
     store: Arc<SubscriberStore>,
-    subs: Mutex<HashMap<String, Arc<SubShared>>>,
+    subs: Mutex<Subs>,
+    /// Signalled when a database stops being busy.
+    idle: Condvar,
+}
+
+/// The subscriber's subscriptions, and the databases a subscribe or one-shot resync is
+/// working on right now (outside the lock: no lock is held over network I/O).
+#[derive(Default)]
+struct Subs {
+    live: HashMap<String, Arc<SubShared>>,
+    busy: std::collections::HashSet<String>,
+}
+
+/// Marks a database busy for the life of the guard (a subscribe or resync in progress).
+struct Busy<'a> {
+    subscriber: &'a Subscriber,
+    name: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut subs = self
+            .subscriber
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        subs.busy.remove(&self.name);
+        self.subscriber.idle.notify_all();
+    }
 }
 
 /// One subscription: a live replica of one database. Clones share it; it closes when
@@ -199,7 +227,8 @@ impl Subscriber {
             closed: AtomicBool::new(false),
             config,
             store,
-            subs: Mutex::new(HashMap::new()),
+            subs: Mutex::new(Subs::default()),
+            idle: Condvar::new(),
         })
     }
 
@@ -273,15 +302,14 @@ impl Subscriber {
         after: Option<u64>,
     ) -> Result<Subscription> {
         validate_database_name(name)?;
-        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed("subscriber is closed".into()));
-        }
-        if subs.get(name).is_some_and(|s| !s.stop.is_stopped()) {
-            return Err(Error::Config(format!(
-                "already subscribed to database {name:?} in this subscriber"
-            )));
-        }
+        let busy = self.claim(name, |subs| {
+            if subs.live.get(name).is_some_and(|s| !s.stop.is_stopped()) {
+                return Err(Error::Config(format!(
+                    "already subscribed to database {name:?} in this subscriber"
+                )));
+            }
+            Ok(())
+        })?;
         let shared = start(
             &self.config,
             &self.store,
@@ -290,10 +318,39 @@ impl Subscriber {
             participant,
             after,
         )?;
-        subs.insert(name.to_owned(), shared.clone());
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            // Closed while registering: this subscription never becomes live.
+            drop(subs);
+            let _ = shared.close();
+            return Err(Error::Closed("subscriber is closed".into()));
+        }
+        subs.live.insert(name.to_owned(), shared.clone());
+        drop(subs);
+        drop(busy);
         Ok(Subscription {
             _guard: Arc::new(CloseOnDrop(shared.clone())),
             shared,
+        })
+    }
+
+    /// Marks `name` busy if the subscriber is open, nothing else is working on `name`, and
+    /// `check` agrees; the mark ends with the returned guard.
+    fn claim(&self, name: &str, check: impl FnOnce(&Subs) -> Result<()>) -> Result<Busy<'_>> {
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed("subscriber is closed".into()));
+        }
+        if subs.busy.contains(name) {
+            return Err(Error::Config(format!(
+                "database {name:?} is being subscribed or resynced in this subscriber"
+            )));
+        }
+        check(&subs)?;
+        subs.busy.insert(name.to_owned());
+        Ok(Busy {
+            subscriber: self,
+            name: name.to_owned(),
         })
     }
 
@@ -313,15 +370,14 @@ impl Subscriber {
 
     fn one_shot(&self, name: &str, apply: bool) -> Result<ResyncReport> {
         validate_database_name(name)?;
-        let subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed("subscriber is closed".into()));
-        }
-        if apply && subs.get(name).is_some_and(|s| !s.stop.is_stopped()) {
-            return Err(Error::Config(format!(
-                "database {name:?} has a live subscription; use Subscription::request_resync"
-            )));
-        }
+        let busy = self.claim(name, |subs| {
+            if apply && subs.live.get(name).is_some_and(|s| !s.stop.is_stopped()) {
+                return Err(Error::Config(format!(
+                    "database {name:?} has a live subscription; use Subscription::request_resync"
+                )));
+            }
+            Ok(())
+        })?;
         let tables = self.store.tables(name)?;
         let mut client = client_for(&self.config, name)?;
         let groups = client.hello()?.groups;
@@ -339,7 +395,7 @@ impl Subscriber {
             apply.then_some(HostDelivery::Nobody),
             &filter,
         )?;
-        drop(subs);
+        drop(busy);
         let _ = client.close_subscription();
         Ok(out.report)
     }
@@ -347,13 +403,15 @@ impl Subscriber {
     /// Closes every subscription and joins their threads. Idempotent.
     pub fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::SeqCst);
-        let subs: Vec<_> = self
-            .subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let subs: Vec<_> = {
+            let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+            // A subscribe or resync in flight ends within its I/O timeouts; wait for it
+            // (without holding the lock) so nothing writes after the lock is released.
+            while !subs.busy.is_empty() {
+                subs = self.idle.wait(subs).unwrap_or_else(|e| e.into_inner());
+            }
+            subs.live.drain().map(|(_, s)| s).collect()
+        };
         let mut joined = true;
         for s in subs {
             joined &= s.close();
