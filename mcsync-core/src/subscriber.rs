@@ -449,6 +449,30 @@ fn client_for(cfg: &SubscriberConfig, name: &str) -> Result<RepairClient> {
     ))
 }
 
+/// A registration made by HELLO, closed (CLOSE SUBSCRIPTION) if it is dropped before the
+/// process thread takes its client.
+struct Registration(Option<RepairClient>);
+
+impl Registration {
+    fn client(&mut self) -> &mut RepairClient {
+        self.0.as_mut().expect("the client stays until taken")
+    }
+
+    fn take(mut self) -> RepairClient {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            if let Err(e) = c.close_subscription() {
+                log::debug!("closing a registration after a failed subscribe: {e}");
+            }
+        }
+    }
+}
+
 fn start(
     cfg: &SubscriberConfig,
     store: &Arc<SubscriberStore>,
@@ -464,6 +488,9 @@ fn start(
     client.set_participant(participant.is_some());
     client.set_subscriber_id(store.subscriber_id(name)?);
     let info = client.hello()?;
+    // From here on a failure must not leave the registration behind at the publisher (a
+    // participant's would stall every two-phase round until its timeout).
+    let mut reg = Registration(Some(client));
     if info.subscriber_id != store.subscriber_id(name)? {
         store.set_subscriber_id(name, info.subscriber_id)?;
     }
@@ -474,11 +501,13 @@ fn start(
         store.set_incarnation(name, info.incarnation)?;
     }
     // Requests go to the history registered with; a changed one is resynced against first.
-    client.expect_incarnation(info.incarnation);
+    reg.client().expect_incarnation(info.incarnation);
     // A prepared two-phase update kept from before a restart: ask what became of it.
     let mut held = None;
     if let Some(p) = store.prepared(name)? {
-        if p.version > applied && client.outcome(p.version, p.timestamp_us)? == OUTCOME_PENDING {
+        if p.version > applied
+            && reg.client().outcome(p.version, p.timestamp_us)? == OUTCOME_PENDING
+        {
             held = Some(p);
         } else {
             store.clear_prepared(name)?;
@@ -603,6 +632,7 @@ fn start(
         },
     };
     let s2 = shared.clone();
+    let client = reg.take();
     let process = std::thread::Builder::new()
         .name(format!("mcsync-proc-{name}"))
         .spawn(move || {

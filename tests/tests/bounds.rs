@@ -34,3 +34,29 @@ fn a_subscribe_stuck_on_a_silent_publisher_does_not_hold_the_subscriber() {
         assert!(other.join().unwrap().is_some());
     });
 }
+
+#[test]
+fn a_participant_subscribe_that_fails_after_hello_leaves_no_registration() {
+    use mcsync::Publisher;
+    use mcsync_tests::*;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database("ledger").unwrap();
+    db.put("k", "v").unwrap();
+    let mut c = subscriber_config(&dir.path().join("sub"), &p, None);
+    // No interface has this address: joining the group fails after HELLO succeeded.
+    c.interface = "10.255.254.253".parse().unwrap();
+    let s = Subscriber::open(c).unwrap();
+    let err = s
+        .subscribe_participant("ledger", None, None)
+        .err()
+        .expect("the join fails");
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    // The registration was closed: nobody is left to wait for in a two-phase round.
+    assert!(p.subscribers().is_empty(), "{:?}", p.subscribers());
+    let mut t = db.transaction();
+    t.put("k", "w").unwrap();
+    let t0 = Instant::now();
+    assert_eq!(t.commit_two_phase(Duration::from_secs(60)).unwrap(), 2);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+}
