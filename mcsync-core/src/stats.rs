@@ -145,6 +145,9 @@ counters!(
         dropped_epoch,
         /// Dropped: sequence number already seen (replay).
         dropped_replay,
+        /// Sealed packets too far ahead of their stream to be taken on their own word (a
+        /// jump not yet confirmed by further traffic).
+        dropped_far,
         /// Times the receive thread found the channel to the process thread full.
         channel_full,
         /// Chains completed.

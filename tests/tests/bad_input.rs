@@ -178,3 +178,54 @@ fn a_publish_over_the_maximum_is_refused_and_writes_nothing() {
         ErrorKind::Config
     );
 }
+
+#[test]
+fn one_sealed_packet_far_ahead_does_not_stop_reception() {
+    use mcsync::wire::packet::PacketHeader;
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = publisher.database("prices").unwrap();
+    // SECURITY.md assumes a key holder may spoof the publisher's source: no source check.
+    let mut c = subscriber_config(&dir.path().join("sub"), &publisher, None);
+    c.verify_source = false;
+    let s = Subscriber::open(c).unwrap();
+    let sub = s.subscribe("prices", |_| {}).unwrap();
+    let spy = sniffer(db.group());
+    spy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut v = db.put("p", "0").unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = spy.recv(&mut buf).unwrap();
+    let (genuine, _) = PacketHeader::parse(&buf[..n]).unwrap();
+    sub.wait_for_version(v, CONVERGE).unwrap();
+    // A registered user holds the key and seals one packet 2^40 ahead of the stream.
+    let info = repair_client(&publisher, "prices", "mallory", "")
+        .hello()
+        .unwrap();
+    let mut keyring = mcsync::crypto::Keyring::default();
+    for (epoch, key) in &info.keys {
+        keyring.insert(*epoch, key);
+    }
+    let mut forged = genuine;
+    forged.seq = genuine.seq + (1 << 40);
+    let mut datagram = Vec::new();
+    assert!(keyring.seal(forged, b"anything at all", &mut datagram));
+    let attacker = mcsync::net::socket::sender_socket(Ipv4Addr::LOCALHOST, 1, true).unwrap();
+    attacker.send_to(&datagram, db.group()).unwrap();
+    wait_until(CONVERGE, || sub.stats().dropped_far >= 1);
+    let before = sub.stats();
+    for i in 0..300u32 {
+        v = db.put(format!("p{}", i % 20), i.to_be_bytes()).unwrap();
+    }
+    sub.wait_for_version(v, CONVERGE).unwrap();
+    assert_eq!(
+        sub.iter().unwrap().collect::<Vec<_>>(),
+        db.snapshot().unwrap()
+    );
+    let after = sub.stats();
+    // The genuine stream was still taken from multicast, not dropped as too old.
+    assert_eq!(after.dropped_replay, before.dropped_replay, "{after:?}");
+    assert!(
+        after.packets_received >= before.packets_received + 300,
+        "{after:?}"
+    );
+}

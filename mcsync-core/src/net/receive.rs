@@ -4,6 +4,7 @@
 
 use super::StopFlag;
 use crate::crypto::{Keyring, OpenError};
+use crate::proto::replay::Verdict;
 use crate::proto::{LossGenerator, OpenPacket, ReplayWindow};
 use crate::stats::{add, inc, SubscriptionCounters};
 use crate::wire::packet::PacketHeader;
@@ -141,13 +142,20 @@ fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
         if windows.len() >= MAX_STREAMS && !windows.contains_key(&header.stream_id) {
             windows.clear();
         }
-        if !windows
+        match windows
             .entry(header.stream_id)
             .or_default()
-            .check_and_record(header.seq)
+            .check(header.seq)
         {
-            inc(&c.dropped_replay);
-            continue;
+            Verdict::Fresh => {}
+            Verdict::Seen => {
+                inc(&c.dropped_replay);
+                continue;
+            }
+            Verdict::Far => {
+                inc(&c.dropped_far);
+                continue;
+            }
         }
         if !forward(&p, &tx, Inbound { header, payload }) {
             return;
