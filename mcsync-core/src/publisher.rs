@@ -218,7 +218,6 @@ impl Publisher {
             limiter: FailureLimiter::new(10, Duration::from_secs(60), Duration::from_secs(30)),
             revoked: std::sync::RwLock::new(store.revoked()?.into_iter().collect()),
             registry: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
             auth_cache: Mutex::new(HashMap::new()),
             rotate: Mutex::new(None),
             known_good: Mutex::new(std::collections::HashSet::new()),

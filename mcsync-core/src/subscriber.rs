@@ -1461,7 +1461,10 @@ impl Process {
         let c = self.shared.counters.clone();
         let groups = self.groups.clone();
         let filter = |b: &mut [Update]| filter_updates(&groups, &c, b);
-        let host = match (self.callback.is_some(), history_changed) {
+        // A host ahead of the replica holds a state the changes are not relative to: it
+        // gets the whole state too.
+        let host_ahead = self.delivery.skip_through > self.receiver.applied();
+        let host = match (self.callback.is_some(), history_changed || host_ahead) {
             (false, _) => HostDelivery::Nobody,
             (true, false) => HostDelivery::Changes,
             (true, true) => HostDelivery::Reset,

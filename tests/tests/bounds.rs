@@ -60,3 +60,47 @@ fn a_participant_subscribe_that_fails_after_hello_leaves_no_registration() {
     assert_eq!(t.commit_two_phase(Duration::from_secs(60)).unwrap(), 2);
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn registration_ids_come_from_the_server_and_one_user_cannot_pile_them_up() {
+    use mcsync::Publisher;
+    use mcsync_tests::*;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    p.database("ledger").unwrap().put("k", "v").unwrap();
+    let mut alice = repair_client(&p, "ledger", "alice", "");
+    let alice_id = alice.hello().unwrap().subscriber_id;
+    // A client choosing an id near the top of the range gets no wrap-around: the next
+    // registrations neither overflow nor land on alice's record.
+    let mut near_top = repair_client(&p, "ledger", "mallory", "");
+    near_top.set_subscriber_id(u64::MAX);
+    near_top.hello().unwrap();
+    let mut clients = Vec::new();
+    let mut refused = None;
+    for i in 0..mcsync::net::repair_server::MAX_REGISTRATIONS_PER_USER + 1 {
+        let mut c = repair_client(&p, "ledger", "mallory", "");
+        match c.hello() {
+            Ok(info) => {
+                assert_ne!(info.subscriber_id, alice_id);
+                clients.push(c);
+            }
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (at, err) = refused.expect("the per-user cap refuses");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(err.to_string().contains("registrations"), "{err}");
+    // The one near the top counts too.
+    assert_eq!(
+        at + 1,
+        mcsync::net::repair_server::MAX_REGISTRATIONS_PER_USER
+    );
+    let regs = p.subscribers();
+    let alice_rec = regs.iter().find(|r| r.id == alice_id).expect("alice kept");
+    assert_eq!(alice_rec.user, "alice");
+    // Another user is not affected by mallory's cap.
+    assert!(repair_client(&p, "ledger", "bob", "").hello().is_ok());
+}

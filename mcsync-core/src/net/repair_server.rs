@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -105,8 +104,6 @@ pub struct ServerContext {
     pub two_phase: Coordinator,
     /// Registered subscribers by id.
     pub registry: Mutex<HashMap<u64, SubscriberRecord>>,
-    /// Next registration id.
-    pub next_id: AtomicU64,
     /// Recently verified credentials (user, secret digest) → grant, so reconnects do not pay
     /// for a password hash each time. Cleared on revocation.
     pub auth_cache: Mutex<AuthCache>,
@@ -660,7 +657,7 @@ fn hello(
         participant,
         report: None,
     };
-    let id = register(ctx, record);
+    let id = register(ctx, record)?;
     db.on_registered();
     inc(&ctx.counters.registrations);
     let mut info = db.info();
@@ -677,28 +674,55 @@ fn hello(
     Ok((session, info))
 }
 
+/// Most registrations one user may hold for one database: one subscriber keeps one record
+/// however often it reconnects, so only a client that throws its id away (or a hostile one)
+/// reaches this; it must not be able to outnumber everyone else in the adaptation vote.
+pub const MAX_REGISTRATIONS_PER_USER: usize = 256;
+
 /// Records the registration; an id from an earlier HELLO of the same user and database is
-/// kept, so one subscriber has one record however often it reconnects.
-fn register(ctx: &ServerContext, mut record: SubscriberRecord) -> u64 {
+/// kept, so one subscriber has one record however often it reconnects. Fails when the user
+/// already holds [`MAX_REGISTRATIONS_PER_USER`] registrations of the database.
+fn register(
+    ctx: &ServerContext,
+    mut record: SubscriberRecord,
+) -> std::result::Result<u64, Message> {
     let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(r) = reg.get_mut(&record.id) {
         if r.user == record.user && r.database == record.database {
             r.sessions += 1;
             r.peer = record.peer;
             r.participant = record.participant;
-            return record.id;
+            return Ok(record.id);
         }
     }
+    let held = reg
+        .values()
+        .filter(|r| r.user == record.user && r.database == record.database)
+        .count();
+    if held >= MAX_REGISTRATIONS_PER_USER {
+        return Err(error(
+            ErrorCode::Auth,
+            format!(
+                "user {:?} already holds {held} registrations of database {:?}; close some \
+                 (CLOSE SUBSCRIPTION) or reuse their ids",
+                record.user, record.database
+            ),
+        ));
+    }
     // An id the publisher does not know (it restarted) is taken over if free, so a
-    // participant keeps its identity; otherwise a fresh one is drawn.
+    // participant keeps its identity; otherwise the server draws one. Ids are random, never
+    // counted up from a client's choice: nothing wraps into another user's record.
     if record.id == 0 || reg.contains_key(&record.id) {
-        record.id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    } else {
-        ctx.next_id.fetch_max(record.id + 1, Ordering::Relaxed);
+        record.id = loop {
+            let id = rand::random::<u64>() >> 1;
+            if id != 0 && !reg.contains_key(&id) {
+                break id;
+            }
+        };
     }
     let id = record.id;
     reg.insert(id, record);
-    id
+    Ok(id)
 }
 
 fn resync_begin(ctx: &ServerContext, s: &mut Session) -> std::result::Result<Message, Message> {
