@@ -354,6 +354,17 @@ typedef struct mcsync_update {
      * transaction from this subscriber (the callback still runs, keeping versions dense).
      */
     size_t ops_len;
+    /**
+     * True when this update **replaces the host's whole state**: `ops` are puts of every
+     * record the replica holds at `version`, and the host must first drop everything it
+     * kept from this database, then apply them, then store `version` (all in one
+     * transaction of its own). Sent only to a subscription made with
+     * `mcsync_subscriber_subscribe_after` when the updates after the host's version can no
+     * longer be delivered one by one (the publisher's journal no longer reaches back that
+     * far) or when the master's history changed (a publisher restored from an older copy).
+     * False for every other update.
+     */
+    bool reset;
 } mcsync_update;
 
 /**
@@ -365,8 +376,15 @@ typedef struct mcsync_update {
  * latest value of each changed key at the last version it covers, and a hash resync (a
  * journal trimmed past the replica's version, or `mcsync_subscription_request_resync`)
  * passes the records it fetched and deleted at the publisher's snapshot version, with
- * `timestamp_us` 0, followed by the journal updates after it. `update` is valid only
- * during the call. The callback must return (not `longjmp` or throw out of it); it
+ * `timestamp_us` 0, followed by the journal updates after it. An update with `reset` set
+ * (only with `mcsync_subscriber_subscribe_after`) replaces the host's whole state.
+ *
+ * Delivery is **at least once**: the replica keeps what a callback is to see until the
+ * callback returned, so callbacks cut off by a crash, `kill -9` or a close are run again,
+ * in order, at the next subscribe (a host may see the last few updates twice). A host
+ * that stores each update's version in the same transaction as its data and passes that
+ * version to `mcsync_subscriber_subscribe_after` gets each update **exactly once**.
+ * `update` is valid only during the call. The callback must return (not `longjmp` or throw out of it); it
  * may call any mcsync function, including closing or freeing its own subscription, except
  * waiting on its own subscription (`mcsync_subscription_wait_for_version` would time out).
  */
@@ -1336,6 +1354,34 @@ enum mcsync_status mcsync_subscriber_subscribe(const struct mcsync_subscriber *s
                                                struct mcsync_subscription **out_subscription);
 
 /**
+ * Subscribes to database `name` for **exactly-once** delivery to a host that keeps its own
+ * copy: exactly as `mcsync_subscriber_subscribe` (same `callback`, `user_data`,
+ * `free_user_data`, ownership, errors and threading), except that the callback is called
+ * for exactly the updates after `after_version`, the version the host holds.
+ *
+ * The host stores, in one transaction of its own, what each callback hands it together
+ * with that update's `version`, and passes the version it stored here at every start
+ * (0 for a host that holds nothing). It then gets exactly the updates after it, in
+ * version order, wherever they come from: the updates the replica keeps until their
+ * callback returned (after a crash, `kill -9` or close), the publisher's journal (a host
+ * behind its replica, say restored from a backup), or — when neither reaches back to
+ * `after_version`, or the master's history changed (a publisher restored from an older
+ * copy, or a host ahead of the master) — one update with `reset` set holding every record
+ * at its version (see `mcsync_update`): drop the host's table, apply it, store its version.
+ * Nothing is skipped silently. Updates at or below `after_version` that the replica applies
+ * later (a host ahead of its replica) are applied without a callback.
+ *
+ * With a NULL `callback` `after_version` is ignored (nothing is delivered).
+ */
+enum mcsync_status mcsync_subscriber_subscribe_after(const struct mcsync_subscriber *subscriber,
+                                                     const char *name,
+                                                     uint64_t after_version,
+                                                     mcsync_update_callback callback,
+                                                     void *user_data,
+                                                     mcsync_free_callback free_user_data,
+                                                     struct mcsync_subscription **out_subscription);
+
+/**
  * Subscribes to database `name` as a two-phase participant: exactly as
  * `mcsync_subscriber_subscribe` (same `callback`, `user_data`, ownership and errors), and
  * in addition every two-phase update of the database (`mcsync_txn_commit_two_phase`,
@@ -1502,6 +1548,20 @@ enum mcsync_status mcsync_subscription_wait_for_version(const struct mcsync_subs
                                                         uint64_t timeout_ms);
 
 /**
+ * Blocks until the replica has caught up with the version the publisher had when this
+ * subscription registered, and every callback up to it has run (replays of callbacks a
+ * crash or close cut off included), for at most `timeout_ms` milliseconds. On success
+ * writes that version to `*out_version` (optional: may be NULL). Returns `MCSYNC_OK`,
+ * `MCSYNC_ERR_TIMEOUT`, `MCSYNC_ERR_CLOSED` (the subscription closed), `MCSYNC_ERR_AUTH`
+ * (its access was revoked) or `MCSYNC_ERR_STORAGE` (it stopped on a storage failure).
+ * Thread-safe; never call it from the subscription's own callback (the version cannot
+ * advance while the callback runs).
+ */
+enum mcsync_status mcsync_subscription_wait_caught_up(const struct mcsync_subscription *subscription,
+                                                      uint64_t timeout_ms,
+                                                      uint64_t *out_version);
+
+/**
  * Asks the subscription's process thread to resync its replica by hashes as soon as it
  * can (as `mcsync_subscriber_resync` does, but while subscribed): for a store restored
  * from a backup or edited by hand. Returns at once. Update callbacks then see what changed
@@ -1528,7 +1588,9 @@ enum mcsync_status mcsync_subscription_is_closed(const struct mcsync_subscriptio
 /**
  * Closes the subscription: no callback starts after this returns, its threads stop and its
  * socket closes; the replica stays readable through the handle. Closing again is a no-op
- * returning `MCSYNC_OK`. Thread-safe; blocks until the threads stopped.
+ * returning `MCSYNC_OK`. Thread-safe; blocks until the threads stopped (a callback in
+ * progress finishes first). Updates the replica already applied whose callbacks had not
+ * run are kept and called back at the next subscribe to this database (nothing is lost).
  *
  * May be called from the subscription's own update callback without deadlock: it then
  * returns at once, no further callback runs, and the threads exit (and `free_user_data`

@@ -12,3 +12,7 @@ if ! command -v cc >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# SQLite headers and library for examples/c/exactly_once_host.c.
+if [ ! -f /usr/include/sqlite3.h ]; then
+  apt-get update -qq && apt-get install -y -qq libsqlite3-dev >/dev/null
+fi

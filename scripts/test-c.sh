@@ -5,6 +5,11 @@
 #                   replicas checked from C against a model of every write
 #   2. processes    the publisher and subscriber examples as three processes, 5 % loss;
 #                   each replica's digest must equal the publisher's
+#   2b. exactly_once  exactly_once_host.c (a SQLite host subscribing with
+#                   mcsync_subscriber_subscribe_after) killed with SIGKILL at 5 seeded random
+#                   moments while publisher.c publishes, restarted each time; its table must
+#                   equal the publisher's contents and it must have applied every version
+#                   exactly once (a repeat breaks its `seen` primary key and it exits 3)
 #   3. legacy_hook  a legacy server's update hook replicating through mcsync
 #   4. misuse       NULL handles, invalid config, double close, callbacks closing their own
 #                   subscription (no crash, no deadlock; each an error code and a message)
@@ -22,6 +27,8 @@ source scripts/setup.sh
 CONVERGE_UPDATES=${CONVERGE_UPDATES:-2000}
 VALGRIND_UPDATES=${VALGRIND_UPDATES:-1000}
 PROCESS_UPDATES=${PROCESS_UPDATES:-1000}
+EXACTLY_ONCE_UPDATES=${EXACTLY_ONCE_UPDATES:-3000}
+EXACTLY_ONCE_KILLS=${EXACTLY_ONCE_KILLS:-5}
 
 passed=0
 failed=0
@@ -162,6 +169,84 @@ processes_test() {
   fi
 }
 processes_test
+
+echo "== 2b. exactly_once: SQLite host killed -9 $EXACTLY_ONCE_KILLS times while publisher.c writes $EXACTLY_ONCE_UPDATES updates"
+exactly_once_test() {
+  local dir=$WORK/exactly_once start=$SECONDS
+  mkdir -p "$dir"
+  # The kill moments come from this seed; rerun with EXACTLY_ONCE_SEED=... to repeat them.
+  local seed=${EXACTLY_ONCE_SEED:-$(($(rand32) % 1000000))}
+  echo "exactly_once: seed $seed"
+  RANDOM=$seed
+  "$BIN/publisher" "$dir/pub" "$(group 15)" "$(port 15)" "$EXACTLY_ONCE_UPDATES" \
+    >"$dir/pub.out" 2>"$dir/pub.err" &
+  local pub=$!
+  PIDS+=("$pub")
+  local control="" key=""
+  for _ in $(seq 1 200); do
+    control=$(sed -n 's/^control=//p' "$dir/pub.out" 2>/dev/null)
+    key=$(sed -n "s/^fingerprint=//p" "$dir/pub.out" 2>/dev/null)
+    [ -n "$control" ] && [ -n "$key" ] && break
+    kill -0 "$pub" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$control" ] || [ -z "$key" ]; then
+    cat "$dir/pub.out" "$dir/pub.err"
+    fail "exactly_once: publisher did not start"
+    return
+  fi
+  # Every put is one version, plus the transaction deleting every tenth key.
+  local expect=$((EXACTLY_ONCE_UPDATES + 1))
+  local host=("$BIN/exactly_once_host" "$dir/replica" "$dir/host.sqlite" "$control" "$key" demo)
+  local i pid delay rc kills=0 bad=""
+  for i in $(seq 1 "$EXACTLY_ONCE_KILLS"); do
+    "${host[@]}" "$expect" >>"$dir/host.out" 2>>"$dir/host.err" &
+    pid=$!
+    PIDS+=("$pid")
+    delay=$(printf '0.%03d' $((200 + RANDOM % 800)))
+    sleep "$delay"
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null; rc=$?
+    if [ $rc -eq 137 ]; then
+      kills=$((kills + 1))
+      echo "    run $i: killed -9 after $delay s"
+    else
+      # It ended before the kill: only a clean exit (caught up) is acceptable.
+      echo "    run $i: ended by itself within $delay s (exit $rc)"
+      [ $rc -eq 0 ] || bad="run $i exited $rc"
+    fi
+    [ -n "$bad" ] && break
+  done
+  local rch=1
+  if [ -z "$bad" ]; then
+    "${host[@]}" "$expect" >>"$dir/host.out" 2>>"$dir/host.err" &
+    pid=$!
+    PIDS+=("$pid")
+    wait_for "$pid" 240; rch=$WAIT_RC
+  fi
+  for _ in $(seq 1 100); do grep -q '^version=' "$dir/pub.out" && break; sleep 0.1; done
+  kill -TERM "$pub" 2>/dev/null
+  local rcp
+  wait_for "$pub" 30; rcp=$WAIT_RC
+  local want got seen
+  want=$(grep '^version=' "$dir/pub.out")
+  got=$(grep '^version=' "$dir/host.out" | tail -1)
+  seen=$(grep '^seen=' "$dir/host.out" | tail -1)
+  echo "host starts: $(sed -n 's/.*host at version \([0-9]*\)$/\1/p' "$dir/host.err" | tr '\n' ' ')"
+  echo "publisher: $want (exit $rcp)"
+  echo "host:      $got (exit $rch after $kills kills)"
+  echo "host:      $seen (want seen=$expect first=1 last=$expect resets=0)"
+  if [ -z "$bad" ] && [ $rch -eq 0 ] && [ $rcp -eq 0 ] && [ -n "$want" ] && [ "$got" = "$want" ] &&
+     [ "$seen" = "seen=$expect first=1 last=$expect resets=0" ] && [ $kills -ge 1 ]; then
+    pass "exactly_once: after $kills kill -9s the SQLite host equals the publisher and saw each of $expect versions once (seed $seed) ($((SECONDS - start)) s)"
+  else
+    [ -n "$bad" ] && echo "$bad"
+    tail -5 "$dir/pub.err"
+    tail -20 "$dir/host.err"
+    fail "exactly_once: seed $seed: ${bad:-the host table or versions differ, or a process failed}"
+  fi
+}
+exactly_once_test
 
 echo "== 3. legacy_hook"
 run legacy_hook 120 "$BIN/legacy_hook" "$WORK/legacy" "$(group 20)" "$(port 20)"

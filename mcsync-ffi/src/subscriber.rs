@@ -1,12 +1,14 @@
 //! Subscriber, subscription and replica iterator handles, and the update callback.
 
-use crate::args::{borrow, borrow_mut, bytes_arg, free_handle, into_handle, out, str_arg};
+use crate::args::{
+    borrow, borrow_mut, bytes_arg, free_handle, into_handle, out, set_optional, str_arg,
+};
 use crate::bytes::bytes_to_c;
 use crate::config::mcsync_subscriber_config;
 use crate::error::{mcsync_status, FfiError};
 use crate::resync::{mcsync_resync_report, report_to_c};
 use crate::stats::mcsync_stats;
-use mcsync_core::{OpKind, Record, Subscriber, Subscription, Update};
+use mcsync_core::{OpKind, Record, SubscribeOptions, Subscriber, Subscription, Update};
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +61,15 @@ pub struct mcsync_update {
     /// Number of entries in `ops`. 0 when access groups withheld every operation of the
     /// transaction from this subscriber (the callback still runs, keeping versions dense).
     pub ops_len: usize,
+    /// True when this update **replaces the host's whole state**: `ops` are puts of every
+    /// record the replica holds at `version`, and the host must first drop everything it
+    /// kept from this database, then apply them, then store `version` (all in one
+    /// transaction of its own). Sent only to a subscription made with
+    /// `mcsync_subscriber_subscribe_after` when the updates after the host's version can no
+    /// longer be delivered one by one (the publisher's journal no longer reaches back that
+    /// far) or when the master's history changed (a publisher restored from an older copy).
+    /// False for every other update.
+    pub reset: bool,
 }
 
 /// An update callback: called with the `user_data` given to `mcsync_subscriber_subscribe`
@@ -69,8 +80,15 @@ pub struct mcsync_update {
 /// latest value of each changed key at the last version it covers, and a hash resync (a
 /// journal trimmed past the replica's version, or `mcsync_subscription_request_resync`)
 /// passes the records it fetched and deleted at the publisher's snapshot version, with
-/// `timestamp_us` 0, followed by the journal updates after it. `update` is valid only
-/// during the call. The callback must return (not `longjmp` or throw out of it); it
+/// `timestamp_us` 0, followed by the journal updates after it. An update with `reset` set
+/// (only with `mcsync_subscriber_subscribe_after`) replaces the host's whole state.
+///
+/// Delivery is **at least once**: the replica keeps what a callback is to see until the
+/// callback returned, so callbacks cut off by a crash, `kill -9` or a close are run again,
+/// in order, at the next subscribe (a host may see the last few updates twice). A host
+/// that stores each update's version in the same transaction as its data and passes that
+/// version to `mcsync_subscriber_subscribe_after` gets each update **exactly once**.
+/// `update` is valid only during the call. The callback must return (not `longjmp` or throw out of it); it
 /// may call any mcsync function, including closing or freeing its own subscription, except
 /// waiting on its own subscription (`mcsync_subscription_wait_for_version` would time out).
 pub type mcsync_update_callback =
@@ -222,6 +240,7 @@ fn with_c_update<R>(update: &Update, f: impl FnOnce(&mcsync_update) -> R) -> R {
             ops.as_ptr()
         },
         ops_len: ops.len(),
+        reset: update.reset,
     };
     f(&c_update)
 }
@@ -230,14 +249,14 @@ fn with_c_update<R>(update: &Update, f: impl FnOnce(&mcsync_update) -> R) -> R {
 struct HostCallback {
     callback: mcsync_update_callback,
     user: Arc<UserData>,
-    stopped: Arc<AtomicBool>,
 }
 
 impl HostCallback {
     fn deliver(&mut self, update: &Update) {
-        if self.stopped.load(Ordering::SeqCst) {
-            return;
-        }
+        // No check of `stopped` here: the engine counts an update as delivered once this
+        // returns, so skipping the call would lose it for good. The engine itself starts no
+        // callback after its subscription was told to stop (close from any thread, or from
+        // inside a callback); what was not called back is replayed at the next subscribe.
         let Some(callback) = self.callback else {
             return;
         };
@@ -349,7 +368,55 @@ pub unsafe extern "C" fn mcsync_subscriber_subscribe(
             ptr: user_data,
             free: free_user_data,
         });
-        let result = subscribe(&user, subscriber, name, callback, None, out_subscription);
+        let result = subscribe(&user, subscriber, name, callback, None, None, out_subscription);
+        drop(user);
+        result
+    }
+}
+
+/// Subscribes to database `name` for **exactly-once** delivery to a host that keeps its own
+/// copy: exactly as `mcsync_subscriber_subscribe` (same `callback`, `user_data`,
+/// `free_user_data`, ownership, errors and threading), except that the callback is called
+/// for exactly the updates after `after_version`, the version the host holds.
+///
+/// The host stores, in one transaction of its own, what each callback hands it together
+/// with that update's `version`, and passes the version it stored here at every start
+/// (0 for a host that holds nothing). It then gets exactly the updates after it, in
+/// version order, wherever they come from: the updates the replica keeps until their
+/// callback returned (after a crash, `kill -9` or close), the publisher's journal (a host
+/// behind its replica, say restored from a backup), or — when neither reaches back to
+/// `after_version`, or the master's history changed (a publisher restored from an older
+/// copy, or a host ahead of the master) — one update with `reset` set holding every record
+/// at its version (see `mcsync_update`): drop the host's table, apply it, store its version.
+/// Nothing is skipped silently. Updates at or below `after_version` that the replica applies
+/// later (a host ahead of its replica) are applied without a callback.
+///
+/// With a NULL `callback` `after_version` is ignored (nothing is delivered).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_subscribe_after(
+    subscriber: *const mcsync_subscriber,
+    name: *const c_char,
+    after_version: u64,
+    callback: mcsync_update_callback,
+    user_data: *mut c_void,
+    free_user_data: mcsync_free_callback,
+    out_subscription: *mut *mut mcsync_subscription,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        // Ownership of user_data as in mcsync_subscriber_subscribe.
+        let user = Arc::new(UserData {
+            ptr: user_data,
+            free: free_user_data,
+        });
+        let result = subscribe(
+            &user,
+            subscriber,
+            name,
+            callback,
+            Some(after_version),
+            None,
+            out_subscription,
+        );
         drop(user);
         result
     }
@@ -390,19 +457,28 @@ pub unsafe extern "C" fn mcsync_subscriber_subscribe_participant(
             ptr: user_data,
             free: free_user_data,
         });
-        let result = subscribe(&user, subscriber, name, callback, Some(vote), out_subscription);
+        let result = subscribe(
+            &user,
+            subscriber,
+            name,
+            callback,
+            None,
+            Some(vote),
+            out_subscription,
+        );
         drop(user);
         result
     }
 }
 
-/// What both subscribe functions do once `user` owns the host's `user_data`; `participant`
-/// is `Some(vote)` for a two-phase participant.
+/// What the subscribe functions do once `user` owns the host's `user_data`: `after` is the
+/// host's version (exactly once), `participant` is `Some(vote)` for a two-phase participant.
 unsafe fn subscribe(
     user: &Arc<UserData>,
     subscriber: *const mcsync_subscriber,
     name: *const c_char,
     callback: mcsync_update_callback,
+    after: Option<u64>,
     participant: Option<mcsync_vote_callback>,
     out_subscription: *mut *mut mcsync_subscription,
 ) -> Result<(), FfiError> {
@@ -422,23 +498,23 @@ unsafe fn subscribe(
     let mut host = HostCallback {
         callback,
         user: user.clone(),
-        stopped: stopped.clone(),
     };
     let boxed: mcsync_core::UpdateCallback = Box::new(move |u: &Update| host.deliver(u));
-    let subscription = match participant {
-        None => s.inner.subscribe_with(name, Some(boxed))?,
-        Some(vote) => {
-            let vote = vote.map(|vote| {
-                let mut host = HostVote {
-                    vote,
-                    user: user.clone(),
-                    stopped: stopped.clone(),
-                };
-                Box::new(move |u: &Update| host.decide(u)) as mcsync_core::VoteCallback
-            });
-            s.inner.subscribe_participant(name, Some(boxed), vote)?
-        }
+    let vote = participant.flatten().map(|vote| {
+        let mut host = HostVote {
+            vote,
+            user: user.clone(),
+            stopped: stopped.clone(),
+        };
+        Box::new(move |u: &Update| host.decide(u)) as mcsync_core::VoteCallback
+    });
+    let options = SubscribeOptions {
+        callback: Some(boxed),
+        after,
+        participant: participant.is_some(),
+        vote,
     };
+    let subscription = s.inner.subscribe_with_options(name, options)?;
     let mut state = s.state.lock().unwrap_or_else(|e| e.into_inner());
     if state.closed {
         // Closed while we were registering.
@@ -762,6 +838,28 @@ pub unsafe extern "C" fn mcsync_subscription_wait_for_version(
     }
 }
 
+/// Blocks until the replica has caught up with the version the publisher had when this
+/// subscription registered, and every callback up to it has run (replays of callbacks a
+/// crash or close cut off included), for at most `timeout_ms` milliseconds. On success
+/// writes that version to `*out_version` (optional: may be NULL). Returns `MCSYNC_OK`,
+/// `MCSYNC_ERR_TIMEOUT`, `MCSYNC_ERR_CLOSED` (the subscription closed), `MCSYNC_ERR_AUTH`
+/// (its access was revoked) or `MCSYNC_ERR_STORAGE` (it stopped on a storage failure).
+/// Thread-safe; never call it from the subscription's own callback (the version cannot
+/// advance while the callback runs).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_wait_caught_up(
+    subscription: *const mcsync_subscription,
+    timeout_ms: u64,
+    out_version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        let v = s.inner.wait_caught_up(Duration::from_millis(timeout_ms))?;
+        set_optional(out_version, v);
+        Ok(())
+    }
+}
+
 /// Asks the subscription's process thread to resync its replica by hashes as soon as it
 /// can (as `mcsync_subscriber_resync` does, but while subscribed): for a store restored
 /// from a backup or edited by hand. Returns at once. Update callbacks then see what changed
@@ -816,7 +914,9 @@ pub unsafe extern "C" fn mcsync_subscription_is_closed(
 
 /// Closes the subscription: no callback starts after this returns, its threads stop and its
 /// socket closes; the replica stays readable through the handle. Closing again is a no-op
-/// returning `MCSYNC_OK`. Thread-safe; blocks until the threads stopped.
+/// returning `MCSYNC_OK`. Thread-safe; blocks until the threads stopped (a callback in
+/// progress finishes first). Updates the replica already applied whose callbacks had not
+/// run are kept and called back at the next subscribe to this database (nothing is lost).
 ///
 /// May be called from the subscription's own update callback without deadlock: it then
 /// returns at once, no further callback runs, and the threads exit (and `free_user_data`

@@ -267,6 +267,146 @@ fn replicate_read_and_close_from_the_callback() {
     }
 }
 
+/// A host's log of the versions its callback was handed, closing its own subscription
+/// from the callback once it reaches `close_at` (0: never).
+struct HostLog {
+    versions: std::sync::Mutex<Vec<u64>>,
+    resets: AtomicU64,
+    me: AtomicPtr<mcsync_subscription>,
+    /// Set once `me` holds the handle (callbacks may start before subscribe returns).
+    ready: std::sync::atomic::AtomicBool,
+    close_at: u64,
+}
+
+unsafe extern "C" fn host_update(user_data: *mut c_void, update: *const mcsync_update) {
+    let host = &*(user_data as *const HostLog);
+    let u = &*update;
+    while host.close_at != 0 && !host.ready.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if u.reset {
+        host.resets.fetch_add(1, Ordering::SeqCst);
+    }
+    host.versions.lock().unwrap().push(u.version);
+    if host.close_at != 0 && u.version >= host.close_at {
+        let me = host.me.swap(null_mut(), Ordering::SeqCst);
+        if !me.is_null() {
+            assert_eq!(mcsync_subscription_close(me), mcsync_status::MCSYNC_OK);
+        }
+    }
+}
+
+#[test]
+fn subscribe_after_delivers_exactly_the_updates_after_the_hosts_version() {
+    let dir = tempfile::tempdir().unwrap();
+    unsafe {
+        let (publisher, subscriber) = open_pair(dir.path());
+        let mut db = null_mut();
+        ok(mcsync_publisher_database(
+            publisher,
+            c("hosted").as_ptr(),
+            &mut db,
+        ));
+        let put = |i: u32| {
+            let key = format!("key-{:03}", i % 120);
+            let mut v = 0;
+            ok(mcsync_db_put(
+                db,
+                key.as_ptr(),
+                key.len(),
+                b"v".as_ptr(),
+                1,
+                &mut v,
+            ));
+            v
+        };
+        // Published before the replica exists: it catches up in large batches, so the
+        // close at version 50 leaves applied updates whose callbacks have not run.
+        for i in 0..300 {
+            put(i);
+        }
+        let first = HostLog {
+            versions: Default::default(),
+            resets: AtomicU64::new(0),
+            me: AtomicPtr::new(null_mut()),
+            ready: Default::default(),
+            close_at: 50,
+        };
+        let mut sub = null_mut();
+        ok(mcsync_subscriber_subscribe_after(
+            subscriber,
+            c("hosted").as_ptr(),
+            0,
+            Some(host_update),
+            &first as *const HostLog as *mut c_void,
+            None,
+            &mut sub,
+        ));
+        first.me.store(sub, Ordering::SeqCst);
+        first.ready.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        loop {
+            let mut closed = false;
+            ok(mcsync_subscription_is_closed(sub, &mut closed));
+            if closed {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "never closed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Freeing waits for the threads: no callback of this subscription runs after it.
+        mcsync_subscription_free(sub);
+        let seen = first.versions.lock().unwrap().clone();
+        let host_version = *seen.last().unwrap();
+        assert_eq!(seen, (1..=host_version).collect::<Vec<_>>());
+
+        let mut last = 0;
+        for i in 300..400 {
+            last = put(i);
+        }
+        assert_eq!(last, 400);
+        let second = HostLog {
+            versions: Default::default(),
+            resets: AtomicU64::new(0),
+            me: AtomicPtr::new(null_mut()),
+            ready: Default::default(),
+            close_at: 0,
+        };
+        ok(mcsync_subscriber_subscribe_after(
+            subscriber,
+            c("hosted").as_ptr(),
+            host_version,
+            Some(host_update),
+            &second as *const HostLog as *mut c_void,
+            None,
+            &mut sub,
+        ));
+        let mut caught_up = 0;
+        ok(mcsync_subscription_wait_caught_up(
+            sub,
+            120_000,
+            &mut caught_up,
+        ));
+        assert_eq!(caught_up, 400);
+        ok(mcsync_subscription_wait_caught_up(sub, 120_000, null_mut()));
+        assert_eq!(
+            *second.versions.lock().unwrap(),
+            (host_version + 1..=400).collect::<Vec<_>>()
+        );
+        assert_eq!(first.resets.load(Ordering::SeqCst), 0);
+        assert_eq!(second.resets.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            mcsync_subscription_wait_caught_up(null(), 1, null_mut()),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
+        mcsync_subscription_free(sub);
+        mcsync_subscriber_free(subscriber);
+        mcsync_db_free(db);
+        ok(mcsync_publisher_close(publisher));
+        mcsync_publisher_free(publisher);
+    }
+}
+
 #[test]
 fn bad_arguments_are_codes_with_messages() {
     unsafe {

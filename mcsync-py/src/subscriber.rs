@@ -159,13 +159,21 @@ impl PySubscriber {
     /// from the version stored locally (the GIL is released and Ctrl-C works meanwhile).
     ///
     /// ``on_update(update)`` is called on the subscription's thread after each master
-    /// transaction is applied, once per version, in version order. If it raises,
+    /// transaction is applied, in version order, **at least once**: the replica keeps what a
+    /// callback is to see until it returned, so callbacks cut off by a crash, ``kill -9`` or
+    /// ``close()`` run again at the next subscribe. If it raises,
     /// ``on_error(exception, update)`` is called if given, else ``sys.unraisablehook``; the
     /// error is counted in ``stats()["callback_errors"]`` and the subscription goes on.
     ///
     /// Without ``on_update``, updates are queued for ``Subscription.updates()``; at most
     /// ``queue_size`` are kept (the oldest are dropped and counted in
     /// ``stats()["updates_dropped"]``; ``0`` disables the queue).
+    ///
+    /// ``after=`` the version the host holds gives **exactly once**: a host that stores each
+    /// update's data and version in one transaction of its own passes the version it stored
+    /// at every subscribe, and gets exactly the updates after it (from the replica's kept
+    /// updates or the publisher's journal), or, when nothing reaches back that far or the
+    /// master's history changed, one update with ``reset`` set holding the whole state.
     ///
     /// ``participant=True`` makes this replica a participant in the database's two-phase
     /// updates (``Transaction.commit_two_phase``): each waits for its vote. ``vote(update)``
@@ -176,7 +184,7 @@ impl PySubscriber {
     /// replica votes PREPARED whenever it can apply the update.
     #[pyo3(signature = (
         name, on_update = None, *, on_error = None, queue_size = 10000, participant = false,
-        vote = None
+        vote = None, after = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn subscribe(
@@ -188,6 +196,7 @@ impl PySubscriber {
         queue_size: usize,
         participant: bool,
         vote: Option<Bound<'_, PyAny>>,
+        after: Option<u64>,
     ) -> PyResult<PySubscription> {
         if self.closed() {
             return Err(raise(py, ErrorKind::Closed, "subscriber is closed"));
@@ -234,12 +243,14 @@ impl PySubscriber {
         drop(delivery);
         let subscriber = Arc::clone(&self.core);
         let name_owned = name.to_owned();
+        let options = mcsync::SubscribeOptions {
+            callback,
+            after,
+            participant,
+            vote: voter,
+        };
         let core = interruptible(py, "subscribe", move || {
-            if participant {
-                subscriber.subscribe_participant(&name_owned, callback, voter)
-            } else {
-                subscriber.subscribe_with(&name_owned, callback)
-            }
+            subscriber.subscribe_with_options(&name_owned, options)
         })?
         .or_raise(py)?;
         Ok(PySubscription {
@@ -429,6 +440,38 @@ impl PySubscription {
                             ErrorKind::Timeout,
                             format!(
                                 "timeout: database {:?} at version {} after {}s, waiting for {version}",
+                                self.core.name(),
+                                self.core.version(),
+                                timeout.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    py.check_signals()?;
+                }
+                Err(e) => return Err(crate::errors::to_py(py, e)),
+            }
+        }
+    }
+
+    /// Waits until the replica has caught up with the version the publisher had when this
+    /// subscription registered, and every callback up to it has run (replays of callbacks
+    /// cut off by a crash or close included); returns that version. ``timeout`` in seconds
+    /// (``None`` waits forever). Raises like ``wait_for_version``; the GIL is released and
+    /// Ctrl-C interrupts the wait. Do not call it from this subscription's own callback.
+    #[pyo3(signature = (timeout = None))]
+    fn wait_caught_up(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<u64> {
+        let deadline = deadline_arg(py, timeout)?;
+        loop {
+            let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
+            match py.detach(|| self.core.wait_caught_up(slice)) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind() == ErrorKind::Timeout => {
+                    if deadline.expired() {
+                        return Err(raise(
+                            py,
+                            ErrorKind::Timeout,
+                            format!(
+                                "timeout: database {:?} at version {} after {}s, catching up",
                                 self.core.name(),
                                 self.core.version(),
                                 timeout.unwrap_or_default()

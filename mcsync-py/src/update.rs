@@ -76,6 +76,7 @@ pub(crate) struct PyUpdate {
     version: u64,
     timestamp_us: u64,
     ops: Py<PyTuple>,
+    reset: bool,
 }
 
 impl PyUpdate {
@@ -92,6 +93,7 @@ impl PyUpdate {
                 version: u.version,
                 timestamp_us: u.timestamp_us,
                 ops: PyTuple::new(py, ops)?.unbind(),
+                reset: u.reset,
             },
         )
     }
@@ -121,6 +123,17 @@ impl PyUpdate {
     #[getter]
     fn timestamp(&self) -> f64 {
         self.timestamp_us as f64 / 1e6
+    }
+
+    /// ``True`` when this update replaces the host's whole state: its ``ops`` are puts of
+    /// every record at ``version``, and the host drops everything it kept from this database
+    /// first (then applies them and stores ``version``, in one transaction of its own). Sent
+    /// only to a subscription made with ``after=`` when the updates after the host's version
+    /// can no longer be delivered one by one (the publisher's journal no longer reaches back)
+    /// or the master's history changed. ``False`` for every other update.
+    #[getter]
+    fn reset(&self) -> bool {
+        self.reset
     }
 
     /// The operations, in order.
@@ -163,7 +176,8 @@ impl PyUpdate {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let ops = self.ops.bind(py);
-        if ops.len() == 1 {
+        let reset = if self.reset { ", reset" } else { "" };
+        if ops.len() == 1 && !self.reset {
             Ok(format!(
                 "Update(version={}, {})",
                 self.version,
@@ -171,7 +185,7 @@ impl PyUpdate {
             ))
         } else {
             Ok(format!(
-                "Update(version={}, {} ops)",
+                "Update(version={}, {} ops{reset})",
                 self.version,
                 ops.len()
             ))

@@ -130,6 +130,9 @@ class Update:
     def timestamp(self) -> float:
         """When the publisher committed it, in seconds since the Unix epoch."""
     @property
+    def reset(self) -> bool:
+        """Whether this update replaces the host's whole state (see ``subscribe(after=)``)."""
+    @property
     def ops(self) -> tuple[Op, ...]:
         """The operations, in order."""
     @property
@@ -356,6 +359,9 @@ class Subscription:
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]: ...
     def wait_for_version(self, version: int, timeout: float | None = None) -> None:
         """Waits until the replica reaches ``version``."""
+    def wait_caught_up(self, timeout: float | None = None) -> int:
+        """Waits until the replica and its callbacks reached the publisher's version at
+        registration; returns that version."""
     def updates(self, timeout: float | None = None) -> UpdateIterator:
         """Iterates over updates as they are applied (pull style)."""
     def stats(self) -> dict[str, int]:
@@ -411,6 +417,7 @@ class Subscriber:
         queue_size: int = 10000,
         participant: bool = False,
         vote: _Vote | None = None,
+        after: int | None = None,
     ) -> Subscription:
         """Subscribes to database ``name`` (as a two-phase participant if asked)."""
     def verify(self, name: str) -> ResyncReport:
