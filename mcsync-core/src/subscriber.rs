@@ -1091,6 +1091,7 @@ impl Process {
                 self.fail(&e);
                 return Err(e);
             }
+            crate::crash::point("apply.after_commit");
             self.delivered_durable = self.delivery.delivered;
             let c = &self.shared.counters;
             inc(&c.apply_commits);
@@ -1132,6 +1133,7 @@ impl Process {
                 inc(&c.updates_delivered);
             }
             self.delivery.on_delivered(u.version);
+            crate::crash::point("deliver.between");
         }
     }
 

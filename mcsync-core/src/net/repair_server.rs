@@ -837,6 +837,7 @@ fn compact(
             .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
         inc(&ctx.counters.repair_updates_sent);
         add(&ctx.counters.repair_bytes_sent, n as u64);
+        crate::crash::point("repair.compact");
         next = top + 1;
     }
     Ok(Message::CatchupEnd {
