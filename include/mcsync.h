@@ -364,8 +364,9 @@ typedef struct mcsync_update {
  * replica far behind (see `mcsync_subscriber_config_set_compact_catch_up_after`) passes the
  * latest value of each changed key at the last version it covers, and a hash resync (a
  * journal trimmed past the replica's version, or `mcsync_subscription_request_resync`)
- * passes the records it fetched and deleted at the publisher's snapshot version, with
- * `timestamp_us` 0, followed by the journal updates after it. `update` is valid only
+ * passes one update at the version it reached, with `timestamp_us` 0: the records it
+ * fetched and deleted, then the operations of the journal updates after the publisher's
+ * snapshot (when nothing differed: those journal updates one by one). `update` is valid only
  * during the call. The callback must return (not `longjmp` or throw out of it); it
  * may call any mcsync function, including closing or freeing its own subscription, except
  * waiting on its own subscription (`mcsync_subscription_wait_for_version` would time out).
