@@ -58,6 +58,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod crash;
 pub mod crypto;
 mod error;
 pub mod net;

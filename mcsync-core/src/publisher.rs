@@ -994,6 +994,7 @@ fn journal(staged: &[Staged], store: &PublisherStore, c: &PublisherCounters) -> 
         })
         .collect();
     store.append(&entries)?;
+    crate::crash::point("journal.after_commit");
     inc(&c.journal_commits);
     add(&c.updates_committed, staged.len() as u64);
     let enc_bytes: usize = staged.iter().map(|s| s.encoded.len()).sum();

@@ -57,9 +57,10 @@ impl ResyncReport {
 /// The outcome of [`run`]: the report and, when applied, what the callback should see.
 pub(crate) struct Resynced {
     pub report: ResyncReport,
-    /// What the host sees, already kept as pending in the resync's transaction: the
-    /// changes as one update at the snapshot version (absent if nothing changed), then the
-    /// journal updates after it. Empty unless [`HostDelivery::Changes`].
+    /// What the host sees, already kept as pending in the resync's transaction: one update
+    /// at the version the resync reached, holding the changes and then the operations of
+    /// the journal updates after the snapshot (or, when nothing differed, those journal
+    /// updates one by one). Empty unless [`HostDelivery::Changes`].
     pub shown: Vec<Update>,
 }
 
@@ -167,13 +168,22 @@ pub(crate) fn run(
     let new_version = journal.last().map_or(version, |u| u.version.max(version));
     let mut ops: Vec<Op> = deletes.iter().cloned().map(Op::delete).collect();
     ops.extend(puts.iter().map(|(k, v)| Op::put(k.clone(), v.clone())));
-    let update = (!ops.is_empty()).then_some(Update {
-        version,
-        timestamp_us: 0,
-        ops,
-        reset: false,
-    });
-    let shown: Vec<Update> = update.iter().cloned().chain(shown_journal).collect();
+    // The fetched values are the publisher's current ones, possibly newer than the
+    // snapshot: the changes alone are no master state, only together with the journal
+    // after the snapshot. So the host gets them as one update at the version reached (as
+    // a compacted catch-up does), and a host that records each update's version with it
+    // never holds a table the master did not have at that version.
+    let shown: Vec<Update> = if ops.is_empty() {
+        shown_journal
+    } else {
+        ops.extend(shown_journal.into_iter().flat_map(|u| u.ops));
+        vec![Update {
+            version: new_version,
+            timestamp_us: 0,
+            ops,
+            reset: false,
+        }]
+    };
     let keep = match delivery {
         HostDelivery::Nobody => ResyncDelivery::Keep(&[]),
         HostDelivery::Changes => ResyncDelivery::Keep(&shown),

@@ -1239,6 +1239,7 @@ impl Process {
                 self.fail(&e);
                 return Err(e);
             }
+            crate::crash::point("apply.after_commit");
             self.delivered_durable = self.delivery.delivered;
             let c = &self.shared.counters;
             inc(&c.apply_commits);
@@ -1280,6 +1281,7 @@ impl Process {
                 inc(&c.updates_delivered);
             }
             self.delivery.on_delivered(u.version);
+            crate::crash::point("deliver.between");
         }
     }
 

@@ -79,9 +79,10 @@ pub struct mcsync_update {
 /// replica far behind (see `mcsync_subscriber_config_set_compact_catch_up_after`) passes the
 /// latest value of each changed key at the last version it covers, and a hash resync (a
 /// journal trimmed past the replica's version, or `mcsync_subscription_request_resync`)
-/// passes the records it fetched and deleted at the publisher's snapshot version, with
-/// `timestamp_us` 0, followed by the journal updates after it. An update with `reset` set
-/// (only with `mcsync_subscriber_subscribe_after`) replaces the host's whole state.
+/// passes one update at the version it reached, with `timestamp_us` 0: the records it
+/// fetched and deleted, then the operations of the journal updates after the publisher's
+/// snapshot (when nothing differed: those journal updates one by one). An update with `reset`
+/// set (only with `mcsync_subscriber_subscribe_after`) replaces the host's whole state.
 ///
 /// Delivery is **at least once**: the replica keeps what a callback is to see until the
 /// callback returned, so callbacks cut off by a crash, `kill -9` or a close are run again,

@@ -370,8 +370,8 @@ impl PySubscription {
     /// Asks the subscription's thread to resync the replica by hashes now (for a store
     /// restored from a backup or edited by hand) and returns at once. Progress shows in
     /// ``stats()`` (``catchups_resync``, ``resync_fetched``, ``resync_deleted``,
-    /// ``resync_bytes``). The callback sees what changed as one update at the version of
-    /// the publisher's snapshot, then the journal updates after it.
+    /// ``resync_bytes``). The callback sees what changed, together with the journal updates
+    /// after the publisher's snapshot, as one update at the version the resync reached.
     fn request_resync(&self) {
         self.core.request_resync();
     }

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: every test gets its own multicast group and
 //! port, its own temporary data directories, and real sockets and LMDB files.
 
+pub mod crash;
+
 use mcsync::{
     Authentication, LossConfig, Publisher, PublisherConfig, ServerTrust, Subscriber,
     SubscriberConfig,

@@ -245,7 +245,7 @@ fn a_host_behind_its_replica_is_served_from_the_journal_or_reset_when_trimmed() 
     let r = h.seen[0];
     assert!(r >= v1, "reset at {r}");
     // After it, in order to v2: one by one, or (the journal trimmed past the replica too)
-    // as a hash resync's changes at the snapshot version.
+    // as one update at the version a hash resync reached.
     assert!(h.seen.windows(2).all(|w| w[0] < w[1]), "{:?}", h.seen);
     assert_eq!(h.version, v2);
     assert!(!h.rows.contains_key(&b"stale-row"[..]));

@@ -955,6 +955,7 @@ fn compact_from(
         .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
         inc(&src.counters.repair_updates_sent);
         add(&src.counters.repair_bytes_sent, n as u64);
+        crate::crash::point("repair.compact");
         next = top + 1;
     }
     Ok(Message::CatchupEnd {

@@ -289,6 +289,7 @@ impl PublisherStore {
                 let grown = jb + e.encoded.len() as u64;
                 txn.put(self.meta, &jkey, &grown.to_be_bytes(), WriteFlags::empty())?;
             }
+            crate::crash::point("journal.in_commit");
             Ok(())
         })
     }
@@ -471,6 +472,7 @@ impl PublisherStore {
                 txn.del(tables.journal, &version_key(*ver), None)?;
             }
             txn.put(self.meta, &jkey, &bytes.to_be_bytes(), WriteFlags::empty())?;
+            crate::crash::point("retention.trim");
             Ok(doomed.len() as u64)
         })
     }

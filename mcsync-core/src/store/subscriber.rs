@@ -163,6 +163,7 @@ impl SubscriberStore {
                     WriteFlags::empty(),
                 )?;
             }
+            crate::crash::point("apply.in_txn");
             self.record_delivered(txn, name, tables, delivered)
         })
     }
@@ -422,6 +423,7 @@ impl SubscriberStore {
             }
             total.store(txn, self.meta, name)?;
             txn.put(self.meta, &key, &version.to_be_bytes(), WriteFlags::empty())?;
+            crate::crash::point("resync.apply");
             match delivery {
                 ResyncDelivery::Keep(shown) => {
                     for u in shown {
