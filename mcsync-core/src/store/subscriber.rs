@@ -146,26 +146,40 @@ impl SubscriberStore {
                 &last.version.to_be_bytes(),
                 WriteFlags::empty(),
             )?;
-            if shown.is_empty() {
-                txn.put(
-                    self.meta,
-                    &pending_gap_key(name),
-                    &[1u8],
-                    WriteFlags::empty(),
-                )?;
-            }
-            for u in shown {
-                let bytes = crate::wire::update::update_to_vec(u);
-                txn.put(
-                    tables.pending,
-                    &u.version.to_be_bytes(),
-                    &bytes,
-                    WriteFlags::empty(),
-                )?;
-            }
+            self.keep_pending(txn, name, tables, shown)?;
             crate::crash::point("apply.in_txn");
             self.record_delivered(txn, name, tables, delivered)
         })
+    }
+
+    /// Keeps what the host is to see of just-applied updates until its callbacks return;
+    /// with nothing to keep (no host), marks the kept updates incomplete instead. Runs inside
+    /// the caller's (the apply's) transaction.
+    fn keep_pending(
+        &self,
+        txn: &mut lmdb::RwTransaction<'_>,
+        name: &str,
+        tables: ReplicaTables,
+        shown: &[Update],
+    ) -> std::result::Result<(), lmdb::Error> {
+        if shown.is_empty() {
+            txn.put(
+                self.meta,
+                &pending_gap_key(name),
+                &[1u8],
+                WriteFlags::empty(),
+            )?;
+        }
+        for u in shown {
+            let bytes = crate::wire::update::update_to_vec(u);
+            txn.put(
+                tables.pending,
+                &u.version.to_be_bytes(),
+                &bytes,
+                WriteFlags::empty(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Moves the delivered cursor forward to `v` (never back) and forgets the pending
@@ -425,25 +439,7 @@ impl SubscriberStore {
             txn.put(self.meta, &key, &version.to_be_bytes(), WriteFlags::empty())?;
             crate::crash::point("resync.apply");
             match delivery {
-                ResyncDelivery::Keep(shown) => {
-                    for u in shown {
-                        let bytes = crate::wire::update::update_to_vec(u);
-                        txn.put(
-                            tables.pending,
-                            &u.version.to_be_bytes(),
-                            &bytes,
-                            WriteFlags::empty(),
-                        )?;
-                    }
-                    if shown.is_empty() {
-                        txn.put(
-                            self.meta,
-                            &pending_gap_key(name),
-                            &[1u8],
-                            WriteFlags::empty(),
-                        )?;
-                    }
-                }
+                ResyncDelivery::Keep(shown) => self.keep_pending(txn, name, tables, shown)?,
                 ResyncDelivery::Reset => {
                     // The host is owed the whole state (durably, so a crash before it is
                     // handed over still owes it); nothing older is replayed.
