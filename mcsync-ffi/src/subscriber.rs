@@ -103,9 +103,9 @@ pub const MCSYNC_VOTE_REASON_BYTES: usize = 256;
 /// with the `user_data` given at subscription and the prepared update, on the
 /// subscription's process thread, once the replica is at the version just before it and
 /// before anything of it is visible in the replica. `update` is valid only during the call.
-/// Unlike an update callback it sees every operation of the transaction, also puts of
-/// records restricted to access groups this subscriber does not hold (they are withheld
-/// from the replica and from the update callback once committed).
+/// Like an update callback it sees only the operations this subscriber's access groups
+/// allow: puts of records restricted to other groups are left out (the replica turns them
+/// into deletes of their keys, and the prepared copy kept on disk holds that form too).
 ///
 /// Return 0 to vote PREPARED (the replica then keeps the update durably until the
 /// publisher's decision), or any other value to refuse it. To say why, copy a
