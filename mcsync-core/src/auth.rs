@@ -274,14 +274,51 @@ impl Authenticator for UsersFile {
 /// Failures counted since a window start, and the end of a block if one is in force.
 type FailureWindow = (u32, Instant, Option<Instant>);
 
-/// Limits authentication failures per source address: after `max_failures` within
-/// `window`, that address is refused without checking for `block_for`.
+/// How many times the per-user threshold one address may fail, over all user names, before
+/// it is blocked for every user that has not logged in from it before.
+const ADDRESS_FACTOR: u32 = 10;
+
+/// How long a successful login keeps its (address, user) exempt from an address block.
+const TRUSTED_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// Limits authentication failures, per (source address, user) and per source address.
+///
+/// - After `max_failures` failures for one user from one address within `window`, that user
+///   is refused from that address, unchecked, for `block_for`. Only that user's own success
+///   clears that count: a valid credential cannot be interleaved to reset guesses for others.
+/// - After `ADDRESS_FACTOR × max_failures` failures from one address over all user names
+///   (password spraying, unknown users), the address is blocked for every user that has not
+///   logged in successfully from it within a day. Hosts behind one NAT, or on one machine,
+///   share an address: a user that is known there keeps getting in.
 #[derive(Debug)]
 pub struct FailureLimiter {
     max_failures: u32,
     window: Duration,
     block_for: Duration,
-    state: Mutex<HashMap<IpAddr, FailureWindow>>,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    by_address: HashMap<IpAddr, FailureWindow>,
+    by_user: HashMap<(IpAddr, String), FailureWindow>,
+    trusted: HashMap<(IpAddr, String), Instant>,
+}
+
+/// Counts one failure in `w`; blocks when it reaches `max`.
+fn count(w: &mut FailureWindow, now: Instant, window: Duration, max: u32, block_for: Duration) {
+    if now.duration_since(w.1) > window {
+        *w = (0, now, None);
+    }
+    w.0 += 1;
+    if w.0 >= max {
+        w.2 = Some(now + block_for);
+    }
+}
+
+fn blocked(w: Option<&FailureWindow>, now: Instant) -> bool {
+    w.and_then(|&(_, _, until)| until)
+        .is_some_and(|until| now < until)
 }
 
 impl FailureLimiter {
@@ -291,42 +328,55 @@ impl FailureLimiter {
             max_failures,
             window,
             block_for,
-            state: Mutex::new(HashMap::new()),
+            state: Mutex::new(LimiterState::default()),
         }
     }
 
-    /// Whether `ip` is currently blocked.
-    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+    /// Whether `user` from `ip` is currently refused without checking.
+    pub fn is_blocked(&self, ip: IpAddr, user: &str, now: Instant) -> bool {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.get(&ip)
-            .and_then(|&(_, _, until)| until)
-            .is_some_and(|until| now < until)
+        let key = (ip, user.to_owned());
+        if blocked(st.by_user.get(&key), now) {
+            return true;
+        }
+        let trusted = st
+            .trusted
+            .get(&key)
+            .is_some_and(|&at| now.duration_since(at) < TRUSTED_FOR);
+        !trusted && blocked(st.by_address.get(&ip), now)
     }
 
-    /// Records a failure from `ip`.
-    pub fn failure(&self, ip: IpAddr, now: Instant) {
+    /// Records a failed login of `user` from `ip`.
+    pub fn failure(&self, ip: IpAddr, user: &str, now: Instant) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.len() > 100_000 {
-            st.retain(|_, &mut (_, start, until)| {
+        if st.by_user.len() > 100_000 || st.by_address.len() > 100_000 {
+            let keep = |&mut (_, start, until): &mut FailureWindow| {
                 until.is_some_and(|u| now < u) || now.duration_since(start) < self.window
-            });
+            };
+            st.by_user.retain(|_, w| keep(w));
+            st.by_address.retain(|_, w| keep(w));
         }
-        let e = st.entry(ip).or_insert((0, now, None));
-        if now.duration_since(e.1) > self.window {
-            *e = (0, now, None);
-        }
-        e.0 += 1;
-        if e.0 >= self.max_failures {
-            e.2 = Some(now + self.block_for);
-        }
+        let (window, max, block) = (self.window, self.max_failures, self.block_for);
+        let w = st
+            .by_user
+            .entry((ip, user.to_owned()))
+            .or_insert((0, now, None));
+        count(w, now, window, max, block);
+        let w = st.by_address.entry(ip).or_insert((0, now, None));
+        count(w, now, window, max.saturating_mul(ADDRESS_FACTOR), block);
     }
 
-    /// Records a success from `ip` (clears its failures).
-    pub fn success(&self, ip: IpAddr) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ip);
+    /// Records a successful login of `user` from `ip`: clears that user's failures there
+    /// (not the address's) and exempts it from an address block for a day.
+    pub fn success(&self, ip: IpAddr, user: &str, now: Instant) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (ip, user.to_owned());
+        st.by_user.remove(&key);
+        if st.trusted.len() > 100_000 {
+            st.trusted
+                .retain(|_, at| now.duration_since(*at) < TRUSTED_FOR);
+        }
+        st.trusted.insert(key, now);
     }
 }
 
@@ -368,5 +418,42 @@ mod tests {
             let err = UsersFile::load(&path).unwrap_err().to_string();
             assert!(err.contains(why) && err.contains("line 1"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_valid_login_does_not_reset_guesses_for_other_users() {
+        let l = FailureLimiter::new(10, Duration::from_secs(60), Duration::from_secs(30));
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let t = Instant::now();
+        for i in 0..9 {
+            l.failure(ip, "bob", t);
+            // The attacker's own valid login in between clears nothing of bob's.
+            l.success(ip, "mallory", t);
+            assert!(!l.is_blocked(ip, "bob", t), "{i}");
+        }
+        l.failure(ip, "bob", t);
+        assert!(l.is_blocked(ip, "bob", t));
+        assert!(!l.is_blocked(ip, "mallory", t));
+        // Bob's own success would clear it, after the block.
+        let later = t + Duration::from_secs(31);
+        assert!(!l.is_blocked(ip, "bob", later));
+    }
+
+    #[test]
+    fn spraying_blocks_the_address_but_not_users_known_there() {
+        let l = FailureLimiter::new(10, Duration::from_secs(60), Duration::from_secs(30));
+        let ip: IpAddr = "192.0.2.8".parse().unwrap();
+        let t = Instant::now();
+        l.success(ip, "alice", t);
+        for i in 0..200 {
+            l.failure(ip, &format!("nobody-{i}"), t);
+        }
+        assert!(l.is_blocked(ip, "carol", t), "a user unknown here");
+        assert!(
+            !l.is_blocked(ip, "alice", t),
+            "alice logged in from here before"
+        );
+        let other: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(!l.is_blocked(other, "carol", t));
     }
 }

@@ -531,7 +531,7 @@ fn authenticate(
         inc(&ctx.counters.auth_failures);
         error(ErrorCode::Auth, why)
     };
-    if ctx.limiter.is_blocked(peer.ip(), now) {
+    if ctx.limiter.is_blocked(peer.ip(), user, now) {
         inc(&ctx.counters.auth_rate_limited);
         return Err(fail(format!(
             "too many failed logins from {}; try again later",
@@ -557,7 +557,7 @@ fn authenticate(
     }
     match ctx.authenticator.authenticate(user, secret.expose(), peer) {
         Ok(g) => {
-            ctx.limiter.success(peer.ip());
+            ctx.limiter.success(peer.ip(), user, now);
             ctx.known_good
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -569,7 +569,7 @@ fn authenticate(
             Ok(g)
         }
         Err(why) => {
-            ctx.limiter.failure(peer.ip(), now);
+            ctx.limiter.failure(peer.ip(), user, now);
             let withdrawn = ctx
                 .known_good
                 .lock()
