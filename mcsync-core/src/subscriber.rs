@@ -725,6 +725,9 @@ struct Process {
 /// busy (a crash replays at most this window; written with the next apply meanwhile).
 const DELIVERED_FLUSH: Duration = Duration::from_millis(200);
 
+/// Most versions fetched from the journal at once for a host behind its replica.
+const JOURNAL_PART: u64 = 4096;
+
 /// Least time between attempts to resync against a changed history.
 const HISTORY_RETRY: Duration = Duration::from_millis(500);
 
@@ -1335,7 +1338,9 @@ impl Process {
                 Backlog::Clear => return Ok(()),
                 Backlog::Reset => self.deliver_reset()?,
                 Backlog::Journal { from, through } => {
-                    if !self.deliver_from_journal(client, from, through) {
+                    // A part at a time, so a host far behind is not held in memory whole.
+                    let end = through.min(from.saturating_add(JOURNAL_PART - 1));
+                    if !self.deliver_from_journal(client, from, end, through) {
                         return Ok(());
                     }
                 }
@@ -1402,22 +1407,28 @@ impl Process {
     /// Calls back versions `from..=through` fetched from the publisher's journal (the
     /// replica already holds them). Returns whether that part of the backlog is done
     /// (delivered, or turned into a reset because the journal no longer reaches back).
-    fn deliver_from_journal(&mut self, client: &mut RepairClient, from: u64, through: u64) -> bool {
+    fn deliver_from_journal(
+        &mut self,
+        client: &mut RepairClient,
+        from: u64,
+        end: u64,
+        through: u64,
+    ) -> bool {
         let limits = self.limits;
         let mut got = Vec::new();
-        let result = client.catch_up(&[(from, through)], |bytes| {
+        let result = client.catch_up(&[(from, end)], |bytes| {
             got.push(decode_update(bytes, &limits)?);
             Ok(())
         });
         match result {
-            Ok(_) if got.len() as u64 == through - from + 1 => {
+            Ok(_) if got.len() as u64 == end - from + 1 => {
                 let shown = self.filter(&mut got);
                 add(&self.shared.counters.updates_replayed, shown.len() as u64);
                 self.deliver(&shown);
                 if self.shared.stop.is_stopped() {
                     return false;
                 }
-                self.delivery.on_journal_delivered(through);
+                self.delivery.on_journal_part_delivered(end, through);
                 true
             }
             Err(_) if client.last_refusal() == Some(ErrorCode::Trimmed) => {

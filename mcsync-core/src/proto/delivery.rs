@@ -133,8 +133,21 @@ impl Delivery {
 
     /// The journal part was delivered up to `through`: continue with the kept updates.
     pub fn on_journal_delivered(&mut self, through: u64) {
-        self.delivered = self.delivered.max(through);
-        self.backlog = Backlog::Kept;
+        self.on_journal_part_delivered(through, through);
+    }
+
+    /// Versions up to `end` of a journal backlog reaching to `through` were delivered: the
+    /// rest of it next, then the kept updates.
+    pub fn on_journal_part_delivered(&mut self, end: u64, through: u64) {
+        self.delivered = self.delivered.max(end);
+        self.backlog = if end < through {
+            Backlog::Journal {
+                from: end + 1,
+                through,
+            }
+        } else {
+            Backlog::Kept
+        };
     }
 
     /// The kept updates are all delivered: live updates go straight to the callback.
@@ -204,6 +217,24 @@ mod tests {
         let mut d = d;
         d.on_journal_delivered(40);
         assert_eq!((d.delivered, d.backlog), (40, Backlog::Kept));
+    }
+
+    #[test]
+    fn a_long_journal_backlog_is_delivered_in_parts() {
+        let mut d = Delivery::plan(start(50_000, 50_000, Some(10)));
+        d.on_journal_part_delivered(4_106, 50_000);
+        assert_eq!(
+            (d.delivered, d.backlog),
+            (
+                4_106,
+                Backlog::Journal {
+                    from: 4_107,
+                    through: 50_000
+                }
+            )
+        );
+        d.on_journal_part_delivered(50_000, 50_000);
+        assert_eq!((d.delivered, d.backlog), (50_000, Backlog::Kept));
     }
 
     #[test]
