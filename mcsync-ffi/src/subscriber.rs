@@ -361,17 +361,8 @@ pub unsafe extern "C" fn mcsync_subscriber_subscribe(
     out_subscription: *mut *mut mcsync_subscription,
 ) -> mcsync_status {
     ffi_panic_boundary! {
-        // From here on mcsync owns user_data: every path out of this function either hands
-        // it to the subscription or frees it. Our own reference is dropped last, after the
-        // engine returned, so a failing subscribe never runs `free_user_data` while the
-        // engine holds a lock (the destructor may call back into mcsync).
-        let user = Arc::new(UserData {
-            ptr: user_data,
-            free: free_user_data,
-        });
-        let result = subscribe(&user, subscriber, name, callback, None, None, out_subscription);
-        drop(user);
-        result
+        // From here on mcsync owns user_data (see subscribe_owning).
+        subscribe_owning(user_data, free_user_data, subscriber, name, callback, None, None, out_subscription)
     }
 }
 
@@ -404,22 +395,12 @@ pub unsafe extern "C" fn mcsync_subscriber_subscribe_after(
     out_subscription: *mut *mut mcsync_subscription,
 ) -> mcsync_status {
     ffi_panic_boundary! {
-        // Ownership of user_data as in mcsync_subscriber_subscribe.
-        let user = Arc::new(UserData {
-            ptr: user_data,
-            free: free_user_data,
-        });
-        let result = subscribe(
-            &user,
-            subscriber,
+        subscribe_owning(user_data, free_user_data, subscriber,
             name,
             callback,
             Some(after_version),
             None,
-            out_subscription,
-        );
-        drop(user);
-        result
+            out_subscription)
     }
 }
 
@@ -453,27 +434,49 @@ pub unsafe extern "C" fn mcsync_subscriber_subscribe_participant(
     out_subscription: *mut *mut mcsync_subscription,
 ) -> mcsync_status {
     ffi_panic_boundary! {
-        // Ownership of user_data as in mcsync_subscriber_subscribe.
-        let user = Arc::new(UserData {
-            ptr: user_data,
-            free: free_user_data,
-        });
-        let result = subscribe(
-            &user,
-            subscriber,
+        subscribe_owning(user_data, free_user_data, subscriber,
             name,
             callback,
             None,
             Some(vote),
-            out_subscription,
-        );
-        drop(user);
-        result
+            out_subscription)
     }
 }
 
 /// What the subscribe functions do once `user` owns the host's `user_data`: `after` is the
 /// host's version (exactly once), `participant` is `Some(vote)` for a two-phase participant.
+/// Takes ownership of `user_data` (every path out either hands it to the subscription or
+/// frees it) and subscribes. Our own reference is dropped last, after the engine returned,
+/// so a failing subscribe never runs `free_user_data` while the engine holds a lock (the
+/// destructor may call back into mcsync).
+#[allow(clippy::too_many_arguments)] // the C arguments, passed through
+unsafe fn subscribe_owning(
+    user_data: *mut c_void,
+    free_user_data: mcsync_free_callback,
+    subscriber: *const mcsync_subscriber,
+    name: *const c_char,
+    callback: mcsync_update_callback,
+    after: Option<u64>,
+    participant: Option<mcsync_vote_callback>,
+    out_subscription: *mut *mut mcsync_subscription,
+) -> Result<(), FfiError> {
+    let user = Arc::new(UserData {
+        ptr: user_data,
+        free: free_user_data,
+    });
+    let result = subscribe(
+        &user,
+        subscriber,
+        name,
+        callback,
+        after,
+        participant,
+        out_subscription,
+    );
+    drop(user);
+    result
+}
+
 unsafe fn subscribe(
     user: &Arc<UserData>,
     subscriber: *const mcsync_subscriber,

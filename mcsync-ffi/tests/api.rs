@@ -281,7 +281,13 @@ struct HostLog {
 unsafe extern "C" fn host_update(user_data: *mut c_void, update: *const mcsync_update) {
     let host = &*(user_data as *const HostLog);
     let u = &*update;
+    // Waits (on a condition, with a deadline) until the test stored the handle to close.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while host.close_at != 0 && !host.ready.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the test never stored its handle"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     if u.reset {

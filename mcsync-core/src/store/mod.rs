@@ -387,7 +387,10 @@ mod tests {
                     // could not begin, which is the failure this test is about).
                     let got = env.read(|txn| {
                         holding.fetch_add(1, SeqCst);
+                        let deadline =
+                            std::time::Instant::now() + std::time::Duration::from_secs(120);
                         while holding.load(SeqCst) + failed.load(SeqCst) < 300 {
+                            assert!(std::time::Instant::now() < deadline, "readers never met");
                             std::thread::sleep(std::time::Duration::from_millis(1));
                         }
                         txn.get(db, b"k").map(|v| v.to_vec())
