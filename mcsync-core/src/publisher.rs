@@ -6,7 +6,7 @@
 
 use crate::auth::{Authenticator, FailureLimiter, Grant, UsersFile};
 use crate::config::{Authentication, Durability, PublisherConfig, Schedule, ASYNC_MAX_PENDING};
-use crate::crypto::{Key, Keyring};
+use crate::crypto::{EpochKeys, Key, KeyHandout, Keyring};
 use crate::net::multicaster::{self, McastCmd, MulticasterParts, Outgoing, DECISION_REPEAT_FOR};
 use crate::net::repair_server::{PublishedDatabase, RepairServer, ServerContext, SubscriberRecord};
 use crate::net::tls::ServerTls;
@@ -90,8 +90,11 @@ struct DbShared {
     tables: DbTables,
     info: DatabaseInfo,
     committed: AtomicU64,
-    /// Keys by epoch, oldest first (current and previous); never written to disk.
-    keys: Mutex<Vec<(u32, Key)>>,
+    /// The current key and the previous one for a bounded grace; never written to disk.
+    /// Shared with the multicaster, which reports when it switched and drained.
+    keys: Arc<Mutex<EpochKeys>>,
+    /// Held for a whole rotation, so rotations of this database happen one at a time.
+    rotating: Mutex<()>,
     last_rotation: Mutex<Instant>,
     registered: AtomicBool,
     multicast_on: AtomicBool,
@@ -123,8 +126,11 @@ impl PublishedDatabase for DbShared {
     fn committed_version(&self) -> u64 {
         self.committed.load(Ordering::SeqCst)
     }
-    fn keys(&self) -> Vec<(u32, Key)> {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn keys(&self) -> KeyHandout {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handout(Instant::now())
     }
     fn decision_acknowledged(&self, version: u64) {
         send_mcast(self, McastCmd::DecisionDone(version));
@@ -500,20 +506,38 @@ fn authenticator(a: &Authentication) -> Result<Arc<dyn Authenticator>> {
     })
 }
 
+/// Longest a rotation waits for the multicaster to seal under the new epoch.
+const REKEY_WAIT: Duration = Duration::from_secs(2);
+
 /// Draws a new key epoch and key for `db`, hands it to the multicaster, and keeps the
-/// previous key for packets already built and for repairs of recent packets.
+/// previous key for a bounded grace (packets already built, late packets, repairs).
+///
+/// Rotations of one database are serialized (revocation, the schedule, an authenticator
+/// refusal and `rotate_key` may race), and each waits until the multicaster sealed under
+/// the new epoch (up to [`REKEY_WAIT`]): epochs are drawn, installed and sent in one order,
+/// and the key handed out as "previous" is the one the multicaster was using.
 fn rotate(inner: &Inner, db: &DbShared) -> Result<u32> {
+    let _one = db.rotating.lock().unwrap_or_else(|e| e.into_inner());
     let epoch = inner.store.next_key_epoch(&db.name)?;
     let key = Key::generate();
-    {
-        let mut keys = db.keys.lock().unwrap_or_else(|e| e.into_inner());
-        keys.push((epoch, key.clone()));
-        let excess = keys.len().saturating_sub(2);
-        keys.drain(..excess);
-    }
+    db.keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .rotate(epoch, key.clone());
     *db.last_rotation.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-    if let Some(tx) = &*db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()) {
-        let _ = tx.send(McastCmd::Rekey(epoch, key));
+    let (done, switched) = chan::bounded(1);
+    let sent = db
+        .mcast_tx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|tx| tx.send(McastCmd::Rekey { epoch, key, done }).is_ok());
+    if sent && switched.recv_timeout(REKEY_WAIT).is_err() {
+        log::warn!(
+            "database {:?}: the multicaster did not switch to key epoch {epoch} within \
+             {REKEY_WAIT:?}",
+            db.name
+        );
     }
     inc(&inner.counters.key_rotations);
     log::info!("database {:?}: key rotated to epoch {epoch}", db.name);
@@ -730,6 +754,7 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
     // a previous run used, and keys never touch the disk.
     let key_epoch = inner.store.next_key_epoch(name)?;
     let key = Key::generate();
+    let epochs = Arc::new(Mutex::new(EpochKeys::new(key_epoch, key.clone())));
     let sock = socket::sender_socket(m.interface, m.ttl, m.loopback)?;
     let source = sock
         .local_addr()
@@ -755,6 +780,7 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
         group,
         keyring: Keyring::with_key(key_epoch, &key),
         key_epoch,
+        epochs: epochs.clone(),
         stream_id,
         latest,
         oldest,
@@ -778,6 +804,7 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
             source,
             encrypted: true,
             keys: Vec::new(),
+            older_keys_below: u64::MAX,
             groups: Vec::new(),
             current_version: latest,
             oldest_version: oldest,
@@ -786,7 +813,8 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
             stream_id,
         },
         committed: AtomicU64::new(latest),
-        keys: Mutex::new(vec![(key_epoch, key)]),
+        keys: epochs,
+        rotating: Mutex::new(()),
         last_rotation: Mutex::new(Instant::now()),
         registered: AtomicBool::new(false),
         oldest: AtomicU64::new(oldest),
@@ -1348,8 +1376,7 @@ impl Database {
             .keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .last()
-            .map_or(0, |k| k.0)
+            .current_epoch()
     }
 
     /// The multicast group and port this database is sent to.

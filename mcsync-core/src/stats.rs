@@ -143,6 +143,9 @@ counters!(
         dropped_auth,
         /// Dropped: key epoch unknown.
         dropped_epoch,
+        /// Dropped: sealed under a previous epoch's key at a sequence number the publisher
+        /// had already moved past to a newer epoch (forged by someone who kept the old key).
+        dropped_retired_key,
         /// Dropped: sequence number already seen (replay).
         dropped_replay,
         /// Sealed packets too far ahead of their stream to be taken on their own word (a

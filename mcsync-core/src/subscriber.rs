@@ -49,12 +49,14 @@ const APPLY_BATCH_BYTES: usize = 32 << 20;
 /// Longest the process thread sleeps before re-checking its stop flag.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
-/// A keyring holding the keys a registration handed out.
+/// A keyring holding the keys a registration handed out, the older ones bounded as the
+/// publisher said (they open only packets sealed before the current epoch began).
 fn keyring_from(info: &DatabaseInfo) -> Keyring {
     let mut k = Keyring::default();
     for (epoch, key) in &info.keys {
         k.insert(*epoch, key);
     }
+    k.retire_below(info.key_epoch(), info.older_keys_below);
     k
 }
 

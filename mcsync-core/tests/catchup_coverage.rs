@@ -65,6 +65,7 @@ fn scripted_publisher(answers: Vec<Vec<Message>>) -> SocketAddr {
                         source: "127.0.0.1:5000".parse().expect("source"),
                         encrypted: true,
                         keys: Vec::new(),
+                        older_keys_below: u64::MAX,
                         groups: Vec::new(),
                         current_version: CURRENT,
                         oldest_version: 1,

@@ -151,6 +151,7 @@ fn arb_info() -> impl Strategy<Value = DatabaseInfo> {
                 source,
                 encrypted,
                 keys,
+                older_keys_below: current ^ oldest,
                 groups,
                 current_version: current,
                 oldest_version: oldest,

@@ -2,7 +2,7 @@
 //! sans-IO [`Sender`], seals each packet and sends it to the database's group.
 
 use super::wall_clock_us;
-use crate::crypto::Keyring;
+use crate::crypto::{EpochKeys, Keyring};
 use crate::proto::{DecisionRepeat, RetransmitBuffer, Sender, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -24,8 +24,16 @@ pub enum McastCmd {
     /// Send a committed update.
     Update(Outgoing),
     /// Seal from now on under this epoch and key (the old key stays for packets already
-    /// built).
-    Rekey(u32, crate::crypto::Key),
+    /// built). Epochs only go forward: an older one is ignored. `done` is told once the
+    /// switch happened.
+    Rekey {
+        /// The new epoch.
+        epoch: u32,
+        /// Its key.
+        key: crate::crypto::Key,
+        /// Told when packets are sealed under `epoch` from now on.
+        done: crossbeam_channel::Sender<()>,
+    },
     /// Turn multicast of updates on or off (heartbeats continue).
     Multicast(bool),
     /// Send a two-phase PREPARE record (no new committed version yet).
@@ -75,6 +83,9 @@ pub struct MulticasterParts {
     pub keyring: Keyring,
     /// Epoch to seal under.
     pub key_epoch: u32,
+    /// The database's keys, shared with the publisher: told the first sequence number of
+    /// each new epoch, and when the previous epoch's last packet was sealed.
+    pub epochs: Arc<Mutex<EpochKeys>>,
     /// Fresh stream id.
     pub stream_id: u32,
     /// Latest version already sent or journaled at start.
@@ -110,6 +121,8 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
     let mut open = true;
     let mut last_counters = sender.counters().clone();
     let mut repeat: Option<Repeat> = None;
+    let mut epoch = p.key_epoch;
+    let mut drained = true;
     loop {
         if let Some(r) = repeat.as_mut() {
             match r.schedule.poll(Instant::now()) {
@@ -131,6 +144,14 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(pkt.header.seq, Arc::new(datagram.clone()));
         }
+        // Keys of epochs no built packet uses any more are dropped; the publisher is told
+        // once the previous epoch's last packet went out (its grace starts then).
+        let oldest = sender.oldest_epoch_in_use();
+        p.keyring.retain_from(oldest);
+        if !drained && oldest == epoch {
+            drained = true;
+            lock(&p.epochs).drained(epoch, Instant::now());
+        }
         account(&p.counters, &mut last_counters, sender.counters());
         if !open && !sender.is_busy() {
             return;
@@ -148,10 +169,24 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                 for cmd in std::iter::once(cmd).chain(rx.try_iter()) {
                     match cmd {
                         McastCmd::Update(o) => sender.push(o.version, o.encoded),
-                        McastCmd::Rekey(epoch, key) => {
-                            p.keyring.insert(epoch, &key);
-                            p.keyring.retain_from(epoch.saturating_sub(1));
-                            sender.rekey(Instant::now(), epoch);
+                        McastCmd::Rekey {
+                            epoch: new,
+                            key,
+                            done,
+                        } => {
+                            if new > epoch {
+                                p.keyring.insert(new, &key);
+                                let first_seq = sender.rekey(Instant::now(), new);
+                                lock(&p.epochs).switched(new, first_seq);
+                                (epoch, drained) = (new, false);
+                            } else {
+                                log::warn!(
+                                    "{}: ignored a rotation back to key epoch {new} (sealing \
+                                     under {epoch})",
+                                    p.database
+                                );
+                            }
+                            let _ = done.send(());
                         }
                         McastCmd::Multicast(on) => sender.set_multicast(on),
                         McastCmd::Control(encoded) => {
@@ -198,6 +233,10 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
             Err(RecvTimeoutError::Disconnected) => open = false,
         }
     }
+}
+
+fn lock(m: &Mutex<EpochKeys>) -> std::sync::MutexGuard<'_, EpochKeys> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn send(p: &MulticasterParts, datagram: &[u8]) {

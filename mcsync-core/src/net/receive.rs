@@ -138,6 +138,10 @@ fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
                 inc(&c.dropped_auth);
                 continue;
             }
+            Err(OpenError::Retired(_)) => {
+                inc(&c.dropped_retired_key);
+                continue;
+            }
         };
         if windows.len() >= MAX_STREAMS && !windows.contains_key(&header.stream_id) {
             windows.clear();

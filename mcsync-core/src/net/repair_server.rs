@@ -12,7 +12,7 @@ use super::tls::{ServerTls, Stream};
 use super::two_phase::Coordinator;
 use super::StopFlag;
 use crate::auth::{visible, Authenticator, FailureLimiter, Grant, Secret};
-use crate::crypto::Key;
+use crate::crypto::KeyHandout;
 use crate::proto::resync::{child_digests, key_hash, HashIndex, Range};
 use crate::stats::{add, inc, PublisherCounters};
 use crate::store::publisher::DbTables;
@@ -37,7 +37,7 @@ pub trait PublishedDatabase: Send + Sync {
     /// Parameters for HELLO_OK (keys, groups and ids are filled in by the server).
     fn info(&self) -> DatabaseInfo;
     /// Current and previous keys, oldest first.
-    fn keys(&self) -> Vec<(u32, Key)>;
+    fn keys(&self) -> KeyHandout;
     /// Journal tables.
     fn tables(&self) -> DbTables;
     /// Latest committed (journaled) version.
@@ -110,20 +110,21 @@ pub struct ServerContext {
 }
 
 impl ServerContext {
-    /// Marks `user` revoked: its sessions are refused from now on.
+    /// Marks `user` revoked: its sessions are refused from now on. Marked under the
+    /// registry lock, which every key handout holds (see `register`).
     pub fn revoke(&self, user: &str) {
-        self.revoked
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user.to_owned());
+        {
+            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            self.revoked
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(user.to_owned());
+            reg.retain(|_, r| r.user != user);
+        }
         self.auth_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        self.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, r| r.user != user);
     }
 
     /// The authenticator said no to `user`. If it holds registrations (it could decrypt
@@ -657,11 +658,12 @@ fn hello(
         participant,
         report: None,
     };
-    let id = register(ctx, record)?;
+    let (id, keys) = register(ctx, record, db.as_ref())?;
     db.on_registered();
     inc(&ctx.counters.registrations);
     let mut info = db.info();
-    info.keys = db.keys();
+    info.keys = keys.keys;
+    info.older_keys_below = keys.older_below;
     info.groups = grant.groups.clone();
     info.subscriber_id = id;
     let session = Session {
@@ -679,20 +681,34 @@ fn hello(
 /// reaches this; it must not be able to outnumber everyone else in the adaptation vote.
 pub const MAX_REGISTRATIONS_PER_USER: usize = 256;
 
-/// Records the registration; an id from an earlier HELLO of the same user and database is
-/// kept, so one subscriber has one record however often it reconnects. Fails when the user
-/// already holds [`MAX_REGISTRATIONS_PER_USER`] registrations of the database.
+/// Records the registration and returns its id and the keys it gets; an id from an earlier
+/// HELLO of the same user and database is kept, so one subscriber has one record however
+/// often it reconnects. Fails when the user already holds [`MAX_REGISTRATIONS_PER_USER`]
+/// registrations of the database, or was revoked while it authenticated.
+///
+/// The registry lock covers the revocation check, the record and the key handout, and
+/// [`ServerContext::revoke`] marks the user under the same lock: a HELLO in flight during a
+/// revocation either registered (and took the keys before the revocation's rotation) and is
+/// dropped by it, or sees the mark — it never gets a key drawn after the revocation.
 fn register(
     ctx: &ServerContext,
     mut record: SubscriberRecord,
-) -> std::result::Result<u64, Message> {
+    db: &dyn PublishedDatabase,
+) -> std::result::Result<(u64, KeyHandout), Message> {
     let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
+    if ctx.is_revoked(&record.user) {
+        inc(&ctx.counters.auth_failures);
+        return Err(error(
+            ErrorCode::Auth,
+            format!("user {:?} is revoked", record.user),
+        ));
+    }
     if let Some(r) = reg.get_mut(&record.id) {
         if r.user == record.user && r.database == record.database {
             r.sessions += 1;
             r.peer = record.peer;
             r.participant = record.participant;
-            return Ok(record.id);
+            return Ok((record.id, db.keys()));
         }
     }
     let held = reg
@@ -722,7 +738,7 @@ fn register(
     }
     let id = record.id;
     reg.insert(id, record);
-    Ok(id)
+    Ok((id, db.keys()))
 }
 
 fn resync_begin(ctx: &ServerContext, s: &mut Session) -> std::result::Result<Message, Message> {

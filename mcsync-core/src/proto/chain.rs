@@ -45,6 +45,11 @@ impl ChainBuilder {
         self.next_seq
     }
 
+    /// Key epoch of the packets built from now on.
+    pub fn key_epoch(&self) -> u32 {
+        self.key_epoch
+    }
+
     /// Switches to another key epoch for the packets built from now on.
     pub fn set_key_epoch(&mut self, epoch: u32) {
         self.key_epoch = epoch;

@@ -110,9 +110,24 @@ impl Sender {
 
     /// Seals chains built from now on under key epoch `epoch`, and flags packets with
     /// CHANGEKEY for a while so subscribers re-register promptly.
-    pub fn rekey(&mut self, now: Instant, epoch: u32) {
+    ///
+    /// Returns the first sequence number sealed under `epoch`: every packet under an
+    /// earlier epoch is below it.
+    pub fn rekey(&mut self, now: Instant, epoch: u32) -> u64 {
         self.builder.set_key_epoch(epoch);
         self.changekey_until = Some(now + CHANGEKEY_FOR);
+        self.builder.next_seq()
+    }
+
+    /// The oldest key epoch a built packet still waiting to be sent uses (the current
+    /// epoch when none waits): keys of older epochs are no longer needed to seal.
+    pub fn oldest_epoch_in_use(&self) -> u32 {
+        self.pending
+            .iter()
+            .map(|p| p.header.key_epoch)
+            .min()
+            .unwrap_or(self.builder.key_epoch())
+            .min(self.builder.key_epoch())
     }
 
     /// Turns multicast of updates on or off. While off, queued updates are skipped (they

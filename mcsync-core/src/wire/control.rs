@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// carries the database's incarnation and stream id, STATUS its incarnation, and a
 /// compacted catch-up answers with COMPACT_UPDATE (which names the first version each
 /// chunk covers), so a replica can tell a changed history or a skipped version.
-pub const CONTROL_VERSION: u8 = 3;
+pub const CONTROL_VERSION: u8 = 4;
 /// Bytes of frame header (length + type).
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Most version ranges in one catch-up request.
@@ -71,6 +71,10 @@ pub struct DatabaseInfo {
     pub encrypted: bool,
     /// Key epochs and keys, oldest first; the last is current.
     pub keys: Vec<(u32, Key)>,
+    /// Keys older than the current one open only packets with a sequence number below this
+    /// (the first one sealed under the current epoch; `u64::MAX` while the multicaster has
+    /// not switched yet).
+    pub older_keys_below: u64,
     /// The subscriber's access groups.
     pub groups: Vec<String>,
     /// Latest committed version.
@@ -446,6 +450,7 @@ fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
         let epoch = r.u32("key epoch")?;
         keys.push((epoch, Key::from_bytes(r.array::<32>("key")?)));
     }
+    let older_keys_below = r.u64("older keys bound")?;
     let ngroups = r.u8("group count")? as usize;
     let mut groups = Vec::with_capacity(ngroups);
     for _ in 0..ngroups {
@@ -456,6 +461,7 @@ fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
         source,
         encrypted,
         keys,
+        older_keys_below,
         groups,
         current_version: r.u64("current version")?,
         oldest_version: r.u64("oldest version")?,
@@ -501,6 +507,7 @@ impl Message {
                     out.put_u32(*epoch);
                     out.extend_from_slice(key.as_bytes());
                 }
+                out.put_u64(info.older_keys_below);
                 out.put_u8(info.groups.len().min(MAX_GROUPS) as u8);
                 for g in info.groups.iter().take(MAX_GROUPS) {
                     out.put_str8(g);
