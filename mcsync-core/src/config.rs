@@ -243,7 +243,16 @@ pub struct PublisherConfig {
     pub map_size: usize,
     /// When commits return (default [`Durability::Sync`]).
     pub durability: Durability,
+    /// A registration that neither reports nor makes a request for this long is dropped
+    /// (default 5 minutes; subscribers report every `report_interval`, 1 s by default). It
+    /// then no longer counts in the loss vote, nor as a two-phase participant; the
+    /// subscriber's next report registers it again under the same id.
+    pub registration_expiry: std::time::Duration,
 }
+
+/// Shortest [`PublisherConfig::registration_expiry`], and longest
+/// [`SubscriberConfig::report_interval`]: a subscriber that reports must never expire.
+pub const MIN_REGISTRATION_EXPIRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PublisherConfig {
     /// A configuration with defaults, storing in `data_dir`.
@@ -263,10 +272,17 @@ impl PublisherConfig {
             max_update_bytes: DEFAULT_MAX_UPDATE_BYTES,
             map_size: 256 << 20,
             durability: Durability::Sync,
+            registration_expiry: std::time::Duration::from_secs(300),
         }
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.registration_expiry < MIN_REGISTRATION_EXPIRY {
+            return Err(Error::Config(format!(
+                "registration_expiry {:?} is below {MIN_REGISTRATION_EXPIRY:?}",
+                self.registration_expiry
+            )));
+        }
         let m = &self.multicast;
         check_interface(m.interface, "multicast interface")?;
         if !m.group.is_multicast() {

@@ -11,7 +11,7 @@ use crate::net::multicaster::{self, McastCmd, MulticasterParts, Outgoing, DECISI
 use crate::net::repair_server::{PublishedDatabase, RepairServer, ServerContext, SubscriberRecord};
 use crate::net::tls::ServerTls;
 use crate::net::{socket, wall_clock_us, StopFlag};
-use crate::proto::adapt::{AdaptConfig, BundleController};
+use crate::proto::adapt::{losses_by_user, AdaptConfig, BundleController};
 use crate::proto::{RetransmitBuffer, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters, PublisherStats};
 use crate::store::publisher::{DbTables, JournalEntry};
@@ -599,7 +599,7 @@ const REPORT_FRESH: Duration = Duration::from_secs(5);
 /// the result: bundle size and rate to the multicaster, and quiescing when most
 /// subscribers lose too much (they catch up by unicast meanwhile).
 fn adapt_to_reports(inner: &Inner) {
-    let reports: Vec<(String, f64)> = inner
+    let reports: Vec<(String, String, f64)> = inner
         .server_ctx
         .registry
         .lock()
@@ -607,17 +607,24 @@ fn adapt_to_reports(inner: &Inner) {
         .values()
         .filter_map(|r| {
             let (rep, at) = r.report?;
-            (at.elapsed() < REPORT_FRESH && !rep.unicast_only)
-                .then(|| (r.database.clone(), f64::from(rep.loss_ppm) / 1e6))
+            (at.elapsed() < REPORT_FRESH && !rep.unicast_only).then(|| {
+                (
+                    r.database.clone(),
+                    r.user.clone(),
+                    f64::from(rep.loss_ppm) / 1e6,
+                )
+            })
         })
         .collect();
     let dbs: Vec<_> = inner.database_list();
     for db in dbs {
-        let losses: Vec<f64> = reports
-            .iter()
-            .filter(|(d, _)| *d == db.name)
-            .map(|(_, l)| *l)
-            .collect();
+        // One vote per user (the median of its registrations' reports).
+        let losses = losses_by_user(
+            reports
+                .iter()
+                .filter(|(d, _, _)| *d == db.name)
+                .map(|(_, user, loss)| (user.as_str(), *loss)),
+        );
         if losses.is_empty() {
             // Nobody on multicast reports (all backed off to unicast, or gone): a pause
             // has nothing left to protect once its minimum is over.
@@ -682,6 +689,10 @@ fn maintenance_loop(weak: std::sync::Weak<Inner>) {
         }
         if last_retention.elapsed() >= Duration::from_secs(1) {
             last_retention = Instant::now();
+            let expired = inner
+                .server_ctx
+                .expire_registrations(Instant::now(), inner.config.registration_expiry);
+            add(&inner.counters.registrations_expired, expired as u64);
             adapt_to_reports(&inner);
             if let Err(e) = apply_retention(&inner) {
                 log::error!("journal retention failed: {e}");

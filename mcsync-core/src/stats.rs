@@ -123,6 +123,9 @@ counters!(
         quiesces,
         /// Repair requests refused (unknown database, versions that do not exist, bad frames).
         repair_errors,
+        /// Registrations dropped because they neither reported nor asked anything for
+        /// `registration_expiry`.
+        registrations_expired,
     }
 );
 

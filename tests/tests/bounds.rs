@@ -104,3 +104,82 @@ fn registration_ids_come_from_the_server_and_one_user_cannot_pile_them_up() {
     // Another user is not affected by mallory's cap.
     assert!(repair_client(&p, "ledger", "bob", "").hello().is_ok());
 }
+
+#[test]
+fn one_user_with_many_registrations_cannot_pause_multicast() {
+    use mcsync::wire::control::SubscriberReport;
+    use mcsync::Publisher;
+    use mcsync_tests::*;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = publisher_config(&dir.path().join("pub"));
+    let max_bundle = cfg.multicast.max_bundle_bytes as u64;
+    let p = Publisher::open(cfg).unwrap();
+    p.database("ledger").unwrap().put("k", "v").unwrap();
+    // Twenty registrations of one user say they lose everything; two other users lose nothing.
+    let mut voters = Vec::new();
+    for user in std::iter::repeat_n("mallory", 20).chain(["alice", "bob"]) {
+        let mut c = repair_client(&p, "ledger", user, "");
+        c.hello().unwrap();
+        let loss_ppm = if user == "mallory" { 1_000_000 } else { 0 };
+        voters.push((c, loss_ppm));
+    }
+    // Report until the adaptation acted on the reports at least twice: the lossy user
+    // still steers the bundle size (the 75th percentile), so it shrinks a step per round.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        for (c, loss_ppm) in &mut voters {
+            c.report(SubscriberReport {
+                loss_ppm: *loss_ppm,
+                ..SubscriberReport::default()
+            })
+            .unwrap();
+        }
+        let st = p.stats();
+        if st.bundle_bytes != 0 && st.bundle_bytes <= max_bundle / 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no adaptation: {st:?}");
+        // Reports are paced like a subscriber's (they stay fresh for 5 s).
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // But one user is one vote: multicast was never paused for everyone.
+    assert_eq!(p.stats().quiesces, 0, "{:?}", p.stats());
+}
+
+#[test]
+fn silent_registrations_expire_and_come_back_with_their_next_report() {
+    use mcsync::wire::control::SubscriberReport;
+    use mcsync::Publisher;
+    use mcsync_tests::*;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = publisher_config(&dir.path().join("pub"));
+    cfg.registration_expiry = Duration::from_secs(3);
+    let p = Publisher::open(cfg).unwrap();
+    let db = p.database("ledger").unwrap();
+    let v = db.put("k", "v").unwrap();
+    let mut ghost = repair_client(&p, "ledger", "ghost", "");
+    let ghost_id = ghost.hello().unwrap().subscriber_id;
+    // A real subscriber reports every second.
+    let s = open_subscriber(&dir.path().join("sub"), &p, None);
+    let sub = s.subscribe("ledger", |_| {}).unwrap();
+    sub.wait_for_version(v, CONVERGE).unwrap();
+    let live_id = p
+        .subscribers()
+        .iter()
+        .find(|r| r.user == "tester")
+        .expect("registered")
+        .id;
+    wait_until(CONVERGE, || {
+        p.subscribers().iter().all(|r| r.id != ghost_id)
+    });
+    assert!(p.stats().registrations_expired >= 1);
+    // The subscriber that reports is registered (under load it may have expired between
+    // two reports, and came back under its own id).
+    wait_until(CONVERGE, || p.subscribers().iter().any(|r| r.id == live_id));
+    // The silent one reports again: registered again under the same id.
+    ghost.report(SubscriberReport::default()).unwrap();
+    let back = p.subscribers();
+    let rec = back.iter().find(|r| r.id == ghost_id).expect("back");
+    assert_eq!(rec.user, "ghost");
+    assert!(rec.report.is_some());
+}

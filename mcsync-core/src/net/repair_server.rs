@@ -69,6 +69,9 @@ pub struct SubscriberRecord {
     pub participant: bool,
     /// Its latest reception report, and when it came.
     pub report: Option<(SubscriberReport, Instant)>,
+    /// When it last registered, reported or made a request (registrations silent for
+    /// `registration_expiry` are dropped).
+    pub last_seen: Instant,
 }
 
 /// State shared by the accept thread and the connection threads.
@@ -153,6 +156,27 @@ impl ServerContext {
             for db in dbs {
                 f(&db);
             }
+        }
+    }
+
+    /// Drops the registrations nobody heard from for `silence` or longer; returns how many.
+    /// Their subscribers, if alive, register again with their next report.
+    pub fn expire_registrations(&self, now: Instant, silence: Duration) -> usize {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let before = reg.len();
+        reg.retain(|_, r| now.saturating_duration_since(r.last_seen) < silence);
+        before - reg.len()
+    }
+
+    /// Notes that registration `id` was heard from.
+    fn seen(&self, id: u64, now: Instant) {
+        if let Some(r) = self
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&id)
+        {
+            r.last_seen = now;
         }
     }
 
@@ -302,6 +326,9 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Message {
 struct Session {
     user: String,
     id: u64,
+    /// Client name and role of the registration (to register it again if it expired).
+    client: String,
+    participant: bool,
     groups: Vec<String>,
     db: Arc<dyn PublishedDatabase>,
     resync: Option<ResyncSnapshot>,
@@ -344,6 +371,7 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
                 let _ = reply(&mut conn, ctx, &m);
                 return Ok(());
             }
+            ctx.seen(s.id, Instant::now());
         }
         let mut close = false;
         let answer = match msg {
@@ -408,14 +436,7 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
                 None => Err(error(ErrorCode::BadRequest, "outcome request before HELLO")),
             },
             Message::Report(r) => match &session {
-                Some(s) => {
-                    let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(rec) = reg.get_mut(&s.id) {
-                        rec.report = Some((r, Instant::now()));
-                    }
-                    inc(&ctx.counters.reports_received);
-                    Ok(Message::Ok)
-                }
+                Some(s) => report(ctx, s, peer, r),
                 None => Err(error(ErrorCode::BadRequest, "report before HELLO")),
             },
             Message::StatusRequest => match &session {
@@ -506,6 +527,10 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
             m
         });
         reply(&mut conn, ctx, &msg)?;
+        if let Some(s) = &session {
+            // A long answer (a catch-up stream) is activity too.
+            ctx.seen(s.id, Instant::now());
+        }
         if close {
             return Ok(());
         }
@@ -657,7 +682,9 @@ fn hello(
         sessions: 1,
         participant,
         report: None,
+        last_seen: Instant::now(),
     };
+    let client = record.client.clone();
     let (id, keys) = register(ctx, record, db.as_ref())?;
     db.on_registered();
     inc(&ctx.counters.registrations);
@@ -669,11 +696,58 @@ fn hello(
     let session = Session {
         user,
         id,
+        client,
+        participant,
         groups: grant.groups,
         db,
         resync: None,
     };
     Ok((session, info))
+}
+
+/// Records a reception report. A registration that expired meanwhile (the subscriber was
+/// silent for `registration_expiry`) is registered again under its id.
+fn report(
+    ctx: &ServerContext,
+    s: &Session,
+    peer: SocketAddr,
+    r: SubscriberReport,
+) -> std::result::Result<Message, Message> {
+    let now = Instant::now();
+    inc(&ctx.counters.reports_received);
+    {
+        let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rec) = reg.get_mut(&s.id) {
+            rec.report = Some((r, now));
+            rec.last_seen = now;
+            return Ok(Message::Ok);
+        }
+    }
+    let record = SubscriberRecord {
+        id: s.id,
+        user: s.user.clone(),
+        database: s.db.name().to_owned(),
+        client: s.client.clone(),
+        peer,
+        sessions: 1,
+        participant: s.participant,
+        report: Some((r, now)),
+        last_seen: now,
+    };
+    let (id, _) = register(ctx, record, s.db.as_ref())?;
+    if id != s.id {
+        // Its id was taken meanwhile: the subscriber must register again to learn its new
+        // one (this record would otherwise be orphaned).
+        ctx.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        return Err(error(
+            ErrorCode::BadRequest,
+            "registration expired; register again",
+        ));
+    }
+    Ok(Message::Ok)
 }
 
 /// Most registrations one user may hold for one database: one subscriber keeps one record

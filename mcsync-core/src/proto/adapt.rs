@@ -2,6 +2,23 @@
 //! configured rate while loss is low, smaller bundles and a lower rate when it rises, and
 //! multicast quiesced (subscribers catch up by unicast) when most subscribers lose a lot.
 
+/// One loss figure per user: the median of the reports of that user's registrations. The
+/// vote is per user, so a user that opens many registrations (or one hostile client that
+/// throws its ids away) cannot outvote the others and pause multicast for everyone.
+pub fn losses_by_user<'a>(reports: impl IntoIterator<Item = (&'a str, f64)>) -> Vec<f64> {
+    let mut by_user: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for (user, loss) in reports {
+        by_user.entry(user).or_default().push(loss);
+    }
+    by_user
+        .into_values()
+        .map(|mut l| {
+            l.sort_by(|a, b| a.total_cmp(b));
+            l[(l.len() - 1) / 2]
+        })
+        .collect()
+}
+
 /// Bounds and thresholds of the adaptation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdaptConfig {
@@ -102,6 +119,21 @@ impl BundleController {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_registrations_of_one_user_are_one_vote() {
+        let mut reports = vec![("alice", 0.0), ("bob", 0.01)];
+        reports.extend(std::iter::repeat_n(("mallory", 1.0), 200));
+        let mut losses = losses_by_user(reports);
+        losses.sort_by(|a, b| a.total_cmp(b));
+        assert_eq!(losses, vec![0.0, 0.01, 1.0]);
+        let mut b = BundleController::new(AdaptConfig::default());
+        assert!(!b.on_reports(&losses).quiesce);
+        // A user's own registrations vote by their median.
+        let l = losses_by_user([("carol", 0.9), ("carol", 0.0), ("carol", 0.8)]);
+        assert_eq!(l, vec![0.8]);
+        assert!(losses_by_user([]).is_empty());
+    }
 
     #[test]
     fn bundles_grow_with_low_loss_and_shrink_with_high_loss() {
