@@ -302,6 +302,22 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_key_rotation_ms(
     }
 }
 
+/// Drops a subscriber's registration once it has neither reported nor made a request for
+/// `expiry_ms` milliseconds (default 300,000; at least 1,000). An expired registration no
+/// longer votes on the loss or counts as a two-phase participant; a live subscriber's next
+/// report registers it again.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_config_set_registration_expiry_ms(
+    config: *mut mcsync_publisher_config,
+    expiry_ms: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        c.config.registration_expiry = Duration::from_millis(expiry_ms);
+        Ok(())
+    }
+}
+
 /// Restricts multicast to daily windows: adds the window from `start_minute` to
 /// `end_minute` (minutes after midnight UTC, 0..=1439 and 0..=1440; a window with
 /// `end_minute < start_minute` runs over midnight). Outside every window updates are only

@@ -174,6 +174,8 @@ impl Drop for Preparing {
 /// with a message), or ``open_access=True`` for anyone (tests and demos). Database keys
 /// are drawn by the publisher and handed to subscribers at registration; they rotate every
 /// ``key_rotation_interval`` seconds, on ``revoke`` and on ``Database.rotate_key()``.
+/// A subscriber's registration that neither reports nor asks anything for
+/// ``registration_expiry`` seconds (default 300) is dropped until its next report.
 ///
 /// ``schedule`` is ``"always"`` (default), ``"never"`` or daily ``(start, end)`` windows in
 /// minutes after midnight UTC; outside them updates are only journaled and subscribers
@@ -212,7 +214,7 @@ impl PyPublisher {
         datagram_bytes = None, max_packets_per_sec = None, max_bytes_per_sec = None,
         max_update_bytes = None, map_size = None, retention_max_bytes = None,
         retention_max_age = None, retention_min_count = None,
-        retention_min_free_disk_bytes = None, durability = "sync"
+        retention_min_free_disk_bytes = None, durability = "sync", registration_expiry = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -245,8 +247,12 @@ impl PyPublisher {
         retention_min_count: Option<u64>,
         retention_min_free_disk_bytes: Option<u64>,
         durability: &str,
+        registration_expiry: Option<f64>,
     ) -> PyResult<Self> {
         let mut c = mcsync::PublisherConfig::new(data_dir);
+        if let Some(secs) = registration_expiry {
+            c.registration_expiry = seconds_arg(py, secs, "registration_expiry")?;
+        }
         c.durability = match durability {
             "sync" => mcsync::Durability::Sync,
             "async" => mcsync::Durability::Async,

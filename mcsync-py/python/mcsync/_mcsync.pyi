@@ -268,6 +268,7 @@ class Publisher:
         retention_min_count: int | None = None,
         retention_min_free_disk_bytes: int | None = None,
         durability: str = "sync",
+        registration_expiry: float | None = None,
     ) -> Publisher: ...
     @property
     def fingerprint(self) -> str | None:
