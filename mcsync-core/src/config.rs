@@ -16,6 +16,11 @@ pub const DEFAULT_DATAGRAM_BYTES: usize = 1400;
 pub const MIN_DATAGRAM_BYTES: usize = 256;
 /// Largest datagram size accepted (UDP over IPv4 minus headers).
 pub const MAX_DATAGRAM_BYTES: usize = 65_000;
+/// Default [`MulticastConfig::max_backlog_bytes`]: 8 MiB. That is about 3 s of the lowest
+/// adapted rate (2,000 packets/s of 1,360 bytes) and 0.15 s of the default 40,000 packets/s.
+/// A longer backlog would only make subscribers later: they learn of newer versions from
+/// what multicast carries, and fetch what was skipped from the journal at once.
+pub const DEFAULT_MAX_BACKLOG_BYTES: usize = 8 << 20;
 
 /// How a publisher multicasts: group allocation, socket options, pacing, heartbeats.
 #[derive(Debug, Clone)]
@@ -50,6 +55,11 @@ pub struct MulticastConfig {
     pub heartbeat_initial: Duration,
     /// Heartbeat interval while idle (the interval doubles up to this).
     pub heartbeat_max: Duration,
+    /// Most bytes per database waiting to be multicast (updates queued and packets built but
+    /// not yet sent). Past it, the updates waiting are not multicast: they are in the
+    /// journal, and subscribers fetch them by unicast as soon as a later chain or a
+    /// heartbeat shows them a newer version. Default [`DEFAULT_MAX_BACKLOG_BYTES`].
+    pub max_backlog_bytes: usize,
 }
 
 impl MulticastConfig {
@@ -188,6 +198,7 @@ impl Default for MulticastConfig {
             retransmit_buffer_bytes: 64 << 20,
             heartbeat_initial: Duration::from_millis(5),
             heartbeat_max: Duration::from_secs(1),
+            max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
         }
     }
 }

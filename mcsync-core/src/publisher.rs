@@ -404,8 +404,10 @@ impl Publisher {
         rx.recv().map_err(|_| publisher_closed())?
     }
 
-    /// Stops accepting commits, finishes those in progress, sends everything queued, stops
-    /// the repair server and joins every thread. Idempotent; dropping does the same.
+    /// Stops accepting commits, finishes those in progress, multicasts what is queued for at
+    /// most 2 s (`CLOSE_DRAIN`; the rest is in the journal, and subscribers fetch it from
+    /// there), stops the repair server and joins every thread. Idempotent; dropping does the
+    /// same.
     pub fn close(&self) -> Result<()> {
         close_inner(&self.inner);
         Ok(())
@@ -444,9 +446,13 @@ fn close_inner(inner: &Inner) {
     {
         let _ = h.join();
     }
+    // Every multicaster at once: each paces out what it has queued for at most
+    // `CLOSE_DRAIN`, together rather than one after another.
     let dbs: Vec<_> = inner.database_list();
-    for db in dbs {
+    for db in &dbs {
         drop(db.mcast_tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+    for db in dbs {
         if let Some(h) = db
             .mcast_thread
             .lock()
@@ -803,6 +809,7 @@ fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
             packets_per_sec: m.max_packets_per_sec,
             bytes_per_sec: m.max_bytes_per_sec,
             compress: true,
+            max_backlog_bytes: m.max_backlog_bytes,
         },
         counters: inner.counters.clone(),
     };

@@ -72,6 +72,14 @@ counters!(
         chains_compressed,
         /// Updates multicast.
         updates_sent,
+        /// Committed updates not multicast because the database's multicast backlog reached
+        /// `max_backlog_bytes` (subscribers fetch them from the journal).
+        updates_skipped_backlog,
+        /// Bytes waiting to be multicast, all databases together (a gauge): updates queued
+        /// and packets built but not yet sent.
+        backlog_bytes,
+        /// Largest multicast backlog of any database so far, bytes (a high-water mark).
+        backlog_bytes_peak,
         /// Datagrams the OS refused to send.
         send_errors,
         /// Repair sessions accepted.

@@ -154,6 +154,7 @@ impl Params {
                     rng.gen_range(500_000..=50_000_000)
                 },
                 compress: rng.gen_bool(0.7),
+                max_backlog_bytes: mcsync::config::DEFAULT_MAX_BACKLOG_BYTES,
             },
             receiver: ReceiverConfig {
                 buffer_bytes: if rng.gen_bool(0.8) {
@@ -1352,6 +1353,7 @@ fn lost_tail_is_detected_from_heartbeats() {
         packets_per_sec: 0,
         bytes_per_sec: 0,
         compress: false,
+        max_backlog_bytes: mcsync::config::DEFAULT_MAX_BACKLOG_BYTES,
     };
     let mut sender = Sender::new(t0, 42, 1, 0, config);
     let mut receiver = Receiver::new(0, ReceiverConfig::default());

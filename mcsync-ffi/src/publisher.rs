@@ -426,8 +426,9 @@ pub unsafe extern "C" fn mcsync_subscriber_list_free(list: *mut mcsync_subscribe
     }
 }
 
-/// Closes the publisher: stops accepting commits, finishes those in progress, sends what is
-/// queued, stops the control server and joins every thread. The handle stays valid until
+/// Closes the publisher: stops accepting commits, finishes those in progress, multicasts what
+/// is queued for at most 2 s (the rest is in the journal, and subscribers fetch it from
+/// there), stops the control server and joins every thread. The handle stays valid until
 /// `mcsync_publisher_free`; later writes (through its databases and transactions) and
 /// `mcsync_publisher_database` fail with `MCSYNC_ERR_CLOSED`, while getters such as
 /// `mcsync_publisher_stats` keep working. Closing again is a no-op returning `MCSYNC_OK`.

@@ -397,9 +397,10 @@ impl PyPublisher {
         stats_dict(py, self.shared.core.stats().fields())
     }
 
-    /// Rolls back the two-phase updates still prepared, stops accepting commits, sends
-    /// everything queued, stops the repair server and joins every thread (with the GIL
-    /// released). Idempotent.
+    /// Rolls back the two-phase updates still prepared, stops accepting commits, multicasts
+    /// what is queued for at most 2 s (the rest is in the journal, and subscribers fetch it
+    /// from there), stops the repair server and joins every thread (with the GIL released).
+    /// Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.closed.store(true, Ordering::SeqCst);
         py.detach(|| self.shared.close()).or_raise(py)

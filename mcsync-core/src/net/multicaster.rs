@@ -65,6 +65,14 @@ pub enum McastCmd {
 /// acknowledged by then are declared failed; they learn the outcome by asking).
 pub const DECISION_REPEAT_FOR: Duration = Duration::from_secs(30);
 
+/// How long a closing multicaster goes on pacing out what is queued. What is left then is
+/// not multicast: it is in the journal, and subscribers fetch it from there.
+pub const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Longest stretch of sending before the command channel is drained again, so commits
+/// reach the (capped) sender promptly even while sends are retried on a full buffer.
+const SEND_SLICE: Duration = Duration::from_millis(2);
+
 /// A decision being repeated.
 struct Repeat {
     schedule: DecisionRepeat,
@@ -101,7 +109,7 @@ pub struct MulticasterParts {
 }
 
 /// Starts the thread. It runs until every sender of `rx` is dropped, then sends what is
-/// still queued and exits.
+/// still queued for at most [`CLOSE_DRAIN`] and exits.
 pub fn spawn(parts: MulticasterParts, rx: Receiver<McastCmd>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("mcsync-mcast-{}", parts.database))
@@ -118,8 +126,10 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
     );
     sender.set_oldest_version(p.oldest);
     let mut datagram = Vec::with_capacity(p.config.datagram_bytes);
-    let mut open = true;
+    // Set once every sender of `rx` is gone: when to stop sending.
+    let mut close_by: Option<Instant> = None;
     let mut last_counters = sender.counters().clone();
+    let mut last_backlog = 0;
     let mut repeat: Option<Repeat> = None;
     let mut epoch = p.key_epoch;
     let mut drained = true;
@@ -132,7 +142,10 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
             }
         }
         let now = Instant::now();
-        while let Some(pkt) = sender.poll_transmit(now, wall_clock_us()) {
+        while now.elapsed() < SEND_SLICE {
+            let Some(pkt) = sender.poll_transmit(now, wall_clock_us()) else {
+                break;
+            };
             if !p.keyring.seal(pkt.header, &pkt.payload, &mut datagram) {
                 log::error!("{}: no key for epoch {}", p.database, pkt.header.key_epoch);
                 inc(&p.counters.send_errors);
@@ -153,15 +166,31 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
             lock(&p.epochs).drained(epoch, Instant::now());
         }
         account(&p.counters, &mut last_counters, sender.counters());
-        if !open && !sender.is_busy() {
-            return;
+        set_backlog(
+            &p.counters,
+            &mut last_backlog,
+            sender.backlog_bytes() as u64,
+        );
+        if let Some(by) = close_by {
+            if !sender.is_busy() || Instant::now() >= by {
+                if sender.is_busy() {
+                    log::info!(
+                        "{}: closing with {} bytes not multicast after {CLOSE_DRAIN:?}; \
+                         subscribers fetch them from the journal",
+                        p.database,
+                        sender.backlog_bytes()
+                    );
+                }
+                set_backlog(&p.counters, &mut last_backlog, 0);
+                return;
+            }
         }
         let mut deadline = sender.next_timeout(Instant::now());
         if let Some(r) = &repeat {
             deadline = deadline.min(r.schedule.next_timeout());
         }
-        if !open {
-            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        if let Some(by) = close_by {
+            std::thread::sleep(deadline.min(by).saturating_duration_since(Instant::now()));
             continue;
         }
         match rx.recv_deadline(deadline) {
@@ -230,7 +259,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => open = false,
+            Err(RecvTimeoutError::Disconnected) => close_by = Some(Instant::now() + CLOSE_DRAIN),
         }
     }
 }
@@ -276,5 +305,23 @@ fn account(
     add(&c.heartbeats_sent, now.heartbeats - last.heartbeats);
     add(&c.data_packets_sent, now.data_packets - last.data_packets);
     add(&c.updates_sent, now.updates - last.updates);
+    add(
+        &c.updates_skipped_backlog,
+        now.skipped_backlog - last.skipped_backlog,
+    );
+    c.backlog_bytes_peak
+        .fetch_max(now.backlog_peak_bytes, std::sync::atomic::Ordering::Relaxed);
     *last = now.clone();
+}
+
+/// Moves this database's share of the `backlog_bytes` gauge (summed over databases) from
+/// `*last` to `now`.
+fn set_backlog(c: &PublisherCounters, last: &mut u64, now: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if now >= *last {
+        c.backlog_bytes.fetch_add(now - *last, Relaxed);
+    } else {
+        c.backlog_bytes.fetch_sub(*last - now, Relaxed);
+    }
+    *last = now;
 }

@@ -26,6 +26,12 @@ pub struct SenderConfig {
     pub bytes_per_sec: u64,
     /// Try lz4 on each chain.
     pub compress: bool,
+    /// Most bytes waiting to be multicast: encoded records queued plus packets built and not
+    /// yet handed out. Queueing an update that would go past it skips every committed update
+    /// still queued (they are in the journal; heartbeats and later chains announce their
+    /// versions, so subscribers catch up by unicast). The new update is always queued, so one
+    /// larger than the cap still goes out alone.
+    pub max_backlog_bytes: usize,
 }
 
 /// Counters kept by the sender.
@@ -41,6 +47,11 @@ pub struct SenderCounters {
     pub heartbeats: u64,
     /// Data packets built.
     pub data_packets: u64,
+    /// Committed updates skipped (left to the journal) because the backlog reached
+    /// [`SenderConfig::max_backlog_bytes`].
+    pub skipped_backlog: u64,
+    /// Largest backlog so far, bytes (a high-water mark, not a running count).
+    pub backlog_peak_bytes: u64,
 }
 
 /// Sans-IO sender of one database's stream.
@@ -49,7 +60,11 @@ pub struct Sender {
     config: SenderConfig,
     builder: ChainBuilder,
     queue: VecDeque<(u64, Arc<Vec<u8>>)>,
+    /// Encoded bytes in `queue`.
+    queued_bytes: usize,
     pending: VecDeque<PlainPacket>,
+    /// Payload bytes in `pending`.
+    pending_bytes: usize,
     pending_top: u64,
     sent_version: u64,
     oldest_version: u64,
@@ -79,7 +94,9 @@ impl Sender {
         Sender {
             builder: ChainBuilder::new(stream_id, key_epoch, config.datagram_bytes),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             pending_top: latest,
             sent_version: latest,
             oldest_version: 1,
@@ -93,7 +110,9 @@ impl Sender {
         }
     }
 
-    /// Queues an encoded update of version `version` (versions arrive in order).
+    /// Queues an encoded update of version `version` (versions arrive in order). When the
+    /// backlog would go past [`SenderConfig::max_backlog_bytes`], the committed updates
+    /// still queued are skipped first (two-phase records stay).
     pub fn push(&mut self, version: u64, encoded: Arc<Vec<u8>>) {
         debug_assert!(
             version
@@ -105,7 +124,44 @@ impl Sender {
                     .find(|&v| v != CONTROL_VERSION)
                     .unwrap_or(self.pending_top)
         );
+        if self.backlog_bytes() + encoded.len() > self.config.max_backlog_bytes {
+            let skipped = self.skip_queued_updates();
+            if self.multicast {
+                // (With multicast off they were never going to be multicast.)
+                self.counters.skipped_backlog += skipped;
+            }
+        }
+        self.enqueue(version, encoded);
+    }
+
+    fn enqueue(&mut self, version: u64, encoded: Arc<Vec<u8>>) {
+        self.queued_bytes += encoded.len();
         self.queue.push_back((version, encoded));
+        let backlog = self.backlog_bytes() as u64;
+        self.counters.backlog_peak_bytes = self.counters.backlog_peak_bytes.max(backlog);
+    }
+
+    /// Drops every committed update still queued (they are in the journal), keeping
+    /// two-phase records, and moves the version heartbeats announce past them. Returns how
+    /// many were dropped.
+    fn skip_queued_updates(&mut self) -> u64 {
+        let before = self.queue.len();
+        let top = self
+            .queue
+            .iter()
+            .map(|q| q.0)
+            .max()
+            .unwrap_or(CONTROL_VERSION);
+        if top == CONTROL_VERSION {
+            return 0;
+        }
+        self.queue.retain(|q| q.0 == CONTROL_VERSION);
+        self.queued_bytes = self.queue.iter().map(|q| q.1.len()).sum();
+        self.pending_top = self.pending_top.max(top);
+        if self.pending.is_empty() {
+            self.sent_version = self.pending_top;
+        }
+        (before - self.queue.len()) as u64
     }
 
     /// Seals chains built from now on under key epoch `epoch`, and flags packets with
@@ -149,8 +205,11 @@ impl Sender {
     /// Queues a record that is not a new committed version (a two-phase PREPARE or
     /// decision): it is sent in order with the updates but does not move the version
     /// heartbeats announce.
+    ///
+    /// Never skipped, whatever the backlog: a participant must see every PREPARE and
+    /// decision (they are few and small).
     pub fn push_control(&mut self, encoded: Arc<Vec<u8>>) {
-        self.queue.push_back((CONTROL_VERSION, encoded));
+        self.enqueue(CONTROL_VERSION, encoded);
     }
 
     /// The committed version moved to `v` without new data (a prepared update was
@@ -184,6 +243,12 @@ impl Sender {
         !self.queue.is_empty() || !self.pending.is_empty()
     }
 
+    /// Bytes waiting to be multicast: encoded records queued plus built packets not yet
+    /// handed out.
+    pub fn backlog_bytes(&self) -> usize {
+        self.queued_bytes + self.pending_bytes
+    }
+
     /// Counters so far.
     pub fn counters(&self) -> &SenderCounters {
         &self.counters
@@ -202,6 +267,7 @@ impl Sender {
             n += 1;
         }
         let taken: Vec<_> = self.queue.drain(..n).collect();
+        self.queued_bytes -= taken.iter().map(|t| t.1.len()).sum::<usize>();
         self.pending_top = taken.iter().map(|t| t.0).fold(self.pending_top, u64::max);
         self.scratch.clear();
         encode_bundle(taken.iter().map(|(_, u)| u.as_slice()), &mut self.scratch);
@@ -221,6 +287,7 @@ impl Sender {
         self.counters.chains += 1;
         self.counters.updates += n as u64;
         self.counters.data_packets += packets.len() as u64;
+        self.pending_bytes += packets.iter().map(|p| p.payload.len()).sum::<usize>();
         self.pending.extend(packets);
     }
 
@@ -239,19 +306,7 @@ impl Sender {
     fn poll_packet(&mut self, now: Instant, wall_us: u64) -> Option<PlainPacket> {
         if !self.multicast {
             // Updates are skipped (they are in the journal); two-phase records still go.
-            let top = self
-                .queue
-                .iter()
-                .map(|q| q.0)
-                .max()
-                .unwrap_or(CONTROL_VERSION);
-            if top != CONTROL_VERSION {
-                self.queue.retain(|q| q.0 == CONTROL_VERSION);
-                self.pending_top = self.pending_top.max(top);
-                if self.pending.is_empty() {
-                    self.sent_version = self.pending_top;
-                }
-            }
+            self.skip_queued_updates();
         }
         if self.pending.is_empty() && !self.queue.is_empty() {
             self.build_chain();
@@ -261,6 +316,7 @@ impl Sender {
                 return None;
             }
             let p = self.pending.pop_front()?;
+            self.pending_bytes -= p.payload.len();
             self.pacer.on_sent(now, p.payload.len());
             if self.pending.is_empty() {
                 self.sent_version = self.pending_top;
@@ -362,6 +418,7 @@ mod tests {
             packets_per_sec: 0,
             bytes_per_sec: 0,
             compress: true,
+            max_backlog_bytes: 8 << 20,
         }
     }
 
@@ -522,5 +579,175 @@ mod tests {
             }
         }
         assert!(s.counters().heartbeats >= 5);
+    }
+
+    /// Every record the packets carry, with its kind, in order.
+    fn decode_records(pkts: &[PlainPacket]) -> Vec<(RecordKind, Update)> {
+        let mut a = ChainAssembler::new(1 << 24);
+        let mut out = Vec::new();
+        for p in pkts.iter().filter(|p| p.header.kind == PacketKind::Data) {
+            if let Some(c) = a.on_packet(&p.header, &p.payload).chain {
+                out.extend(decode_chain_records(&c, &Limits::default(), 1 << 24).unwrap());
+            }
+        }
+        out
+    }
+
+    /// A sender capped at `cap` backlog bytes that sends 10 packets a second.
+    fn slow(t: Instant, cap: usize) -> Sender {
+        Sender::new(
+            t,
+            1,
+            1,
+            0,
+            SenderConfig {
+                packets_per_sec: 10,
+                max_backlog_bytes: cap,
+                compress: false,
+                ..config()
+            },
+        )
+    }
+
+    /// Polls until idle, stepping the clock to each timeout; returns every packet.
+    fn run_until_idle(s: &mut Sender, mut now: Instant) -> (Vec<PlainPacket>, Instant) {
+        let mut out = Vec::new();
+        while s.is_busy() {
+            match s.poll_transmit(now, 0) {
+                Some(p) => out.push(p),
+                None => now = s.next_timeout(now).max(now + MS),
+            }
+        }
+        (out, now)
+    }
+
+    #[test]
+    fn the_backlog_never_exceeds_the_cap_and_skipped_versions_are_announced() {
+        let t = Instant::now();
+        let cap = 20_000;
+        let mut s = slow(t, cap);
+        let mut now = t;
+        let mut sent = Vec::new();
+        // 300 updates of about 1 KiB, 100 a second: ten times what 10 packets/s carry.
+        for v in 1..=300 {
+            push(&mut s, &update(v, vec![v as u8; 1_000]));
+            assert!(
+                s.backlog_bytes() <= cap,
+                "{} bytes after {v}",
+                s.backlog_bytes()
+            );
+            now += 10 * MS;
+            sent.extend(std::iter::from_fn(|| s.poll_transmit(now, 0)));
+        }
+        let (rest, end) = run_until_idle(&mut s, now);
+        sent.extend(rest);
+        assert!(s.counters().backlog_peak_bytes <= cap as u64);
+        assert!(s.counters().backlog_peak_bytes > cap as u64 / 2);
+        // What was multicast is in order and everything else was counted as skipped.
+        let got: Vec<u64> = decode(&sent).iter().map(|u| u.version).collect();
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        assert_eq!(*got.last().unwrap(), 300);
+        let c = s.counters();
+        assert!(c.skipped_backlog > 100, "{c:?}");
+        assert_eq!(c.skipped_backlog + got.len() as u64, 300, "{c:?}");
+        assert_eq!(s.backlog_bytes(), 0);
+        // The next heartbeat announces the latest version.
+        assert_eq!(next_heartbeat(&mut s, end).latest_version, 300);
+    }
+
+    fn next_heartbeat(s: &mut Sender, mut now: Instant) -> Heartbeat {
+        loop {
+            match s.poll_transmit(now, 0) {
+                Some(p) => {
+                    assert_eq!(p.header.kind, PacketKind::Heartbeat);
+                    return Heartbeat::parse(&p.payload).unwrap();
+                }
+                None => now = s.next_timeout(now).max(now + MS),
+            }
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_after_skipping_announces_the_skipped_versions() {
+        let t = Instant::now();
+        let mut s = slow(t, 10_000);
+        // A large update is cut into packets that take seconds to send; the updates that
+        // queue behind it overflow the cap and are skipped, the last one stays.
+        push(&mut s, &update(1, vec![1; 8_000]));
+        let mut pkts = vec![s.poll_transmit(t, 0).unwrap()];
+        for v in 2..=10 {
+            push(&mut s, &update(v, vec![v as u8; 1_000]));
+            assert!(s.backlog_bytes() <= 10_000);
+        }
+        assert!(s.counters().skipped_backlog > 0);
+        let (rest, end) = run_until_idle(&mut s, t);
+        pkts.extend(rest);
+        let got: Vec<u64> = decode(&pkts).iter().map(|u| u.version).collect();
+        assert_eq!((got[0], *got.last().unwrap()), (1, 10), "{got:?}");
+        assert_eq!(s.counters().skipped_backlog + got.len() as u64, 10);
+        assert_eq!(s.sent_version(), 10);
+        assert_eq!(next_heartbeat(&mut s, end).latest_version, 10);
+        // The same when the skipped updates were all that was queued.
+        push(&mut s, &update(11, vec![0; 9_000]));
+        push(&mut s, &update(12, vec![0; 9_000]));
+        let (pkts, end) = run_until_idle(&mut s, end);
+        let got: Vec<u64> = decode(&pkts).iter().map(|u| u.version).collect();
+        assert_eq!(got, [12]);
+        assert_eq!(next_heartbeat(&mut s, end).latest_version, 12);
+    }
+
+    #[test]
+    fn an_update_larger_than_the_cap_still_goes_alone() {
+        let t = Instant::now();
+        let mut s = slow(t, 1_000);
+        let big = update(1, vec![7; 5_000]);
+        push(&mut s, &big);
+        let (pkts, _) = run_until_idle(&mut s, t);
+        assert_eq!(decode(&pkts), [big]);
+        assert_eq!(s.counters().skipped_backlog, 0);
+    }
+
+    #[test]
+    fn updates_skipped_while_multicast_is_off_are_not_counted_as_backlog() {
+        let t = Instant::now();
+        let mut s = slow(t, 2_000);
+        s.set_multicast(false);
+        for v in 1..=10 {
+            push(&mut s, &update(v, vec![0; 1_000]));
+            assert!(s.backlog_bytes() <= 2_000);
+        }
+        assert!(drain(&mut s, t).is_empty());
+        assert_eq!((s.sent_version(), s.counters().skipped_backlog), (10, 0));
+    }
+
+    #[test]
+    fn two_phase_records_are_never_skipped() {
+        use crate::wire::update::encode_record;
+        let t = Instant::now();
+        let mut s = slow(t, 5_000);
+        let record = |kind, v| {
+            let mut b = Vec::new();
+            encode_record(kind, &update(v, vec![0; 100]), &mut b);
+            Arc::new(b)
+        };
+        push(&mut s, &update(1, vec![1; 1_000]));
+        push(&mut s, &update(2, vec![2; 1_000]));
+        s.push_control(record(RecordKind::Prepare, 3));
+        s.push_control(record(RecordKind::CommitPrepared, 3));
+        s.advance_to(3);
+        for v in 4..=20 {
+            push(&mut s, &update(v, vec![v as u8; 1_000]));
+        }
+        assert!(s.counters().skipped_backlog > 0);
+        let (pkts, _) = run_until_idle(&mut s, t);
+        let recs: Vec<(RecordKind, u64)> = decode_records(&pkts)
+            .into_iter()
+            .map(|(k, u)| (k, u.version))
+            .collect();
+        let at = |r| recs.iter().position(|x| *x == r);
+        let prepare = at((RecordKind::Prepare, 3)).expect("the PREPARE was sent");
+        let commit = at((RecordKind::CommitPrepared, 3)).expect("the decision was sent");
+        assert!(prepare < commit, "{recs:?}");
+        assert_eq!(recs.last(), Some(&(RecordKind::Commit, 20)), "{recs:?}");
     }
 }
