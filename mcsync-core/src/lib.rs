@@ -61,6 +61,7 @@ pub mod config;
 pub mod crash;
 pub mod crypto;
 mod error;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 mod publisher;

@@ -392,6 +392,34 @@ impl Publisher {
         self.inner.counters.snapshot()
     }
 
+    /// Every counter and gauge, each database's version, journal start and key epoch, and
+    /// what each registered subscriber last reported (lag, loss, latency), in the
+    /// OpenMetrics text format Prometheus scrapes (serve it with
+    /// [`metrics::CONTENT_TYPE`](crate::metrics::CONTENT_TYPE)). See docs/OPERATIONS.md.
+    pub fn metrics(&self) -> String {
+        let databases: Vec<_> = self
+            .inner
+            .database_list()
+            .iter()
+            .map(|d| crate::metrics::DatabaseView {
+                name: d.name.clone(),
+                committed: d.committed.load(Ordering::SeqCst),
+                oldest: d.oldest.load(Ordering::SeqCst),
+                key_epoch: d
+                    .keys
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .current_epoch(),
+            })
+            .collect();
+        crate::metrics::render_publisher(
+            &self.stats(),
+            &databases,
+            &self.subscribers(),
+            Instant::now(),
+        )
+    }
+
     /// Waits until every commit that has returned is journaled durably (and handed to
     /// multicast). With [`Durability::Sync`] that is already so; with
     /// [`Durability::Async`] it waits for the journal writer, and fails with `Storage` if

@@ -33,6 +33,28 @@ macro_rules! counters {
     };
 }
 
+impl PublisherStats {
+    /// Fields that are gauges (a current value), not counters.
+    pub const GAUGES: &'static [&'static str] = &[
+        "backlog_bytes",
+        "backlog_bytes_peak",
+        "bundle_bytes",
+        "packets_per_sec",
+    ];
+}
+
+impl SubscriptionStats {
+    /// Fields that are gauges (a current value), not counters.
+    pub const GAUGES: &'static [&'static str] = &[
+        "key_epoch",
+        "loss_ppm",
+        "latency_p50_us",
+        "latency_p99_us",
+        "latency_p999_us",
+        "recv_buffer_bytes",
+    ];
+}
+
 /// Adds `n` to an atomic counter.
 #[inline]
 pub fn add(c: &AtomicU64, n: u64) {
@@ -277,6 +299,7 @@ counters!(
 #[derive(Debug)]
 pub struct LatencyHistogram {
     buckets: Vec<AtomicU64>,
+    sum_us: AtomicU64,
 }
 
 const SUB_BUCKETS: u64 = 4;
@@ -285,6 +308,7 @@ impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
             buckets: (0..64 * SUB_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
         }
     }
 }
@@ -312,6 +336,36 @@ impl LatencyHistogram {
     /// Records one latency.
     pub fn record(&self, us: u64) {
         inc(&self.buckets[Self::bucket(us).min(self.buckets.len() - 1)]);
+        add(&self.sum_us, us);
+    }
+
+    /// Sum of the latencies recorded, microseconds.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Ordering::Relaxed)
+    }
+
+    /// `(upper bound in microseconds, count)` per power of two, up to the highest bucket
+    /// used (coarser than the quantiles, which use quarter octaves).
+    pub fn octaves(&self) -> Vec<(u64, u64)> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let Some(last) = counts.iter().rposition(|&c| c > 0) else {
+            return Vec::new();
+        };
+        let octaves = last as u64 / SUB_BUCKETS + 1;
+        // Bucket indexes 4..8 are never used: values 0..=3 have their own, then octave 2
+        // (4..=7 µs) starts at index 8.
+        (0..octaves)
+            .filter(|&o| o != 1)
+            .map(|o| {
+                let first = (o * SUB_BUCKETS) as usize;
+                let end = first + SUB_BUCKETS as usize;
+                (Self::upper_bound(end - 1), counts[first..end].iter().sum())
+            })
+            .collect()
     }
 
     /// Number of latencies recorded.
@@ -344,6 +398,22 @@ impl LatencyHistogram {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn latency_octaves_sum_to_the_count_and_bound_their_values() {
+        let h = super::LatencyHistogram::default();
+        for us in [0, 3, 4, 7, 8, 1_000, 1_023, 1_024, 5_000_000] {
+            h.record(us);
+        }
+        let o = h.octaves();
+        assert_eq!(o.iter().map(|b| b.1).sum::<u64>(), h.count());
+        assert_eq!(o[0], (3, 2));
+        assert_eq!(o[1], (7, 2));
+        assert!(o.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(o.last().unwrap().1, 1);
+        assert!(o.last().unwrap().0 >= 5_000_000);
+        assert_eq!(h.sum_us(), 5_000_000 + 1_000 + 1_023 + 1_024 + 22);
+    }
+
     use super::*;
 
     #[test]

@@ -114,6 +114,31 @@ struct SubShared {
 }
 
 impl SubShared {
+    fn stats(&self) -> SubscriptionStats {
+        let mut s = self.counters.snapshot();
+        let h = &self.latency;
+        s.latency_p50_us = h.quantile(0.5);
+        s.latency_p99_us = h.quantile(0.99);
+        s.latency_p999_us = h.quantile(0.999);
+        s
+    }
+
+    /// The subscription as the metrics show it.
+    fn metrics_view(&self) -> crate::metrics::SubscriptionView {
+        let h = &self.latency;
+        crate::metrics::SubscriptionView {
+            database: self.name.clone(),
+            stats: self.stats(),
+            version: *self.version.lock().unwrap_or_else(|e| e.into_inner()),
+            latency_buckets: h
+                .octaves()
+                .into_iter()
+                .map(|(us, n)| (us as f64 / 1e6, n))
+                .collect(),
+            latency_sum: h.sum_us() as f64 / 1e6,
+        }
+    }
+
     /// Stops the threads and joins them; false when called from the process thread itself
     /// (which then exits after the callback returns).
     fn close(&self) -> bool {
@@ -400,6 +425,22 @@ impl Subscriber {
         drop(busy);
         let _ = client.close_subscription();
         Ok(out.report)
+    }
+
+    /// Every subscription's counters, gauges, version and latency histogram, labelled by
+    /// database, in the OpenMetrics text format Prometheus scrapes (serve it with
+    /// [`metrics::CONTENT_TYPE`](crate::metrics::CONTENT_TYPE)). See docs/OPERATIONS.md.
+    pub fn metrics(&self) -> String {
+        let mut views: Vec<_> = self
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .live
+            .values()
+            .map(|s| s.metrics_view())
+            .collect();
+        views.sort_by(|a, b| a.database.cmp(&b.database));
+        crate::metrics::render_subscriber(&views)
     }
 
     /// Closes every subscription and joins their threads. Idempotent.
@@ -1763,12 +1804,7 @@ impl Subscription {
 
     /// A snapshot of the subscription's counters.
     pub fn stats(&self) -> SubscriptionStats {
-        let mut s = self.shared.counters.snapshot();
-        let h = &self.shared.latency;
-        s.latency_p50_us = h.quantile(0.5);
-        s.latency_p99_us = h.quantile(0.99);
-        s.latency_p999_us = h.quantile(0.999);
-        s
+        self.shared.stats()
     }
 
     /// Asks the process thread to resync this replica by hashes now (for a store restored
