@@ -126,6 +126,18 @@ counters!(
         auth_rate_limited,
         /// Connections that failed the TLS handshake or broke mid-frame.
         tls_failures,
+        /// Logins answered "publisher busy": too many password checks were waiting for this
+        /// one to start in time. Counted against no user and no address.
+        auth_busy,
+        /// Control connections closed for missing a deadline: TLS handshake and HELLO within
+        /// 10 s of connecting, then a complete request within 60 s of the last answer.
+        control_timeouts,
+        /// Control connections that had not completed HELLO, closed to make room for a new
+        /// one when the connection table (512) was full.
+        control_evictions,
+        /// New control connections closed at once because every place in the connection
+        /// table was held by an authenticated session (also counted in `repair_errors`).
+        control_refused,
         /// Key rotations.
         key_rotations,
         /// Hash resyncs started by subscribers.

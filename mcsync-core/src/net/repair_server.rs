@@ -11,7 +11,7 @@ use super::frame::{read_message, write_message};
 use super::tls::{ServerTls, Stream};
 use super::two_phase::Coordinator;
 use super::StopFlag;
-use crate::auth::{visible, Authenticator, FailureLimiter, Grant, Secret};
+use crate::auth::{visible, Authenticator, FailureLimiter, Grant, Refusal, Secret};
 use crate::crypto::KeyHandout;
 use crate::proto::resync::{child_digests, key_hash, HashIndex, Range};
 use crate::stats::{add, inc, PublisherCounters};
@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -194,22 +195,124 @@ pub type RotateFn = Box<dyn Fn(&str) + Send + Sync>;
 /// Verified credentials: (user, SHA-256 of the secret) → grant and when it was checked.
 pub type AuthCache = HashMap<(String, [u8; 32]), (Grant, Instant)>;
 
-/// Most connections served at once; more are closed at once (and counted as errors).
+/// Most connections served at once. When the table is full, a new connection takes the
+/// place of the oldest one that has not completed HELLO; only if every place is held by an
+/// authenticated session is the new one closed at once (and counted).
 const MAX_CONNECTIONS: usize = 512;
 /// Updates per journal read while streaming (bounds memory per connection).
 const BATCH_UPDATES: usize = 512;
 const BATCH_BYTES: usize = 4 << 20;
 /// How often the accept loop checks the stop flag.
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
-/// An idle connection is closed after this long (the client reconnects when it needs to).
+/// A connection must complete its TLS handshake and send HELLO within this of being
+/// accepted, however it trickles its bytes.
+const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+/// An authenticated connection that sends no complete request for this long after its last
+/// answer is closed (the client reconnects when it needs to). A deadline, not a per-read
+/// time-out: bytes trickled without completing a request do not extend it.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a client to take what is sent.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a verified credential is remembered.
 const AUTH_CACHE_TTL: Duration = Duration::from_secs(30);
 
-/// Open connections: a handle to shut each down, and its thread.
-type Connections = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
+/// Open connections.
+type Connections = Arc<Mutex<Vec<Connection>>>;
+
+/// One open connection, as the accept thread keeps it: a handle to shut it down, what it is
+/// doing, and its thread.
+struct Connection {
+    tcp: TcpStream,
+    state: Arc<ConnState>,
+    thread: JoinHandle<()>,
+}
+
+/// What a connection is doing, shared by its thread (which updates it) and the accept
+/// thread (which closes connections past their deadline, and evicts when the table is full).
+#[derive(Debug)]
+struct ConnState {
+    accepted: Instant,
+    /// The phase (top 8 bits) and the milliseconds since `accepted` at which it began.
+    word: AtomicU64,
+    /// Set once the accept thread has shut the connection down.
+    closed: AtomicBool,
+}
+
+/// Before HELLO_OK, waiting for the client (TLS handshake, HELLO): closed at
+/// `accepted + HELLO_DEADLINE`; evicted first, oldest first.
+const WAITING_HELLO: u8 = 0;
+/// Before HELLO_OK, handling what the client sent (checking a HELLO: waiting for a place to
+/// hash the password, hashing): no deadline (the server's own work is bounded); evicted
+/// after every WAITING_HELLO connection.
+const CHECKING: u8 = 1;
+/// Authenticated, waiting for a request: closed `IDLE_TIMEOUT` after the phase began;
+/// never evicted.
+const IDLE: u8 = 2;
+/// Authenticated, serving a request: `WRITE_TIMEOUT` on every write governs; never
+/// evicted.
+const BUSY: u8 = 3;
+
+impl ConnState {
+    fn new(accepted: Instant) -> ConnState {
+        ConnState {
+            accepted,
+            word: AtomicU64::new(u64::from(WAITING_HELLO) << 56),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Enters `phase` at `now`.
+    fn enter(&self, phase: u8, now: Instant) {
+        let ms = now.saturating_duration_since(self.accepted).as_millis() as u64;
+        self.word.store(
+            (u64::from(phase) << 56) | (ms & ((1 << 56) - 1)),
+            Ordering::Release,
+        );
+    }
+
+    fn phase(&self) -> (u8, Instant) {
+        let w = self.word.load(Ordering::Acquire);
+        (
+            (w >> 56) as u8,
+            self.accepted + Duration::from_millis(w & ((1 << 56) - 1)),
+        )
+    }
+
+    /// When the connection must be closed if it is still in its current phase then.
+    fn deadline(&self) -> Option<Instant> {
+        match self.phase() {
+            (WAITING_HELLO, _) => Some(self.accepted + HELLO_DEADLINE),
+            (IDLE, since) => Some(since + IDLE_TIMEOUT),
+            _ => None,
+        }
+    }
+
+    /// Order in which connections are evicted to make room (lowest first); `None`: never.
+    fn eviction_rank(&self) -> Option<(u8, Instant)> {
+        match self.phase().0 {
+            p @ (WAITING_HELLO | CHECKING) => Some((p, self.accepted)),
+            _ => None,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Connection {
+    /// Shuts the connection down (its thread then ends at its next read or write), the
+    /// first time only, counting it in `counter` first.
+    fn close(&self, counter: Option<&AtomicU64>) {
+        if self.state.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(c) = counter {
+            inc(c);
+        }
+        let _ = self.tcp.shutdown(std::net::Shutdown::Both);
+    }
+}
 
 /// The running server: its address and threads.
 pub struct RepairServer {
@@ -253,9 +356,9 @@ impl RepairServer {
             let _ = h.join();
         }
         let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
-        for (s, h) in conns {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-            let _ = h.join();
+        for c in conns {
+            c.close(None);
+            let _ = c.thread.join();
         }
     }
 }
@@ -279,8 +382,14 @@ fn wait_readable(fd: i32, timeout: Duration) -> bool {
 }
 
 fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, conns: Connections) {
+    let mut last_sweep = Instant::now();
     while !ctx.stop.is_stopped() {
-        if !wait_readable(listener.as_raw_fd(), ACCEPT_POLL) {
+        let readable = wait_readable(listener.as_raw_fd(), ACCEPT_POLL);
+        if !readable || last_sweep.elapsed() >= ACCEPT_POLL {
+            last_sweep = Instant::now();
+            sweep(&ctx, &conns, last_sweep);
+        }
+        if !readable {
             continue;
         }
         let (tcp, peer) = match listener.accept() {
@@ -291,25 +400,67 @@ fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, conns: Connection
             }
         };
         let mut list = conns.lock().unwrap_or_else(|e| e.into_inner());
-        list.retain(|(_, h)| !h.is_finished());
-        if list.len() >= MAX_CONNECTIONS {
-            inc(&ctx.counters.repair_errors);
+        list.retain(|c| !c.thread.is_finished());
+        if !make_room(&ctx, &list) {
             continue;
         }
         let Ok(shut) = tcp.try_clone() else {
             continue;
         };
         inc(&ctx.counters.repair_sessions);
-        let c = ctx.clone();
+        let state = Arc::new(ConnState::new(Instant::now()));
+        let (c, st) = (ctx.clone(), state.clone());
         let spawned = std::thread::Builder::new()
             .name("mcsync-control-conn".into())
             .spawn(move || {
-                if let Err(e) = serve(tcp, peer, &c) {
+                if let Err(e) = serve(tcp, peer, &c, &st) {
                     log::debug!("control connection {peer}: {e}");
                 }
             });
-        if let Ok(h) = spawned {
-            list.push((shut, h));
+        if let Ok(thread) = spawned {
+            list.push(Connection {
+                tcp: shut,
+                state,
+                thread,
+            });
+        }
+    }
+}
+
+/// Closes the connections past their deadline.
+fn sweep(ctx: &ServerContext, conns: &Connections, now: Instant) {
+    let mut list = conns.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|c| !c.thread.is_finished());
+    for c in list.iter() {
+        if c.state.deadline().is_some_and(|d| now >= d) {
+            c.close(Some(&ctx.counters.control_timeouts));
+        }
+    }
+}
+
+/// Whether a new connection may be served: when the table is full, the oldest connection
+/// that has not completed HELLO (one still waiting for the client before one being
+/// checked) is closed to make room; if every place is held by an authenticated session,
+/// no (counted).
+fn make_room(ctx: &ServerContext, list: &[Connection]) -> bool {
+    let open = list.iter().filter(|c| !c.state.is_closed()).count();
+    if open < MAX_CONNECTIONS {
+        return true;
+    }
+    let victim = list
+        .iter()
+        .filter(|c| !c.state.is_closed())
+        .filter_map(|c| Some((c.state.eviction_rank()?, c)))
+        .min_by_key(|(rank, _)| *rank);
+    match victim {
+        Some((_, c)) => {
+            c.close(Some(&ctx.counters.control_evictions));
+            true
+        }
+        None => {
+            inc(&ctx.counters.control_refused);
+            inc(&ctx.counters.repair_errors);
+            false
         }
     }
 }
@@ -341,7 +492,9 @@ struct ResyncSnapshot {
     keys: HashMap<u64, Vec<u8>>,
 }
 
-fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
+fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext, state: &ConnState) -> Result<()> {
+    // The read time-out is only a backstop: the accept thread enforces HELLO_DEADLINE and
+    // IDLE_TIMEOUT as deadlines (see `sweep`).
     tcp.set_write_timeout(Some(WRITE_TIMEOUT))
         .and_then(|_| tcp.set_read_timeout(Some(IDLE_TIMEOUT)))
         .and_then(|_| tcp.set_nodelay(true))
@@ -353,6 +506,8 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
         let msg = match read_message(&mut conn, ctx.max_request_frame) {
             Ok(Some((m, _))) => m,
             Ok(None) => return Ok(()),
+            // Closed by the accept thread (deadline or eviction): counted there.
+            Err(e) if state.is_closed() => return Err(e),
             Err(e) => {
                 inc(&ctx.counters.repair_errors);
                 if matches!(e, Error::Protocol(_)) {
@@ -364,6 +519,10 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
                 return Err(e);
             }
         };
+        state.enter(
+            if session.is_some() { BUSY } else { CHECKING },
+            Instant::now(),
+        );
         if let Some(s) = &session {
             if ctx.is_revoked(&s.user) {
                 inc(&ctx.counters.auth_failures);
@@ -534,6 +693,16 @@ fn serve(tcp: TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Result<()> {
         if close {
             return Ok(());
         }
+        // Waiting for the client again: for HELLO (the deadline still counts from the
+        // accept), or for the next request.
+        state.enter(
+            if session.is_some() {
+                IDLE
+            } else {
+                WAITING_HELLO
+            },
+            Instant::now(),
+        );
     }
 }
 
@@ -581,9 +750,19 @@ fn authenticate(
             return Ok(g.clone());
         }
     }
-    match ctx.authenticator.authenticate(user, secret.expose(), peer) {
+    // Counted as a failure before the (costly) check, in one step with the block check, so
+    // that logins arriving together cannot all be checked before any failure is counted;
+    // taken back below if it was not one.
+    let Some(attempt) = ctx.limiter.attempt(peer.ip(), user, now) else {
+        inc(&ctx.counters.auth_rate_limited);
+        return Err(fail(format!(
+            "too many failed logins from {}; try again later",
+            peer.ip()
+        )));
+    };
+    match ctx.authenticator.check(user, secret.expose(), peer) {
         Ok(g) => {
-            ctx.limiter.success(peer.ip(), user, now);
+            ctx.limiter.succeeded(attempt, Instant::now());
             ctx.known_good
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -594,8 +773,16 @@ fn authenticate(
                 .insert(cache_key, (g.clone(), now));
             Ok(g)
         }
-        Err(why) => {
-            ctx.limiter.failure(peer.ip(), user, now);
+        Err(Refusal::Busy(why)) => {
+            // Not a failed login: counted against nobody, and not an Auth refusal (the
+            // client tries again later).
+            ctx.limiter.withdraw(attempt);
+            inc(&ctx.counters.auth_busy);
+            Err(error(ErrorCode::Internal, why))
+        }
+        Err(Refusal::Denied(why)) => {
+            // The failure stays counted.
+            drop(attempt);
             let withdrawn = ctx
                 .known_good
                 .lock()
@@ -1252,6 +1439,70 @@ mod tests {
                 ..
             })
         )
+    }
+
+    #[test]
+    fn connection_deadlines_follow_the_phase() {
+        let t = Instant::now();
+        let c = ConnState::new(t);
+        // Before HELLO the deadline counts from the accept, whatever the client sends.
+        assert_eq!(c.deadline(), Some(t + HELLO_DEADLINE));
+        c.enter(CHECKING, t + Duration::from_secs(3));
+        assert_eq!(
+            c.deadline(),
+            None,
+            "checking a HELLO is the server's own work"
+        );
+        c.enter(WAITING_HELLO, t + Duration::from_secs(4));
+        assert_eq!(
+            c.deadline(),
+            Some(t + HELLO_DEADLINE),
+            "a refused HELLO gains nothing"
+        );
+        // Authenticated: idle for IDLE_TIMEOUT in all after the last answer.
+        c.enter(IDLE, t + Duration::from_secs(5));
+        assert_eq!(
+            c.deadline(),
+            Some(t + Duration::from_secs(5) + IDLE_TIMEOUT)
+        );
+        c.enter(BUSY, t + Duration::from_secs(6));
+        assert_eq!(
+            c.deadline(),
+            None,
+            "a request being served is bounded by its writes"
+        );
+        c.enter(IDLE, t + Duration::from_secs(100));
+        assert_eq!(
+            c.deadline(),
+            Some(t + Duration::from_secs(100) + IDLE_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn eviction_takes_connections_waiting_for_hello_first_oldest_first() {
+        let t = Instant::now();
+        let at = |s: u64, phase: u8| {
+            let c = ConnState::new(t + Duration::from_secs(s));
+            c.enter(phase, t + Duration::from_secs(s + 1));
+            c
+        };
+        let conns = [
+            at(0, IDLE),
+            at(1, CHECKING),
+            at(2, WAITING_HELLO),
+            at(3, BUSY),
+            at(4, WAITING_HELLO),
+        ];
+        let order = |cs: &[ConnState]| {
+            let mut ranked: Vec<(usize, (u8, Instant))> = cs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| Some((i, c.eviction_rank()?)))
+                .collect();
+            ranked.sort_by_key(|&(_, r)| r);
+            ranked.into_iter().map(|(i, _)| i).collect::<Vec<_>>()
+        };
+        assert_eq!(order(&conns), vec![2, 4, 1]);
     }
 
     #[test]
