@@ -14,8 +14,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 
-echo "== pip install pytest pytest-timeout mypy ./mcsync-py"
-"$PY" -m pip install --quiet pytest pytest-timeout mypy
+echo "== pip install pytest pytest-timeout mypy prometheus_client ./mcsync-py"
+"$PY" -m pip install --quiet pytest pytest-timeout mypy prometheus_client
 # Rebuilt every run (the version does not change between builds); mcsync has no
 # dependencies. pip fetches maturin into an isolated build environment.
 "$PY" -m pip install --quiet --force-reinstall --no-deps ./mcsync-py
@@ -26,6 +26,10 @@ export MYPY_CACHE_DIR="$PWD/target/mypy-cache"
 
 echo "== stub check (mypy.stubtest mcsync._mcsync)"
 (cd target && "../$PY" -m mypy.stubtest mcsync._mcsync)
+
+# The CLI, for the tests that scrape `mcsync serve/subscribe --metrics`.
+cargo build --quiet -p mcsync-cli
+export MCSYNC_BIN="$PWD/target/debug/mcsync"
 
 echo "== pytest mcsync-py/tests"
 status=0

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod metrics_http;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -11,6 +11,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::metrics_http::{self, MetricsServer};
+
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 /// Options of `mcsync serve`.
@@ -43,6 +45,10 @@ pub struct ServeArgs {
     /// Interface to multicast from.
     #[arg(long, default_value = "127.0.0.1")]
     interface: Ipv4Addr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477; port 0 picks
+    /// a free port, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Options of `mcsync subscribe`.
@@ -72,6 +78,10 @@ pub struct SubscribeArgs {
     /// Name to verify in the publisher's certificate (with --ca-file).
     #[arg(long)]
     server_name: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port, printed
+    /// at start).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// Options of `mcsync verify` and `mcsync resync`.
@@ -174,9 +184,19 @@ pub fn resync(a: CheckArgs) -> CliResult {
 /// Options of `mcsync status`.
 #[derive(Args)]
 pub struct StatusArgs {
-    /// Data directory of a publisher's store.
+    /// Data directory of a publisher's or a subscriber's store.
+    #[arg(long, required_unless_present = "metrics")]
+    data_dir: Option<PathBuf>,
+    /// Read a running `mcsync serve` or `mcsync subscribe` through its metrics endpoint
+    /// (its --metrics address) instead.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Refresh every --interval seconds until interrupted (with --metrics: rates too).
     #[arg(long)]
-    data_dir: PathBuf,
+    watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
 }
 
 /// `mcsync users` subcommands.
@@ -259,8 +279,17 @@ pub fn serve(a: ServeArgs) -> CliResult {
         cfg.identity = ServerIdentity::Files { cert, key };
     }
     let stats_file = a.data_dir.join("stats.txt");
-    let publisher = Publisher::open(cfg)?;
+    let publisher = std::sync::Arc::new(Publisher::open(cfg)?);
     let db = publisher.database(&a.database)?;
+    let _metrics = match a.metrics {
+        Some(addr) => {
+            let p = publisher.clone();
+            let m = MetricsServer::start(addr, move || p.metrics())?;
+            eprintln!("metrics on http://{}/metrics", m.addr());
+            Some(m)
+        }
+        None => None,
+    };
     println!(
         "serving database {:?} at version {} on {} (TLS 1.3, certificate SHA-256 fingerprint {}); multicast {}",
         a.database,
@@ -358,7 +387,16 @@ pub fn subscribe(a: SubscribeArgs) -> CliResult {
     cfg.server_name = a.server_name;
     cfg.user = a.user;
     cfg.secret = read_password(a.password_file.as_ref())?.into();
-    let s = Subscriber::open(cfg)?;
+    let s = std::sync::Arc::new(Subscriber::open(cfg)?);
+    let _metrics = match a.metrics {
+        Some(addr) => {
+            let s = s.clone();
+            let m = MetricsServer::start(addr, move || s.metrics())?;
+            eprintln!("metrics on http://{}/metrics", m.addr());
+            Some(m)
+        }
+        None => None,
+    };
     let sub = s.subscribe(&a.database, |u| {
         for op in &u.ops {
             match op.kind {
@@ -387,23 +425,151 @@ pub fn subscribe(a: SubscribeArgs) -> CliResult {
     }
 }
 
-/// Prints what a publisher's data directory holds.
+/// Prints what a data directory holds (a publisher's or a subscriber's), or what a running
+/// `mcsync serve` / `mcsync subscribe` reports through its metrics endpoint; with
+/// `--watch`, again every `--interval` seconds.
 pub fn status(a: StatusArgs) -> CliResult {
-    if let Ok(text) = std::fs::read_to_string(a.data_dir.join("stats.txt")) {
-        print!("{text}");
-    }
-    let store = match mcsync::store::PublisherStore::open(&a.data_dir, 1 << 20) {
-        Ok(store) => store,
-        // A running publisher holds the directory's lock; its stats.txt above is current.
-        Err(e) if e.kind() == mcsync::ErrorKind::Config => {
-            println!("{e}");
+    let interval = std::time::Duration::from_secs_f64(a.interval.clamp(0.1, 3600.0));
+    let mut previous: Option<(std::time::Instant, Samples)> = None;
+    loop {
+        if a.watch {
+            // Clear the screen and go home, like watch(1).
+            print!("\x1b[2J\x1b[H");
+        }
+        match (a.metrics, &a.data_dir) {
+            (Some(addr), _) => {
+                let now = std::time::Instant::now();
+                let s = metrics_http::samples(&metrics_http::scrape(addr)?);
+                print!(
+                    "{}",
+                    live_table(&s, previous.as_ref().map(|(t, p)| (now - *t, p)))
+                );
+                previous = Some((now, s));
+            }
+            (None, Some(dir)) => dir_status(dir)?,
+            (None, None) => return Err("give --data-dir or --metrics".into()),
+        }
+        if !a.watch {
             return Ok(ExitCode::SUCCESS);
         }
-        Err(e) => return Err(e.into()),
+        std::thread::sleep(interval);
+    }
+}
+
+type Samples = Vec<metrics_http::Sample>;
+
+fn sample(s: &Samples, name: &str, labels: &[(String, String)]) -> Option<f64> {
+    s.iter()
+        .find(|(n, l, _)| n == name && l == labels)
+        .map(|x| x.2)
+}
+
+/// Every series of metric `name`.
+fn series<'a>(s: &'a Samples, name: &'a str) -> impl Iterator<Item = &'a metrics_http::Sample> {
+    s.iter().filter(move |(n, _, _)| n == name)
+}
+
+/// A table of a live publisher's databases and subscribers, or a subscriber's
+/// subscriptions, from its metrics; rates from the previous scrape.
+fn live_table(s: &Samples, previous: Option<(std::time::Duration, &Samples)>) -> String {
+    let rate = |name: &str, labels: &[(String, String)]| -> String {
+        let Some((dt, p)) = previous else {
+            return "-".into();
+        };
+        match (sample(s, name, labels), sample(p, name, labels)) {
+            (Some(now), Some(before)) if dt.as_secs_f64() > 0.0 => {
+                format!("{:.0}/s", (now - before).max(0.0) / dt.as_secs_f64())
+            }
+            _ => "-".into(),
+        }
     };
+    let mut out = String::new();
+    for (_, l, v) in series(s, "mcsync_database_version") {
+        let db = &l[0].1;
+        out.push_str(&format!(
+            "database {db}: version {v}, journal from {}, commits {}\n",
+            sample(s, "mcsync_database_oldest_version", l).unwrap_or(0.0),
+            rate("mcsync_publisher_updates_committed_total", &[]),
+        ));
+    }
+    let mut rows = Vec::new();
+    for (_, l, lag) in series(s, "mcsync_subscriber_lag_versions") {
+        let get = |k: &str| l.iter().find(|(n, _)| n == k).map_or("", |x| x.1.as_str());
+        rows.push(format!(
+            "  {:<20} {:<12} {:<10} {:>10} {:>8} {:>7.2} % {:>9.1} ms{}",
+            get("id"),
+            get("user"),
+            get("database"),
+            sample(s, "mcsync_subscriber_applied_version", l).unwrap_or(0.0),
+            lag,
+            100.0 * sample(s, "mcsync_subscriber_loss_ratio", l).unwrap_or(0.0),
+            1e3 * sample(s, "mcsync_subscriber_latency_p99_seconds", l).unwrap_or(0.0),
+            if sample(s, "mcsync_subscriber_unicast_only", l) == Some(1.0) {
+                "  on unicast"
+            } else {
+                ""
+            }
+        ));
+    }
+    if !rows.is_empty() {
+        out.push_str(&format!(
+            "  {:<20} {:<12} {:<10} {:>10} {:>8} {:>9} {:>12}\n",
+            "subscriber", "user", "database", "version", "lag", "loss", "latency p99"
+        ));
+        for r in rows {
+            out.push_str(&r);
+            out.push('\n');
+        }
+    }
+    for (_, l, v) in series(s, "mcsync_subscription_version") {
+        let db = &l[0].1;
+        out.push_str(&format!(
+            "subscription {db}: version {v}, applied {}, loss {:.2} %, latency p99 {:.1} ms\n",
+            rate("mcsync_subscription_updates_applied_total", l),
+            sample(s, "mcsync_subscription_loss_ppm", l).unwrap_or(0.0) / 1e4,
+            sample(s, "mcsync_subscription_latency_p99_us", l).unwrap_or(0.0) / 1e3,
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("no databases or subscriptions yet\n");
+    }
+    out
+}
+
+/// What a data directory holds: a publisher's databases, or a subscriber's replicas.
+fn dir_status(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    if let Ok(text) = std::fs::read_to_string(dir.join("stats.txt")) {
+        print!("{text}");
+    }
+    // A subscriber's store has replicas and no journal; a publisher's the other way round.
+    match mcsync::store::SubscriberStore::open(dir, 1 << 20) {
+        Ok(store) if !store.database_names()?.is_empty() => {
+            for name in store.database_names()? {
+                let t = store.tables(&name)?;
+                let d = store.delivery_state(&name)?;
+                println!(
+                    "replica {name}: version {}, {} records, delivered to the host through {}, \
+                     incarnation {:016x}, registration {}",
+                    store.applied_version(&name)?,
+                    store.all(t)?.len(),
+                    d.delivered,
+                    store.incarnation(&name)?,
+                    store.subscriber_id(&name)?
+                );
+            }
+            return Ok(());
+        }
+        // A running publisher or subscriber holds the directory's lock.
+        Err(e) if e.kind() == mcsync::ErrorKind::Config => {
+            println!("{e} (use --metrics ADDR to read a running one)");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let store = mcsync::store::PublisherStore::open(dir, 1 << 20)?;
     let names = store.database_names()?;
     if names.is_empty() {
-        println!("{}: no databases", a.data_dir.display());
+        println!("{}: no databases", dir.display());
     }
     for name in names {
         let t = store.tables(&name)?;
@@ -414,5 +580,5 @@ pub fn status(a: StatusArgs) -> CliResult {
             store.state(t)?.len()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

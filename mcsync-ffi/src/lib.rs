@@ -53,11 +53,15 @@ mod bytes;
 /// Library version.
 mod library;
 
+/// Log records to the host.
+mod logging;
+
 pub use auth::*;
 pub use bytes::mcsync_bytes_free;
 pub use config::*;
 pub use error::{mcsync_last_error, mcsync_status, mcsync_status_str};
 pub use library::mcsync_version;
+pub use logging::*;
 pub use publisher::*;
 pub use resync::*;
 pub use stats::*;

@@ -242,6 +242,30 @@ pub unsafe extern "C" fn mcsync_publisher_stats(
     }
 }
 
+/// Renders every publisher counter and gauge, each database's version, and each registered
+/// subscriber's last report (lag, loss, latency) in the OpenMetrics text format that
+/// Prometheus scrapes (serve it with content type
+/// `application/openmetrics-text; version=1.0.0; charset=utf-8`). `*text` receives a
+/// NUL-terminated buffer (free it with `mcsync_bytes_free`), `*len` (optional, may be
+/// NULL) its length without the NUL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_publisher_metrics(
+    publisher: *const mcsync_publisher,
+    text: *mut *mut c_char,
+    len: *mut usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let p = borrow(publisher, "publisher")?;
+        let slot = out(text, "text")?;
+        let m = p.inner.metrics();
+        if !len.is_null() {
+            *len = m.len();
+        }
+        *slot = crate::bytes::bytes_to_c(m.as_bytes()).cast();
+        Ok(())
+    }
+}
+
 /// Waits until every commit that has returned is journaled durably and handed to
 /// multicast (immediate unless `mcsync_publisher_config_set_async_commits` is on). Errors:
 /// `MCSYNC_ERR_STORAGE` (a journal commit failed; the updates it held are lost),

@@ -902,6 +902,28 @@ pub unsafe extern "C" fn mcsync_subscription_stats(
     }
 }
 
+/// Renders every subscription's counters, gauges, version and latency histogram (labelled
+/// by database) in the OpenMetrics text format that Prometheus scrapes. `*text` receives a
+/// NUL-terminated buffer (free it with `mcsync_bytes_free`), `*len` (optional, may be
+/// NULL) its length without the NUL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_metrics(
+    subscriber: *const mcsync_subscriber,
+    text: *mut *mut c_char,
+    len: *mut usize,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscriber, "subscriber")?;
+        let slot = out(text, "text")?;
+        let m = s.inner.metrics();
+        if !len.is_null() {
+            *len = m.len();
+        }
+        *slot = bytes_to_c(m.as_bytes()).cast();
+        Ok(())
+    }
+}
+
 /// Writes whether the subscription is closed (by a close call, or stopped after a storage
 /// failure) to `*closed`. Thread-safe.
 #[no_mangle]

@@ -18,8 +18,28 @@ mod subscriber;
 mod update;
 
 /// Native part of the `mcsync` package; import `mcsync` instead.
+/// Drops the cache of the ``mcsync.*`` loggers' levels, so that levels changed with
+/// ``logging`` after mcsync logged its first records take effect.
+#[pyfunction]
+fn refresh_log_levels() {
+    if let Some(h) = LOG_CACHE.get() {
+        h.reset();
+    }
+}
+
+static LOG_CACHE: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
+
 #[pymodule]
 fn _mcsync(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Log records go to Python's `logging`, under the logger "mcsync" (targets such as
+    // "mcsync::subscriber" become "mcsync.subscriber"). Levels are looked up in Python once
+    // per logger and cached (so filtered-out records cost no GIL); `refresh_log_levels()`
+    // drops the cache after the host changes them. Fails only if another Rust logger is
+    // installed (then that one gets the records).
+    if let Ok(handle) = pyo3_log::try_init() {
+        let _ = LOG_CACHE.set(handle);
+    }
+    m.add_function(wrap_pyfunction!(refresh_log_levels, m)?)?;
     m.add_class::<publisher::PyPublisher>()?;
     m.add_class::<publisher::PyDatabase>()?;
     m.add_class::<publisher::PyTransaction>()?;

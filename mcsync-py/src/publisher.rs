@@ -397,6 +397,13 @@ impl PyPublisher {
         stats_dict(py, self.shared.core.stats().fields())
     }
 
+    /// Every counter and gauge, each database's version, and each registered subscriber's
+    /// last report (lag, loss, latency), in the OpenMetrics text format Prometheus scrapes
+    /// (content type ``application/openmetrics-text; version=1.0.0; charset=utf-8``).
+    fn metrics(&self) -> String {
+        self.shared.core.metrics()
+    }
+
     /// Rolls back the two-phase updates still prepared, stops accepting commits, multicasts
     /// what is queued for at most 2 s (the rest is in the journal, and subscribers fetch it
     /// from there), stops the repair server and joins every thread (with the GIL released).

@@ -293,6 +293,12 @@ impl PySubscriber {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// Every subscription's counters, gauges, version and latency histogram (labelled by
+    /// database), in the OpenMetrics text format Prometheus scrapes.
+    fn metrics(&self) -> String {
+        self.core.metrics()
+    }
+
     /// Closes every subscription and joins their threads (with the GIL released).
     /// Idempotent; replicas stay readable through their ``Subscription`` objects.
     fn close(&self, py: Python<'_>) -> PyResult<()> {

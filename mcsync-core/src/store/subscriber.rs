@@ -291,6 +291,23 @@ impl SubscriberStore {
             .read(|txn| Ok(get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0)))
     }
 
+    /// The databases this store holds a replica of (every one that was ever applied to),
+    /// in name order.
+    pub fn database_names(&self) -> Result<Vec<String>> {
+        self.env.read(|txn| {
+            let mut cur = txn.open_ro_cursor(self.meta)?;
+            let mut out = Vec::new();
+            for item in cur.iter_from(b"applied:") {
+                let (k, _) = item?;
+                let Some(name) = k.strip_prefix(b"applied:") else {
+                    break;
+                };
+                out.push(String::from_utf8_lossy(name).into_owned());
+            }
+            Ok(out)
+        })
+    }
+
     /// Records the history the replica of `name` belongs to.
     pub fn set_incarnation(&self, name: &str, id: u64) -> Result<()> {
         let key = incarnation_key(name);

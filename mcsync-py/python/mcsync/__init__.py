@@ -36,6 +36,7 @@ from ._mcsync import (
     __version__,
     add_user,
     close_all,
+    refresh_log_levels,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "__version__",
     "add_user",
     "close_all",
+    "refresh_log_levels",
 ]
 
 # Registered at import, so it runs after the atexit hooks a program registers later

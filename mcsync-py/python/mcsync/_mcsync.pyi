@@ -54,6 +54,9 @@ def add_user(
 def close_all() -> None:
     """Closes every open subscriber (with its subscriptions), then every publisher."""
 
+def refresh_log_levels() -> None:
+    """Makes changed levels of the ``mcsync.*`` loggers take effect."""
+
 class Error(Exception):
     """Base class of every error mcsync raises."""
 
@@ -292,6 +295,8 @@ class Publisher:
     def closed(self) -> bool: ...
     def stats(self) -> dict[str, int]:
         """A snapshot of the publisher's counters."""
+    def metrics(self) -> str:
+        """Counters, gauges and subscriber reports in the OpenMetrics text format."""
     def close(self) -> None:
         """Stops every thread. Idempotent."""
     def __enter__(self) -> Publisher: ...
@@ -427,6 +432,8 @@ class Subscriber:
         """Makes the local replica of ``name`` equal to the publisher's state by hashes."""
     @property
     def server(self) -> tuple[str, int]: ...
+    def metrics(self) -> str:
+        """Every subscription's counters and latency in the OpenMetrics text format."""
     @property
     def closed(self) -> bool: ...
     def close(self) -> None:
