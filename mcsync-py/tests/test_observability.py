@@ -32,9 +32,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_library_metrics_parse_and_count(
     publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
 ) -> None:
+    db = publisher.database("watched")
     s = make_subscriber()
     sub = s.subscribe("watched")
-    db = publisher.database("watched")
     for i in range(25):
         db.put(f"k{i}", "v")
     sub.wait_for_version(db.version, CONVERGE)
@@ -87,7 +87,7 @@ def test_cli_serve_and_subscribe_expose_metrics(tmp_path: Path) -> None:
     users = tmp_path / "users"
     mcsync.add_user(users, "ops", "ops-pw")
     group, port = unique_group()
-    serve = subprocess.Popen(
+    serve = subprocess.Popen(  # noqa: SIM115 (closed in finally)
         [binary, "serve", "--data-dir", str(tmp_path / "pub"), "--users", str(users),
          "--listen", "127.0.0.1:0", "--groups", f"{group}/32",
          "--ports", f"{port}-{port}", "--metrics", "127.0.0.1:0"],
@@ -131,6 +131,9 @@ def test_cli_serve_and_subscribe_expose_metrics(tmp_path: Path) -> None:
         for proc in procs:
             proc.kill()
             proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
 
 
 def test_log_records_reach_python_logging(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "Grant",
     "add_user",
     "close_all",
+    "refresh_log_levels",
     "Error",
     "ConfigError",
     "IoError",
