@@ -1130,8 +1130,8 @@ void mcsync_publisher_free(struct mcsync_publisher *publisher);
  * `key` (1..=511 bytes) and `value` (may be NULL when `value_len` is 0) are copied; they
  * are borrowed for the call only. On success, if `version` is not NULL, `*version`
  * receives the database version this put produced.
- * Errors: `MCSYNC_ERR_CONFIG` (empty or too long key), `MCSYNC_ERR_TOO_LARGE`, `MCSYNC_ERR_CLOSED`,
- * `MCSYNC_ERR_STORAGE`. Thread-safe; concurrent callers share one journal commit.
+ * Errors: `MCSYNC_ERR_CONFIG` (empty key), `MCSYNC_ERR_TOO_LARGE` (a key over 511 bytes, or
+ * an update over the maximum size), `MCSYNC_ERR_CLOSED`, `MCSYNC_ERR_STORAGE`. Thread-safe; concurrent callers share one journal commit.
  */
 enum mcsync_status mcsync_db_put(const struct mcsync_db *db,
                                  const uint8_t *key,
@@ -1187,8 +1187,9 @@ enum mcsync_status mcsync_txn_begin(const struct mcsync_db *db, struct mcsync_tx
 /**
  * Adds a put of `value` at `key` to the transaction. Both are copied (borrowed for the
  * call only); `value` may be NULL when `value_len` is 0. On failure (`MCSYNC_ERR_CONFIG`
- * for an empty key, `MCSYNC_ERR_TOO_LARGE` when the transaction would exceed the maximum
- * update size) the transaction is unchanged and still usable.
+ * for an empty key, `MCSYNC_ERR_TOO_LARGE` for a key over 511 bytes or when the
+ * transaction would exceed the maximum update size) the transaction is unchanged and still
+ * usable.
  */
 enum mcsync_status mcsync_txn_put(struct mcsync_txn *txn,
                                   const uint8_t *key,
@@ -1571,6 +1572,22 @@ enum mcsync_status mcsync_subscription_wait_for_version(const struct mcsync_subs
 enum mcsync_status mcsync_subscription_wait_caught_up(const struct mcsync_subscription *subscription,
                                                       uint64_t timeout_ms,
                                                       uint64_t *out_version);
+
+/**
+ * Blocks until the replica has caught up with the version the publisher has **now**, and
+ * every callback up to it has run, for at most `timeout_ms` milliseconds: no version needs
+ * to be known. The version is asked over a short control connection of its own (a
+ * registration, closed again at once, made with the subscriber's settings). On success
+ * writes that version to `*out_version` (optional: may be NULL). Returns `MCSYNC_OK`,
+ * `MCSYNC_ERR_TIMEOUT`, `MCSYNC_ERR_IO` (the publisher cannot be reached or does not
+ * answer), `MCSYNC_ERR_AUTH`, `MCSYNC_ERR_REFUSED`, `MCSYNC_ERR_CLOSED` (the subscription
+ * closed, or its subscriber was freed) or `MCSYNC_ERR_STORAGE` (it stopped on a storage
+ * failure). Thread-safe; never call it from the subscription's own callback (the version
+ * cannot advance while the callback runs).
+ */
+enum mcsync_status mcsync_subscription_wait_until_current(const struct mcsync_subscription *subscription,
+                                                          uint64_t timeout_ms,
+                                                          uint64_t *out_version);
 
 /**
  * Asks the subscription's process thread to resync its replica by hashes as soon as it
