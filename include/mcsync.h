@@ -128,6 +128,33 @@ typedef enum mcsync_op_kind {
 } mcsync_op_kind;
 
 /**
+ * Severity of a log record (`MCSYNC_LOG_ERROR` is the most severe).
+ */
+typedef enum mcsync_log_level {
+    /**
+     * Something failed (a storage error, a subscription stopped).
+     */
+    MCSYNC_LOG_ERROR = 1,
+    /**
+     * Something went wrong and was handled (a repair failed and is retried, a
+     * re-registration, a refused login).
+     */
+    MCSYNC_LOG_WARN = 2,
+    /**
+     * Life-cycle events (publisher started, key rotated, resync done).
+     */
+    MCSYNC_LOG_INFO = 3,
+    /**
+     * Details for debugging.
+     */
+    MCSYNC_LOG_DEBUG = 4,
+    /**
+     * Very verbose details.
+     */
+    MCSYNC_LOG_TRACE = 5,
+} mcsync_log_level;
+
+/**
  * A published database. Created by `mcsync_publisher_database`, freed by
  * `mcsync_db_free`. Thread-safe. It keeps working after its publisher is closed or freed,
  * but every write then fails with `MCSYNC_ERR_CLOSED`.
@@ -500,6 +527,17 @@ typedef struct mcsync_resync_report {
      */
     size_t differing_ranges_len;
 } mcsync_resync_report;
+
+/**
+ * Receives one log record. `target` is where it comes from (e.g. `"mcsync::subscriber"`),
+ * `message` the text; both are NUL-terminated and valid only during the call. Called on
+ * mcsync's own threads, possibly several at once: it must be thread-safe and must not
+ * call back into mcsync (such calls' own records are dropped rather than recursing).
+ */
+typedef void (*mcsync_log_callback)(enum mcsync_log_level level,
+                                    const char *target,
+                                    const char *message,
+                                    void *user_data);
 
 #ifdef __cplusplus
 extern "C" {
@@ -1033,6 +1071,18 @@ enum mcsync_status mcsync_publisher_stats(const struct mcsync_publisher *publish
                                           struct mcsync_stats **out_stats);
 
 /**
+ * Renders every publisher counter and gauge, each database's version, and each registered
+ * subscriber's last report (lag, loss, latency) in the OpenMetrics text format that
+ * Prometheus scrapes (serve it with content type
+ * `application/openmetrics-text; version=1.0.0; charset=utf-8`). `*text` receives a
+ * NUL-terminated buffer (free it with `mcsync_bytes_free`), `*len` (optional, may be
+ * NULL) its length without the NUL. Thread-safe.
+ */
+enum mcsync_status mcsync_publisher_metrics(const struct mcsync_publisher *publisher,
+                                            char **text,
+                                            size_t *len);
+
+/**
  * Waits until every commit that has returned is journaled durably and handed to
  * multicast (immediate unless `mcsync_publisher_config_set_async_commits` is on). Errors:
  * `MCSYNC_ERR_STORAGE` (a journal commit failed; the updates it held are lost),
@@ -1130,8 +1180,8 @@ void mcsync_publisher_free(struct mcsync_publisher *publisher);
  * `key` (1..=511 bytes) and `value` (may be NULL when `value_len` is 0) are copied; they
  * are borrowed for the call only. On success, if `version` is not NULL, `*version`
  * receives the database version this put produced.
- * Errors: `MCSYNC_ERR_CONFIG` (empty or too long key), `MCSYNC_ERR_TOO_LARGE`, `MCSYNC_ERR_CLOSED`,
- * `MCSYNC_ERR_STORAGE`. Thread-safe; concurrent callers share one journal commit.
+ * Errors: `MCSYNC_ERR_CONFIG` (empty key), `MCSYNC_ERR_TOO_LARGE` (a key over 511 bytes, or
+ * an update over the maximum size), `MCSYNC_ERR_CLOSED`, `MCSYNC_ERR_STORAGE`. Thread-safe; concurrent callers share one journal commit.
  */
 enum mcsync_status mcsync_db_put(const struct mcsync_db *db,
                                  const uint8_t *key,
@@ -1187,8 +1237,9 @@ enum mcsync_status mcsync_txn_begin(const struct mcsync_db *db, struct mcsync_tx
 /**
  * Adds a put of `value` at `key` to the transaction. Both are copied (borrowed for the
  * call only); `value` may be NULL when `value_len` is 0. On failure (`MCSYNC_ERR_CONFIG`
- * for an empty key, `MCSYNC_ERR_TOO_LARGE` when the transaction would exceed the maximum
- * update size) the transaction is unchanged and still usable.
+ * for an empty key, `MCSYNC_ERR_TOO_LARGE` for a key over 511 bytes or when the
+ * transaction would exceed the maximum update size) the transaction is unchanged and still
+ * usable.
  */
 enum mcsync_status mcsync_txn_put(struct mcsync_txn *txn,
                                   const uint8_t *key,
@@ -1573,6 +1624,22 @@ enum mcsync_status mcsync_subscription_wait_caught_up(const struct mcsync_subscr
                                                       uint64_t *out_version);
 
 /**
+ * Blocks until the replica has caught up with the version the publisher has **now**, and
+ * every callback up to it has run, for at most `timeout_ms` milliseconds: no version needs
+ * to be known. The version is asked over a short control connection of its own (a
+ * registration, closed again at once, made with the subscriber's settings). On success
+ * writes that version to `*out_version` (optional: may be NULL). Returns `MCSYNC_OK`,
+ * `MCSYNC_ERR_TIMEOUT`, `MCSYNC_ERR_IO` (the publisher cannot be reached or does not
+ * answer), `MCSYNC_ERR_AUTH`, `MCSYNC_ERR_REFUSED`, `MCSYNC_ERR_CLOSED` (the subscription
+ * closed, or its subscriber was freed) or `MCSYNC_ERR_STORAGE` (it stopped on a storage
+ * failure). Thread-safe; never call it from the subscription's own callback (the version
+ * cannot advance while the callback runs).
+ */
+enum mcsync_status mcsync_subscription_wait_until_current(const struct mcsync_subscription *subscription,
+                                                          uint64_t timeout_ms,
+                                                          uint64_t *out_version);
+
+/**
  * Asks the subscription's process thread to resync its replica by hashes as soon as it
  * can (as `mcsync_subscriber_resync` does, but while subscribed): for a store restored
  * from a backup or edited by hand. Returns at once. Update callbacks then see what changed
@@ -1588,6 +1655,16 @@ enum mcsync_status mcsync_subscription_request_resync(const struct mcsync_subscr
  */
 enum mcsync_status mcsync_subscription_stats(const struct mcsync_subscription *subscription,
                                              struct mcsync_stats **out_stats);
+
+/**
+ * Renders every subscription's counters, gauges, version and latency histogram (labelled
+ * by database) in the OpenMetrics text format that Prometheus scrapes. `*text` receives a
+ * NUL-terminated buffer (free it with `mcsync_bytes_free`), `*len` (optional, may be
+ * NULL) its length without the NUL. Thread-safe.
+ */
+enum mcsync_status mcsync_subscriber_metrics(const struct mcsync_subscriber *subscriber,
+                                             char **text,
+                                             size_t *len);
 
 /**
  * Writes whether the subscription is closed (by a close call, or stopped after a storage
@@ -1665,6 +1742,22 @@ void mcsync_bytes_free(uint8_t *value);
  * Thread-safe.
  */
 const char *mcsync_version(void);
+
+/**
+ * Sends mcsync's log records at `max_level` (an `mcsync_log_level`) and more severe to
+ * `callback` (NULL: stop
+ * sending; records are then dropped, as before the first call). Records come from every
+ * mcsync thread of the process (all publishers and subscribers). `user_data` is passed to
+ * each call; it and the callback must stay valid until the callback is replaced or the
+ * process ends, and both must be safe to use from any thread.
+ *
+ * Errors: `MCSYNC_ERR_RANGE` for a level outside 1..=5; `MCSYNC_ERR_CONFIG` when the
+ * process already has another Rust logger (a Rust host that installed its own: use that
+ * one). Thread-safe; may be called again at any time to change the callback or level.
+ */
+enum mcsync_status mcsync_set_log_callback(mcsync_log_callback callback,
+                                           void *user_data,
+                                           int max_level);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and installs the Python package into a virtualenv (target/py-venv) the way a user
 # would (`pip install ./mcsync-py`, maturin pulled in by pip), then runs its pytest suite with
-# warnings as errors and checks the type stub against the built module.
+# warnings as errors, checks the type stub against the built module, and type-checks a
+# program using it with mypy --strict.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -26,6 +27,9 @@ export MYPY_CACHE_DIR="$PWD/target/mypy-cache"
 
 echo "== stub check (mypy.stubtest mcsync._mcsync)"
 (cd target && "../$PY" -m mypy.stubtest mcsync._mcsync)
+
+echo "== mypy --strict mcsync-py/tests/typing_check.py (a program using the stub)"
+"$PY" -m mypy --strict mcsync-py/tests/typing_check.py
 
 # The CLI, for the tests that scrape `mcsync serve/subscribe --metrics`.
 cargo build --quiet -p mcsync-cli

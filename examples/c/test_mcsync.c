@@ -515,7 +515,11 @@ static int run_converge(const char *workdir, const char *group, int port, uint64
     ASSERT(db_version == version);
 
     for (int s = 0; s < 2; s++) {
-        mcsync_status st = mcsync_subscription_wait_for_version(sub[s], version, 180000);
+        /* Subscriber 1 waits for the version the publisher has now without being told it. */
+        uint64_t current = 0;
+        mcsync_status st = s == 0 ? mcsync_subscription_wait_until_current(sub[s], 180000, &current)
+                                  : mcsync_subscription_wait_for_version(sub[s], version, 180000);
+        ASSERT(s == 1 || st != MCSYNC_OK || current == version);
         if (st != MCSYNC_OK) {
             uint64_t at = 0;
             mcsync_subscription_version(sub[s], &at);
@@ -564,10 +568,21 @@ static int run_converge(const char *workdir, const char *group, int port, uint64
     mcsync_stats_free(pstats);
 
     for (int s = 0; s < 2; s++) {
+        if (s == 1) {
+            /* The subscriber freed first: its subscription can no longer ask the publisher,
+             * and stays readable. */
+            mcsync_subscriber_free(subscriber[s]);
+            ASSERT(recorder_get(&rec[s], &rec[s].freed) == 1);
+            EXPECT(mcsync_subscription_wait_until_current(sub[s], 1000, NULL), MCSYNC_ERR_CLOSED);
+            uint64_t at = 0;
+            CHECK(mcsync_subscription_version(sub[s], &at));
+            ASSERT(at == version);
+        }
         CHECK(mcsync_subscription_close(sub[s]));
         mcsync_subscription_free(sub[s]);
         ASSERT(recorder_get(&rec[s], &rec[s].freed) == 1);
-        mcsync_subscriber_free(subscriber[s]);
+        if (s == 0)
+            mcsync_subscriber_free(subscriber[s]);
     }
     mcsync_db_free(db);
     CHECK(mcsync_publisher_close(pub));
@@ -887,6 +902,7 @@ static void misuse_null_handles(void)
     EXPECT(mcsync_subscription_get(NULL, (const uint8_t *)"k", 1, NULL, NULL), MCSYNC_ERR_NULL);
     EXPECT(mcsync_subscription_version(NULL, &v), MCSYNC_ERR_NULL);
     EXPECT(mcsync_subscription_wait_for_version(NULL, 1, 1), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscription_wait_until_current(NULL, 1, &v), MCSYNC_ERR_NULL);
     EXPECT(mcsync_subscription_close(NULL), MCSYNC_ERR_NULL);
     EXPECT(mcsync_subscription_iter_next(NULL, NULL, NULL, NULL, NULL, NULL), MCSYNC_ERR_NULL);
     EXPECT(mcsync_stats_count(NULL, NULL), MCSYNC_ERR_NULL);
@@ -1075,6 +1091,7 @@ static void misuse_self_close(const char *workdir, mcsync_publisher *pub, const 
          * closed, not a timeout. */
         EXPECT(mcsync_subscription_wait_for_version(sub, version + 1000, 5000),
                MCSYNC_ERR_CLOSED);
+        EXPECT(mcsync_subscription_wait_until_current(sub, 5000, NULL), MCSYNC_ERR_CLOSED);
         bool closed = false;
         CHECK(mcsync_subscription_is_closed(sub, &closed));
         ASSERT(closed);

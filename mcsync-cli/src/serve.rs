@@ -551,7 +551,7 @@ fn dir_status(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
                     "replica {name}: version {}, {} records, delivered to the host through {}, \
                      incarnation {:016x}, registration {}",
                     store.applied_version(&name)?,
-                    store.all(t)?.len(),
+                    store.count(t)?,
                     d.delivered,
                     store.incarnation(&name)?,
                     store.subscriber_id(&name)?

@@ -443,6 +443,9 @@ impl SubscriberConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         check_interface(self.interface, "subscriber interface")?;
+        // How the publisher is checked (a fingerprint's form, the CA file, the server name,
+        // plaintext only to loopback): refused now rather than at the first subscribe.
+        crate::net::tls::ClientTls::new(&self.trust, self.server, self.server_name.as_deref())?;
         if let Some(l) = &self.loss {
             if !(0.0..=1.0).contains(&l.probability) || l.burst_len == 0 {
                 return Err(Error::Config(
@@ -501,5 +504,29 @@ mod interface_tests {
             crate::ServerTrust::InsecureLoopback,
         );
         assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn how_the_publisher_is_checked_is_refused_at_open_when_malformed() {
+        let config =
+            |server: &str, trust| SubscriberConfig::new("/tmp/x", server.parse().unwrap(), trust);
+        let fp = |f: &str| crate::ServerTrust::Fingerprint(f.to_owned());
+        let e = config("127.0.0.1:1", fp("abc")).validate().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert!(e.to_string().contains("not 64 hex digits"), "{e}");
+        let e = config("10.1.2.3:1", crate::ServerTrust::InsecureLoopback)
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("loopback only"), "{e}");
+        let e = config(
+            "127.0.0.1:1",
+            crate::ServerTrust::CaFile("/no/such/ca.pem".into()),
+        )
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config, "{e}");
+        assert!(config("127.0.0.1:1", fp(&"Ab:".repeat(32)))
+            .validate()
+            .is_ok());
     }
 }

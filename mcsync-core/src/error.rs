@@ -97,6 +97,23 @@ impl Error {
         }
     }
 
+    /// The message without the kind it is displayed with (`Display` gives
+    /// `"auth: <message>"`): for a binding whose exception class already names the kind,
+    /// or for wrapping one error's text in another's.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Io { context, source } => format!("{context}: {source}"),
+            Error::Config(m)
+            | Error::Storage(m)
+            | Error::Protocol(m)
+            | Error::Auth(m)
+            | Error::Closed(m)
+            | Error::Timeout(m)
+            | Error::TooLarge(m)
+            | Error::Refused(m) => m.clone(),
+        }
+    }
+
     /// Wraps an I/O error with what mcsync was doing when it happened.
     pub fn io(context: impl fmt::Display, source: std::io::Error) -> Error {
         Error::Io {

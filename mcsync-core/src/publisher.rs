@@ -18,7 +18,7 @@ use crate::store::publisher::{DbTables, JournalEntry};
 use crate::store::PublisherStore;
 use crate::wire::control::DatabaseInfo;
 use crate::wire::update::{
-    encode_record, update_encoded_len, update_to_vec, validate_op, RecordKind,
+    encode_record, update_encoded_len, update_to_vec, validate_op, RecordKind, MAX_KEY_LEN,
 };
 use crate::{Error, Op, Result, Update};
 use crossbeam_channel as chan;
@@ -578,21 +578,13 @@ fn rotate(inner: &Inner, db: &DbShared) -> Result<u32> {
     Ok(epoch)
 }
 
-/// Free bytes available to unprivileged writers in `dir`, if the OS says.
-fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
-}
-
 /// Trims each database's journal per the retention policy (down to the minimum count
 /// when the disk runs low, which is logged and counted).
 fn apply_retention(inner: &Inner) -> Result<u64> {
     let mut policy = inner.config.retention.clone();
-    if free_disk_bytes(&inner.config.data_dir).is_some_and(|f| f < policy.min_free_disk_bytes) {
+    if crate::store::free_disk_bytes(&inner.config.data_dir)
+        .is_some_and(|f| f < policy.min_free_disk_bytes)
+    {
         inc(&inner.counters.disk_low);
         log::error!(
             "data directory {} has less than {} bytes free: trimming journals to their minimum",
@@ -1125,8 +1117,9 @@ fn commit_batch(
             add(&c.commits_refused, batch.len() as u64);
             for r in batch {
                 let _ = r.reply.send(Err(Error::Storage(format!(
-                    "journal commit for database {:?} failed: {e}",
-                    r.db.name
+                    "journal commit for database {:?} failed: {}",
+                    r.db.name,
+                    e.message()
                 ))));
             }
         }
@@ -1258,7 +1251,7 @@ fn writer_loop(
                     group.len()
                 );
                 add(&c.commits_lost, group.len() as u64);
-                failure = Some(e.to_string());
+                failure = Some(e.message());
                 *lock(&shared.failed) = failure.clone();
             }
         }
@@ -1348,8 +1341,9 @@ fn finish_round(
         };
         store.append(&[entry]).map(|_| v).map_err(|e| {
             Error::Storage(format!(
-                "journal commit of two-phase version {v} of database {:?} failed: {e}",
-                db.name
+                "journal commit of two-phase version {v} of database {:?} failed: {}",
+                db.name,
+                e.message()
             ))
         })
     } else {
@@ -1467,6 +1461,14 @@ impl Database {
 
 impl Transaction {
     fn push(&mut self, op: Op) -> Result<()> {
+        if op.key.len() > MAX_KEY_LEN {
+            // Too large, like a value: the same error for either.
+            return Err(Error::TooLarge(format!(
+                "database {:?}: key of {} bytes exceeds {MAX_KEY_LEN} (LMDB's key limit)",
+                self.db.name(),
+                op.key.len()
+            )));
+        }
         validate_op(&op)
             .map_err(|m| Error::Config(format!("database {:?}: {m}", self.db.name())))?;
         let len = op.encoded_len();
@@ -1474,7 +1476,9 @@ impl Transaction {
         if self.encoded_len + len > max {
             inc(&self.db.inner.counters.commits_refused);
             return Err(Error::TooLarge(format!(
-                "transaction on database {:?} would be {} bytes; the maximum is {max}",
+                "transaction on database {:?} would be {} bytes encoded (keys, values and \
+                 groups, plus 21 bytes per update, 12 per put and 8 per delete); the maximum is \
+                 {max} (max_update_bytes)",
                 self.db.name(),
                 self.encoded_len + len
             )));

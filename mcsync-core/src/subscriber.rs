@@ -1802,6 +1802,82 @@ impl Subscription {
         Ok(v)
     }
 
+    /// Waits until the replica has caught up with the version the publisher has **now**,
+    /// and every callback up to it has run; returns that version. Unlike
+    /// [`wait_caught_up`](Self::wait_caught_up) (the version at registration) it needs no
+    /// version from the caller: it asks the publisher, over a short control connection of
+    /// its own made with `subscriber`'s configuration (see
+    /// [`publisher_version`](Self::publisher_version)); `subscriber` is the one this
+    /// subscription was made by. `timeout` covers the question and the wait. Fails like
+    /// [`wait_for_version`](Self::wait_for_version), and with the connection's errors
+    /// (`Io` when the publisher cannot be reached or does not answer in time, `Auth`,
+    /// `Refused`).
+    pub fn wait_until_current(&self, subscriber: &Subscriber, timeout: Duration) -> Result<u64> {
+        let start = Instant::now();
+        if self.is_closed() {
+            // Says why without asking the publisher: closed, a storage failure, revoked.
+            self.wait_for_version(u64::MAX, Duration::ZERO)?;
+        }
+        let v = self.publisher_version(subscriber, timeout)?;
+        match self.wait_for_version(v, timeout.saturating_sub(start.elapsed())) {
+            Err(Error::Timeout(_)) => Err(Error::Timeout(format!(
+                "database {:?} at version {} after {timeout:?}, waiting for {v} (the \
+                 publisher's version when asked)",
+                self.shared.name,
+                self.version()
+            ))),
+            other => other.map(|()| v),
+        }
+    }
+
+    /// The publisher's latest version of this database, asked over a new control
+    /// connection (a registration closed again at once) made with `subscriber`'s
+    /// configuration; `subscriber` is the one this subscription was made by. Its reads and
+    /// writes time out after `io_timeout` or the subscriber's `repair_io_timeout`,
+    /// whichever is shorter.
+    pub fn publisher_version(&self, subscriber: &Subscriber, io_timeout: Duration) -> Result<u64> {
+        if !Arc::ptr_eq(&subscriber.store, &self.shared.store) {
+            return Err(Error::Config(format!(
+                "the subscription to {:?} was made by another subscriber",
+                self.shared.name
+            )));
+        }
+        let cfg = &subscriber.config;
+        let identity = ClientIdentity {
+            server: cfg.server,
+            tls: ClientTls::new(&cfg.trust, cfg.server, cfg.server_name.as_deref())?,
+            user: cfg.user.clone(),
+            secret: cfg.secret.clone(),
+            client_name: cfg.client_name.clone(),
+        };
+        // HELLO_OK carries keys and groups, never updates.
+        let max_frame = crate::wire::control::MAX_LIST_ENTRIES * 16 + 64;
+        let timeout = io_timeout
+            .min(cfg.repair_io_timeout)
+            .max(Duration::from_millis(1));
+        let mut client = RepairClient::new(identity, &self.shared.name, timeout, max_frame);
+        let info = client.hello()?;
+        if let Err(e) = client.close_subscription() {
+            log::debug!("{}: closing a version query: {e}", self.shared.name);
+        }
+        Ok(info.current_version)
+    }
+
+    /// Number of records in the replica (LMDB's entry count; no record is read).
+    pub fn len(&self) -> Result<u64> {
+        self.shared.store.count(self.shared.tables)
+    }
+
+    /// Whether the replica holds no record.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Every key of the replica in key order, as of one consistent version.
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        self.shared.store.keys(self.shared.tables)
+    }
+
     /// A snapshot of the subscription's counters.
     pub fn stats(&self) -> SubscriptionStats {
         self.shared.stats()

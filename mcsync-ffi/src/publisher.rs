@@ -483,8 +483,8 @@ pub unsafe extern "C" fn mcsync_publisher_free(publisher: *mut mcsync_publisher)
 /// `key` (1..=511 bytes) and `value` (may be NULL when `value_len` is 0) are copied; they
 /// are borrowed for the call only. On success, if `version` is not NULL, `*version`
 /// receives the database version this put produced.
-/// Errors: `MCSYNC_ERR_CONFIG` (empty or too long key), `MCSYNC_ERR_TOO_LARGE`, `MCSYNC_ERR_CLOSED`,
-/// `MCSYNC_ERR_STORAGE`. Thread-safe; concurrent callers share one journal commit.
+/// Errors: `MCSYNC_ERR_CONFIG` (empty key), `MCSYNC_ERR_TOO_LARGE` (a key over 511 bytes, or
+/// an update over the maximum size), `MCSYNC_ERR_CLOSED`, `MCSYNC_ERR_STORAGE`. Thread-safe; concurrent callers share one journal commit.
 #[no_mangle]
 pub unsafe extern "C" fn mcsync_db_put(
     db: *const mcsync_db,
@@ -598,8 +598,9 @@ pub unsafe extern "C" fn mcsync_txn_begin(
 
 /// Adds a put of `value` at `key` to the transaction. Both are copied (borrowed for the
 /// call only); `value` may be NULL when `value_len` is 0. On failure (`MCSYNC_ERR_CONFIG`
-/// for an empty key, `MCSYNC_ERR_TOO_LARGE` when the transaction would exceed the maximum
-/// update size) the transaction is unchanged and still usable.
+/// for an empty key, `MCSYNC_ERR_TOO_LARGE` for a key over 511 bytes or when the
+/// transaction would exceed the maximum update size) the transaction is unchanged and still
+/// usable.
 #[no_mangle]
 pub unsafe extern "C" fn mcsync_txn_put(
     txn: *mut mcsync_txn,

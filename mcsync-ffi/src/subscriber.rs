@@ -12,7 +12,7 @@ use mcsync_core::{OpKind, Record, SubscribeOptions, Subscriber, Subscription, Up
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// What an operation in an update does.
@@ -139,7 +139,8 @@ pub type mcsync_free_callback = Option<unsafe extern "C" fn(user_data: *mut c_vo
 /// A subscriber: a local LMDB store holding replicas of the databases it subscribes to.
 /// Opened by `mcsync_subscriber_open`, freed by `mcsync_subscriber_free`. Thread-safe.
 pub struct mcsync_subscriber {
-    inner: Subscriber,
+    /// Shared (weakly) with its subscriptions, for `mcsync_subscription_wait_until_current`.
+    inner: Arc<Subscriber>,
     /// Set by close; the flags of every subscription made, so closing the subscriber also
     /// stops callbacks at once when it is closed from inside one.
     state: Mutex<SubscriberState>,
@@ -156,6 +157,9 @@ struct SubscriberState {
 /// the process thread applying updates.
 pub struct mcsync_subscription {
     inner: Subscription,
+    /// The subscriber that made it (whose configuration reaches the publisher); the
+    /// subscriber's handle owns it.
+    subscriber: Weak<Subscriber>,
     /// Shared with the callback: once set, no further callback starts.
     stopped: Arc<AtomicBool>,
 }
@@ -322,7 +326,7 @@ pub unsafe extern "C" fn mcsync_subscriber_open(
         let slot = out(out_subscriber, "out_subscriber")?;
         let subscriber = Subscriber::open(cfg)?;
         *slot = into_handle(mcsync_subscriber {
-            inner: subscriber,
+            inner: Arc::new(subscriber),
             state: Mutex::new(SubscriberState::default()),
         });
         Ok(())
@@ -532,6 +536,7 @@ unsafe fn subscribe(
     drop(state);
     *slot = into_handle(mcsync_subscription {
         inner: subscription,
+        subscriber: Arc::downgrade(&s.inner),
         stopped,
     });
     Ok(())
@@ -641,6 +646,8 @@ pub unsafe extern "C" fn mcsync_subscriber_free(subscriber: *mut mcsync_subscrib
     ffi_panic_boundary! { on_panic = ();
         if let Some(s) = subscriber.as_ref() {
             stop_all(s);
+            // Explicit: a wait_until_current in progress holds the subscriber too.
+            let _ = s.inner.close();
         }
         free_handle(subscriber)
     }
@@ -859,6 +866,41 @@ pub unsafe extern "C" fn mcsync_subscription_wait_caught_up(
     ffi_panic_boundary! {
         let s = borrow(subscription, "subscription")?;
         let v = s.inner.wait_caught_up(Duration::from_millis(timeout_ms))?;
+        set_optional(out_version, v);
+        Ok(())
+    }
+}
+
+/// Blocks until the replica has caught up with the version the publisher has **now**, and
+/// every callback up to it has run, for at most `timeout_ms` milliseconds: no version needs
+/// to be known. The version is asked over a short control connection of its own (a
+/// registration, closed again at once, made with the subscriber's settings). On success
+/// writes that version to `*out_version` (optional: may be NULL). Returns `MCSYNC_OK`,
+/// `MCSYNC_ERR_TIMEOUT`, `MCSYNC_ERR_IO` (the publisher cannot be reached or does not
+/// answer), `MCSYNC_ERR_AUTH`, `MCSYNC_ERR_REFUSED`, `MCSYNC_ERR_CLOSED` (the subscription
+/// closed, or its subscriber was freed) or `MCSYNC_ERR_STORAGE` (it stopped on a storage
+/// failure). Thread-safe; never call it from the subscription's own callback (the version
+/// cannot advance while the callback runs).
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscription_wait_until_current(
+    subscription: *const mcsync_subscription,
+    timeout_ms: u64,
+    out_version: *mut u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let s = borrow(subscription, "subscription")?;
+        let subscriber = s.subscriber.upgrade().ok_or_else(|| {
+            FfiError::new(
+                mcsync_status::MCSYNC_ERR_CLOSED,
+                format!(
+                    "the subscriber of the subscription to {:?} was freed",
+                    s.inner.name()
+                ),
+            )
+        })?;
+        let v = s
+            .inner
+            .wait_until_current(&subscriber, Duration::from_millis(timeout_ms))?;
         set_optional(out_version, v);
         Ok(())
     }

@@ -24,6 +24,52 @@ pub(crate) fn bytes_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>>
     }
 }
 
+/// A list of names (access groups, databases): a list, tuple or other iterable of `str`,
+/// or `None`. A lone `str` is refused with a hint (iterating it would give its letters).
+pub(crate) fn names_arg(
+    obj: Option<&Bound<'_, PyAny>>,
+    what: &str,
+) -> PyResult<Option<Vec<String>>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    let type_name = |o: &Bound<'_, PyAny>| {
+        o.get_type()
+            .name()
+            .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+    };
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a list of str, not a str: write {what}=[{}]",
+            s.repr()?
+        )));
+    }
+    if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a list of str, not {}",
+            type_name(obj)
+        )));
+    }
+    let items = obj.try_iter().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a list of str, not {}",
+            type_name(obj)
+        ))
+    })?;
+    let mut out = Vec::new();
+    for item in items {
+        let item = item?;
+        let s = item.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{what} must be a list of str, not a list holding {}",
+                type_name(&item)
+            ))
+        })?;
+        out.push(s.to_cow()?.into_owned());
+    }
+    Ok(Some(out))
+}
+
 /// A socket address: `"host:port"` or `(host, port)`; IPv4 preferred when a name resolves
 /// to several addresses.
 pub(crate) fn socket_addr_arg(

@@ -136,7 +136,19 @@ pub(crate) fn raise(py: Python<'_>, kind: mcsync::ErrorKind, message: impl Into<
 
 /// Converts a core error into its exception.
 pub(crate) fn to_py(py: Python<'_>, e: mcsync::Error) -> PyErr {
-    raise(py, e.kind(), e.to_string())
+    raise(py, e.kind(), message_of(&e))
+}
+
+/// The message of a core error without the kind the engine's text starts with ("auth: ...",
+/// repeated when a failure was passed on): the exception's class says it already.
+pub(crate) fn message_of(e: &mcsync::Error) -> String {
+    let text = e.message();
+    let prefix = format!("{}: ", e.kind().as_str());
+    let mut m = text.as_str();
+    while let Some(rest) = m.strip_prefix(&prefix) {
+        m = rest;
+    }
+    m.to_owned()
 }
 
 /// `mcsync::Result` → `PyResult`, mapping the error once.

@@ -131,7 +131,9 @@ pub(crate) fn track_subscriber(s: &Arc<mcsync::Subscriber>) {
 ///
 /// The ``mcsync`` package registers this with ``atexit``, so a script that forgets to close
 /// still exits. Objects stay usable for reading a replica; writes and waits raise
-/// ``ClosedError``.
+/// ``ClosedError``. Python runs ``atexit`` hooks only after every non-daemon thread has
+/// ended: a non-daemon thread blocked in a wait without a timeout keeps the script alive
+/// (until Ctrl-C); make such threads daemon threads or give their waits a timeout.
 #[pyfunction]
 pub(crate) fn close_all(py: Python<'_>) {
     let subscribers = live(&SUBSCRIBERS);

@@ -6,7 +6,7 @@
 //! before it closes; a one-phase commit queued behind one waits interruptibly.
 
 use crate::convert::{addr_tuple, bytes_arg, finite_timeout_arg, ipv4_arg, records_list};
-use crate::convert::{seconds_arg, socket_addr_arg, stats_dict};
+use crate::convert::{names_arg, seconds_arg, socket_addr_arg, stats_dict};
 use crate::errors::{config_error, raise, OrRaise};
 use crate::lifecycle::{interruptible, track_publisher, ReleaseOnDrop};
 use crate::security::{authentication_arg, identity_arg, schedule_arg};
@@ -163,7 +163,9 @@ impl Drop for Preparing {
 /// at ``None`` take the engine's defaults: groups from ``239.255.77.1`` (256 of them, one
 /// per database), port ``47100``, interface ``127.0.0.1``, TTL 1, control server on
 /// ``127.0.0.1`` with a free port, datagrams of 1,400 bytes, 40,000 packets/s, updates up
-/// to 16 MiB. Durations are in seconds.
+/// to 16 MiB encoded (``max_update_bytes`` counts keys, values and access groups plus 21
+/// bytes per update, 12 per put and 8 per delete: one put's value can be up to
+/// ``max_update_bytes - 33 - len(key)``). Durations are in seconds.
 ///
 /// Security: the control channel is TLS 1.3 with a self-signed certificate kept in
 /// ``data_dir`` (subscribers pin ``fingerprint``), or ``certificate`` and ``private_key``
@@ -274,6 +276,19 @@ impl PyPublisher {
         if let Some(a) = authentication_arg(py, users, authenticator, open_access)? {
             c.authentication = a;
         }
+        if let mcsync::Authentication::UsersFile(path) = &c.authentication {
+            if !path.exists() {
+                let shown = path.display().to_string();
+                return Err(config_error(
+                    py,
+                    format!(
+                        "no users file at {shown}: add users with mcsync.add_user({shown:?}, \
+                         user, password) (or the CLI: mcsync users add), pass authenticator=, \
+                         or open_access=True to let anyone subscribe (tests and demos)"
+                    ),
+                ));
+            }
+        }
         if let Some(secs) = key_rotation_interval {
             c.key_rotation_interval = Some(seconds_arg(py, secs, "key_rotation_interval")?);
         }
@@ -380,7 +395,8 @@ impl PyPublisher {
         })
     }
 
-    /// ``(host, port)`` of the control (repair) server: pass it to ``Subscriber(server=...)``.
+    /// ``(host, port)`` of the control (repair) server: pass it to
+    /// ``Subscriber(control_addr=...)``.
     #[getter]
     fn control_addr(&self) -> (String, u16) {
         addr_tuple(self.shared.core.control_addr())
@@ -424,10 +440,10 @@ impl PyPublisher {
         exc_type: Option<&Bound<'_, PyAny>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
         self.close(py)?;
-        Ok(false)
+        Ok(())
     }
 
     fn __repr__(&self) -> String {
@@ -481,15 +497,18 @@ impl PyDatabase {
     }
 
     /// Sets ``key`` to ``value`` in a transaction of its own and returns the new version.
-    /// ``groups`` restricts the record to subscribers holding one of those access groups.
+    /// ``groups`` (a list of str) restricts the record to subscribers holding one of those
+    /// access groups. A key over 511 bytes, or an update over ``max_update_bytes``, raises
+    /// ``TooLargeError``.
     #[pyo3(signature = (key, value, groups = None))]
     fn put(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
-        groups: Option<Vec<String>>,
+        groups: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
+        let groups = names_arg(groups, "groups")?;
         let mut t = self.db.transaction();
         push_put(py, &mut t, key, value, groups)?;
         self.shared.commit(py, t)
@@ -693,8 +712,9 @@ impl PyTransaction {
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
-        groups: Option<Vec<String>>,
+        groups: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let groups = names_arg(groups, "groups")?;
         self.with_open(py, |t| push_put(py, t, key, value, groups))
     }
 
@@ -783,7 +803,7 @@ impl PyTransaction {
         exc_type: Option<&Bound<'_, PyAny>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<()> {
         let _ = (exc_value, traceback);
         enum Exit {
             Commit,
@@ -811,7 +831,7 @@ impl PyTransaction {
             }
             Exit::Nothing => {}
         }
-        Ok(false)
+        Ok(())
     }
 
     fn __repr__(&self) -> String {
@@ -1026,7 +1046,7 @@ impl PyPrepared {
         exc_type: Option<&Bound<'_, PyAny>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<()> {
         let _ = (exc_value, traceback);
         if self.slot.is_pending() {
             if exc_type.is_some() {
@@ -1036,7 +1056,7 @@ impl PyPrepared {
                 self.slot.commit(py)?;
             }
         }
-        Ok(false)
+        Ok(())
     }
 
     fn __repr__(&self) -> String {

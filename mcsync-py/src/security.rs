@@ -1,8 +1,8 @@
 //! Security options: who may subscribe (users file, a Python authenticator, or anyone),
 //! grants, the control channel's certificate and how subscribers check it, and schedules.
 
-use crate::convert::addr_tuple;
-use crate::errors::{config_error, is_kind, OrRaise};
+use crate::convert::{addr_tuple, names_arg};
+use crate::errors::{config_error, is_kind, raise, OrRaise};
 use mcsync::ErrorKind;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -27,12 +27,16 @@ pub(crate) struct PyGrant {
 impl PyGrant {
     #[new]
     #[pyo3(signature = (databases = None, groups = None, participant = false))]
-    fn new(databases: Option<Vec<String>>, groups: Option<Vec<String>>, participant: bool) -> Self {
-        PyGrant {
-            databases,
-            groups: groups.unwrap_or_default(),
+    fn new(
+        databases: Option<&Bound<'_, PyAny>>,
+        groups: Option<&Bound<'_, PyAny>>,
+        participant: bool,
+    ) -> PyResult<Self> {
+        Ok(PyGrant {
+            databases: names_arg(databases, "databases")?,
+            groups: names_arg(groups, "groups")?.unwrap_or_default(),
             participant,
-        }
+        })
     }
 
     /// Whether the user may register as a two-phase participant.
@@ -236,7 +240,9 @@ pub(crate) fn schedule_arg(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<m
     Ok(mcsync::Schedule::Windows(windows))
 }
 
-/// Adds a user to a users file (creating the file), with an argon2 hash of ``password``.
+/// Adds a user to a users file (creating the file, and its directory: a publisher's
+/// ``<data_dir>/users`` can be written before the publisher first opens), with an argon2
+/// hash of ``password``.
 ///
 /// ``databases`` lists what the user may subscribe to (``None``: every database);
 /// ``groups`` are its access groups; ``participant`` lets it register as a two-phase
@@ -249,11 +255,21 @@ pub(crate) fn add_user(
     path: PathBuf,
     user: String,
     password: String,
-    databases: Option<Vec<String>>,
-    groups: Option<Vec<String>>,
+    databases: Option<&Bound<'_, PyAny>>,
+    groups: Option<&Bound<'_, PyAny>>,
     participant: bool,
 ) -> PyResult<()> {
-    let groups = groups.unwrap_or_default();
+    let databases = names_arg(databases, "databases")?;
+    let groups = names_arg(groups, "groups")?.unwrap_or_default();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            raise(
+                py,
+                ErrorKind::Io,
+                format!("creating directory {}: {e}", dir.display()),
+            )
+        })?;
+    }
     py.detach(|| {
         mcsync::auth::UsersFile::add_user(
             &path,

@@ -7,7 +7,7 @@
 //! also refuses the update).
 
 use crate::convert::{addr_tuple, bytes_arg, deadline_arg, ipv4_arg, seconds_arg};
-use crate::convert::{records_list, socket_addr_arg, stats_dict, Deadline};
+use crate::convert::{socket_addr_arg, stats_dict, Deadline};
 use crate::delivery::{Delivery, UpdateQueue};
 use crate::errors::{raise, OrRaise};
 use crate::lifecycle::{interruptible, next_slice, track_subscriber, ReleaseOnDrop};
@@ -15,9 +15,9 @@ use crate::resync::PyResyncReport;
 use crate::security::trust_arg;
 use crate::update::PyUpdate;
 use mcsync::ErrorKind;
-use pyo3::exceptions::{PyKeyError, PyTypeError};
+use pyo3::exceptions::{PyDeprecationWarning, PyKeyError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyIterator, PyList};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyIterator, PyList};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,12 +26,15 @@ use std::time::{Duration, Instant};
 
 /// The replica side: a local LMDB store holding replicas of the databases it subscribes to.
 ///
-/// ``Subscriber(data_dir, server=publisher.control_addr, fingerprint=publisher.fingerprint,
-/// user="alice", secret="...")``. ``server`` is ``(host, port)`` or ``"host:port"``. The
-/// publisher is checked by exactly one of: ``fingerprint`` (its certificate's SHA-256, 64
-/// hex digits), ``ca_file`` (a PEM file of CA certificates; ``server_name`` is the name
-/// checked, default the server's IP address), or ``insecure_loopback=True`` (no TLS,
-/// loopback only). ``user`` and ``secret`` are presented at registration.
+/// ``Subscriber(data_dir, control_addr=publisher.control_addr,
+/// fingerprint=publisher.fingerprint, user="alice", secret="...")``. ``control_addr`` is
+/// the publisher's control address (``Publisher.control_addr``), ``(host, port)`` or
+/// ``"host:port"``; ``server=`` is its older name, still accepted with a
+/// ``DeprecationWarning``. The publisher is checked by exactly one of: ``fingerprint`` (its
+/// certificate's SHA-256, 64 hex digits, checked here), ``ca_file`` (a PEM file of CA
+/// certificates; ``server_name`` is the name checked, default the server's IP address), or
+/// ``insecure_loopback=True`` (no TLS, loopback only). ``user`` and ``secret`` are
+/// presented at registration.
 ///
 /// ``client_name`` is the name this subscriber gives the publisher (listed by
 /// ``Publisher.subscribers()``; a two-phase participant is named by it and its user in
@@ -74,7 +77,8 @@ impl PySubscriber {
 impl PySubscriber {
     #[new]
     #[pyo3(signature = (
-        data_dir, *, server, fingerprint = None, ca_file = None, server_name = None,
+        data_dir, *, control_addr = None, server = None, fingerprint = None, ca_file = None,
+        server_name = None,
         insecure_loopback = false, user = "", secret = "", interface = None, loss = None,
         loss_seed = 0, loss_burst = 1, recv_buffer_bytes = None, channel_capacity = None,
         reorder_buffer_bytes = None, repair_delay = None, repair_retry = None,
@@ -85,7 +89,8 @@ impl PySubscriber {
     fn new(
         py: Python<'_>,
         data_dir: PathBuf,
-        server: &Bound<'_, PyAny>,
+        control_addr: Option<&Bound<'_, PyAny>>,
+        server: Option<&Bound<'_, PyAny>>,
         fingerprint: Option<String>,
         ca_file: Option<PathBuf>,
         server_name: Option<String>,
@@ -108,7 +113,28 @@ impl PySubscriber {
         client_name: Option<String>,
         compact_catch_up_after: Option<u64>,
     ) -> PyResult<Self> {
-        let server = socket_addr_arg(py, server, "server")?;
+        let server = match (control_addr, server) {
+            (Some(a), None) => socket_addr_arg(py, a, "control_addr")?,
+            (None, Some(a)) => {
+                PyErr::warn(
+                    py,
+                    &py.get_type::<PyDeprecationWarning>(),
+                    c"Subscriber(server=...) is now Subscriber(control_addr=...)",
+                    1,
+                )?;
+                socket_addr_arg(py, a, "server")?
+            }
+            (None, None) => {
+                return Err(PyTypeError::new_err(
+                    "Subscriber() needs control_addr=, the publisher's Publisher.control_addr",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(PyTypeError::new_err(
+                    "give control_addr= (server= is its deprecated name), not both",
+                ))
+            }
+        };
         let trust = trust_arg(py, fingerprint, ca_file, insecure_loopback)?;
         let mut c = mcsync::SubscriberConfig::new(data_dir, server, trust);
         c.server_name = server_name;
@@ -255,7 +281,7 @@ impl PySubscriber {
         .or_raise(py)?;
         Ok(PySubscription {
             core: ReleaseOnDrop::new(core),
-            _subscriber: ReleaseOnDrop::new(Arc::clone(&self.core)),
+            subscriber: ReleaseOnDrop::new(Arc::clone(&self.core)),
             queue,
             callback_errors: errors,
             participant,
@@ -281,10 +307,22 @@ impl PySubscriber {
         self.one_shot(py, name, true)
     }
 
-    /// ``(host, port)`` of the publisher's control server.
+    /// ``(host, port)`` of the publisher's control server (its ``Publisher.control_addr``).
     #[getter]
-    fn server(&self) -> (String, u16) {
+    fn control_addr(&self) -> (String, u16) {
         addr_tuple(self.server)
+    }
+
+    /// Deprecated name of ``control_addr``.
+    #[getter]
+    fn server(&self, py: Python<'_>) -> PyResult<(String, u16)> {
+        PyErr::warn(
+            py,
+            &py.get_type::<PyDeprecationWarning>(),
+            c"Subscriber.server is now Subscriber.control_addr",
+            1,
+        )?;
+        Ok(addr_tuple(self.server))
     }
 
     /// Whether ``close()`` was called.
@@ -317,34 +355,94 @@ impl PySubscriber {
         exc_type: Option<&Bound<'_, PyAny>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
         self.close(py)?;
-        Ok(false)
+        Ok(())
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "<mcsync.Subscriber server={}{}>",
+            "<mcsync.Subscriber control_addr={}{}>",
             self.server,
             if self.closed() { " closed" } else { "" }
         )
     }
 }
 
-/// A live replica of one database, kept current by its own threads.
+/// A live replica of one database, kept current by its own threads: a read-only mapping
+/// of ``bytes`` keys to ``bytes`` values (a ``collections.abc.Mapping``).
 ///
-/// Read it with ``get``, ``[key]``, ``in``, ``items()`` or ``dict(subscription)`` (iteration
-/// yields ``(key, value)`` pairs). ``version`` is the master version it holds.
-/// Use it as a context manager, or call ``close()``.
+/// Read it with ``get``, ``[key]``, ``in``, ``len()``, iteration (over keys, in key
+/// order), ``keys()``, ``values()`` and ``items()``; keys may be given as ``str`` (encoded
+/// as UTF-8). Iteration, ``keys()``, ``values()`` and ``items()`` each read one consistent
+/// version. ``dict(subscription)`` reads key by key while updates may land between reads;
+/// ``dict(subscription.items())`` is one version. ``version`` is the master version it
+/// holds. Use it as a context manager, or call ``close()``.
 #[pyclass(frozen, module = "mcsync", name = "Subscription")]
 pub(crate) struct PySubscription {
     core: ReleaseOnDrop<mcsync::Subscription>,
-    // Keeps the subscriber (and its store) open while the subscription is referenced.
-    _subscriber: ReleaseOnDrop<Arc<mcsync::Subscriber>>,
+    // Keeps the subscriber (and its store) open while the subscription is referenced, and
+    // reaches the publisher for `wait_until_current`.
+    subscriber: ReleaseOnDrop<Arc<mcsync::Subscriber>>,
     queue: Option<Arc<UpdateQueue>>,
     callback_errors: Arc<AtomicU64>,
     participant: bool,
+}
+
+impl PySubscription {
+    /// The replica as a dict of one consistent version.
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let records = py
+            .detach(|| self.core.iter().map(|i| i.collect::<Vec<_>>()))
+            .or_raise(py)?;
+        let d = PyDict::new(py);
+        for (k, v) in records {
+            d.set_item(PyBytes::new(py, &k), PyBytes::new(py, &v))?;
+        }
+        Ok(d)
+    }
+
+    /// Every key of one consistent version, in key order.
+    fn key_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let keys = py.detach(|| self.core.keys()).or_raise(py)?;
+        PyList::new(py, keys.iter().map(|k| PyBytes::new(py, k)))
+    }
+
+    /// Runs `wait` (one slice of an engine wait) with the GIL released until it returns,
+    /// checking for signals between slices; once `deadline` passes, raises `TimeoutError`
+    /// saying the subscription was `waiting` for something.
+    fn wait_sliced<T: Send>(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        deadline: Option<Instant>,
+        waiting: &str,
+        wait: impl Fn(Duration) -> mcsync::Result<T> + Sync,
+    ) -> PyResult<T> {
+        loop {
+            let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
+            match py.detach(|| wait(slice)) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind() == ErrorKind::Timeout => {
+                    if deadline.expired() {
+                        return Err(raise(
+                            py,
+                            ErrorKind::Timeout,
+                            format!(
+                                "database {:?} at version {} after {}s, {waiting}",
+                                self.core.name(),
+                                self.core.version(),
+                                timeout.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    py.check_signals()?;
+                }
+                Err(e) => return Err(crate::errors::to_py(py, e)),
+            }
+        }
+    }
 }
 
 #[pymethods]
@@ -409,22 +507,65 @@ impl PySubscription {
         }
     }
 
+    /// ``key in subscription``: ``False`` for anything but ``bytes``, ``bytearray`` and
+    /// ``str``.
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let k = bytes_arg(key, "key")?;
+        let Ok(k) = bytes_arg(key, "key") else {
+            return Ok(false);
+        };
         Ok(self.core.get(k).or_raise(py)?.is_some())
     }
 
-    /// Every record of the replica in key order, as ``(key, value)`` tuples, as of one
-    /// consistent version.
-    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let records = py
-            .detach(|| self.core.iter().map(|i| i.collect::<Vec<_>>()))
-            .or_raise(py)?;
-        records_list(py, records)
+    /// Number of records (LMDB's count; no record is read).
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        let n = self.core.len().or_raise(py)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
+    /// Iterates over the keys of one consistent version, in key order.
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
-        self.items(py)?.try_iter()
+        self.key_list(py)?.try_iter()
+    }
+
+    /// The keys of one consistent version, in key order (a ``KeysView`` of a snapshot:
+    /// it does not change as the replica does).
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let d = PyDict::new(py);
+        for k in self.key_list(py)? {
+            d.set_item(k, py.None())?;
+        }
+        d.call_method0("keys")
+    }
+
+    /// The values of one consistent version, in key order (a ``ValuesView`` of a
+    /// snapshot).
+    fn values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.snapshot(py)?.call_method0("values")
+    }
+
+    /// Every record of one consistent version in key order, as ``(key, value)`` pairs (an
+    /// ``ItemsView`` of a snapshot: it does not change as the replica does).
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.snapshot(py)?.call_method0("items")
+    }
+
+    /// Equal to a mapping with the same records (as ``collections.abc.Mapping`` is).
+    fn __eq__<'py>(
+        &self,
+        py: Python<'py>,
+        other: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mapping = py.import("collections.abc")?.getattr("Mapping")?;
+        if !other.is_instance(&mapping)? {
+            return Ok(py.NotImplemented().into_bound(py));
+        }
+        let mine = self.snapshot(py)?;
+        let theirs = PyDict::new(py);
+        for item in other.call_method0("items")?.try_iter()? {
+            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+            theirs.set_item(k, v)?;
+        }
+        Ok(PyBool::new(py, mine.eq(&theirs)?).to_owned().into_any())
     }
 
     /// Waits until the replica reaches ``version``; ``timeout`` in seconds (``None`` waits
@@ -435,28 +576,13 @@ impl PySubscription {
     #[pyo3(signature = (version, timeout = None))]
     fn wait_for_version(&self, py: Python<'_>, version: u64, timeout: Option<f64>) -> PyResult<()> {
         let deadline = deadline_arg(py, timeout)?;
-        loop {
-            let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
-            match py.detach(|| self.core.wait_for_version(version, slice)) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Timeout => {
-                    if deadline.expired() {
-                        return Err(raise(
-                            py,
-                            ErrorKind::Timeout,
-                            format!(
-                                "timeout: database {:?} at version {} after {}s, waiting for {version}",
-                                self.core.name(),
-                                self.core.version(),
-                                timeout.unwrap_or_default()
-                            ),
-                        ));
-                    }
-                    py.check_signals()?;
-                }
-                Err(e) => return Err(crate::errors::to_py(py, e)),
-            }
-        }
+        self.wait_sliced(
+            py,
+            timeout,
+            deadline,
+            &format!("waiting for {version}"),
+            |slice| self.core.wait_for_version(version, slice),
+        )
     }
 
     /// Waits until the replica has caught up with the version the publisher had when this
@@ -467,28 +593,44 @@ impl PySubscription {
     #[pyo3(signature = (timeout = None))]
     fn wait_caught_up(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<u64> {
         let deadline = deadline_arg(py, timeout)?;
-        loop {
-            let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
-            match py.detach(|| self.core.wait_caught_up(slice)) {
-                Ok(v) => return Ok(v),
-                Err(e) if e.kind() == ErrorKind::Timeout => {
-                    if deadline.expired() {
-                        return Err(raise(
-                            py,
-                            ErrorKind::Timeout,
-                            format!(
-                                "timeout: database {:?} at version {} after {}s, catching up",
-                                self.core.name(),
-                                self.core.version(),
-                                timeout.unwrap_or_default()
-                            ),
-                        ));
-                    }
-                    py.check_signals()?;
-                }
-                Err(e) => return Err(crate::errors::to_py(py, e)),
-            }
+        self.wait_sliced(py, timeout, deadline, "catching up", |slice| {
+            self.core.wait_caught_up(slice)
+        })
+    }
+
+    /// Waits until the replica has caught up with the version the publisher has **now**,
+    /// and every callback up to it has run; returns that version. No version needs to be
+    /// known: it is asked over a short control connection of its own (a registration
+    /// closed again at once). ``timeout`` in seconds covers the question and the wait
+    /// (``None`` waits forever; the question itself gives up after ``repair_io_timeout``).
+    /// Raises like ``wait_for_version``, and ``IoError`` when the publisher cannot be
+    /// reached or does not answer. The GIL is released and Ctrl-C interrupts the wait. Do
+    /// not call it from this subscription's own callback.
+    #[pyo3(signature = (timeout = None))]
+    fn wait_until_current(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<u64> {
+        let deadline = deadline_arg(py, timeout)?;
+        if self.core.is_closed() {
+            // The engine says why: closed, a storage failure, a revoked access.
+            py.detach(|| self.core.wait_for_version(u64::MAX, Duration::ZERO))
+                .or_raise(py)?;
         }
+        let io_timeout = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let sub = (*self.core).clone();
+        let subscriber = Arc::clone(&self.subscriber);
+        let current = interruptible(py, "ask-version", move || {
+            sub.publisher_version(&subscriber, io_timeout)
+        })?
+        .or_raise(py)?;
+        self.wait_sliced(
+            py,
+            timeout,
+            deadline,
+            &format!("waiting for {current} (the publisher's version when asked)"),
+            |slice| self.core.wait_for_version(current, slice),
+        )?;
+        Ok(current)
     }
 
     /// Iterates over updates as they are applied (pull style, for a subscription made
@@ -553,10 +695,10 @@ impl PySubscription {
         exc_type: Option<&Bound<'_, PyAny>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
         self.close(py)?;
-        Ok(false)
+        Ok(())
     }
 
     fn __repr__(&self) -> String {

@@ -52,7 +52,7 @@ def make_subscriber(
 
     def make(name: str = "sub", **options: Any) -> mcsync.Subscriber:
         options.setdefault("fingerprint", publisher.fingerprint)
-        s = mcsync.Subscriber(tmp_path / name, server=publisher.control_addr, **options)
+        s = mcsync.Subscriber(tmp_path / name, control_addr=publisher.control_addr, **options)
         opened.append(s)
         return s
 

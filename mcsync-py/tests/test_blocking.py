@@ -27,7 +27,7 @@ pub = mcsync.Publisher(data + "/pub", group=group, port=port, open_access=True)
 db = pub.database("child")
 db.put("k", "v")
 subscriber = mcsync.Subscriber(
-    data + "/sub", server=pub.control_addr, fingerprint=pub.fingerprint
+    data + "/sub", control_addr=pub.control_addr, fingerprint=pub.fingerprint
 )
 """
 
@@ -140,6 +140,38 @@ def test_script_that_never_closes_exits(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert out.strip() == "done True"
     assert err == ""
+
+
+def test_a_non_daemon_thread_blocked_in_a_wait_holds_the_exit_until_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    # As documented: Python waits for non-daemon threads before it runs atexit hooks, so
+    # close_all cannot end their waits; Ctrl-C (or a timeout, or a daemon thread) does.
+    proc = run_child(
+        tmp_path,
+        """
+        sub = subscriber.subscribe("child")
+        def waiter():
+            try:
+                sub.wait_for_version(10**9)
+            except mcsync.ClosedError:
+                print("closed", flush=True)
+        threading.Thread(target=waiter).start()
+        print("ready", flush=True)
+        """,
+    )
+    try:
+        assert read_line(proc, 60) == "ready"
+        time.sleep(1.0)
+        assert proc.poll() is None, "exited although a non-daemon thread waits"
+        os.kill(proc.pid, signal.SIGINT)
+        # The interrupt ends Python's wait for the thread; atexit then closes everything,
+        # which ends the thread's wait.
+        assert read_line(proc, 10) == "closed"
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
 
 
 def test_objects_freed_without_close_stop_their_threads(tmp_path: Path) -> None:

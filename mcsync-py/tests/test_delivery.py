@@ -96,7 +96,7 @@ def first_session_under_load(
     host = Host()
     with mcsync.Subscriber(
         tmp_path / "sub",
-        server=publisher.control_addr,
+        control_addr=publisher.control_addr,
         fingerprint=publisher.fingerprint,
         compact_catch_up_after=NEVER_COMPACT,
     ) as s:
@@ -111,7 +111,7 @@ def first_session_under_load(
 def reopen(tmp_path: Path, publisher: mcsync.Publisher) -> mcsync.Subscriber:
     return mcsync.Subscriber(
         tmp_path / "sub",
-        server=publisher.control_addr,
+        control_addr=publisher.control_addr,
         fingerprint=publisher.fingerprint,
         compact_catch_up_after=NEVER_COMPACT,
     )
@@ -180,7 +180,7 @@ def test_a_host_behind_a_trimmed_journal_gets_the_whole_state_as_a_reset(
 
         def subscriber() -> mcsync.Subscriber:
             return mcsync.Subscriber(
-                tmp_path / "sub", server=pub.control_addr, fingerprint=pub.fingerprint
+                tmp_path / "sub", control_addr=pub.control_addr, fingerprint=pub.fingerprint
             )
 
         # A replica without a host: it applies everything and delivers nothing.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import threading
 from pathlib import Path
 from typing import Callable
@@ -156,11 +157,11 @@ def test_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(mcsync.ConfigError, match="no users file"):
         open_publisher(tmp_path / "p", open_access=False)
     with pytest.raises(mcsync.ConfigError, match="exactly one of"):
-        mcsync.Subscriber(tmp_path / "s", server="127.0.0.1:1")
-    with pytest.raises(mcsync.ConfigError, match="server"):
-        mcsync.Subscriber(tmp_path / "s", server="nowhere", insecure_loopback=True)
+        mcsync.Subscriber(tmp_path / "s", control_addr="127.0.0.1:1")
+    with pytest.raises(mcsync.ConfigError, match="control_addr"):
+        mcsync.Subscriber(tmp_path / "s", control_addr="nowhere", insecure_loopback=True)
     with pytest.raises(TypeError):
-        mcsync.Subscriber(tmp_path / "s", server=1234, insecure_loopback=True)  # type: ignore[arg-type]
+        mcsync.Subscriber(tmp_path / "s", control_addr=1234, insecure_loopback=True)  # type: ignore[arg-type]
     with open_publisher(tmp_path / "p") as p:
         with pytest.raises(mcsync.ConfigError, match="database name"):
             p.database("bad name!")
@@ -207,7 +208,7 @@ def test_async_durability_returns_at_once_and_flush_waits_for_the_journal(
     with open_publisher(tmp_path / "pub", durability="async") as pub:
         db = pub.database("hooked")
         with mcsync.Subscriber(
-            tmp_path / "sub", server=pub.control_addr, fingerprint=pub.fingerprint
+            tmp_path / "sub", control_addr=pub.control_addr, fingerprint=pub.fingerprint
         ) as s:
             seen: list[int] = []
             replica = s.subscribe("hooked", recorder(seen))
@@ -220,3 +221,54 @@ def test_async_durability_returns_at_once_and_flush_waits_for_the_journal(
             assert dict(replica) == dict(db.items())
             assert seen == versions
             assert pub.stats()["commits_lost"] == 0
+
+
+def test_a_subscription_is_a_read_only_mapping(
+    publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
+) -> None:
+    db = publisher.database("mapping")
+    for k, v in (("b", "2"), ("a", "1"), ("c", "3")):
+        db.put(k, v)
+    v = db.delete("c")
+    sub = make_subscriber().subscribe("mapping")
+    sub.wait_for_version(v, timeout=CONVERGE)
+    assert isinstance(sub, collections.abc.Mapping)
+    assert len(sub) == 2
+    # Iteration yields keys (in key order), like any mapping; items() yields the pairs.
+    assert list(sub) == [b"a", b"b"]
+    assert list(sub.keys()) == [b"a", b"b"]
+    assert list(sub.values()) == [b"1", b"2"]
+    assert list(sub.items()) == [(b"a", b"1"), (b"b", b"2")]
+    assert isinstance(sub.keys(), collections.abc.KeysView)
+    assert isinstance(sub.values(), collections.abc.ValuesView)
+    assert isinstance(sub.items(), collections.abc.ItemsView)
+    assert (b"a", b"1") in sub.items() and b"b" in sub.keys()
+    assert dict(sub) == dict(sub.items()) == {b"a": b"1", b"b": b"2"}
+    assert sub == {b"a": b"1", b"b": b"2"} and sub != {b"a": b"1"}
+    assert b"a" in sub and "a" in sub and b"c" not in sub and 42 not in sub
+    assert sub.get("c", b"gone") == b"gone"
+    with pytest.raises(TypeError):
+        hash(sub)  # a mapping that changes is not hashable
+    with pytest.raises(TypeError):
+        sub[b"a"] = b"x"  # type: ignore[index]
+    # The views are snapshots of one version.
+    items = sub.items()
+    sub.wait_for_version(db.put("d", "4"), timeout=CONVERGE)
+    assert len(items) == 2 and len(sub) == 3
+
+
+def test_wait_until_current_needs_no_version(
+    publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
+) -> None:
+    db = publisher.database("current")
+    db.put("early", "x")
+    sub = make_subscriber().subscribe("current")
+    assert sub.wait_caught_up(timeout=CONVERGE) == 1
+    last = 0
+    for i in range(100):
+        last = db.put(f"k{i}", str(i))
+    assert sub.wait_until_current(timeout=CONVERGE) == last
+    assert sub.version >= last and sub["k99"] == b"99"
+    sub.close()
+    with pytest.raises(mcsync.ClosedError):
+        sub.wait_until_current(timeout=5)

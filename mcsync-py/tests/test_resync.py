@@ -70,7 +70,7 @@ def test_verify_finds_a_stale_replica_and_resync_repairs_it(
     r = subscriber.resync("stale")
     assert (r.previous_version, r.version) == (20, 32)
     assert (r.fetched, r.deleted) == (11, 1)
-    assert sub.items() == db.items()  # the closed subscription still reads the replica
+    assert list(sub.items()) == db.items()  # the closed subscription still reads the replica
     assert subscriber.verify("stale").in_agreement
 
 
@@ -109,7 +109,7 @@ def test_retention_trims_the_journal_and_a_new_replica_still_catches_up(
         assert pub.stats()["journal_trimmed"] == 55
         assert pub.apply_retention() == 0
         with mcsync.Subscriber(
-            tmp_path / "late", server=pub.control_addr, fingerprint=pub.fingerprint
+            tmp_path / "late", control_addr=pub.control_addr, fingerprint=pub.fingerprint
         ) as s:
             sub = s.subscribe("trimmed")
             sub.wait_for_version(60, timeout=CONVERGE)

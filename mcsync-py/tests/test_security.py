@@ -17,7 +17,7 @@ def subscriber_of(
 ) -> mcsync.Subscriber:
     options.setdefault("fingerprint", pub.fingerprint)
     return mcsync.Subscriber(
-        data_dir, server=pub.control_addr, user=user, secret=secret, **options
+        data_dir, control_addr=pub.control_addr, user=user, secret=secret, **options
     )
 
 

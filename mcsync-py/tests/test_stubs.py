@@ -59,3 +59,31 @@ def test_constructor_signatures_match_the_stub(cls: type) -> None:
         else:
             runtime.append((p.name, "positional", None))
     assert runtime == stub_new_parameters(cls.__name__)
+
+
+def test_mypy_catches_what_the_stub_promises(tmp_path: Path) -> None:
+    # The other side of tests/typing_check.py (which must pass mypy --strict): a typo in
+    # a literal option, and using get() without a default as bytes, are errors.
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import mcsync\n"
+        "mcsync.Publisher('/x', durability='asynch')\n"
+        "def f(s: mcsync.Subscription) -> bytes:\n"
+        "    return s.get('k')\n"
+        "def g(u: mcsync.Update) -> bool:\n"
+        "    return u.operation == 'update'\n"
+    )
+    env = dict(os.environ, MYPY_CACHE_DIR=str(tmp_path / "mypy-cache"))
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--strict-equality", str(bad)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    out = r.stdout
+    assert r.returncode == 1, out + r.stderr
+    assert 'bad.py:2: error: Argument "durability"' in out, out
+    assert "bad.py:4: error: Incompatible return value type" in out, out
+    assert "bad.py:6: error: Non-overlapping equality check" in out, out

@@ -171,11 +171,13 @@ fn a_publish_over_the_maximum_is_refused_and_writes_nothing() {
     assert_eq!(db.get("x").unwrap(), None);
     assert_eq!(db.snapshot().unwrap().len(), 1);
     assert_eq!(publisher.stats().commits_refused, 2);
-    // Invalid keys are refused too.
+    // An empty key is invalid; a key over LMDB's limit is too large, like a value.
     assert_eq!(db.put("", "v").unwrap_err().kind(), ErrorKind::Config);
-    assert_eq!(
-        db.put(vec![b'k'; 600], "v").unwrap_err().kind(),
-        ErrorKind::Config
+    let err = db.put(vec![b'k'; 600], "v").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+    assert!(
+        err.to_string().contains("key of 600 bytes exceeds 511"),
+        "{err}"
     );
 }
 

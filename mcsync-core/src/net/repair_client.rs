@@ -176,6 +176,25 @@ fn refused(code: ErrorCode, message: String) -> Error {
     }
 }
 
+/// An I/O error of the control connection, said plainly when it is the read or write
+/// timeout expiring (which the OS reports as "Resource temporarily unavailable").
+fn timed_out(e: Error, doing: &str, server: SocketAddr, timeout: Duration) -> Error {
+    match e {
+        Error::Io { source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Error::io(
+                format!("{doing} publisher {server}: no progress within {timeout:?}"),
+                std::io::ErrorKind::TimedOut.into(),
+            )
+        }
+        other => other,
+    }
+}
+
 impl RepairClient {
     /// A client for `database` (connects lazily).
     pub fn new(
@@ -373,8 +392,12 @@ impl RepairClient {
         // One write of the whole frame; no BufWriter, whose drop would retry a failed
         // flush (and block on a broken TLS session until the timeout).
         let w = conn.get_mut();
-        self.bytes_sent += write_message(w, m)? as u64;
-        w.flush().map_err(|e| Error::io("sending to publisher", e))
+        let (server, timeout) = (self.id.server, self.timeout);
+        let timed_out = |e| timed_out(e, "sending to", server, timeout);
+        self.bytes_sent += write_message(w, m).map_err(timed_out)? as u64;
+        w.flush()
+            .map_err(|e| Error::io("sending to publisher", e))
+            .map_err(timed_out)
     }
 
     fn receive(&mut self) -> Result<(Message, usize)> {
@@ -392,7 +415,12 @@ impl RepairClient {
                 "publisher closed the connection",
                 std::io::ErrorKind::UnexpectedEof.into(),
             )),
-            Err(e) => Err(e),
+            Err(e) => Err(timed_out(
+                e,
+                "waiting for an answer from",
+                self.id.server,
+                self.timeout,
+            )),
         }
         .inspect_err(|_| self.conn = None)
     }

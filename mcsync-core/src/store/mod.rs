@@ -175,7 +175,10 @@ impl Env {
         loop {
             let attempt = {
                 let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
-                let mut txn = self.env.begin_rw_txn()?;
+                let mut txn = self
+                    .env
+                    .begin_rw_txn()
+                    .map_err(|e| storage_error(&self.path, e))?;
                 match f(&mut txn) {
                     Ok(v) => txn.commit().map(|_| v),
                     Err(e) => Err(e),
@@ -184,7 +187,7 @@ impl Env {
             match attempt {
                 Ok(v) => return Ok(v),
                 Err(lmdb::Error::MapFull) => self.grow()?,
-                Err(e) => return Err(Error::Storage(format!("{}: {e}", self.path.display()))),
+                Err(e) => return Err(storage_error(&self.path, e)),
             }
         }
     }
@@ -197,8 +200,52 @@ impl Env {
             "LMDB map {} full at {now} bytes; growing to {next}",
             self.path.display()
         );
-        self.env.set_map_size(next)?;
+        self.env
+            .set_map_size(next)
+            .map_err(|e| storage_error(&self.path, e))?;
         Ok(())
+    }
+}
+
+/// Free bytes available to unprivileged writers in `dir`, if the OS says.
+pub fn free_disk_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: all-zero bytes are a valid `statvfs` (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Below this much free space an I/O error of a write is taken for a full disk: LMDB
+/// reports a short write (the device filled up in the middle of it) as `EIO`.
+pub const LOW_DISK_BYTES: u64 = 64 << 20;
+
+/// A `Storage` error for a failed write to the LMDB environment in `dir`. A full disk
+/// says so: `ENOSPC`, or `EIO` while `dir` has less than [`LOW_DISK_BYTES`] free (how
+/// LMDB reports a write cut short by a full device), reads "no space left on device",
+/// with the free space and LMDB's own words.
+pub fn storage_error(dir: &Path, e: lmdb::Error) -> Error {
+    describe_storage_error(dir, e, || free_disk_bytes(dir))
+}
+
+fn describe_storage_error(dir: &Path, e: lmdb::Error, free: impl FnOnce() -> Option<u64>) -> Error {
+    let (enospc, eio) = match e {
+        lmdb::Error::Other(code) => (code == libc::ENOSPC, code == libc::EIO),
+        _ => (false, false),
+    };
+    let free = if enospc || eio { free() } else { None };
+    if enospc || (eio && free.is_some_and(|f| f < LOW_DISK_BYTES)) {
+        let free = free.map_or("free space unknown".to_owned(), |f| {
+            format!("{f} bytes free")
+        });
+        Error::Storage(format!(
+            "{}: no space left on device ({free}; LMDB: {e})",
+            dir.display()
+        ))
+    } else {
+        Error::Storage(format!("{}: {e}", dir.display()))
     }
 }
 
@@ -403,5 +450,37 @@ mod tests {
             }
         });
         assert_eq!(ok.into_inner(), 300);
+    }
+
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        let dir = Path::new("/data");
+        let eio = || lmdb::Error::Other(libc::EIO);
+        // LMDB's EIO for a write cut short, with the disk (nearly) full.
+        let e = describe_storage_error(dir, eio(), || Some(4096));
+        assert_eq!(e.kind(), crate::ErrorKind::Storage);
+        let m = e.to_string();
+        assert!(
+            m.contains("/data: no space left on device (4096 bytes free; LMDB: "),
+            "{m}"
+        );
+        // ENOSPC says so whatever the free space.
+        let m = describe_storage_error(dir, lmdb::Error::Other(libc::ENOSPC), || None).to_string();
+        assert!(
+            m.contains("no space left on device (free space unknown"),
+            "{m}"
+        );
+        // EIO with room to spare is an I/O error, and other errors stay as they are.
+        for (e, free) in [
+            (eio(), Some(10 << 30)),
+            (eio(), None),
+            (lmdb::Error::Corrupted, Some(0)),
+        ] {
+            let m = describe_storage_error(dir, e, || free).to_string();
+            assert!(!m.contains("no space"), "{m}");
+            assert!(m.starts_with("storage: /data: "), "{m}");
+        }
+        assert!(free_disk_bytes(Path::new("/")).is_some());
+        assert!(free_disk_bytes(Path::new("/no/such/dir")).is_none());
     }
 }

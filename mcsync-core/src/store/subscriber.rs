@@ -331,6 +331,24 @@ impl SubscriberStore {
             .read(|txn| super::read_all(txn, tables.records.data))
     }
 
+    /// Number of records in the replica (LMDB's entry count: no record is read).
+    pub fn count(&self, tables: ReplicaTables) -> Result<u64> {
+        self.env
+            .read(|txn| Ok(txn.stat(tables.records.data)?.entries() as u64))
+    }
+
+    /// Every key of the replica, in key order, as of one consistent version.
+    pub fn keys(&self, tables: ReplicaTables) -> Result<Vec<Vec<u8>>> {
+        self.env.read(|txn| {
+            let mut cur = txn.open_ro_cursor(tables.records.data)?;
+            let mut out = Vec::new();
+            for item in cur.iter_start() {
+                out.push(item?.0.to_vec());
+            }
+            Ok(out)
+        })
+    }
+
     /// Keeps a prepared two-phase update of `name` durably (replacing any earlier one).
     pub fn put_prepared(&self, name: &str, u: &Update) -> Result<()> {
         let bytes = crate::wire::update::update_to_vec(u);

@@ -10,6 +10,7 @@ Every open publisher, subscriber and subscription is closed at interpreter exit 
 """
 
 import atexit
+import collections.abc
 
 from ._mcsync import (
     AuthError,
@@ -66,6 +67,10 @@ __all__ = [
     "close_all",
     "refresh_log_levels",
 ]
+
+# A Subscription is a read-only mapping of bytes to bytes (the native class cannot inherit
+# from the ABC, so it is registered: isinstance(sub, collections.abc.Mapping) holds).
+collections.abc.Mapping.register(Subscription)
 
 # Registered at import, so it runs after the atexit hooks a program registers later
 # (atexit runs last-in first-out) and before the interpreter tears down.

@@ -1,17 +1,22 @@
 """Type stubs of the native module ``mcsync._mcsync`` (checked by ``mypy.stubtest``)."""
 
 import builtins
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from os import PathLike
 from types import TracebackType
-from typing import Any, TypeVar, final
+from typing import Any, ClassVar, Literal, TypeVar, final, overload
 
 _T = TypeVar("_T")
 _Bytes = bytes | bytearray | str
 _Address = str | tuple[str, int]
 _Path = str | PathLike[str]
-_Schedule = str | list[tuple[int, int]]
+_Schedule = Literal["always", "never"] | list[tuple[int, int]]
 _Vote = Callable[[Update], bool | str | None]
+# A list of access groups or database names (a lone str is refused at run time).
+_Names = list[str] | tuple[str, ...]
+_Operation = Literal["put", "delete"]
+_Durability = Literal["sync", "async"]
+_PreparedState = Literal["prepared", "committing", "committed", "rolled back", "failed"]
 
 __version__: str
 __all__ = [
@@ -46,11 +51,11 @@ def add_user(
     path: _Path,
     user: str,
     password: str,
-    databases: list[str] | None = None,
-        groups: list[str] | None = None,
+    databases: _Names | None = None,
+    groups: _Names | None = None,
     participant: bool = False,
 ) -> None:
-    """Adds a user to a users file (creating the file)."""
+    """Adds a user to a users file (creating the file and its directory)."""
 
 def close_all() -> None:
     """Closes every open subscriber (with its subscriptions), then every publisher."""
@@ -94,8 +99,8 @@ class Grant:
 
     def __new__(
         cls,
-        databases: list[str] | None = None,
-        groups: list[str] | None = None,
+        databases: _Names | None = None,
+        groups: _Names | None = None,
         participant: bool = False,
     ) -> Grant: ...
     @property
@@ -111,7 +116,7 @@ class Op:
     """One operation of an update: a put or a delete of one key."""
 
     @property
-    def operation(self) -> str:
+    def operation(self) -> _Operation:
         """``"put"`` or ``"delete"``."""
     @property
     def key(self) -> bytes:
@@ -140,7 +145,7 @@ class Update:
     def ops(self) -> tuple[Op, ...]:
         """The operations, in order."""
     @property
-    def operation(self) -> str:
+    def operation(self) -> _Operation:
         """``"put"`` or ``"delete"`` of a single-operation update."""
     @property
     def key(self) -> bytes:
@@ -165,7 +170,7 @@ class Prepared:
     def database(self) -> str:
         """Name of the database."""
     @property
-    def state(self) -> str:
+    def state(self) -> _PreparedState:
         """``"prepared"``, ``"committing"``, ``"committed"``, ``"rolled back"`` or ``"failed"``."""
     def commit(self) -> int:
         """Journals the update durably, multicasts COMMIT and returns the version."""
@@ -178,13 +183,13 @@ class Prepared:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
         /,
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class Transaction:
     """A pending master transaction; a context manager that commits on success."""
 
-    def put(self, key: _Bytes, value: _Bytes, groups: list[str] | None = None) -> None:
+    def put(self, key: _Bytes, value: _Bytes, groups: _Names | None = None) -> None:
         """Adds a put of ``value`` at ``key``."""
     def delete(self, key: _Bytes) -> None:
         """Adds a delete of ``key``."""
@@ -207,7 +212,7 @@ class Transaction:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
         /,
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class Database:
@@ -223,12 +228,17 @@ class Database:
         """Rotates this database's key now; returns the new epoch."""
     @property
     def group(self) -> tuple[str, int]: ...
-    def put(self, key: _Bytes, value: _Bytes, groups: list[str] | None = None) -> int:
+    def put(self, key: _Bytes, value: _Bytes, groups: _Names | None = None) -> int:
         """Sets ``key`` to ``value`` and returns the new version."""
     def delete(self, key: _Bytes) -> int:
         """Deletes ``key`` and returns the new version."""
-    def get(self, key: _Bytes, default: _T | None = None) -> bytes | _T | None:
+    @overload
+    def get(self, key: _Bytes, default: None = None) -> bytes | None:
         """The master's value of ``key``, or ``default``."""
+    @overload
+    def get(self, key: _Bytes, default: bytes) -> bytes: ...
+    @overload
+    def get(self, key: _Bytes, default: _T) -> bytes | _T: ...
     def items(self) -> list[tuple[bytes, bytes]]:
         """Every record of the master state in key order."""
     def transaction(
@@ -271,7 +281,7 @@ class Publisher:
         retention_max_age: float | None = None,
         retention_min_count: int | None = None,
         retention_min_free_disk_bytes: int | None = None,
-        durability: str = "sync",
+        durability: _Durability = "sync",
         registration_expiry: float | None = None,
     ) -> Publisher: ...
     @property
@@ -307,7 +317,7 @@ class Publisher:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
         /,
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class UpdateIterator:
@@ -344,8 +354,10 @@ class ResyncReport:
     def in_agreement(self) -> bool: ...
 
 @final
-class Subscription:
-    """A live replica of one database."""
+class Subscription(Mapping[bytes, bytes]):
+    """A live replica of one database: a read-only mapping of bytes to bytes."""
+
+    __hash__: ClassVar[None]  # type: ignore[assignment]
 
     @property
     def name(self) -> str: ...
@@ -357,18 +369,32 @@ class Subscription:
     def participant(self) -> bool: ...
     def request_resync(self) -> None:
         """Asks the subscription's thread to resync the replica by hashes now."""
-    def get(self, key: _Bytes, default: _T | None = None) -> bytes | _T | None:
+    @overload
+    def get(self, key: _Bytes, default: None = None) -> bytes | None:
         """The replica's value of ``key``, or ``default``."""
+    @overload
+    def get(self, key: _Bytes, default: bytes) -> bytes: ...
+    @overload
+    def get(self, key: _Bytes, default: _T) -> bytes | _T: ...
     def __getitem__(self, key: _Bytes, /) -> bytes: ...
-    def __contains__(self, key: _Bytes, /) -> bool: ...
-    def items(self) -> list[tuple[bytes, bytes]]:
-        """Every record of the replica in key order."""
-    def __iter__(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[bytes]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def keys(self) -> KeysView[bytes]:
+        """The keys of one consistent version, in key order."""
+    def values(self) -> ValuesView[bytes]:
+        """The values of one consistent version, in key order."""
+    def items(self) -> ItemsView[bytes, bytes]:
+        """Every record of one consistent version in key order."""
     def wait_for_version(self, version: int, timeout: float | None = None) -> None:
         """Waits until the replica reaches ``version``."""
     def wait_caught_up(self, timeout: float | None = None) -> int:
         """Waits until the replica and its callbacks reached the publisher's version at
         registration; returns that version."""
+    def wait_until_current(self, timeout: float | None = None) -> int:
+        """Waits until the replica and its callbacks reached the publisher's version now;
+        returns that version."""
     def updates(self, timeout: float | None = None) -> UpdateIterator:
         """Iterates over updates as they are applied (pull style)."""
     def stats(self) -> dict[str, int]:
@@ -382,7 +408,7 @@ class Subscription:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
         /,
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class Subscriber:
@@ -392,7 +418,8 @@ class Subscriber:
         cls,
         data_dir: _Path,
         *,
-        server: _Address,
+        control_addr: _Address | None = None,
+        server: _Address | None = None,
         fingerprint: str | None = None,
         ca_file: _Path | None = None,
         server_name: str | None = None,
@@ -432,7 +459,10 @@ class Subscriber:
     def resync(self, name: str) -> ResyncReport:
         """Makes the local replica of ``name`` equal to the publisher's state by hashes."""
     @property
-    def server(self) -> tuple[str, int]: ...
+    def control_addr(self) -> tuple[str, int]: ...
+    @property
+    def server(self) -> tuple[str, int]:
+        """Deprecated name of ``control_addr``."""
     def metrics(self) -> str:
         """Every subscription's counters and latency in the OpenMetrics text format."""
     @property
@@ -446,4 +476,4 @@ class Subscriber:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
         /,
-    ) -> bool: ...
+    ) -> None: ...
