@@ -236,9 +236,11 @@ pub(crate) fn schedule_arg(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<m
     Ok(mcsync::Schedule::Windows(windows))
 }
 
-/// Adds a user to a users file (creating the file), with an argon2 hash of ``password``.
+/// Adds a user to a users file (creating the file), with an argon2 hash of ``password``
+/// (which must not be empty).
 ///
-/// ``databases`` lists what the user may subscribe to (``None``: every database);
+/// ``databases`` lists what the user may subscribe to (``None``: every database; an empty
+/// list is refused);
 /// ``groups`` are its access groups; ``participant`` lets it register as a two-phase
 /// participant. A publisher reads the file at open
 /// (``Publisher(users=path)``; the default is ``<data_dir>/users``).
@@ -253,6 +255,15 @@ pub(crate) fn add_user(
     groups: Option<Vec<String>>,
     participant: bool,
 ) -> PyResult<()> {
+    if password.is_empty() {
+        return Err(config_error(py, "password must not be empty"));
+    }
+    if databases.as_ref().is_some_and(Vec::is_empty) {
+        return Err(config_error(
+            py,
+            "databases must name at least one database (None: every database)",
+        ));
+    }
     let groups = groups.unwrap_or_default();
     py.detach(|| {
         mcsync::auth::UsersFile::add_user(
