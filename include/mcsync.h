@@ -1373,6 +1373,41 @@ enum mcsync_status mcsync_grant_add_group(struct mcsync_grant *grant, const char
 enum mcsync_status mcsync_grant_allow_participant(struct mcsync_grant *grant);
 
 /**
+ * Adds a user to the users file at `path` (creating the file), the built-in way a
+ * publisher authenticates subscribers (`mcsync_publisher_config_set_users_file`; the
+ * default file is `<data_dir>/users`). `mcsync users add` writes the same entries.
+ *
+ * - `user`: the name the subscriber logs in with (`mcsync_subscriber_config_set_credentials`).
+ * - `password`: its secret, not empty; only an argon2id hash of it is written.
+ * - `databases`: an array of `databases_len` database names the user may subscribe to;
+ *   NULL with `databases_len` 0 means every database.
+ * - `groups`: an array of `groups_len` access groups (records published with groups are
+ *   stored in the user's replica only if it holds one of them); NULL with `groups_len` 0
+ *   means none.
+ * - `participant`: whether the user may register as a two-phase participant (see
+ *   `mcsync_subscriber_subscribe_participant`); grant it to trusted replicas only.
+ *
+ * User, database and group names are 1..=255 bytes of UTF-8 without spaces, commas or
+ * control characters; at most 255 databases and 255 groups. Every argument is borrowed for
+ * the call only. Returns `MCSYNC_ERR_NULL` (a NULL string, or a NULL array with a non-zero
+ * length), `MCSYNC_ERR_UTF8`, `MCSYNC_ERR_RANGE` (too many names), `MCSYNC_ERR_CONFIG` (an
+ * empty password, a name not allowed, the user already in the file, or a file that is not a
+ * valid users file) or `MCSYNC_ERR_IO` (the file cannot be read or written). A publisher
+ * reads the file when it opens: users added afterwards can subscribe once it is reopened.
+ * Takes tens of milliseconds (the hash is deliberately slow). Thread-safe, but two calls
+ * adding to the same file at once (from any threads or processes) may both add the same
+ * user.
+ */
+enum mcsync_status mcsync_users_add(const char *path,
+                                    const char *user,
+                                    const char *password,
+                                    const char *const *databases,
+                                    size_t databases_len,
+                                    const char *const *groups,
+                                    size_t groups_len,
+                                    bool participant);
+
+/**
  * Opens (or creates) a subscriber's store in the configured data directory. No network
  * traffic happens until `mcsync_subscriber_subscribe`.
  *

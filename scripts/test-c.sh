@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# C API tests: builds libmcsync (cargo, dev profile) and the C examples (system cc, -Werror),
-# then runs, on loopback only, with a random multicast group in 239.0.0.0/8:
+# C API tests: builds libmcsync (cargo, dev profile) and the C examples (system cc, -Werror,
+# into target/examples-c/debug), then runs, on loopback only, with a random multicast group in
+# 239.0.0.0/8:
 #   1. converge     one publisher + two subscribers in one C process, 5 % injected loss each;
 #                   replicas checked from C against a model of every write
 #   2. processes    the publisher and subscriber examples as three processes, 5 % loss;
 #                   each replica's digest must equal the publisher's
+#   2a. interrupt   publisher.c gets SIGINT while publishing: it must stop, commit, print its
+#                   version line for what it wrote, close, print "publisher: closed", exit 0
 #   2b. exactly_once  exactly_once_host.c (a SQLite host subscribing with
 #                   mcsync_subscriber_subscribe_after) killed with SIGKILL at 5 seeded random
 #                   moments while publisher.c publishes, restarted each time; its table must
@@ -15,9 +18,16 @@
 #                   subscription (no crash, no deadlock; each an error code and a message)
 #   4b. twophase    two C two-phase participants, one refusing through its vote callback
 #                   (the error names it); prepare/rollback/commit; verify reports agreement
-#   5. valgrind     converge (small), misuse and twophase under valgrind --leak-check=full
-#   6. install      make install PREFIX=..., then the full example of docs/C_API.md built
-#                   with cc $(pkg-config --cflags --libs mcsync) and run
+#   4c. users       a users file written with mcsync_users_add; each user gets its grant;
+#                   bad arguments are errors
+#   5. valgrind     converge (small), misuse, twophase and users under valgrind --leak-check=full
+#   6. install      the release library (cargo build --release): make install PREFIX=...;
+#                   the installed libmcsync.so.VERSION has the SONAME libmcsync.so.MAJOR, no
+#                   debug info and is under 8 MB; then the full example of docs/C_API.md built
+#                   three ways and run: $(pkg-config --libs mcsync) (loads libmcsync.so.MAJOR),
+#                   $(pkg-config --libs mcsync-static) (no libmcsync.so dependency), and
+#                   cc -static $(pkg-config --static --libs mcsync) (no dynamic dependency);
+#                   make install SPLIT_DEBUG=1 of the debug library keeps its debug info apart
 # Prints PASS/FAIL per test and "N passed, M failed"; exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,10 +72,10 @@ if ! cargo build -p mcsync-ffi; then
   exit 1
 fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-LIBDIR=$TARGET_DIR/debug
+BIN=$TARGET_DIR/examples-c/debug
 
-echo "== make -C examples/c"
-if make -B -C examples/c LIBDIR="$LIBDIR" >"$WORK/make.log" 2>&1; then
+echo "== make -C examples/c PROFILE=debug O=$BIN"
+if make -B -C examples/c PROFILE=debug O="$BIN" >"$WORK/make.log" 2>&1; then
   pass "build: C examples compile with -Wall -Wextra -Werror against include/mcsync.h"
 else
   cat "$WORK/make.log"
@@ -73,7 +83,7 @@ else
   echo "$passed passed, $failed failed"
   exit 1
 fi
-BIN=$ROOT/examples/c
+SUPP=$ROOT/examples/c/valgrind.supp
 
 # run NAME TIMEOUT_SECONDS COMMAND...: runs a test program, shows its output, and records
 # PASS when it exits 0 and printed a PASS line.
@@ -170,6 +180,39 @@ processes_test() {
 }
 processes_test
 
+echo "== 2a. interrupt: SIGINT to publisher.c while it publishes"
+interrupt_test() {
+  local dir=$WORK/interrupt start=$SECONDS
+  mkdir -p "$dir"
+  # 1 ms between puts: 100,000 would take minutes; it is interrupted after about a second.
+  "$BIN/publisher" "$dir/pub" "$(group 12)" "$(port 12)" 100000 \
+    >"$dir/pub.out" 2>"$dir/pub.err" &
+  local pub=$!
+  PIDS+=("$pub")
+  for _ in $(seq 1 200); do
+    grep -q '^fingerprint=' "$dir/pub.out" && break
+    kill -0 "$pub" 2>/dev/null || break
+    sleep 0.05
+  done
+  sleep 1
+  kill -INT "$pub" 2>/dev/null
+  local rc
+  wait_for "$pub" 30; rc=$WAIT_RC
+  # It wrote keys 0..n-1, one version each, then deleted every tenth in one more version.
+  local n want
+  n=$(sed -n 's/^publisher: interrupted after \([0-9]*\) of 100000 puts$/\1/p' "$dir/pub.err")
+  [ -n "$n" ] && want="version=$((n + 1)) records=$((n - (n + 9) / 10)) "
+  echo "publisher: exit $rc after $n puts; $(grep '^version=' "$dir/pub.out")"
+  if [ "$rc" -eq 0 ] && [ -n "$n" ] && [ "$n" -gt 0 ] && grep -q "^$want" "$dir/pub.out" &&
+     [ "$(tail -1 "$dir/pub.err")" = "publisher: closed" ]; then
+    pass "interrupt: SIGINT while publishing: the publisher committed $n puts, closed and exited 0 ($((SECONDS - start)) s)"
+  else
+    cat "$dir/pub.out" "$dir/pub.err"
+    fail "interrupt: the publisher did not end cleanly on SIGINT while publishing (exit $rc)"
+  fi
+}
+interrupt_test
+
 echo "== 2b. exactly_once: SQLite host killed -9 $EXACTLY_ONCE_KILLS times while publisher.c writes $EXACTLY_ONCE_UPDATES updates"
 exactly_once_test() {
   local dir=$WORK/exactly_once start=$SECONDS
@@ -257,6 +300,9 @@ run misuse 180 "$BIN/test_mcsync" misuse "$WORK/misuse" "$(group 30)" "$(port 30
 echo "== 4b. twophase"
 run twophase 120 "$BIN/test_mcsync" twophase "$WORK/twophase" "$(group 35)" "$(port 35)"
 
+echo "== 4c. users"
+run users 120 "$BIN/test_mcsync" users "$WORK/users" "$(group 37)" "$(port 37)"
+
 echo "== 5. valgrind"
 if ! command -v valgrind >/dev/null 2>&1; then
   echo "valgrind not found: installing it"
@@ -264,46 +310,126 @@ if ! command -v valgrind >/dev/null 2>&1; then
     cat "$WORK/apt.log"
 fi
 if command -v valgrind >/dev/null 2>&1; then
-  VG=(valgrind --error-exitcode=1 --leak-check=full --suppressions="$BIN/valgrind.supp" -q)
+  VG=(valgrind --error-exitcode=1 --leak-check=full --suppressions="$SUPP" -q)
   run valgrind-converge 600 "${VG[@]}" "$BIN/test_mcsync" converge "$WORK/vg-converge" \
     "$(group 40)" "$(port 40)" "$VALGRIND_UPDATES"
   run valgrind-misuse 600 "${VG[@]}" "$BIN/test_mcsync" misuse "$WORK/vg-misuse" \
     "$(group 50)" "$(port 50)"
   run valgrind-twophase 300 "${VG[@]}" "$BIN/test_mcsync" twophase "$WORK/vg-twophase" \
     "$(group 55)" "$(port 55)"
+  run valgrind-users 300 "${VG[@]}" "$BIN/test_mcsync" users "$WORK/vg-users" \
+    "$(group 57)" "$(port 57)"
 else
   fail "valgrind: not installed and could not be installed"
 fi
 
-echo "== 6. make install + pkg-config"
+echo "== 6. make install + pkg-config (release library)"
+MAX_SO_BYTES=$((8 * 1024 * 1024))
+# run_quickstart NAME: runs the docs/C_API.md example built as $WORK/NAME; true if it worked.
+run_quickstart() {
+  local name=$1 offset=$2
+  LD_LIBRARY_PATH=$PREFIX_DIR/lib timeout 60 "$WORK/$name" "$WORK/$name-data" \
+    "$(group "$offset")" "$(port "$offset")" >"$WORK/$name.log" 2>&1 &&
+    grep -q '^pears = 7 ' "$WORK/$name.log" && return 0
+  cat "$WORK/$name.log"
+  return 1
+}
 install_test() {
-  local prefix=$WORK/prefix
-  if ! make -C examples/c install PREFIX="$prefix" LIBDIR="$LIBDIR" >"$WORK/install.log" 2>&1; then
+  PREFIX_DIR=$WORK/prefix
+  local prefix=$PREFIX_DIR lib=$WORK/prefix/lib
+  echo "== cargo build --release -p mcsync-ffi"
+  if ! cargo build --release -p mcsync-ffi; then
+    fail "install: cargo build --release -p mcsync-ffi"
+    return
+  fi
+  if ! make -C examples/c install PREFIX="$prefix" O="$WORK/build-release" \
+       >"$WORK/install.log" 2>&1; then
     cat "$WORK/install.log"
     fail "install: make install failed"
     return
   fi
+  local version major real soname size debug
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+  major=${version%%.*}
+  real=$lib/libmcsync.so.$version
+  soname=$(readelf -d "$real" 2>/dev/null | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
+  size=$(stat -c %s "$real" 2>/dev/null || echo 0)
+  debug=$(readelf -S -W "$real" "$lib/libmcsync.a" 2>/dev/null | grep -c ' \.debug_')
+  (cd "$lib" && ls -l libmcsync.*) | sed 's/^/    /'
+  echo "libmcsync.so.$version: $size bytes, SONAME $soname, $debug debug sections (.so and .a)"
+  if [ "$soname" = "libmcsync.so.$major" ] && [ "$(readlink "$lib/libmcsync.so.$major")" = "libmcsync.so.$version" ] &&
+     [ "$(readlink "$lib/libmcsync.so")" = "libmcsync.so.$major" ] && [ "$size" -gt 0 ] &&
+     [ "$size" -lt $MAX_SO_BYTES ] && [ "$debug" -eq 0 ]; then
+    pass "install: libmcsync.so.$version ($size bytes, no debug info) with SONAME $soname and its symlinks"
+  else
+    fail "install: libmcsync.so.$version: want SONAME libmcsync.so.$major, symlinks, under $MAX_SO_BYTES bytes, no debug info"
+  fi
   # The full example of docs/C_API.md, exactly as printed there.
   sed -n '/<!-- full-example:begin -->/,/<!-- full-example:end -->/p' docs/C_API.md |
     sed '/^```/d; /^<!--/d' >"$WORK/quickstart.c"
-  local flags
-  if ! flags=$(PKG_CONFIG_PATH=$prefix/lib/pkgconfig pkg-config --cflags --libs mcsync); then
+  local pc=(env PKG_CONFIG_PATH="$lib/pkgconfig" pkg-config) flags
+  local cc_=(cc -std=c11 -Wall -Wextra -Werror)
+
+  # Shared: the program records the SONAME and loads it.
+  if ! flags=$("${pc[@]}" --cflags --libs mcsync); then
     fail "install: pkg-config does not find mcsync"
     return
   fi
   # shellcheck disable=SC2086
-  if ! cc -std=c11 -Wall -Wextra -Werror -o "$WORK/quickstart" "$WORK/quickstart.c" $flags; then
+  if ! "${cc_[@]}" -o "$WORK/quickstart" "$WORK/quickstart.c" $flags; then
     fail "install: the docs/C_API.md example does not build with \$(pkg-config --cflags --libs mcsync)"
-    return
-  fi
-  if LD_LIBRARY_PATH=$prefix/lib timeout 60 "$WORK/quickstart" "$WORK/quickstart-data" \
-       "$(group 60)" "$(port 60)" >"$WORK/quickstart.log" 2>&1 &&
-     grep -q '^pears = 7 ' "$WORK/quickstart.log"; then
+  elif ! readelf -d "$WORK/quickstart" | grep -q "NEEDED.*\[libmcsync.so.$major\]"; then
+    readelf -d "$WORK/quickstart" | grep NEEDED
+    fail "install: a program linked with -lmcsync does not load libmcsync.so.$major"
+  elif run_quickstart quickstart 60; then
     sed 's/^/    /' "$WORK/quickstart.log"
-    pass "install: make install PREFIX=..., then the docs/C_API.md example built with pkg-config runs"
+    pass "install: the docs/C_API.md example built with \$(pkg-config --cflags --libs mcsync) loads libmcsync.so.$major and runs"
   else
-    cat "$WORK/quickstart.log"
-    fail "install: the docs/C_API.md example failed"
+    fail "install: the docs/C_API.md example (shared) failed"
+  fi
+
+  # libmcsync.a, system libraries shared: no libmcsync.so dependency.
+  flags=$("${pc[@]}" --cflags --libs mcsync-static)
+  # shellcheck disable=SC2086
+  if ! "${cc_[@]}" -o "$WORK/quickstart-static" "$WORK/quickstart.c" $flags; then
+    fail "install: the example does not build with \$(pkg-config --cflags --libs mcsync-static) ($flags)"
+  elif readelf -d "$WORK/quickstart-static" | grep -q 'NEEDED.*libmcsync'; then
+    ldd "$WORK/quickstart-static"
+    fail "install: linked with mcsync-static, the example still needs libmcsync.so"
+  elif run_quickstart quickstart-static 62; then
+    pass "install: \$(pkg-config --cflags --libs mcsync-static) links libmcsync.a: no libmcsync.so dependency ($(ldd "$WORK/quickstart-static" | awk '{print $1}' | tr '\n' ' '))"
+  else
+    fail "install: the example linked with mcsync-static failed"
+  fi
+
+  # Everything static: what pkg-config --static gives must be enough.
+  flags=$("${pc[@]}" --static --cflags --libs mcsync)
+  # glibc warns that a static getaddrinfo needs its shared NSS modules at run time: not an error.
+  # shellcheck disable=SC2086
+  if ! "${cc_[@]}" -static -o "$WORK/quickstart-full-static" "$WORK/quickstart.c" $flags \
+       2>"$WORK/static-link.log"; then
+    cat "$WORK/static-link.log"
+    fail "install: the example does not build with cc -static \$(pkg-config --static --cflags --libs mcsync) ($flags)"
+  elif readelf -d "$WORK/quickstart-full-static" 2>/dev/null | grep -q NEEDED; then
+    fail "install: cc -static \$(pkg-config --static ...) produced a dynamically linked program"
+  elif run_quickstart quickstart-full-static 64; then
+    pass "install: cc -static \$(pkg-config --static --cflags --libs mcsync) ($flags) links and runs"
+  else
+    fail "install: the fully static example failed"
+  fi
+
+  # SPLIT_DEBUG=1: the debug library installed without its debug info, kept in lib/.debug.
+  local dprefix=$WORK/prefix-debug dreal
+  dreal=$dprefix/lib/libmcsync.so.$version
+  if make -C examples/c install PROFILE=debug SPLIT_DEBUG=1 PREFIX="$dprefix" \
+       O="$WORK/build-debug" >"$WORK/install-debug.log" 2>&1 &&
+     [ "$(readelf -S -W "$dreal" | grep -c ' \.debug_')" -eq 0 ] &&
+     readelf -S -W "$dreal" | grep -q ' \.gnu_debuglink' &&
+     readelf -S -W "$dprefix/lib/.debug/libmcsync.so.$version.debug" | grep -q ' \.debug_info'; then
+    pass "install: SPLIT_DEBUG=1 installs the debug library stripped ($(stat -c %s "$dreal") bytes) with its debug info in lib/.debug ($(stat -c %s "$dprefix/lib/.debug/libmcsync.so.$version.debug") bytes)"
+  else
+    cat "$WORK/install-debug.log"
+    fail "install: make install SPLIT_DEBUG=1"
   fi
 }
 if ! command -v pkg-config >/dev/null 2>&1; then

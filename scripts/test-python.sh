@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds and installs the Python package into a virtualenv (target/py-venv) the way a user
-# would (`pip install ./mcsync-py`, maturin pulled in by pip), then runs its pytest suite with
-# warnings as errors, checks the type stub against the built module, and type-checks a
-# program using it with mypy --strict.
+# would (`pip install ./mcsync-py`, maturin pulled in by pip), checks that its native module
+# is under 8 MB without debug info, then runs its pytest suite with warnings as errors,
+# checks the type stub against the built module, and type-checks a program using it with
+# mypy --strict.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -20,6 +21,20 @@ echo "== pip install pytest pytest-timeout mypy prometheus_client ./mcsync-py"
 # Rebuilt every run (the version does not change between builds); mcsync has no
 # dependencies. pip fetches maturin into an isolated build environment.
 "$PY" -m pip install --quiet --force-reinstall --no-deps ./mcsync-py
+
+echo "== the native module: size and debug info"
+# What the wheel ships: built by the release profile, without debug info (Cargo.toml).
+MODULE=$(cd target && "../$PY" -c 'import mcsync._mcsync as m; print(m.__file__)')
+MODULE_BYTES=$(stat -c %s "$MODULE")
+echo "$MODULE: $MODULE_BYTES bytes"
+if [ "$MODULE_BYTES" -ge $((8 * 1024 * 1024)) ]; then
+  echo "the native module is 8 MB or more: debug info in the release profile?" >&2
+  exit 1
+fi
+if command -v readelf >/dev/null 2>&1 && readelf -S -W "$MODULE" | grep -q ' \.debug_'; then
+  echo "the native module carries debug info" >&2
+  exit 1
+fi
 
 # Keep caches and bytecode out of the work tree.
 export PYTHONDONTWRITEBYTECODE=1

@@ -22,7 +22,8 @@
  * with FINGERPRINT (both printed by publisher), as user "demo" with the secret in the
  * environment variable MCSYNC_DEMO_SECRET (default "demo-secret"), keeping its replica in
  * DATA_DIR. Without WAIT_VERSION it runs until SIGINT or SIGTERM; with it, it waits (up to 4
- * minutes) until its table holds that version. Either way it then prints
+ * minutes) until its table holds that version, or until one of those signals. Either way it
+ * then prints
  *
  *   version=V records=N digest=XXXXXXXXXXXXXXXX
  *   seen=C first=F last=L resets=R
@@ -46,12 +47,27 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t stop;
+/* SIGINT and SIGTERM are blocked in every thread (mcsync's threads inherit the mask of the
+ * thread that starts them, so they are blocked before any starts) and taken with
+ * sigtimedwait: a signal never interrupts a call inside mcsync or SQLite. */
+static sigset_t stop_signals;
+static int stop;
 
-static void on_signal(int sig)
+static void block_stop_signals(void)
 {
-    (void)sig;
-    stop = 1;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+}
+
+/* Waits up to `ms` milliseconds for SIGINT or SIGTERM; true once one has come. */
+static int stop_requested(long ms)
+{
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    if (!stop && sigtimedwait(&stop_signals, NULL, &t) > 0)
+        stop = 1;
+    return stop;
 }
 
 static void check(mcsync_status st, const char *what)
@@ -242,6 +258,7 @@ static void report(struct host *h)
 
 int main(int argc, char **argv)
 {
+    block_stop_signals();
     if (argc < 6 || argc > 7) {
         fprintf(stderr,
                 "usage: %s DATA_DIR SQLITE_FILE CONTROL_ADDR FINGERPRINT DATABASE "
@@ -279,21 +296,31 @@ int main(int argc, char **argv)
     check(mcsync_subscriber_subscribe_after(subscriber, argv[5], host.version, on_update, &host,
                                             NULL, &sub),
           "subscribing");
+    /* Each wait lasts up to 4 minutes, in slices, so that a signal ends it. */
     uint64_t caught_up = 0;
-    check(mcsync_subscription_wait_caught_up(sub, 240000, &caught_up), "catching up");
-    fprintf(stderr, "exactly_once_host: caught up with the publisher's version %llu at start\n",
-            (unsigned long long)caught_up);
+    mcsync_status st = MCSYNC_ERR_TIMEOUT;
+    for (int slice = 0; slice < 2400 && st == MCSYNC_ERR_TIMEOUT && !stop_requested(0); slice++)
+        st = mcsync_subscription_wait_caught_up(sub, 100, &caught_up);
+    if (!stop) {
+        check(st, "catching up");
+        fprintf(stderr,
+                "exactly_once_host: caught up with the publisher's version %llu at start\n",
+                (unsigned long long)caught_up);
+    }
 
     if (wait_version == 0) {
-        signal(SIGINT, on_signal);
-        signal(SIGTERM, on_signal);
-        while (!stop) {
-            struct timespec tick = {0, 100000000};
-            nanosleep(&tick, NULL);
-        }
+        while (!stop_requested(1000))
+            ; /* the callback applies every update */
     } else {
-        check(mcsync_subscription_wait_for_version(sub, wait_version, 240000), "waiting");
+        st = MCSYNC_ERR_TIMEOUT;
+        for (int slice = 0; slice < 2400 && st == MCSYNC_ERR_TIMEOUT && !stop_requested(0);
+             slice++)
+            st = mcsync_subscription_wait_for_version(sub, wait_version, 100);
+        if (!stop)
+            check(st, "waiting");
     }
+    if (stop)
+        fprintf(stderr, "exactly_once_host: interrupted\n");
 
     /* After close no callback runs: `host` is main's alone again. */
     check(mcsync_subscription_close(sub), "close");

@@ -18,7 +18,13 @@
  *   version=V records=N digest=XXXXXXXXXXXXXXXX
  *
  * (the digest of the final contents, as subscriber prints it), and keeps serving
- * subscribers' repairs until SIGINT or SIGTERM. Example:
+ * subscribers' repairs until SIGINT or SIGTERM. Either signal, at any moment (publishing
+ * included), ends it cleanly: it stops writing, commits the deletion of every tenth key it
+ * wrote, prints the version line for what it published, closes the publisher, prints
+ *
+ *   publisher: closed
+ *
+ * on standard error and exits 0. Example:
  *
  *   ./publisher /tmp/pub 239.1.2.3 47100 1000
  */
@@ -32,12 +38,29 @@
 #include <string.h>
 #include <time.h>
 
-static volatile sig_atomic_t stop;
+/* SIGINT and SIGTERM are blocked in every thread and taken with sigtimedwait instead of a
+ * handler. They are blocked first thing in main, before mcsync starts any thread (a thread
+ * inherits the signal mask of the thread that starts it), so a signal never interrupts a call
+ * inside mcsync or one of its threads; main polls for it while publishing and waits for it
+ * afterwards. */
+static sigset_t stop_signals;
+static int stop;
 
-static void on_signal(int sig)
+static void block_stop_signals(void)
 {
-    (void)sig;
-    stop = 1;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+}
+
+/* Waits up to `ms` milliseconds for SIGINT or SIGTERM; true once one has come. */
+static int stop_requested(long ms)
+{
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    if (!stop && sigtimedwait(&stop_signals, NULL, &t) > 0)
+        stop = 1;
+    return stop;
 }
 
 /* Prints what failed and the library's detailed message, then exits. */
@@ -74,6 +97,7 @@ static uint64_t digest_add(uint64_t h, const void *data, size_t len)
 
 int main(int argc, char **argv)
 {
+    block_stop_signals();
     if (argc != 5) {
         fprintf(stderr, "usage: %s DATA_DIR GROUP PORT COUNT\n", argv[0]);
         return 2;
@@ -117,33 +141,36 @@ int main(int argc, char **argv)
     check(mcsync_publisher_database(pub, "demo", &db), "database");
 
     uint64_t version = 0;
-    struct timespec pause = {0, 1000000}; /* 1 ms between puts: a steady stream */
-    for (long i = 0; i < count && !stop; i++) {
+    long written = 0; /* keys key-00000 .. written - 1 */
+    while (written < count && !stop_requested(0)) {
         char k[32], v[32];
-        snprintf(k, sizeof k, "key-%05ld", i);
-        snprintf(v, sizeof v, "value-%ld", i);
+        snprintf(k, sizeof k, "key-%05ld", written);
+        snprintf(v, sizeof v, "value-%ld", written);
         check(mcsync_db_put(db, (const uint8_t *)k, strlen(k), (const uint8_t *)v, strlen(v),
                             &version),
               "put");
-        nanosleep(&pause, NULL);
+        written++;
+        stop_requested(1); /* 1 ms between puts: a steady stream */
     }
+    if (written < count)
+        fprintf(stderr, "publisher: interrupted after %ld of %ld puts\n", written, count);
 
     /* Delete every tenth key, atomically, as one version. */
     mcsync_txn *txn = NULL;
     check(mcsync_txn_begin(db, &txn), "begin");
-    for (long i = 0; i < count; i += 10) {
+    for (long i = 0; i < written; i += 10) {
         char k[32];
         snprintf(k, sizeof k, "key-%05ld", i);
         check(mcsync_txn_delete(txn, (const uint8_t *)k, strlen(k)), "txn delete");
     }
-    if (count > 0)
+    if (written > 0)
         check(mcsync_txn_commit(txn, &version), "commit"); /* frees txn */
     else
         mcsync_txn_discard(txn);
 
     uint64_t h = 0xcbf29ce484222325ULL;
     long records = 0;
-    for (long i = 0; i < count; i++) {
+    for (long i = 0; i < written; i++) {
         if (i % 10 == 0)
             continue;
         char k[32], v[32];
@@ -156,12 +183,8 @@ int main(int argc, char **argv)
            (unsigned long long)h);
     fflush(stdout);
 
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    while (!stop) {
-        struct timespec tick = {0, 50000000};
-        nanosleep(&tick, NULL);
-    }
+    while (!stop_requested(1000))
+        ; /* serving repairs, on mcsync's threads */
 
     mcsync_stats *stats = NULL;
     check(mcsync_publisher_stats(pub, &stats), "stats");
@@ -178,5 +201,6 @@ int main(int argc, char **argv)
     mcsync_db_free(db);
     check(mcsync_publisher_close(pub), "close");
     mcsync_publisher_free(pub);
+    fprintf(stderr, "publisher: closed\n");
     return 0;
 }

@@ -11,7 +11,9 @@
  *
  *   version=V records=N digest=XXXXXXXXXXXXXXXX callbacks=C
  *
- * (the digest of the replica's contents, as publisher prints it) and exits. LOSS (e.g. 0.05)
+ * (the digest of the replica's contents, as publisher prints it) and exits. SIGINT or SIGTERM
+ * ends either wait early, with the same line for the version reached, and exit status 0.
+ * LOSS (e.g. 0.05)
  * injects that fraction of receive-side packet loss, seeded with SEED, to watch repair work.
  * Example:
  *
@@ -28,12 +30,27 @@
 #include <string.h>
 #include <time.h>
 
-static volatile sig_atomic_t stop;
+/* SIGINT and SIGTERM are blocked in every thread (mcsync's threads inherit the mask of the
+ * thread that starts them, so they are blocked before any starts) and taken with
+ * sigtimedwait: a signal never interrupts a call inside mcsync. */
+static sigset_t stop_signals;
+static int stop;
 
-static void on_signal(int sig)
+static void block_stop_signals(void)
 {
-    (void)sig;
-    stop = 1;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+}
+
+/* Waits up to `ms` milliseconds for SIGINT or SIGTERM; true once one has come. */
+static int stop_requested(long ms)
+{
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    if (!stop && sigtimedwait(&stop_signals, NULL, &t) > 0)
+        stop = 1;
+    return stop;
 }
 
 static void check(mcsync_status st, const char *what)
@@ -85,6 +102,7 @@ static uint64_t digest_add(uint64_t h, const void *data, size_t len)
 
 int main(int argc, char **argv)
 {
+    block_stop_signals();
     if (argc < 5 || argc > 8) {
         fprintf(stderr,
                 "usage: %s DATA_DIR CONTROL_ADDR FINGERPRINT DATABASE [WAIT_VERSION [LOSS "
@@ -120,14 +138,18 @@ int main(int argc, char **argv)
 
     uint64_t version = 0;
     if (wait_version == 0) {
-        signal(SIGINT, on_signal);
-        signal(SIGTERM, on_signal);
-        while (!stop) {
-            struct timespec tick = {0, 100000000};
-            nanosleep(&tick, NULL);
-        }
+        while (!stop_requested(1000))
+            ; /* the callback prints every update */
     } else {
-        check(mcsync_subscription_wait_for_version(sub, wait_version, 180000), "waiting");
+        /* Up to 3 minutes, in slices, so that a signal ends the wait. */
+        mcsync_status st = MCSYNC_ERR_TIMEOUT;
+        for (int slice = 0; slice < 1800 && st == MCSYNC_ERR_TIMEOUT && !stop_requested(0);
+             slice++)
+            st = mcsync_subscription_wait_for_version(sub, wait_version, 100);
+        if (stop)
+            fprintf(stderr, "subscriber: interrupted before version %llu\n", wait_version);
+        else
+            check(st, "waiting");
     }
     check(mcsync_subscription_version(sub, &version), "version");
 

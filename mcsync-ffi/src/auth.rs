@@ -1,13 +1,16 @@
-//! A host-supplied authenticator: a C callback that checks a subscriber's user and secret
-//! and fills in a grant (databases and access groups).
+//! Who may subscribe: a host-supplied authenticator (a C callback that checks a subscriber's
+//! user and secret and fills in a grant: databases and access groups), or the users file,
+//! which `mcsync_users_add` writes.
 
 use crate::args::{borrow_mut, str_arg};
 use crate::error::{mcsync_status, FfiError};
 use crate::subscriber::{mcsync_free_callback, UserData};
+use mcsync_core::auth::UsersFile;
 use mcsync_core::{Authenticator, Grant};
 use std::ffi::CString;
 use std::net::SocketAddr;
 use std::os::raw::{c_char, c_int, c_void};
+use std::path::Path;
 use std::sync::Arc;
 
 /// What an authenticated subscriber may do, filled in by an authenticator callback. Starts
@@ -174,6 +177,118 @@ pub unsafe extern "C" fn mcsync_grant_allow_participant(grant: *mut mcsync_grant
     ffi_panic_boundary! {
         let g = borrow_mut(grant, "grant")?;
         g.participant = true;
+        Ok(())
+    }
+}
+
+/// Most names a `mcsync_users_add` list may hold (databases, groups).
+const MAX_NAMES: usize = 255;
+
+/// Borrows a C array of `len` strings naming `what` (NULL when `len` is 0). Each must be a
+/// users-file name: 1..=255 bytes, no whitespace, commas or control characters.
+///
+/// # Safety
+/// `list` is NULL or points to `len` pointers, each NULL or a NUL-terminated string.
+unsafe fn name_list<'a>(
+    list: *const *const c_char,
+    len: usize,
+    what: &str,
+) -> Result<Vec<&'a str>, FfiError> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if list.is_null() {
+        return Err(FfiError::null(what));
+    }
+    if len > MAX_NAMES {
+        return Err(FfiError::range(format!("{len} {what} exceed {MAX_NAMES}")));
+    }
+    std::slice::from_raw_parts(list, len)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let name = str_arg(*p, &format!("{what}[{i}]"))?;
+            check_name(name, &format!("{what}[{i}]"))?;
+            Ok(name)
+        })
+        .collect()
+}
+
+/// A name as the users file holds it: 1..=255 bytes, no whitespace, commas or control
+/// characters (fields are separated by whitespace, list items by commas).
+fn check_name(name: &str, what: &str) -> Result<(), FfiError> {
+    if name.is_empty()
+        || name.len() > 255
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    {
+        return Err(FfiError::config(format!(
+            "{what} {name:?} must be 1..=255 bytes without spaces, commas or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Adds a user to the users file at `path` (creating the file), the built-in way a
+/// publisher authenticates subscribers (`mcsync_publisher_config_set_users_file`; the
+/// default file is `<data_dir>/users`). `mcsync users add` writes the same entries.
+///
+/// - `user`: the name the subscriber logs in with (`mcsync_subscriber_config_set_credentials`).
+/// - `password`: its secret, not empty; only an argon2id hash of it is written.
+/// - `databases`: an array of `databases_len` database names the user may subscribe to;
+///   NULL with `databases_len` 0 means every database.
+/// - `groups`: an array of `groups_len` access groups (records published with groups are
+///   stored in the user's replica only if it holds one of them); NULL with `groups_len` 0
+///   means none.
+/// - `participant`: whether the user may register as a two-phase participant (see
+///   `mcsync_subscriber_subscribe_participant`); grant it to trusted replicas only.
+///
+/// User, database and group names are 1..=255 bytes of UTF-8 without spaces, commas or
+/// control characters; at most 255 databases and 255 groups. Every argument is borrowed for
+/// the call only. Returns `MCSYNC_ERR_NULL` (a NULL string, or a NULL array with a non-zero
+/// length), `MCSYNC_ERR_UTF8`, `MCSYNC_ERR_RANGE` (too many names), `MCSYNC_ERR_CONFIG` (an
+/// empty password, a name not allowed, the user already in the file, or a file that is not a
+/// valid users file) or `MCSYNC_ERR_IO` (the file cannot be read or written). A publisher
+/// reads the file when it opens: users added afterwards can subscribe once it is reopened.
+/// Takes tens of milliseconds (the hash is deliberately slow). Thread-safe, but two calls
+/// adding to the same file at once (from any threads or processes) may both add the same
+/// user.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_users_add(
+    path: *const c_char,
+    user: *const c_char,
+    password: *const c_char,
+    databases: *const *const c_char,
+    databases_len: usize,
+    groups: *const *const c_char,
+    groups_len: usize,
+    participant: bool,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let path = str_arg(path, "path")?;
+        let user = str_arg(user, "user")?;
+        let password = str_arg(password, "password")?;
+        if path.is_empty() {
+            return Err(FfiError::config("users file path must not be empty"));
+        }
+        check_name(user, "user")?;
+        if password.is_empty() {
+            return Err(FfiError::config("password must not be empty"));
+        }
+        let owned = |names: Vec<&str>| names.into_iter().map(str::to_owned).collect::<Vec<_>>();
+        let databases = owned(name_list(databases, databases_len, "databases")?);
+        let groups = owned(name_list(groups, groups_len, "groups")?);
+        // Every database unless listed (an empty list would write an invalid line).
+        let databases = (!databases.is_empty()).then_some(databases);
+        UsersFile::add_user(
+            Path::new(path),
+            user,
+            password,
+            databases.as_deref(),
+            &groups,
+            participant,
+        )?;
         Ok(())
     }
 }

@@ -35,7 +35,7 @@ mod config;
 /// Publisher, database, transaction.
 mod publisher;
 
-/// Host authenticator callback and grants.
+/// Host authenticator callback, grants, and the users file.
 mod auth;
 
 /// Subscriber, subscription, iterator, callbacks.

@@ -3,7 +3,7 @@
 //! argument checking. (scripts/test-c.sh runs the C programs themselves.)
 
 use mcsync::*;
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -840,4 +840,178 @@ fn two_phase_arguments_are_checked() {
         );
         assert_eq!(seen.freed.load(Ordering::SeqCst), 1);
     }
+}
+
+#[test]
+fn users_add_writes_entries_the_users_file_reads() {
+    use mcsync_status::*;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    let path = c(file.to_str().unwrap());
+    let (inventory, orders, emea) = (c("inventory"), c("orders"), c("emea"));
+    let dbs = [inventory.as_ptr(), orders.as_ptr()];
+    let groups = [emea.as_ptr()];
+    unsafe {
+        ok(mcsync_users_add(
+            path.as_ptr(),
+            c("carol").as_ptr(),
+            c("s3cret").as_ptr(),
+            dbs.as_ptr(),
+            2,
+            groups.as_ptr(),
+            1,
+            false,
+        ));
+        ok(mcsync_users_add(
+            path.as_ptr(),
+            c("dave").as_ptr(),
+            c("pw").as_ptr(),
+            null(),
+            0,
+            null(),
+            0,
+            true,
+        ));
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0][0], "carol");
+    assert!(lines[0][1].starts_with("$argon2id$") && !text.contains("s3cret"));
+    assert_eq!(lines[0][2..], ["inventory,orders", "emea"]);
+    assert_eq!(lines[1][0], "dave");
+    assert_eq!(lines[1][2..], ["*", "-", "participant"]);
+    let users = mcsync_core::auth::UsersFile::load(&file).expect("a valid users file");
+    assert_eq!(users.len(), 2);
+
+    // Bad arguments: a status and a message, and the file unchanged.
+    struct Args {
+        path: *const c_char,
+        user: *const c_char,
+        password: *const c_char,
+        dbs: (*const *const c_char, usize),
+        groups: (*const *const c_char, usize),
+    }
+    let (u, pw, bad, comma, empty) = (c("u"), c("pw"), c("a b"), c("a,b"), c(""));
+    let (comma_list, empty_db, many) = (
+        [comma.as_ptr()],
+        [inventory.as_ptr(), empty.as_ptr()],
+        vec![inventory.as_ptr(); 256],
+    );
+    let good = Args {
+        path: path.as_ptr(),
+        user: u.as_ptr(),
+        password: pw.as_ptr(),
+        dbs: (null(), 0),
+        groups: (null(), 0),
+    };
+    let carol = c("carol");
+    let cases = [
+        (
+            MCSYNC_ERR_NULL,
+            "user",
+            Args {
+                user: null(),
+                ..good
+            },
+        ),
+        (
+            MCSYNC_ERR_NULL,
+            "path",
+            Args {
+                path: null(),
+                ..good
+            },
+        ),
+        (
+            MCSYNC_ERR_CONFIG,
+            "password",
+            Args {
+                password: empty.as_ptr(),
+                ..good
+            },
+        ),
+        (
+            MCSYNC_ERR_CONFIG,
+            "user",
+            Args {
+                user: bad.as_ptr(),
+                ..good
+            },
+        ),
+        (
+            MCSYNC_ERR_CONFIG,
+            "groups[0]",
+            Args {
+                groups: (comma_list.as_ptr(), 1),
+                ..good
+            },
+        ),
+        (
+            MCSYNC_ERR_CONFIG,
+            "databases[1]",
+            Args {
+                dbs: (empty_db.as_ptr(), 2),
+                ..good
+            },
+        ),
+        (
+            MCSYNC_ERR_NULL,
+            "groups",
+            Args {
+                groups: (null(), 3),
+                ..good
+            },
+        ),
+        (
+            MCSYNC_ERR_RANGE,
+            "256 databases",
+            Args {
+                dbs: (many.as_ptr(), 256),
+                ..good
+            },
+        ),
+        (
+            MCSYNC_ERR_CONFIG,
+            "already",
+            Args {
+                user: carol.as_ptr(),
+                ..good
+            },
+        ),
+    ];
+    for (status, words, a) in cases {
+        let st = unsafe {
+            mcsync_users_add(
+                a.path, a.user, a.password, a.dbs.0, a.dbs.1, a.groups.0, a.groups.1, false,
+            )
+        };
+        assert_eq!(st, status, "{words}: {}", last_error());
+        assert!(last_error().contains(words), "{words}: {}", last_error());
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+
+    // A file that is not a users file is an error, not a crash, and stays as it was.
+    let other = dir.path().join("other");
+    std::fs::write(&other, "not a users file\n").unwrap();
+    let st = unsafe {
+        mcsync_users_add(
+            c(other.to_str().unwrap()).as_ptr(),
+            c("u").as_ptr(),
+            c("pw").as_ptr(),
+            null(),
+            0,
+            null(),
+            0,
+            false,
+        )
+    };
+    assert_eq!(st, MCSYNC_ERR_CONFIG, "{}", last_error());
+    assert_eq!(
+        std::fs::read_to_string(&other).unwrap(),
+        "not a users file\n"
+    );
 }

@@ -242,9 +242,10 @@ pub(crate) fn schedule_arg(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<m
 
 /// Adds a user to a users file (creating the file, and its directory: a publisher's
 /// ``<data_dir>/users`` can be written before the publisher first opens), with an argon2
-/// hash of ``password``.
+/// hash of ``password`` (which must not be empty).
 ///
-/// ``databases`` lists what the user may subscribe to (``None``: every database);
+/// ``databases`` lists what the user may subscribe to (``None``: every database; an empty
+/// list is refused);
 /// ``groups`` are its access groups; ``participant`` lets it register as a two-phase
 /// participant. A publisher reads the file at open
 /// (``Publisher(users=path)``; the default is ``<data_dir>/users``).
@@ -261,6 +262,15 @@ pub(crate) fn add_user(
 ) -> PyResult<()> {
     let databases = names_arg(databases, "databases")?;
     let groups = names_arg(groups, "groups")?.unwrap_or_default();
+    if password.is_empty() {
+        return Err(config_error(py, "password must not be empty"));
+    }
+    if databases.as_ref().is_some_and(Vec::is_empty) {
+        return Err(config_error(
+            py,
+            "databases must name at least one database (None: every database)",
+        ));
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             raise(

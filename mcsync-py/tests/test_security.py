@@ -93,6 +93,14 @@ def test_users_file(tmp_path: Path) -> None:
     mcsync.add_user(users, "dave", "pw", participant=True)
     with pytest.raises(mcsync.ConfigError, match="already"):
         mcsync.add_user(users, "carol", "again")
+    before = users.read_text()
+    with pytest.raises(mcsync.ConfigError, match="password"):
+        mcsync.add_user(users, "erin", "")
+    with pytest.raises(mcsync.ConfigError, match="databases"):
+        mcsync.add_user(users, "erin", "pw", databases=[])
+    with pytest.raises(mcsync.ConfigError, match="spaces"):
+        mcsync.add_user(users, "erin", "pw", groups=["two words"])
+    assert users.read_text() == before
     assert users.read_text().splitlines()[1].endswith(" - participant")
     with open_publisher(tmp_path / "pub", users=users) as pub:
         inventory = pub.database("inventory")
