@@ -303,6 +303,9 @@ run twophase 120 "$BIN/test_mcsync" twophase "$WORK/twophase" "$(group 35)" "$(p
 echo "== 4c. users"
 run users 120 "$BIN/test_mcsync" users "$WORK/users" "$(group 37)" "$(port 37)"
 
+echo "== 4d. observe (log callback, metrics)"
+run observe 120 "$BIN/test_mcsync" observe "$WORK/observe" "$(group 38)" "$(port 38)"
+
 echo "== 5. valgrind"
 if ! command -v valgrind >/dev/null 2>&1; then
   echo "valgrind not found: installing it"
@@ -319,6 +322,8 @@ if command -v valgrind >/dev/null 2>&1; then
     "$(group 55)" "$(port 55)"
   run valgrind-users 300 "${VG[@]}" "$BIN/test_mcsync" users "$WORK/vg-users" \
     "$(group 57)" "$(port 57)"
+  run valgrind-observe 300 "${VG[@]}" "$BIN/test_mcsync" observe "$WORK/vg-observe" \
+    "$(group 58)" "$(port 58)"
 else
   fail "valgrind: not installed and could not be installed"
 fi

@@ -1454,6 +1454,108 @@ static int run_users(const char *workdir, const char *group, int port)
     return 0;
 }
 
+/* ---------------------------------------------------------------- observe */
+
+/* Log records the callback received (from any mcsync thread). */
+typedef struct {
+    pthread_mutex_t lock;
+    int records, warnings;
+    char fingerprint_line[512];
+} log_sink;
+
+static void on_log(mcsync_log_level level, const char *target, const char *message,
+                   void *user_data)
+{
+    log_sink *s = user_data;
+    pthread_mutex_lock(&s->lock);
+    s->records++;
+    if (level <= MCSYNC_LOG_WARN)
+        s->warnings++;
+    if (strstr(message, "fingerprint") && strncmp(target, "mcsync", 6) == 0)
+        snprintf(s->fingerprint_line, sizeof s->fingerprint_line, "%s: %s", target, message);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* The value of the first sample line starting with `series ` in an OpenMetrics text. */
+static double metric(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *line = text; line && *line; line = strchr(line, '\n')) {
+        if (*line == '\n')
+            line++;
+        if (strncmp(line, series, n) == 0 && line[n] == ' ')
+            return strtod(line + n + 1, NULL);
+    }
+    return -1;
+}
+
+static int run_observe(const char *workdir, const char *group, int port)
+{
+    static log_sink sink = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    char dir[4096];
+    EXPECT(mcsync_set_log_callback(on_log, &sink, 0), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_set_log_callback(on_log, &sink, 6), MCSYNC_ERR_RANGE);
+    CHECK(mcsync_set_log_callback(on_log, &sink, MCSYNC_LOG_INFO));
+
+    path_join(dir, sizeof dir, workdir, "publisher");
+    mcsync_publisher *pub = open_publisher(dir, group, port);
+    char fingerprint[80];
+    size_t fp_len = 0;
+    CHECK(mcsync_publisher_fingerprint(pub, fingerprint, sizeof fingerprint, &fp_len));
+    pthread_mutex_lock(&sink.lock);
+    /* The publisher logs its address and fingerprint at INFO when it opens. */
+    ASSERT(strstr(sink.fingerprint_line, fingerprint) != NULL);
+    pthread_mutex_unlock(&sink.lock);
+
+    mcsync_db *db = NULL;
+    CHECK(mcsync_publisher_database(pub, "watched", &db));
+    path_join(dir, sizeof dir, workdir, "subscriber");
+    mcsync_subscriber *subscriber = open_subscriber(dir, pub, "alice", "alice-secret", 0, 0);
+    mcsync_subscription *sub = NULL;
+    CHECK(mcsync_subscriber_subscribe(subscriber, "watched", NULL, NULL, NULL, &sub));
+    uint64_t v = 0;
+    for (int i = 0; i < 30; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "k%d", i);
+        CHECK(mcsync_db_put(db, (const uint8_t *)key, strlen(key), (const uint8_t *)"v", 1, &v));
+    }
+    CHECK(mcsync_subscription_wait_for_version(sub, v, 60000));
+
+    char *text = NULL;
+    size_t len = 0;
+    CHECK(mcsync_publisher_metrics(pub, &text, &len));
+    ASSERT(len == strlen(text));
+    ASSERT(metric(text, "mcsync_publisher_updates_committed_total") == 30);
+    ASSERT(metric(text, "mcsync_database_version{database=\"watched\"}") == 30);
+    ASSERT(strcmp(text + len - 6, "# EOF\n") == 0);
+    mcsync_bytes_free((uint8_t *)text);
+    CHECK(mcsync_subscriber_metrics(subscriber, &text, NULL));
+    ASSERT(metric(text, "mcsync_subscription_version{database=\"watched\"}") == 30);
+    ASSERT(metric(text, "mcsync_subscription_latency_seconds_count{database=\"watched\"}") ==
+           30);
+    mcsync_bytes_free((uint8_t *)text);
+    EXPECT(mcsync_publisher_metrics(pub, NULL, NULL), MCSYNC_ERR_NULL);
+    EXPECT(mcsync_subscriber_metrics(NULL, &text, NULL), MCSYNC_ERR_NULL);
+
+    /* Switched off: no record reaches the callback any more. */
+    CHECK(mcsync_set_log_callback(NULL, NULL, MCSYNC_LOG_TRACE));
+    pthread_mutex_lock(&sink.lock);
+    int before = sink.records;
+    pthread_mutex_unlock(&sink.lock);
+    mcsync_subscription_free(sub);
+    mcsync_subscriber_free(subscriber);
+    mcsync_db_free(db);
+    CHECK(mcsync_publisher_close(pub));
+    mcsync_publisher_free(pub);
+    pthread_mutex_lock(&sink.lock);
+    ASSERT(sink.records == before);
+    pthread_mutex_unlock(&sink.lock);
+    printf("PASS observe: %d log records reached the callback; metrics of publisher and "
+           "subscriber; %d expected error codes\n",
+           before, g_expectations);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1473,11 +1575,16 @@ int main(int argc, char **argv)
         g_mode = "users";
         return run_users(argv[2], argv[3], atoi(argv[4]));
     }
+    if (argc == 5 && strcmp(argv[1], "observe") == 0) {
+        g_mode = "observe";
+        return run_observe(argv[2], argv[3], atoi(argv[4]));
+    }
     fprintf(stderr,
             "usage: %s converge WORKDIR GROUP PORT UPDATES\n"
             "       %s twophase WORKDIR GROUP PORT\n"
             "       %s misuse WORKDIR GROUP PORT\n"
-            "       %s users WORKDIR GROUP PORT\n",
-            argv[0], argv[0], argv[0], argv[0]);
+            "       %s users WORKDIR GROUP PORT\n"
+            "       %s observe WORKDIR GROUP PORT\n",
+            argv[0], argv[0], argv[0], argv[0], argv[0]);
     return 2;
 }

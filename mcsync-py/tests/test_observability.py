@@ -161,3 +161,27 @@ def test_log_records_reach_python_logging(tmp_path: Path) -> None:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         mcsync.refresh_log_levels()
+
+
+def test_grafana_dashboard_names_only_metrics_that_exist(
+    publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
+) -> None:
+    import json
+
+    dashboard = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "mcsync-dashboard.json"
+    exprs = [
+        t["expr"]
+        for panel in json.loads(dashboard.read_text())["panels"]
+        for t in panel["targets"]
+    ]
+    used = {m for e in exprs for m in re.findall(r"\bmcsync_[a-z0-9_]+", e)}
+    db = publisher.database("dash")
+    s = make_subscriber()
+    sub = s.subscribe("dash")
+    sub.wait_for_version(db.put("k", "v"), CONVERGE)
+    deadline = time.monotonic() + CONVERGE
+    while "mcsync_subscriber_lag_versions" not in publisher.metrics():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    names = {name for (name, _) in {**samples(publisher.metrics()), **samples(s.metrics())}}
+    assert used and used <= names, used - names
