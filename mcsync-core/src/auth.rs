@@ -439,6 +439,14 @@ impl UsersFile {
                 "user, database and group names must be non-empty, without spaces or commas".into(),
             ));
         }
+        if password.is_empty() {
+            return Err(Error::Config("a user's password must not be empty".into()));
+        }
+        if databases.is_some_and(|d| d.is_empty()) {
+            return Err(Error::Config(
+                "databases must name at least one database (None: every database)".into(),
+            ));
+        }
         if path.exists() && UsersFile::load(path)?.users.contains_key(name) {
             return Err(Error::Config(format!(
                 "user {name:?} already in {}",
@@ -752,6 +760,13 @@ mod tests {
             false,
         )
         .unwrap();
+        // Entries the file could not read back, or nobody could log in with, are refused.
+        let before = std::fs::read(&path).unwrap();
+        for (pw, dbs) in [("", None), ("pw", Some(&[][..]))] {
+            let e = UsersFile::add_user(&path, "cid", pw, dbs, &[], false).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{e}");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before);
         let users = UsersFile::load(&path).unwrap();
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let ann = users.authenticate("ann", "pw", peer).unwrap();
