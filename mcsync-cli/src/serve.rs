@@ -266,6 +266,17 @@ pub fn users(cmd: UsersCommand) -> CliResult {
     }
 }
 
+/// Starts the metrics endpoint if `--metrics` was given, and says where it listens.
+fn serve_metrics(
+    addr: Option<SocketAddr>,
+    render: impl Fn() -> String + Send + 'static,
+) -> Result<Option<MetricsServer>, Box<dyn std::error::Error>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let m = MetricsServer::start(addr, render)?;
+    eprintln!("metrics on http://{}/metrics", m.addr());
+    Ok(Some(m))
+}
+
 /// Runs `mcsync serve` until standard input ends.
 pub fn serve(a: ServeArgs) -> CliResult {
     let mut cfg = PublisherConfig::new(&a.data_dir);
@@ -281,15 +292,8 @@ pub fn serve(a: ServeArgs) -> CliResult {
     let stats_file = a.data_dir.join("stats.txt");
     let publisher = std::sync::Arc::new(Publisher::open(cfg)?);
     let db = publisher.database(&a.database)?;
-    let _metrics = match a.metrics {
-        Some(addr) => {
-            let p = publisher.clone();
-            let m = MetricsServer::start(addr, move || p.metrics())?;
-            eprintln!("metrics on http://{}/metrics", m.addr());
-            Some(m)
-        }
-        None => None,
-    };
+    let p = publisher.clone();
+    let _metrics = serve_metrics(a.metrics, move || p.metrics())?;
     println!(
         "serving database {:?} at version {} on {} (TLS 1.3, certificate SHA-256 fingerprint {}); multicast {}",
         a.database,
@@ -388,15 +392,8 @@ pub fn subscribe(a: SubscribeArgs) -> CliResult {
     cfg.user = a.user;
     cfg.secret = read_password(a.password_file.as_ref())?.into();
     let s = std::sync::Arc::new(Subscriber::open(cfg)?);
-    let _metrics = match a.metrics {
-        Some(addr) => {
-            let s = s.clone();
-            let m = MetricsServer::start(addr, move || s.metrics())?;
-            eprintln!("metrics on http://{}/metrics", m.addr());
-            Some(m)
-        }
-        None => None,
-    };
+    let s2 = s.clone();
+    let _metrics = serve_metrics(a.metrics, move || s2.metrics())?;
     let sub = s.subscribe(&a.database, |u| {
         for op in &u.ops {
             match op.kind {

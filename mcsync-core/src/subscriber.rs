@@ -473,15 +473,20 @@ impl Drop for Subscriber {
     }
 }
 
-/// A control-channel client for database `name` as `cfg` says.
-fn client_for(cfg: &SubscriberConfig, name: &str) -> Result<RepairClient> {
-    let identity = ClientIdentity {
+/// Who a control-channel client is, as `cfg` says.
+fn identity(cfg: &SubscriberConfig) -> Result<ClientIdentity> {
+    Ok(ClientIdentity {
         server: cfg.server,
         tls: ClientTls::new(&cfg.trust, cfg.server, cfg.server_name.as_deref())?,
         user: cfg.user.clone(),
         secret: cfg.secret.clone(),
         client_name: cfg.client_name.clone(),
-    };
+    })
+}
+
+/// A control-channel client for database `name` as `cfg` says.
+fn client_for(cfg: &SubscriberConfig, name: &str) -> Result<RepairClient> {
+    let identity = identity(cfg)?;
     let max_frame =
         (cfg.max_update_bytes + 1024).max(crate::wire::control::MAX_LIST_ENTRIES * 16 + 64);
     Ok(RepairClient::new(
@@ -1843,13 +1848,7 @@ impl Subscription {
             )));
         }
         let cfg = &subscriber.config;
-        let identity = ClientIdentity {
-            server: cfg.server,
-            tls: ClientTls::new(&cfg.trust, cfg.server, cfg.server_name.as_deref())?,
-            user: cfg.user.clone(),
-            secret: cfg.secret.clone(),
-            client_name: cfg.client_name.clone(),
-        };
+        let identity = identity(cfg)?;
         // HELLO_OK carries keys and groups, never updates.
         let max_frame = crate::wire::control::MAX_LIST_ENTRIES * 16 + 64;
         let timeout = io_timeout

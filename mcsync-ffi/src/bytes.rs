@@ -23,6 +23,24 @@ pub(crate) fn bytes_to_c(data: &[u8]) -> *mut u8 {
     unsafe { block.cast::<u8>().add(PREFIX) }
 }
 
+/// Hands `text` to C as a NUL-terminated buffer in `*slot` (free it with
+/// `mcsync_bytes_free`), and its length without the NUL in `*len` unless `len` is NULL.
+///
+/// # Safety
+/// `slot` and `len` are NULL or valid for writes.
+pub(crate) unsafe fn text_out(
+    slot: *mut *mut std::os::raw::c_char,
+    len: *mut usize,
+    text: &str,
+) -> Result<(), crate::error::FfiError> {
+    let slot = crate::args::out(slot, "text")?;
+    if !len.is_null() {
+        *len = text.len();
+    }
+    *slot = bytes_to_c(text.as_bytes()).cast();
+    Ok(())
+}
+
 /// Frees a buffer returned by `mcsync_subscription_get`.
 ///
 /// Ownership: `value` must come from mcsync (never from malloc) and be freed exactly

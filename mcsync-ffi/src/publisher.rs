@@ -256,13 +256,7 @@ pub unsafe extern "C" fn mcsync_publisher_metrics(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let p = borrow(publisher, "publisher")?;
-        let slot = out(text, "text")?;
-        let m = p.inner.metrics();
-        if !len.is_null() {
-            *len = m.len();
-        }
-        *slot = crate::bytes::bytes_to_c(m.as_bytes()).cast();
-        Ok(())
+        crate::bytes::text_out(text, len, &p.inner.metrics())
     }
 }
 

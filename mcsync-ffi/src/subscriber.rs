@@ -956,13 +956,7 @@ pub unsafe extern "C" fn mcsync_subscriber_metrics(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let s = borrow(subscriber, "subscriber")?;
-        let slot = out(text, "text")?;
-        let m = s.inner.metrics();
-        if !len.is_null() {
-            *len = m.len();
-        }
-        *slot = bytes_to_c(m.as_bytes()).cast();
-        Ok(())
+        crate::bytes::text_out(text, len, &s.inner.metrics())
     }
 }
 
