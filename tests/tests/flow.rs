@@ -44,7 +44,7 @@ fn a_lossy_subscriber_reregisters_backs_off_to_unicast_and_rejoins_without_losin
     let db = p.database("policy").unwrap();
     let mut c = subscriber_config(&dir.path().join("lossy"), &p, Some((0.5, 11)));
     c.report_interval = Duration::from_millis(200);
-    c.unicast_backoff = Duration::from_millis(800);
+    c.unicast_backoff = Duration::from_millis(1_500);
     let lossy = Subscriber::open(c).unwrap();
     let sub = lossy.subscribe("policy", |_| {}).unwrap();
     let clean = open_subscriber(&dir.path().join("clean"), &p, None);
@@ -53,22 +53,36 @@ fn a_lossy_subscriber_reregisters_backs_off_to_unicast_and_rejoins_without_losin
     let mut last = 0;
     let mut i = 0u32;
     // While backed off it receives nothing by multicast, although another subscriber of
-    // the same process is still in the group.
-    let mut backoff_seen: Option<Instant> = None;
-    let mut received_in_backoff: Option<u64> = None;
+    // the same process is still in the group. Checked in whichever back-off this loop
+    // happens to observe for long enough (it backs off again after each rejoin, so a
+    // loaded machine that skips through one gets another).
+    let mut episode: Option<(u64, Instant, Option<u64>)> = None;
     let mut checked_silence = false;
-    while t0.elapsed() < Duration::from_secs(4) || sub.stats().rejoins == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", sub.stats());
+    while t0.elapsed() < Duration::from_secs(4) || sub.stats().rejoins == 0 || !checked_silence {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "never observed a back-off long enough: {:?}",
+            sub.stats()
+        );
         let st = sub.stats();
-        if st.unicast_backoffs == 1 && st.rejoins == 0 {
-            let since = *backoff_seen.get_or_insert_with(Instant::now);
-            let waited = since.elapsed();
-            if waited >= Duration::from_millis(100) && received_in_backoff.is_none() {
-                received_in_backoff = Some(st.packets_received);
-            } else if waited >= Duration::from_millis(500) && !checked_silence {
-                assert_eq!(Some(st.packets_received), received_in_backoff, "{st:?}");
-                checked_silence = true;
+        let backed_off = st.unicast_backoffs > st.rejoins;
+        match &mut episode {
+            Some((n, since, first)) if backed_off && *n == st.unicast_backoffs => {
+                let waited = since.elapsed();
+                if first.is_none() && waited >= Duration::from_millis(300) {
+                    *first = Some(st.packets_received);
+                } else if let Some(first) = *first {
+                    if waited >= Duration::from_millis(900) && !checked_silence {
+                        // Still the same back-off (counted after reading the counter).
+                        if sub.stats().rejoins == st.rejoins {
+                            assert_eq!(st.packets_received, first, "{st:?}");
+                            checked_silence = true;
+                        }
+                    }
+                }
             }
+            _ if backed_off => episode = Some((st.unicast_backoffs, Instant::now(), None)),
+            _ => episode = None,
         }
         last = db
             .put(format!("k{}", i % 500), format!("value {i}"))
