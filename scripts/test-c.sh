@@ -339,6 +339,14 @@ run_quickstart() {
   cat "$WORK/$name.log"
   return 1
 }
+# readelf OPTION FILE, then grep -q PATTERN over its whole output. Never `readelf | grep -q`
+# under pipefail: grep -q exits at the first match, readelf (more than a pipe buffer of output)
+# dies of SIGPIPE, and the pipeline fails although the pattern was there.
+elf_has() {
+  local out
+  out=$(readelf "$1" -W "$2" 2>/dev/null) || return 1
+  grep -q -- "$3" <<<"$out"
+}
 install_test() {
   PREFIX_DIR=$WORK/prefix
   local prefix=$PREFIX_DIR lib=$WORK/prefix/lib
@@ -383,7 +391,7 @@ install_test() {
   # shellcheck disable=SC2086
   if ! "${cc_[@]}" -o "$WORK/quickstart" "$WORK/quickstart.c" $flags; then
     fail "install: the docs/C_API.md example does not build with \$(pkg-config --cflags --libs mcsync)"
-  elif ! readelf -d "$WORK/quickstart" | grep -q "NEEDED.*\[libmcsync.so.$major\]"; then
+  elif ! elf_has -d "$WORK/quickstart" "NEEDED.*\[libmcsync.so.$major\]"; then
     readelf -d "$WORK/quickstart" | grep NEEDED
     fail "install: a program linked with -lmcsync does not load libmcsync.so.$major"
   elif run_quickstart quickstart 60; then
@@ -398,7 +406,7 @@ install_test() {
   # shellcheck disable=SC2086
   if ! "${cc_[@]}" -o "$WORK/quickstart-static" "$WORK/quickstart.c" $flags; then
     fail "install: the example does not build with \$(pkg-config --cflags --libs mcsync-static) ($flags)"
-  elif readelf -d "$WORK/quickstart-static" | grep -q 'NEEDED.*libmcsync'; then
+  elif elf_has -d "$WORK/quickstart-static" 'NEEDED.*libmcsync'; then
     ldd "$WORK/quickstart-static"
     fail "install: linked with mcsync-static, the example still needs libmcsync.so"
   elif run_quickstart quickstart-static 62; then
@@ -415,7 +423,7 @@ install_test() {
        2>"$WORK/static-link.log"; then
     cat "$WORK/static-link.log"
     fail "install: the example does not build with cc -static \$(pkg-config --static --cflags --libs mcsync) ($flags)"
-  elif readelf -d "$WORK/quickstart-full-static" 2>/dev/null | grep -q NEEDED; then
+  elif elf_has -d "$WORK/quickstart-full-static" NEEDED; then
     fail "install: cc -static \$(pkg-config --static ...) produced a dynamically linked program"
   elif run_quickstart quickstart-full-static 64; then
     pass "install: cc -static \$(pkg-config --static --cflags --libs mcsync) ($flags) links and runs"
@@ -429,8 +437,8 @@ install_test() {
   if make -C examples/c install PROFILE=debug SPLIT_DEBUG=1 PREFIX="$dprefix" \
        O="$WORK/build-debug" >"$WORK/install-debug.log" 2>&1 &&
      [ "$(readelf -S -W "$dreal" | grep -c ' \.debug_')" -eq 0 ] &&
-     readelf -S -W "$dreal" | grep -q ' \.gnu_debuglink' &&
-     readelf -S -W "$dprefix/lib/.debug/libmcsync.so.$version.debug" | grep -q ' \.debug_info'; then
+     elf_has -S "$dreal" ' \.gnu_debuglink' &&
+     elf_has -S "$dprefix/lib/.debug/libmcsync.so.$version.debug" ' \.debug_info'; then
     pass "install: SPLIT_DEBUG=1 installs the debug library stripped ($(stat -c %s "$dreal") bytes) with its debug info in lib/.debug ($(stat -c %s "$dprefix/lib/.debug/libmcsync.so.$version.debug") bytes)"
   else
     cat "$WORK/install-debug.log"

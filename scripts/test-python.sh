@@ -31,7 +31,8 @@ if [ "$MODULE_BYTES" -ge $((8 * 1024 * 1024)) ]; then
   echo "the native module is 8 MB or more: debug info in the release profile?" >&2
   exit 1
 fi
-if command -v readelf >/dev/null 2>&1 && readelf -S -W "$MODULE" | grep -q ' \.debug_'; then
+# (readelf's output captured first: `readelf | grep -q` under pipefail races with SIGPIPE)
+if command -v readelf >/dev/null 2>&1 && grep -q ' \.debug_' <<<"$(readelf -S -W "$MODULE")"; then
   echo "the native module carries debug info" >&2
   exit 1
 fi
