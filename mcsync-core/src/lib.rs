@@ -86,5 +86,12 @@ pub use stats::{PublisherStats, SubscriptionStats};
 pub use subscriber::{SubscribeOptions, Subscriber, Subscription, UpdateCallback, VoteCallback};
 pub use update::{Op, OpKind, Update};
 
+/// Locks a mutex, taking the data of one poisoned by a panicking holder: every mutex here
+/// guards state that stays consistent between statements (a panic in a host callback is
+/// caught before it can leave one half-changed).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A record: key and value.
 pub type Record = (Vec<u8>, Vec<u8>);

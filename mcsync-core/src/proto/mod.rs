@@ -15,6 +15,7 @@ pub mod replay;
 pub mod resync;
 pub mod retransmit;
 pub mod sender;
+pub mod subscription;
 pub mod two_phase;
 
 pub use assembler::{Assembled, Chain, ChainAssembler, ChainDrop};

@@ -1,0 +1,333 @@
+//! The process thread: a thin driver of the sans-IO [`Engine`]. Each turn it waits for
+//! packets until the engine's next timer, reads the clock, feeds what happened, and does
+//! what the engine asks (store, callbacks, control channel). Applying and delivering live
+//! in `host.rs`, repairs in `repair.rs`.
+
+use super::{keyring_from, SubShared, UpdateCallback, VoteCallback};
+use crate::crypto::Keyring;
+use crate::net::receive::Inbound;
+use crate::net::repair_client::RepairClient;
+use crate::proto::subscription::{Engine, Input, Output, Traffic};
+use crate::proto::Delivery;
+use crate::stats::inc;
+use crate::wire::control::{DatabaseInfo, SubscriberReport};
+use crate::wire::update::Limits;
+use crate::{Error, Result, Update};
+use crossbeam_channel as chan;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Longest the process thread sleeps before re-checking its stop flag and the receive
+/// side's counters.
+pub(super) const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Most packets taken from the channel in one turn.
+const PACKETS_PER_TURN: usize = 4096;
+
+/// The process thread's state: the engine and what its outputs are done with.
+pub(super) struct Driver {
+    pub engine: Engine,
+    pub shared: Arc<SubShared>,
+    /// Set to leave the multicast group (the receive thread acts on it).
+    pub leave: Arc<AtomicBool>,
+    /// The host's vote on prepared updates (participants only).
+    pub vote: Option<VoteCallback>,
+    pub source: Arc<Mutex<Option<SocketAddr>>>,
+    pub keyring: Arc<RwLock<Keyring>>,
+    /// Set by the receive thread when a packet of an unknown key epoch arrives.
+    pub rekey: Arc<AtomicBool>,
+    pub callback: Option<UpdateCallback>,
+    /// What the host has been called back for and what it is still owed.
+    pub delivery: Delivery,
+    /// The delivered cursor as last written to the store.
+    pub delivered_durable: u64,
+    pub last_flush: Instant,
+    pub limits: Limits,
+}
+
+pub(super) fn run(mut d: Driver, mut client: RepairClient, rx: chan::Receiver<Inbound>) {
+    let stop = d.shared.stop.clone();
+    let mut ok = d.drain(&mut client).is_ok();
+    while ok && !stop.is_stopped() {
+        let now = Instant::now();
+        let deadline = d
+            .engine
+            .poll_timeout()
+            .map_or(now + IDLE_WAIT, |t| t.min(now + IDLE_WAIT));
+        let first = match rx.recv_deadline(deadline) {
+            Ok(pkt) => Some(pkt),
+            Err(chan::RecvTimeoutError::Timeout) => None,
+            Err(chan::RecvTimeoutError::Disconnected) => break,
+        };
+        let now = Instant::now();
+        for pkt in first
+            .into_iter()
+            .chain(rx.try_iter().take(PACKETS_PER_TURN))
+        {
+            d.engine.handle(now, Input::Packet(pkt));
+        }
+        d.engine.handle(now, Input::Traffic(d.traffic()));
+        if let Some(new) = client.history_changed() {
+            d.engine.handle(now, Input::HistoryChanged(new));
+        }
+        if d.shared.force_resync.swap(false, Ordering::SeqCst) {
+            d.engine.handle(now, Input::ResyncRequested);
+        }
+        ok = d.drain(&mut client).is_ok()
+            // Nothing is owed to the host from another history.
+            && (d.engine.new_history().is_some() || d.deliver_backlog(&mut client).is_ok());
+        d.sync_counters();
+        d.flush_delivered(false);
+    }
+    d.sync_counters();
+    // What the callbacks returned is recorded; the rest is replayed at the next subscribe.
+    d.flush_delivered(true);
+    if crate::lock(&d.shared.failure).is_none() {
+        if let Err(e) = client.close_subscription() {
+            log::debug!("{}: CLOSE SUBSCRIPTION: {e}", d.shared.name);
+        }
+    }
+}
+
+impl Driver {
+    /// Does what the engine asks until it has nothing more. Only a storage failure (which
+    /// stops the subscription) is an error.
+    pub fn drain(&mut self, client: &mut RepairClient) -> Result<()> {
+        while let Some(out) = self.engine.poll(Instant::now()) {
+            self.execute(client, out)?;
+            // Waiters and stats readers see what the engine counted at once.
+            self.sync_counters();
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, client: &mut RepairClient, out: Output) -> Result<()> {
+        let name = &self.shared.name;
+        match out {
+            Output::Apply(batch) => self.apply(batch)?,
+            Output::Hello => self.hello(client),
+            Output::Report(r) => self.report(client, r),
+            Output::Status => {
+                if let Ok(s) = client.status() {
+                    let input = Input::Current(s.current_version);
+                    self.engine.handle(Instant::now(), input);
+                }
+            }
+            Output::Membership { leave, loss } => {
+                self.leave.store(leave, Ordering::SeqCst);
+                if leave {
+                    log::warn!(
+                        "{name}: losing {:.0} % of packets; catching up by unicast for a while",
+                        loss * 100.0
+                    );
+                } else {
+                    log::info!("{name}: rejoining multicast");
+                }
+            }
+            Output::FetchPackets { stream, ranges } => self.fetch_packets(client, stream, &ranges),
+            Output::CatchUp(ranges) => self.catch_up(client, &ranges, None)?,
+            Output::Compact { from, through } => {
+                self.catch_up(client, &[(from, through)], Some((from, through)))?
+            }
+            Output::Resync { new_history } => self.resync(client, new_history)?,
+            Output::Forget => {
+                self.shared
+                    .store
+                    .clear_prepared(name)
+                    .inspect_err(|e| self.fail_two_phase(e))?;
+                self.engine.handle(Instant::now(), Input::Forgotten);
+            }
+            Output::Ack { version, round } => {
+                if let Err(e) = client.ack(version, round) {
+                    log::debug!("{name}: acknowledging version {version}: {e}");
+                }
+            }
+            Output::Check { version, update } => self.check(version, update)?,
+            Output::Vote {
+                version,
+                round,
+                prepared,
+                reason,
+            } => self.send_vote(client, version, round, prepared, &reason),
+        }
+        Ok(())
+    }
+
+    /// The receive side's counts, for the error policy and re-registration.
+    fn traffic(&self) -> Traffic {
+        let c = &self.shared.counters;
+        let load = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
+        Traffic {
+            received: load(&c.packets_received),
+            injected_drops: load(&c.dropped_injected),
+            unknown_epoch_drops: load(&c.dropped_epoch),
+            foreign_source: load(&c.dropped_source),
+            unknown_epoch: self.rekey.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Registers again: learns the current source, keys, groups and version.
+    fn hello(&mut self, client: &mut RepairClient) {
+        let c = &self.shared.counters;
+        match client.hello() {
+            Ok(info) => {
+                self.adopt_registration(&info);
+                self.engine
+                    .handle(Instant::now(), Input::Registered(Box::new(info)));
+            }
+            Err(e) => {
+                log::warn!("{}: registering again failed: {e}", self.shared.name);
+                let auth = e.kind() == crate::ErrorKind::Auth;
+                if auth {
+                    inc(&c.auth_failures);
+                    *crate::lock(&self.shared.auth_error) = Some(e.to_string());
+                    self.shared.advanced.notify_all();
+                }
+                self.engine
+                    .handle(Instant::now(), Input::RegisterFailed { auth });
+            }
+        }
+    }
+
+    /// What a registration changes outside the engine: keys, source, the auth error.
+    fn adopt_registration(&mut self, info: &DatabaseInfo) {
+        *crate::lock(&self.shared.auth_error) = None;
+        let c = &self.shared.counters;
+        {
+            let mut k = self.keyring.write().unwrap_or_else(|e| e.into_inner());
+            let before = k.newest_epoch();
+            *k = keyring_from(info);
+            if k.newest_epoch() != before {
+                inc(&c.key_changes);
+            }
+            let epoch = u64::from(k.newest_epoch().unwrap_or(0));
+            c.key_epoch.store(epoch, Ordering::Relaxed);
+        }
+        self.rekey.store(false, Ordering::Relaxed);
+        let mut src = crate::lock(&self.source);
+        if src.is_some_and(|s| s != info.source) {
+            log::info!(
+                "{}: publisher now sends from {}",
+                self.shared.name,
+                info.source
+            );
+            *src = Some(info.source);
+        }
+    }
+
+    fn report(&mut self, client: &mut RepairClient, mut report: SubscriberReport) {
+        report.latency_p50_us = self.shared.latency.quantile(0.5);
+        report.latency_p99_us = self.shared.latency.quantile(0.99);
+        if client.report(report).is_ok() {
+            inc(&self.shared.counters.reports_sent);
+        }
+    }
+
+    /// Asks the host's vote on a prepared update and, if it agrees, keeps the update
+    /// durably before the engine votes PREPARED. What this replica would apply (access
+    /// groups enforced) is what is kept, and what the host may see of it is what it votes
+    /// on: neither holds records it may not read.
+    fn check(&mut self, version: u64, update: Update) -> Result<()> {
+        let mut applied_form = [update];
+        let shown = self.filter(&mut applied_form);
+        let verdict = match self.vote.as_mut() {
+            Some(f) => {
+                let run = std::panic::AssertUnwindSafe(|| f(&shown[0]));
+                std::panic::catch_unwind(run)
+                    .unwrap_or_else(|_| Err("vote callback panicked".into()))
+            }
+            None => Ok(()),
+        };
+        if verdict.is_ok() {
+            self.shared
+                .store
+                .put_prepared(&self.shared.name, &applied_form[0])
+                .inspect_err(|e| self.fail_two_phase(e))?;
+        }
+        let input = Input::Checked { version, verdict };
+        self.engine.handle(Instant::now(), input);
+        Ok(())
+    }
+
+    fn send_vote(
+        &mut self,
+        client: &mut RepairClient,
+        version: u64,
+        round: u64,
+        prepared: bool,
+        reason: &str,
+    ) {
+        let name = &self.shared.name;
+        match client.vote(version, round, prepared, reason) {
+            Ok(()) => self.engine.handle(Instant::now(), Input::VoteSent(version)),
+            Err(e) if client.last_refusal().is_some() => {
+                // Not taken: the round is over (its decision did not reach us) or
+                // superseded. Ask what became of it.
+                log::debug!("{name}: vote on version {version} not taken: {e}");
+                match client.outcome(version, round) {
+                    Ok(state) => {
+                        let input = Input::Outcome {
+                            version,
+                            round,
+                            state,
+                        };
+                        self.engine.handle(Instant::now(), input);
+                    }
+                    // Asked again after the next vote.
+                    Err(e) => log::debug!("{name}: outcome of version {version}: {e}"),
+                }
+            }
+            // Sent again after the vote retry.
+            Err(e) => log::warn!("{name}: vote on version {version}: {e}"),
+        }
+    }
+
+    fn fail_two_phase(&self, e: &Error) {
+        log::error!("{}: two-phase update: {e}", self.shared.name);
+        self.fail(e);
+    }
+
+    /// Records a failure that stops the subscription and wakes waiters to report it.
+    pub fn fail(&self, e: &Error) {
+        *crate::lock(&self.shared.failure) = Some(e.to_string());
+        self.shared.stop.stop();
+        self.shared.advanced.notify_all();
+    }
+
+    /// Copies the engine's counters to the subscription's.
+    pub fn sync_counters(&self) {
+        let c = &self.shared.counters;
+        let set = |x: &std::sync::atomic::AtomicU64, v: u64| x.store(v, Ordering::Relaxed);
+        let e = self.engine.counters();
+        set(&c.dropped_stream, e.dropped_stream);
+        set(&c.heartbeats_received, e.heartbeats_received);
+        set(&c.orphan_packets, e.orphan_packets);
+        set(&c.chains_dropped, e.chains_dropped);
+        set(&c.chains_received, e.chains_received);
+        set(&c.chains_invalid, e.chains_invalid);
+        set(&c.resubscriptions, e.resubscriptions);
+        set(&c.rejoins, e.rejoins);
+        set(&c.unicast_backoffs, e.unicast_backoffs);
+        set(&c.loss_ppm, e.loss_ppm);
+        set(&c.packets_repaired, e.packets_repaired);
+        set(&c.packet_repairs_requested, e.packet_repairs_requested);
+        set(&c.repairs_requested, e.repairs_requested);
+        set(&c.catchups_journal, e.catchups_journal);
+        set(&c.catchups_compacted, e.catchups_compacted);
+        set(&c.repair_failures, e.repair_failures);
+        set(&c.history_changes, e.history_changes);
+        let r = self.engine.receiver_counters();
+        set(&c.duplicates, r.duplicates);
+        set(&c.gaps_detected, r.gaps);
+        set(&c.reorder_evicted, r.evicted);
+        let o = self.engine.reorder_counters();
+        set(&c.packets_skipped, o.skipped);
+        set(&c.packets_reordered, o.out_of_order);
+        let t = self.engine.two_phase_counters();
+        set(&c.prepares_received, t.prepares_received);
+        set(&c.prepares_aborted, t.prepares_aborted);
+        set(&c.votes_prepared, t.votes_prepared);
+        set(&c.votes_refused, t.votes_refused);
+    }
+}

@@ -1,0 +1,880 @@
+//! The public subscriber API: subscribe to databases and read the local replicas.
+//!
+//! Per subscription there is exactly one receive thread (socket → source check → decrypt
+//! → channel) and one process thread, which drives the sans-IO subscription engine
+//! (`proto::subscription`: packet and chain order, version order, re-registration, error
+//! policy, repair strategy) and does what it asks: one LMDB transaction per group of whole
+//! master transactions, then the callbacks (`host.rs`); repairs over the control channel
+//! (`repair.rs`). The driver loop is `driver.rs`.
+
+mod driver;
+mod host;
+mod repair;
+
+use crate::auth::visible;
+use crate::config::SubscriberConfig;
+use crate::crypto::Keyring;
+use crate::net::receive::{self, ReceiveParts};
+use crate::net::repair_client::{ClientIdentity, RepairClient};
+use crate::net::tls::ClientTls;
+use crate::net::{socket, StopFlag};
+use crate::proto::subscription::{history_changed, Engine, EngineConfig, EngineStart};
+use crate::proto::{Delivery, DeliveryStart, LossGenerator, ReceiverConfig, ReorderConfig};
+use crate::publisher::validate_database_name;
+use crate::resync::{HostDelivery, ResyncReport};
+use crate::stats::{inc, SubscriptionCounters, SubscriptionStats};
+use crate::store::subscriber::ReplicaTables;
+use crate::store::SubscriberStore;
+use crate::wire::control::{DatabaseInfo, OUTCOME_PENDING};
+use crate::wire::update::Limits;
+use crate::{Error, Result, Update};
+use crossbeam_channel as chan;
+use driver::Driver;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+/// A host callback, run on the subscription's process thread after each master
+/// transaction is committed to the replica, once per transaction, in version order.
+pub type UpdateCallback = Box<dyn FnMut(&Update) + Send + 'static>;
+
+/// A participant's vote on a two-phase update: `Ok` for PREPARED, `Err(reason)` to
+/// refuse. Runs on the subscription's process thread before anything is visible.
+pub type VoteCallback = Box<dyn FnMut(&Update) -> std::result::Result<(), String> + Send + 'static>;
+
+/// A keyring holding the keys a registration handed out, the older ones bounded as the
+/// publisher said (they open only packets sealed before the current epoch began).
+fn keyring_from(info: &DatabaseInfo) -> Keyring {
+    let mut k = Keyring::default();
+    for (epoch, key) in &info.keys {
+        k.insert(*epoch, key);
+    }
+    k.retire_below(info.key_epoch(), info.older_keys_below);
+    k
+}
+
+/// Enforces access groups. Puts of records a holder of `groups` may not read become
+/// deletes of their keys in `batch` (so the record never lands in the replica, and an
+/// older visible value does not linger); the returned updates, for the callbacks, hold
+/// only the visible operations.
+fn filter_updates(
+    groups: &[String],
+    c: &SubscriptionCounters,
+    batch: &mut [Update],
+) -> Vec<Update> {
+    let mut shown = Vec::with_capacity(batch.len());
+    for u in batch.iter_mut() {
+        let mut withheld = false;
+        let mut visible_ops = Vec::new();
+        for op in &mut u.ops {
+            if visible(&op.groups, groups) {
+                visible_ops.push(op.clone());
+            } else {
+                withheld = true;
+                *op = crate::Op::delete(std::mem::take(&mut op.key));
+            }
+        }
+        if withheld {
+            inc(&c.updates_filtered);
+        }
+        shown.push(Update {
+            version: u.version,
+            timestamp_us: u.timestamp_us,
+            ops: visible_ops,
+            reset: false,
+        });
+    }
+    shown
+}
+
+struct SubShared {
+    name: String,
+    latency: crate::stats::LatencyHistogram,
+    force_resync: AtomicBool,
+    auth_error: Mutex<Option<String>>,
+    store: Arc<SubscriberStore>,
+    tables: ReplicaTables,
+    counters: Arc<SubscriptionCounters>,
+    /// Version up to which the replica is applied and every callback has run.
+    version: Mutex<u64>,
+    /// The publisher's latest version when the subscription registered.
+    registered_version: u64,
+    advanced: Condvar,
+    failure: Mutex<Option<String>>,
+    stop: StopFlag,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    process_thread: OnceLock<ThreadId>,
+}
+
+impl SubShared {
+    fn stats(&self) -> SubscriptionStats {
+        let mut s = self.counters.snapshot();
+        let h = &self.latency;
+        s.latency_p50_us = h.quantile(0.5);
+        s.latency_p99_us = h.quantile(0.99);
+        s.latency_p999_us = h.quantile(0.999);
+        s
+    }
+
+    /// The subscription as the metrics show it.
+    fn metrics_view(&self) -> crate::metrics::SubscriptionView {
+        let h = &self.latency;
+        crate::metrics::SubscriptionView {
+            database: self.name.clone(),
+            stats: self.stats(),
+            version: *self.version.lock().unwrap_or_else(|e| e.into_inner()),
+            latency_buckets: h
+                .octaves()
+                .into_iter()
+                .map(|(us, n)| (us as f64 / 1e6, n))
+                .collect(),
+            latency_sum: h.sum_us() as f64 / 1e6,
+        }
+    }
+
+    /// Stops the threads and joins them; false when called from the process thread itself
+    /// (which then exits after the callback returns).
+    fn close(&self) -> bool {
+        self.stop.stop();
+        self.advanced.notify_all();
+        let me = std::thread::current().id();
+        if self.process_thread.get() == Some(&me) {
+            // Closing from inside a callback: the threads see the flag and exit by
+            // themselves; joining here would wait for ourselves.
+            return false;
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+        true
+    }
+}
+
+/// Closes the subscription when the last user-held handle goes away (the worker threads
+/// hold `SubShared`, not this).
+struct CloseOnDrop(Arc<SubShared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.close();
+    }
+}
+
+/// A subscriber: opens the local store and subscribes to databases.
+pub struct Subscriber {
+    closed: AtomicBool,
+    config: SubscriberConfig,
+    store: Arc<SubscriberStore>,
+    subs: Mutex<Subs>,
+    /// Signalled when a database stops being busy.
+    idle: Condvar,
+}
+
+/// The subscriber's subscriptions, and the databases a subscribe or one-shot resync is
+/// working on right now (outside the lock: no lock is held over network I/O).
+#[derive(Default)]
+struct Subs {
+    live: HashMap<String, Arc<SubShared>>,
+    busy: std::collections::HashSet<String>,
+}
+
+/// Marks a database busy for the life of the guard (a subscribe or resync in progress).
+struct Busy<'a> {
+    subscriber: &'a Subscriber,
+    name: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut subs = self
+            .subscriber
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        subs.busy.remove(&self.name);
+        self.subscriber.idle.notify_all();
+    }
+}
+
+/// One subscription: a live replica of one database. Clones share it; it closes when
+/// [`close`](Subscription::close) is called or the last clone is dropped.
+#[derive(Clone)]
+pub struct Subscription {
+    shared: Arc<SubShared>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+/// How to subscribe: see [`Subscriber::subscribe_with_options`].
+#[derive(Default)]
+pub struct SubscribeOptions {
+    /// Called after each master transaction is applied, once per transaction, in version
+    /// order, on the subscription's process thread.
+    pub callback: Option<UpdateCallback>,
+    /// The version the host already holds, for **exactly-once** delivery. A host that
+    /// stores, in its own transaction, the data a callback hands it together with that
+    /// update's version passes that version here at every subscribe and gets exactly the
+    /// updates after it: from the replica's kept updates, from the publisher's journal, or
+    /// — when neither reaches back that far, or the master's history changed — one update
+    /// with [`Update::reset`] set that holds the whole state. Never a silent gap.
+    ///
+    /// `None` (the default) continues after the replica's durable delivered cursor:
+    /// at least once (a crash may replay the last few callbacks).
+    pub after: Option<u64>,
+    /// Register as a two-phase participant (see [`Subscriber::subscribe_participant`]).
+    pub participant: bool,
+    /// The participant's vote (needs `participant`).
+    pub vote: Option<VoteCallback>,
+}
+
+impl std::fmt::Debug for SubscribeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscribeOptions")
+            .field("callback", &self.callback.is_some())
+            .field("after", &self.after)
+            .field("participant", &self.participant)
+            .field("vote", &self.vote.is_some())
+            .finish()
+    }
+}
+
+impl Subscriber {
+    /// Opens (or creates) the subscriber's store in `config.data_dir`.
+    pub fn open(config: SubscriberConfig) -> Result<Subscriber> {
+        config.validate()?;
+        let store = Arc::new(SubscriberStore::open(&config.data_dir, config.map_size)?);
+        Ok(Subscriber {
+            closed: AtomicBool::new(false),
+            config,
+            store,
+            subs: Mutex::new(Subs::default()),
+            idle: Condvar::new(),
+        })
+    }
+
+    /// Subscribes to database `name`, calling `callback` after each master transaction is
+    /// applied. Returns once registered; the replica then catches up from the version
+    /// stored locally (0 for a new replica) in the background
+    /// ([`Subscription::wait_caught_up`] waits for that).
+    ///
+    /// Every update's callback runs **at least once**, in version order: callbacks that a
+    /// crash or [`close`](Subscription::close) cut off are replayed at the next subscribe.
+    /// For exactly once, see [`SubscribeOptions::after`].
+    pub fn subscribe(
+        &self,
+        name: &str,
+        callback: impl FnMut(&Update) + Send + 'static,
+    ) -> Result<Subscription> {
+        self.subscribe_with(name, Some(Box::new(callback)))
+    }
+
+    /// Subscribes with an optional callback.
+    pub fn subscribe_with(
+        &self,
+        name: &str,
+        callback: Option<UpdateCallback>,
+    ) -> Result<Subscription> {
+        self.subscribe_with_options(
+            name,
+            SubscribeOptions {
+                callback,
+                ..SubscribeOptions::default()
+            },
+        )
+    }
+
+    /// Subscribes as `options` say (a callback, the host's own version for exactly-once
+    /// delivery, two-phase participation).
+    pub fn subscribe_with_options(
+        &self,
+        name: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        if options.vote.is_some() && !options.participant {
+            return Err(Error::Config(
+                "a vote callback needs SubscribeOptions::participant".into(),
+            ));
+        }
+        let participant = options.participant.then_some(options.vote);
+        self.subscribe_inner(name, options.callback, participant, options.after)
+    }
+
+    /// Subscribes as a two-phase participant: every two-phase update of the database
+    /// waits for this replica's vote. `vote` may refuse (returning the reason); without
+    /// it the replica votes PREPARED whenever it can apply the update. It is called on
+    /// the process thread, before anything of the update is visible. The user's grant must
+    /// allow it ([`Grant::participant`](crate::Grant::participant)); otherwise it fails
+    /// with an `Auth` error.
+    pub fn subscribe_participant(
+        &self,
+        name: &str,
+        callback: Option<UpdateCallback>,
+        vote: Option<VoteCallback>,
+    ) -> Result<Subscription> {
+        self.subscribe_inner(name, callback, Some(vote), None)
+    }
+
+    fn subscribe_inner(
+        &self,
+        name: &str,
+        callback: Option<UpdateCallback>,
+        participant: Option<Option<VoteCallback>>,
+        after: Option<u64>,
+    ) -> Result<Subscription> {
+        validate_database_name(name)?;
+        let busy = self.claim(name, |subs| {
+            if subs.live.get(name).is_some_and(|s| !s.stop.is_stopped()) {
+                return Err(Error::Config(format!(
+                    "already subscribed to database {name:?} in this subscriber"
+                )));
+            }
+            Ok(())
+        })?;
+        let shared = start(
+            &self.config,
+            &self.store,
+            name,
+            callback,
+            participant,
+            after,
+        )?;
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            // Closed while registering: this subscription never becomes live.
+            drop(subs);
+            let _ = shared.close();
+            return Err(Error::Closed("subscriber is closed".into()));
+        }
+        subs.live.insert(name.to_owned(), shared.clone());
+        drop(subs);
+        drop(busy);
+        Ok(Subscription {
+            _guard: Arc::new(CloseOnDrop(shared.clone())),
+            shared,
+        })
+    }
+
+    /// Marks `name` busy if the subscriber is open, nothing else is working on `name`, and
+    /// `check` agrees; the mark ends with the returned guard.
+    fn claim(&self, name: &str, check: impl FnOnce(&Subs) -> Result<()>) -> Result<Busy<'_>> {
+        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed("subscriber is closed".into()));
+        }
+        if subs.busy.contains(name) {
+            return Err(Error::Config(format!(
+                "database {name:?} is being subscribed or resynced in this subscriber"
+            )));
+        }
+        check(&subs)?;
+        subs.busy.insert(name.to_owned());
+        Ok(Busy {
+            subscriber: self,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Compares the local replica of `name` with the publisher's state by range digests,
+    /// without changing anything. The replica's content hashes are recomputed from its
+    /// data, so records edited behind mcsync's back are found.
+    pub fn verify(&self, name: &str) -> Result<ResyncReport> {
+        self.one_shot(name, false)
+    }
+
+    /// Resyncs the local replica of `name` by hashes now, without subscribing (for a
+    /// replica restored from a backup or repaired by hand). Fails if this subscriber has a
+    /// live subscription to it; use [`Subscription::request_resync`] then.
+    pub fn resync(&self, name: &str) -> Result<ResyncReport> {
+        self.one_shot(name, true)
+    }
+
+    fn one_shot(&self, name: &str, apply: bool) -> Result<ResyncReport> {
+        validate_database_name(name)?;
+        let busy = self.claim(name, |subs| {
+            if apply && subs.live.get(name).is_some_and(|s| !s.stop.is_stopped()) {
+                return Err(Error::Config(format!(
+                    "database {name:?} has a live subscription; use Subscription::request_resync"
+                )));
+            }
+            Ok(())
+        })?;
+        let tables = self.store.tables(name)?;
+        let mut client = client_for(&self.config, name)?;
+        let groups = client.hello()?.groups;
+        let counters = SubscriptionCounters::default();
+        let filter = |b: &mut [Update]| filter_updates(&groups, &counters, b);
+        let limits = Limits {
+            max_update_bytes: self.config.max_update_bytes,
+        };
+        let out = crate::resync::run(
+            &self.store,
+            name,
+            tables,
+            &mut client,
+            &limits,
+            apply.then_some(HostDelivery::Nobody),
+            &filter,
+        )?;
+        drop(busy);
+        let _ = client.close_subscription();
+        Ok(out.report)
+    }
+
+    /// Every subscription's counters, gauges, version and latency histogram, labelled by
+    /// database, in the OpenMetrics text format Prometheus scrapes (serve it with
+    /// [`metrics::CONTENT_TYPE`](crate::metrics::CONTENT_TYPE)). See docs/OPERATIONS.md.
+    pub fn metrics(&self) -> String {
+        let mut views: Vec<_> = self
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .live
+            .values()
+            .map(|s| s.metrics_view())
+            .collect();
+        views.sort_by(|a, b| a.database.cmp(&b.database));
+        crate::metrics::render_subscriber(&views)
+    }
+
+    /// Closes every subscription and joins their threads. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::SeqCst);
+        let subs: Vec<_> = {
+            let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+            // A subscribe or resync in flight ends within its I/O timeouts; wait for it
+            // (without holding the lock) so nothing writes after the lock is released.
+            while !subs.busy.is_empty() {
+                subs = self.idle.wait(subs).unwrap_or_else(|e| e.into_inner());
+            }
+            subs.live.drain().map(|(_, s)| s).collect()
+        };
+        let mut joined = true;
+        for s in subs {
+            joined &= s.close();
+        }
+        // Every writer (process thread) is joined: the directory may be opened again.
+        if joined {
+            self.store.release_lock();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// Who a control-channel client is, as `cfg` says.
+fn identity(cfg: &SubscriberConfig) -> Result<ClientIdentity> {
+    Ok(ClientIdentity {
+        server: cfg.server,
+        tls: ClientTls::new(&cfg.trust, cfg.server, cfg.server_name.as_deref())?,
+        user: cfg.user.clone(),
+        secret: cfg.secret.clone(),
+        client_name: cfg.client_name.clone(),
+    })
+}
+
+/// A control-channel client for database `name` as `cfg` says.
+fn client_for(cfg: &SubscriberConfig, name: &str) -> Result<RepairClient> {
+    let identity = identity(cfg)?;
+    let max_frame =
+        (cfg.max_update_bytes + 1024).max(crate::wire::control::MAX_LIST_ENTRIES * 16 + 64);
+    Ok(RepairClient::new(
+        identity,
+        name,
+        cfg.repair_io_timeout,
+        max_frame,
+    ))
+}
+
+/// A registration made by HELLO, closed (CLOSE SUBSCRIPTION) if it is dropped before the
+/// process thread takes its client.
+struct Registration(Option<RepairClient>);
+
+impl Registration {
+    fn client(&mut self) -> &mut RepairClient {
+        self.0.as_mut().expect("the client stays until taken")
+    }
+
+    fn take(mut self) -> RepairClient {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            if let Err(e) = c.close_subscription() {
+                log::debug!("closing a registration after a failed subscribe: {e}");
+            }
+        }
+    }
+}
+
+fn start(
+    cfg: &SubscriberConfig,
+    store: &Arc<SubscriberStore>,
+    name: &str,
+    callback: Option<UpdateCallback>,
+    participant: Option<Option<VoteCallback>>,
+    after: Option<u64>,
+) -> Result<Arc<SubShared>> {
+    let tables = store.tables(name)?;
+    let applied = store.applied_version(name)?;
+    let kept = store.delivery_state(name)?;
+    let mut client = client_for(cfg, name)?;
+    client.set_participant(participant.is_some());
+    client.set_subscriber_id(store.subscriber_id(name)?);
+    let info = client.hello()?;
+    // From here on a failure must not leave the registration behind at the publisher (a
+    // participant's would stall every two-phase round until its timeout).
+    let mut reg = Registration(Some(client));
+    if info.subscriber_id != store.subscriber_id(name)? {
+        store.set_subscriber_id(name, info.subscriber_id)?;
+    }
+    let stored_incarnation = store.incarnation(name)?;
+    if stored_incarnation == 0 && history_changed(0, applied, &info).is_none() {
+        // A new replica (or one from before incarnations) joins this history.
+        store.set_incarnation(name, info.incarnation)?;
+    }
+    // Requests go to the history registered with; a changed one is resynced against first.
+    reg.client().expect_incarnation(info.incarnation);
+    // A prepared two-phase update kept from before a restart: ask what became of it.
+    let mut held = None;
+    if let Some(p) = store.prepared(name)? {
+        if p.version > applied
+            && reg.client().outcome(p.version, p.timestamp_us)? == OUTCOME_PENDING
+        {
+            held = Some(p);
+        } else {
+            store.clear_prepared(name)?;
+        }
+    }
+    let delivery = Delivery::plan(DeliveryStart {
+        applied: kept.applied,
+        delivered: kept.delivered,
+        pending_complete: kept.pending_complete,
+        reset_owed: kept.reset_owed,
+        after,
+        master_version: info.current_version,
+        has_callback: callback.is_some(),
+    });
+    let keyring = Arc::new(RwLock::new(keyring_from(&info)));
+    let (sock, granted) =
+        socket::receiver_socket(info.group, cfg.interface, cfg.recv_buffer_bytes)?;
+    let counters = Arc::new(SubscriptionCounters::default());
+    counters
+        .recv_buffer_bytes
+        .store(granted as u64, Ordering::Relaxed);
+    counters
+        .key_epoch
+        .store(u64::from(info.key_epoch()), Ordering::Relaxed);
+    let shared = Arc::new(SubShared {
+        name: name.to_owned(),
+        store: store.clone(),
+        tables,
+        counters: counters.clone(),
+        version: Mutex::new(applied.min(delivery.delivered)),
+        registered_version: info.current_version,
+        auth_error: Mutex::new(None),
+        latency: Default::default(),
+        force_resync: AtomicBool::new(false),
+        advanced: Condvar::new(),
+        failure: Mutex::new(None),
+        stop: StopFlag::default(),
+        threads: Mutex::new(Vec::new()),
+        process_thread: OnceLock::new(),
+    });
+    let (tx, rx) = chan::bounded(cfg.channel_capacity);
+    let source = Arc::new(Mutex::new(cfg.verify_source.then_some(info.source)));
+    let rekey = Arc::new(AtomicBool::new(false));
+    let leave = Arc::new(AtomicBool::new(false));
+    let recv = receive::spawn(
+        ReceiveParts {
+            database: name.to_owned(),
+            socket: sock,
+            source: source.clone(),
+            keyring: keyring.clone(),
+            rekey: rekey.clone(),
+            leave: leave.clone(),
+            group: info.group,
+            interface: cfg.interface,
+            loss: cfg.loss.as_ref().map(LossGenerator::new),
+            counters,
+            stop: shared.stop.clone(),
+        },
+        tx,
+    )
+    .map_err(|e| Error::io("spawning receive thread", e))?;
+    let now = Instant::now();
+    let engine = Engine::new(
+        now,
+        engine_config(cfg),
+        EngineStart {
+            applied,
+            incarnation: stored_incarnation,
+            registration: info,
+            participant: participant.is_some(),
+            held,
+        },
+    );
+    let state = Driver {
+        engine,
+        shared: shared.clone(),
+        leave,
+        vote: participant.flatten(),
+        source,
+        keyring,
+        rekey,
+        callback,
+        delivered_durable: delivery.delivered,
+        delivery,
+        last_flush: now,
+        limits: Limits {
+            max_update_bytes: cfg.max_update_bytes,
+        },
+    };
+    let s2 = shared.clone();
+    let client = reg.take();
+    let process = std::thread::Builder::new()
+        .name(format!("mcsync-proc-{name}"))
+        .spawn(move || {
+            let _ = s2.process_thread.set(std::thread::current().id());
+            driver::run(state, client, rx)
+        });
+    let process = match process {
+        Ok(h) => h,
+        Err(e) => {
+            shared.stop.stop();
+            let _ = recv.join();
+            return Err(Error::io("spawning process thread", e));
+        }
+    };
+    shared
+        .threads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend([recv, process]);
+    Ok(shared)
+}
+
+/// The engine's configuration from the subscriber's.
+fn engine_config(cfg: &SubscriberConfig) -> EngineConfig {
+    let limits = Limits {
+        max_update_bytes: cfg.max_update_bytes,
+    };
+    // A compacted chunk must fit in one update.
+    let compactable = limits.max_update_bytes >= 2 * crate::net::repair_server::COMPACT_CHUNK_BYTES;
+    EngineConfig {
+        receiver: ReceiverConfig {
+            buffer_bytes: cfg.reorder_buffer_bytes,
+            repair_delay: cfg.repair_delay,
+            repair_retry: cfg.repair_retry,
+            max_ranges: 64,
+        },
+        reorder: ReorderConfig {
+            repair_delay: cfg.repair_delay,
+            max_bytes: cfg.reorder_buffer_bytes,
+            max_ranges: 64,
+        },
+        limits,
+        compact_after: compactable.then_some(cfg.compact_catch_up_after),
+        silence_timeout: cfg.silence_timeout,
+        report_interval: cfg.report_interval,
+        error_threshold: cfg.error_threshold,
+        unicast_backoff: cfg.unicast_backoff,
+    }
+}
+
+impl Subscription {
+    /// Name of the replicated database.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// One record of the replica.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.shared.store.get(self.shared.tables, key.as_ref())
+    }
+
+    /// Every record of the replica in key order, as of one consistent version.
+    pub fn iter(&self) -> Result<std::vec::IntoIter<crate::Record>> {
+        Ok(self.shared.store.all(self.shared.tables)?.into_iter())
+    }
+
+    /// Version up to which the replica is applied and the callback has run for every
+    /// update (with no callback: the version the replica is at).
+    pub fn version(&self) -> u64 {
+        *self
+            .shared
+            .version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the replica reaches version `v`. Fails with `Timeout` after `timeout`,
+    /// with `Closed` if the subscription closes, or with `Storage` if it stopped on a
+    /// storage failure.
+    pub fn wait_for_version(&self, v: u64, timeout: Duration) -> Result<()> {
+        let now = Instant::now();
+        // A huge timeout means "forever": clamp instead of overflowing.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(100 * 365 * 24 * 3600));
+        let mut cur = self
+            .shared
+            .version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while *cur < v {
+            if let Some(f) = &*self
+                .shared
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+            {
+                return Err(Error::Storage(f.clone()));
+            }
+            if let Some(a) = &*self
+                .shared
+                .auth_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+            {
+                return Err(Error::Auth(format!(
+                    "database {:?} at version {}: {a}",
+                    self.shared.name, *cur
+                )));
+            }
+            if self.shared.stop.is_stopped() {
+                return Err(Error::Closed(format!(
+                    "subscription to {:?} closed at version {}",
+                    self.shared.name, *cur
+                )));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(format!(
+                    "database {:?} at version {} after {timeout:?}, waiting for {v}",
+                    self.shared.name, *cur
+                )));
+            }
+            cur = self
+                .shared
+                .advanced
+                .wait_timeout(cur, (deadline - now).min(driver::IDLE_WAIT))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Waits until the replica has caught up with the version the publisher had when this
+    /// subscription registered, and every callback up to it has run (replays included);
+    /// returns that version. Fails like [`wait_for_version`](Self::wait_for_version).
+    pub fn wait_caught_up(&self, timeout: Duration) -> Result<u64> {
+        let v = self.shared.registered_version;
+        self.wait_for_version(v, timeout)?;
+        Ok(v)
+    }
+
+    /// Waits until the replica has caught up with the version the publisher has **now**,
+    /// and every callback up to it has run; returns that version. Unlike
+    /// [`wait_caught_up`](Self::wait_caught_up) (the version at registration) it needs no
+    /// version from the caller: it asks the publisher, over a short control connection of
+    /// its own made with `subscriber`'s configuration (see
+    /// [`publisher_version`](Self::publisher_version)); `subscriber` is the one this
+    /// subscription was made by. `timeout` covers the question and the wait. Fails like
+    /// [`wait_for_version`](Self::wait_for_version), and with the connection's errors
+    /// (`Io` when the publisher cannot be reached or does not answer in time, `Auth`,
+    /// `Refused`).
+    pub fn wait_until_current(&self, subscriber: &Subscriber, timeout: Duration) -> Result<u64> {
+        let start = Instant::now();
+        if self.is_closed() {
+            // Says why without asking the publisher: closed, a storage failure, revoked.
+            self.wait_for_version(u64::MAX, Duration::ZERO)?;
+        }
+        let v = self.publisher_version(subscriber, timeout)?;
+        match self.wait_for_version(v, timeout.saturating_sub(start.elapsed())) {
+            Err(Error::Timeout(_)) => Err(Error::Timeout(format!(
+                "database {:?} at version {} after {timeout:?}, waiting for {v} (the \
+                 publisher's version when asked)",
+                self.shared.name,
+                self.version()
+            ))),
+            other => other.map(|()| v),
+        }
+    }
+
+    /// The publisher's latest version of this database, asked over a new control
+    /// connection (a registration closed again at once) made with `subscriber`'s
+    /// configuration; `subscriber` is the one this subscription was made by. Its reads and
+    /// writes time out after `io_timeout` or the subscriber's `repair_io_timeout`,
+    /// whichever is shorter.
+    pub fn publisher_version(&self, subscriber: &Subscriber, io_timeout: Duration) -> Result<u64> {
+        if !Arc::ptr_eq(&subscriber.store, &self.shared.store) {
+            return Err(Error::Config(format!(
+                "the subscription to {:?} was made by another subscriber",
+                self.shared.name
+            )));
+        }
+        let cfg = &subscriber.config;
+        let identity = identity(cfg)?;
+        // HELLO_OK carries keys and groups, never updates.
+        let max_frame = crate::wire::control::MAX_LIST_ENTRIES * 16 + 64;
+        let timeout = io_timeout
+            .min(cfg.repair_io_timeout)
+            .max(Duration::from_millis(1));
+        let mut client = RepairClient::new(identity, &self.shared.name, timeout, max_frame);
+        let info = client.hello()?;
+        if let Err(e) = client.close_subscription() {
+            log::debug!("{}: closing a version query: {e}", self.shared.name);
+        }
+        Ok(info.current_version)
+    }
+
+    /// Number of records in the replica (LMDB's entry count; no record is read).
+    pub fn len(&self) -> Result<u64> {
+        self.shared.store.count(self.shared.tables)
+    }
+
+    /// Whether the replica holds no record.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Every key of the replica in key order, as of one consistent version.
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        self.shared.store.keys(self.shared.tables)
+    }
+
+    /// A snapshot of the subscription's counters.
+    pub fn stats(&self) -> SubscriptionStats {
+        self.shared.stats()
+    }
+
+    /// Asks the process thread to resync this replica by hashes now (for a store restored
+    /// from a backup or edited by hand). Progress shows in the stats
+    /// (`catchups_resync`, `resync_bytes`).
+    pub fn request_resync(&self) {
+        self.shared.force_resync.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the subscription is closed (or stopped after a storage failure).
+    pub fn is_closed(&self) -> bool {
+        self.shared.stop.is_stopped()
+    }
+
+    /// Stops both threads and closes the socket. Idempotent. May be called from the
+    /// subscription's own callback: it then returns at once and the threads exit after the
+    /// callback returns.
+    pub fn close(&self) -> Result<()> {
+        let _ = self.shared.close();
+        Ok(())
+    }
+}
