@@ -10,31 +10,25 @@
 mod driver;
 mod host;
 mod repair;
+mod start;
+mod subscription;
 
 use crate::auth::visible;
 use crate::config::SubscriberConfig;
 use crate::crypto::Keyring;
-use crate::net::receive::{self, ReceiveParts};
-use crate::net::repair_client::{ClientIdentity, RepairClient};
-use crate::net::tls::ClientTls;
-use crate::net::{socket, StopFlag};
-use crate::proto::subscription::{history_changed, Engine, EngineConfig, EngineStart};
-use crate::proto::{Delivery, DeliveryStart, LossGenerator, ReceiverConfig, ReorderConfig};
+use crate::net::StopFlag;
 use crate::publisher::validate_database_name;
 use crate::resync::{HostDelivery, ResyncReport};
 use crate::stats::{inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
 use crate::store::SubscriberStore;
-use crate::wire::control::{DatabaseInfo, OUTCOME_PENDING};
+use crate::wire::control::DatabaseInfo;
 use crate::wire::update::Limits;
 use crate::{Error, Result, Update};
-use crossbeam_channel as chan;
-use driver::Driver;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
-use std::time::{Duration, Instant};
 
 /// A host callback, run on the subscription's process thread after each master
 /// transaction is committed to the replica, once per transaction, in version order.
@@ -332,7 +326,7 @@ impl Subscriber {
             }
             Ok(())
         })?;
-        let shared = start(
+        let shared = start::start(
             &self.config,
             &self.store,
             name,
@@ -401,7 +395,7 @@ impl Subscriber {
             Ok(())
         })?;
         let tables = self.store.tables(name)?;
-        let mut client = client_for(&self.config, name)?;
+        let mut client = start::client_for(&self.config, name)?;
         let groups = client.hello()?.groups;
         let counters = SubscriptionCounters::default();
         let filter = |b: &mut [Update]| filter_updates(&groups, &counters, b);
@@ -465,416 +459,5 @@ impl Subscriber {
 impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.close();
-    }
-}
-
-/// Who a control-channel client is, as `cfg` says.
-fn identity(cfg: &SubscriberConfig) -> Result<ClientIdentity> {
-    Ok(ClientIdentity {
-        server: cfg.server,
-        tls: ClientTls::new(&cfg.trust, cfg.server, cfg.server_name.as_deref())?,
-        user: cfg.user.clone(),
-        secret: cfg.secret.clone(),
-        client_name: cfg.client_name.clone(),
-    })
-}
-
-/// A control-channel client for database `name` as `cfg` says.
-fn client_for(cfg: &SubscriberConfig, name: &str) -> Result<RepairClient> {
-    let identity = identity(cfg)?;
-    let max_frame =
-        (cfg.max_update_bytes + 1024).max(crate::wire::control::MAX_LIST_ENTRIES * 16 + 64);
-    Ok(RepairClient::new(
-        identity,
-        name,
-        cfg.repair_io_timeout,
-        max_frame,
-    ))
-}
-
-/// A registration made by HELLO, closed (CLOSE SUBSCRIPTION) if it is dropped before the
-/// process thread takes its client.
-struct Registration(Option<RepairClient>);
-
-impl Registration {
-    fn client(&mut self) -> &mut RepairClient {
-        self.0.as_mut().expect("the client stays until taken")
-    }
-
-    fn take(mut self) -> RepairClient {
-        self.0.take().expect("taken once")
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            if let Err(e) = c.close_subscription() {
-                log::debug!("closing a registration after a failed subscribe: {e}");
-            }
-        }
-    }
-}
-
-fn start(
-    cfg: &SubscriberConfig,
-    store: &Arc<SubscriberStore>,
-    name: &str,
-    callback: Option<UpdateCallback>,
-    participant: Option<Option<VoteCallback>>,
-    after: Option<u64>,
-) -> Result<Arc<SubShared>> {
-    let tables = store.tables(name)?;
-    let applied = store.applied_version(name)?;
-    let kept = store.delivery_state(name)?;
-    let mut client = client_for(cfg, name)?;
-    client.set_participant(participant.is_some());
-    client.set_subscriber_id(store.subscriber_id(name)?);
-    let info = client.hello()?;
-    // From here on a failure must not leave the registration behind at the publisher (a
-    // participant's would stall every two-phase round until its timeout).
-    let mut reg = Registration(Some(client));
-    if info.subscriber_id != store.subscriber_id(name)? {
-        store.set_subscriber_id(name, info.subscriber_id)?;
-    }
-    let stored_incarnation = store.incarnation(name)?;
-    if stored_incarnation == 0 && history_changed(0, applied, &info).is_none() {
-        // A new replica (or one from before incarnations) joins this history.
-        store.set_incarnation(name, info.incarnation)?;
-    }
-    // Requests go to the history registered with; a changed one is resynced against first.
-    reg.client().expect_incarnation(info.incarnation);
-    // A prepared two-phase update kept from before a restart: ask what became of it.
-    let mut held = None;
-    if let Some(p) = store.prepared(name)? {
-        if p.version > applied
-            && reg.client().outcome(p.version, p.timestamp_us)? == OUTCOME_PENDING
-        {
-            held = Some(p);
-        } else {
-            store.clear_prepared(name)?;
-        }
-    }
-    let delivery = Delivery::plan(DeliveryStart {
-        applied: kept.applied,
-        delivered: kept.delivered,
-        pending_complete: kept.pending_complete,
-        reset_owed: kept.reset_owed,
-        after,
-        master_version: info.current_version,
-        has_callback: callback.is_some(),
-    });
-    let keyring = Arc::new(RwLock::new(keyring_from(&info)));
-    let (sock, granted) =
-        socket::receiver_socket(info.group, cfg.interface, cfg.recv_buffer_bytes)?;
-    let counters = Arc::new(SubscriptionCounters::default());
-    counters
-        .recv_buffer_bytes
-        .store(granted as u64, Ordering::Relaxed);
-    counters
-        .key_epoch
-        .store(u64::from(info.key_epoch()), Ordering::Relaxed);
-    let shared = Arc::new(SubShared {
-        name: name.to_owned(),
-        store: store.clone(),
-        tables,
-        counters: counters.clone(),
-        version: Mutex::new(applied.min(delivery.delivered)),
-        registered_version: info.current_version,
-        auth_error: Mutex::new(None),
-        latency: Default::default(),
-        force_resync: AtomicBool::new(false),
-        advanced: Condvar::new(),
-        failure: Mutex::new(None),
-        stop: StopFlag::default(),
-        threads: Mutex::new(Vec::new()),
-        process_thread: OnceLock::new(),
-    });
-    let (tx, rx) = chan::bounded(cfg.channel_capacity);
-    let source = Arc::new(Mutex::new(cfg.verify_source.then_some(info.source)));
-    let rekey = Arc::new(AtomicBool::new(false));
-    let leave = Arc::new(AtomicBool::new(false));
-    let recv = receive::spawn(
-        ReceiveParts {
-            database: name.to_owned(),
-            socket: sock,
-            source: source.clone(),
-            keyring: keyring.clone(),
-            rekey: rekey.clone(),
-            leave: leave.clone(),
-            group: info.group,
-            interface: cfg.interface,
-            loss: cfg.loss.as_ref().map(LossGenerator::new),
-            counters,
-            stop: shared.stop.clone(),
-        },
-        tx,
-    )
-    .map_err(|e| Error::io("spawning receive thread", e))?;
-    let now = Instant::now();
-    let engine = Engine::new(
-        now,
-        engine_config(cfg),
-        EngineStart {
-            applied,
-            incarnation: stored_incarnation,
-            registration: info,
-            participant: participant.is_some(),
-            held,
-        },
-    );
-    let state = Driver {
-        engine,
-        shared: shared.clone(),
-        leave,
-        vote: participant.flatten(),
-        source,
-        keyring,
-        rekey,
-        callback,
-        delivered_durable: delivery.delivered,
-        delivery,
-        last_flush: now,
-        limits: Limits {
-            max_update_bytes: cfg.max_update_bytes,
-        },
-    };
-    let s2 = shared.clone();
-    let client = reg.take();
-    let process = std::thread::Builder::new()
-        .name(format!("mcsync-proc-{name}"))
-        .spawn(move || {
-            let _ = s2.process_thread.set(std::thread::current().id());
-            driver::run(state, client, rx)
-        });
-    let process = match process {
-        Ok(h) => h,
-        Err(e) => {
-            shared.stop.stop();
-            let _ = recv.join();
-            return Err(Error::io("spawning process thread", e));
-        }
-    };
-    shared
-        .threads
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .extend([recv, process]);
-    Ok(shared)
-}
-
-/// The engine's configuration from the subscriber's.
-fn engine_config(cfg: &SubscriberConfig) -> EngineConfig {
-    let limits = Limits {
-        max_update_bytes: cfg.max_update_bytes,
-    };
-    // A compacted chunk must fit in one update.
-    let compactable = limits.max_update_bytes >= 2 * crate::net::repair_server::COMPACT_CHUNK_BYTES;
-    EngineConfig {
-        receiver: ReceiverConfig {
-            buffer_bytes: cfg.reorder_buffer_bytes,
-            repair_delay: cfg.repair_delay,
-            repair_retry: cfg.repair_retry,
-            max_ranges: 64,
-        },
-        reorder: ReorderConfig {
-            repair_delay: cfg.repair_delay,
-            max_bytes: cfg.reorder_buffer_bytes,
-            max_ranges: 64,
-        },
-        limits,
-        compact_after: compactable.then_some(cfg.compact_catch_up_after),
-        silence_timeout: cfg.silence_timeout,
-        report_interval: cfg.report_interval,
-        error_threshold: cfg.error_threshold,
-        unicast_backoff: cfg.unicast_backoff,
-    }
-}
-
-impl Subscription {
-    /// Name of the replicated database.
-    pub fn name(&self) -> &str {
-        &self.shared.name
-    }
-
-    /// One record of the replica.
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        self.shared.store.get(self.shared.tables, key.as_ref())
-    }
-
-    /// Every record of the replica in key order, as of one consistent version.
-    pub fn iter(&self) -> Result<std::vec::IntoIter<crate::Record>> {
-        Ok(self.shared.store.all(self.shared.tables)?.into_iter())
-    }
-
-    /// Version up to which the replica is applied and the callback has run for every
-    /// update (with no callback: the version the replica is at).
-    pub fn version(&self) -> u64 {
-        *self
-            .shared
-            .version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until the replica reaches version `v`. Fails with `Timeout` after `timeout`,
-    /// with `Closed` if the subscription closes, or with `Storage` if it stopped on a
-    /// storage failure.
-    pub fn wait_for_version(&self, v: u64, timeout: Duration) -> Result<()> {
-        let now = Instant::now();
-        // A huge timeout means "forever": clamp instead of overflowing.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or(now + Duration::from_secs(100 * 365 * 24 * 3600));
-        let mut cur = self
-            .shared
-            .version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        while *cur < v {
-            if let Some(f) = &*self
-                .shared
-                .failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-            {
-                return Err(Error::Storage(f.clone()));
-            }
-            if let Some(a) = &*self
-                .shared
-                .auth_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-            {
-                return Err(Error::Auth(format!(
-                    "database {:?} at version {}: {a}",
-                    self.shared.name, *cur
-                )));
-            }
-            if self.shared.stop.is_stopped() {
-                return Err(Error::Closed(format!(
-                    "subscription to {:?} closed at version {}",
-                    self.shared.name, *cur
-                )));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout(format!(
-                    "database {:?} at version {} after {timeout:?}, waiting for {v}",
-                    self.shared.name, *cur
-                )));
-            }
-            cur = self
-                .shared
-                .advanced
-                .wait_timeout(cur, (deadline - now).min(driver::IDLE_WAIT))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        Ok(())
-    }
-
-    /// Waits until the replica has caught up with the version the publisher had when this
-    /// subscription registered, and every callback up to it has run (replays included);
-    /// returns that version. Fails like [`wait_for_version`](Self::wait_for_version).
-    pub fn wait_caught_up(&self, timeout: Duration) -> Result<u64> {
-        let v = self.shared.registered_version;
-        self.wait_for_version(v, timeout)?;
-        Ok(v)
-    }
-
-    /// Waits until the replica has caught up with the version the publisher has **now**,
-    /// and every callback up to it has run; returns that version. Unlike
-    /// [`wait_caught_up`](Self::wait_caught_up) (the version at registration) it needs no
-    /// version from the caller: it asks the publisher, over a short control connection of
-    /// its own made with `subscriber`'s configuration (see
-    /// [`publisher_version`](Self::publisher_version)); `subscriber` is the one this
-    /// subscription was made by. `timeout` covers the question and the wait. Fails like
-    /// [`wait_for_version`](Self::wait_for_version), and with the connection's errors
-    /// (`Io` when the publisher cannot be reached or does not answer in time, `Auth`,
-    /// `Refused`).
-    pub fn wait_until_current(&self, subscriber: &Subscriber, timeout: Duration) -> Result<u64> {
-        let start = Instant::now();
-        if self.is_closed() {
-            // Says why without asking the publisher: closed, a storage failure, revoked.
-            self.wait_for_version(u64::MAX, Duration::ZERO)?;
-        }
-        let v = self.publisher_version(subscriber, timeout)?;
-        match self.wait_for_version(v, timeout.saturating_sub(start.elapsed())) {
-            Err(Error::Timeout(_)) => Err(Error::Timeout(format!(
-                "database {:?} at version {} after {timeout:?}, waiting for {v} (the \
-                 publisher's version when asked)",
-                self.shared.name,
-                self.version()
-            ))),
-            other => other.map(|()| v),
-        }
-    }
-
-    /// The publisher's latest version of this database, asked over a new control
-    /// connection (a registration closed again at once) made with `subscriber`'s
-    /// configuration; `subscriber` is the one this subscription was made by. Its reads and
-    /// writes time out after `io_timeout` or the subscriber's `repair_io_timeout`,
-    /// whichever is shorter.
-    pub fn publisher_version(&self, subscriber: &Subscriber, io_timeout: Duration) -> Result<u64> {
-        if !Arc::ptr_eq(&subscriber.store, &self.shared.store) {
-            return Err(Error::Config(format!(
-                "the subscription to {:?} was made by another subscriber",
-                self.shared.name
-            )));
-        }
-        let cfg = &subscriber.config;
-        let identity = identity(cfg)?;
-        // HELLO_OK carries keys and groups, never updates.
-        let max_frame = crate::wire::control::MAX_LIST_ENTRIES * 16 + 64;
-        let timeout = io_timeout
-            .min(cfg.repair_io_timeout)
-            .max(Duration::from_millis(1));
-        let mut client = RepairClient::new(identity, &self.shared.name, timeout, max_frame);
-        let info = client.hello()?;
-        if let Err(e) = client.close_subscription() {
-            log::debug!("{}: closing a version query: {e}", self.shared.name);
-        }
-        Ok(info.current_version)
-    }
-
-    /// Number of records in the replica (LMDB's entry count; no record is read).
-    pub fn len(&self) -> Result<u64> {
-        self.shared.store.count(self.shared.tables)
-    }
-
-    /// Whether the replica holds no record.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
-    }
-
-    /// Every key of the replica in key order, as of one consistent version.
-    pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
-        self.shared.store.keys(self.shared.tables)
-    }
-
-    /// A snapshot of the subscription's counters.
-    pub fn stats(&self) -> SubscriptionStats {
-        self.shared.stats()
-    }
-
-    /// Asks the process thread to resync this replica by hashes now (for a store restored
-    /// from a backup or edited by hand). Progress shows in the stats
-    /// (`catchups_resync`, `resync_bytes`).
-    pub fn request_resync(&self) {
-        self.shared.force_resync.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether the subscription is closed (or stopped after a storage failure).
-    pub fn is_closed(&self) -> bool {
-        self.shared.stop.is_stopped()
-    }
-
-    /// Stops both threads and closes the socket. Idempotent. May be called from the
-    /// subscription's own callback: it then returns at once and the threads exit after the
-    /// callback returns.
-    pub fn close(&self) -> Result<()> {
-        let _ = self.shared.close();
-        Ok(())
     }
 }

@@ -6,8 +6,8 @@ use super::filter_updates;
 use crate::net::repair_client::RepairClient;
 use crate::proto::subscription::{Input, RepairEnd, APPLY_BATCH_BYTES};
 use crate::proto::{Backlog, OpenPacket};
-use crate::resync::HostDelivery;
-use crate::stats::{add, inc};
+use crate::resync::{HostDelivery, ResyncReport};
+use crate::stats::{add, inc, SubscriptionCounters};
 use crate::wire::control::ErrorCode;
 use crate::wire::packet::PacketHeader;
 use crate::wire::update::decode_update;
@@ -159,25 +159,8 @@ impl Driver {
                 .set_incarnation(&name, new)
                 .inspect_err(|e| self.fail(e))?;
         }
-        let r = &done.report;
-        inc(if r.full_copy {
-            &c.catchups_full_copy
-        } else {
-            &c.catchups_resync
-        });
-        add(&c.resync_bytes, r.bytes);
-        add(&c.resync_fetched, r.fetched);
-        add(&c.resync_deleted, r.deleted);
-        add(&c.updates_applied, r.journal_updates);
-        inc(&c.apply_commits);
-        log::info!(
-            "{name}: resync to version {} ({} fetched, {} deleted, {} bytes)",
-            r.version,
-            r.fetched,
-            r.deleted,
-            r.bytes
-        );
-        let version = r.version;
+        count_resync(&c, &name, &done.report);
+        let version = done.report.version;
         self.engine
             .handle(Instant::now(), Input::Resynced { version });
         match host {
@@ -192,4 +175,25 @@ impl Driver {
         self.announce();
         Ok(())
     }
+}
+
+/// Counts and logs a resync that committed.
+fn count_resync(c: &SubscriptionCounters, name: &str, r: &ResyncReport) {
+    inc(if r.full_copy {
+        &c.catchups_full_copy
+    } else {
+        &c.catchups_resync
+    });
+    add(&c.resync_bytes, r.bytes);
+    add(&c.resync_fetched, r.fetched);
+    add(&c.resync_deleted, r.deleted);
+    add(&c.updates_applied, r.journal_updates);
+    inc(&c.apply_commits);
+    log::info!(
+        "{name}: resync to version {} ({} fetched, {} deleted, {} bytes)",
+        r.version,
+        r.fetched,
+        r.deleted,
+        r.bytes
+    );
 }
