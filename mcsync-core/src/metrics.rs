@@ -107,7 +107,8 @@ fn render(reg: &Registry) -> String {
     out
 }
 
-/// The publisher's metrics.
+/// The publisher's metrics. (Long: one registration per metric family, read top to
+/// bottom like the exposition it produces.)
 pub fn render_publisher(
     stats: &PublisherStats,
     databases: &[DatabaseView],

@@ -89,6 +89,52 @@ pub(crate) fn run(
     filter: &dyn Fn(&mut [Update]) -> Vec<Update>,
 ) -> Result<Resynced> {
     let (sent0, recv0) = client.bytes();
+    let (planner, mut report, by_hash) = compare(store, name, tables, client)?;
+    let version = report.version;
+    let Some(delivery) = apply else {
+        let (s, r) = client.bytes();
+        report.bytes = (s - sent0) + (r - recv0);
+        return Ok(Resynced {
+            report,
+            shown: Vec::new(),
+        });
+    };
+    let mut puts = Vec::new();
+    for chunk in planner.to_fetch().chunks(MAX_FETCH_PER_REQUEST) {
+        client.fetch(chunk, |k, v| puts.push((k, v)))?;
+    }
+    let deletes: Vec<Vec<u8>> = planner
+        .to_delete()
+        .iter()
+        .filter_map(|kh| by_hash.get(kh).cloned())
+        .collect();
+    let mut journal = journal_tail(client, version, limits)?;
+    let shown_journal = filter(&mut journal);
+    let new_version = journal.last().map_or(version, |u| u.version.max(version));
+    let shown = shown_updates(&deletes, &puts, shown_journal, new_version);
+    let keep = match delivery {
+        HostDelivery::Nobody => ResyncDelivery::Keep(&[]),
+        HostDelivery::Changes => ResyncDelivery::Keep(&shown),
+        HostDelivery::Reset => ResyncDelivery::Reset,
+    };
+    store.apply_resync(name, tables, &deletes, &puts, &journal, new_version, keep)?;
+    report.fetched = puts.len() as u64;
+    report.deleted = deletes.len() as u64;
+    report.journal_updates = journal.len() as u64;
+    report.version = new_version;
+    let (s, r) = client.bytes();
+    report.bytes = (s - sent0) + (r - recv0);
+    Ok(Resynced { report, shown })
+}
+
+/// Walks the publisher's hash tree against the replica's content hashes: what differs,
+/// and the report so far (at the snapshot's version).
+fn compare(
+    store: &SubscriberStore,
+    name: &str,
+    tables: ReplicaTables,
+    client: &mut RepairClient,
+) -> Result<(ResyncPlanner, ResyncReport, HashMap<u64, Vec<u8>>)> {
     let (previous_version, local) = store.content_hashes(name, tables)?;
     let mut by_hash: HashMap<u64, Vec<u8>> = HashMap::with_capacity(local.len());
     let mut entries = Vec::with_capacity(local.len());
@@ -112,7 +158,7 @@ pub(crate) fn run(
             }
         }
     }
-    let mut report = ResyncReport {
+    let report = ResyncReport {
         version,
         previous_version,
         full_copy: local_records == 0,
@@ -121,26 +167,13 @@ pub(crate) fn run(
         remote_records: u64::from(root.count),
         ..ResyncReport::default()
     };
-    let Some(delivery) = apply else {
-        let (s, r) = client.bytes();
-        report.bytes = (s - sent0) + (r - recv0);
-        return Ok(Resynced {
-            report,
-            shown: Vec::new(),
-        });
-    };
-    let mut puts = Vec::new();
-    for chunk in planner.to_fetch().chunks(MAX_FETCH_PER_REQUEST) {
-        client.fetch(chunk, |k, v| puts.push((k, v)))?;
-    }
-    let deletes: Vec<Vec<u8>> = planner
-        .to_delete()
-        .iter()
-        .filter_map(|kh| by_hash.get(kh).cloned())
-        .collect();
-    // Whatever was published since the snapshot comes from the journal, applied in the
-    // same transaction (keys fetched above may already hold newer values; replaying the
-    // journal after them leaves every key at its value of the last version).
+    Ok((planner, report, by_hash))
+}
+
+/// Whatever was published since the snapshot, from the journal: applied in the same
+/// transaction (keys fetched may already hold newer values; replaying the journal after
+/// them leaves every key at its value of the last version).
+fn journal_tail(client: &mut RepairClient, version: u64, limits: &Limits) -> Result<Vec<Update>> {
     let current = client.hello()?.current_version;
     let mut journal = Vec::new();
     if current > version {
@@ -164,8 +197,16 @@ pub(crate) fn run(
             u.version
         )));
     }
-    let shown_journal = filter(&mut journal);
-    let new_version = journal.last().map_or(version, |u| u.version.max(version));
+    Ok(journal)
+}
+
+/// What the host is shown of a resync.
+fn shown_updates(
+    deletes: &[Vec<u8>],
+    puts: &[(Vec<u8>, Vec<u8>)],
+    shown_journal: Vec<Update>,
+    new_version: u64,
+) -> Vec<Update> {
     let mut ops: Vec<Op> = deletes.iter().cloned().map(Op::delete).collect();
     ops.extend(puts.iter().map(|(k, v)| Op::put(k.clone(), v.clone())));
     // The fetched values are the publisher's current ones, possibly newer than the
@@ -173,7 +214,7 @@ pub(crate) fn run(
     // after the snapshot. So the host gets them as one update at the version reached (as
     // a compacted catch-up does), and a host that records each update's version with it
     // never holds a table the master did not have at that version.
-    let shown: Vec<Update> = if ops.is_empty() {
+    if ops.is_empty() {
         shown_journal
     } else {
         ops.extend(shown_journal.into_iter().flat_map(|u| u.ops));
@@ -183,18 +224,5 @@ pub(crate) fn run(
             ops,
             reset: false,
         }]
-    };
-    let keep = match delivery {
-        HostDelivery::Nobody => ResyncDelivery::Keep(&[]),
-        HostDelivery::Changes => ResyncDelivery::Keep(&shown),
-        HostDelivery::Reset => ResyncDelivery::Reset,
-    };
-    store.apply_resync(name, tables, &deletes, &puts, &journal, new_version, keep)?;
-    report.fetched = puts.len() as u64;
-    report.deleted = deletes.len() as u64;
-    report.journal_updates = journal.len() as u64;
-    report.version = new_version;
-    let (s, r) = client.bytes();
-    report.bytes = (s - sent0) + (r - recv0);
-    Ok(Resynced { report, shown })
+    }
 }

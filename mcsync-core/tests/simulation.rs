@@ -1097,7 +1097,7 @@ impl Sim {
         self.drain(i);
     }
 
-    /// Packets from the publisher's retransmit buffer, like `repair_server.rs`.
+    /// Packets from the publisher's retransmit buffer, like `net/repair_server/journal.rs`.
     fn serve_packets(&mut self, i: usize, stream: u32, ranges: &[(u64, u64)], fail: bool) {
         let now = self.instant();
         let seqs: Vec<u64> = ranges.iter().flat_map(|&(a, b)| a..=b).collect();
@@ -1133,7 +1133,7 @@ impl Sim {
         live.engine.handle(now, input);
     }
 
-    /// Versions from the journal, like `repair_server.rs` (refused when trimmed).
+    /// Versions from the journal, like `net/repair_server/journal.rs` (refused when trimmed).
     fn serve_versions(&mut self, i: usize, ranges: &[(u64, u64)], fail: bool) {
         let now = self.instant();
         let latest = self.latest();

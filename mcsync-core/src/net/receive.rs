@@ -60,23 +60,9 @@ pub fn spawn(parts: ReceiveParts, tx: Sender<Inbound>) -> std::io::Result<JoinHa
 fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
     let mut buf = vec![0u8; 65_536];
     let mut windows: HashMap<u32, ReplayWindow> = HashMap::new();
-    let c = p.counters.clone();
     let mut joined = true;
     while !p.stop.is_stopped() {
-        let leave = p.leave.load(Ordering::SeqCst);
-        if leave == joined {
-            if let SocketAddr::V4(g) = p.group {
-                let r = if leave {
-                    p.socket.leave_multicast_v4(g.ip(), &p.interface)
-                } else {
-                    p.socket.join_multicast_v4(g.ip(), &p.interface)
-                };
-                match r {
-                    Ok(()) => joined = !leave,
-                    Err(e) => log::warn!("{}: changing membership of {g}: {e}", p.database),
-                }
-            }
-        }
+        follow_membership(&p, &mut joined);
         let (n, from) = match p.socket.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e)
@@ -97,72 +83,93 @@ fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
             // Left the group: whatever still arrives is not ours to take.
             continue;
         }
-        inc(&c.packets_received);
-        add(&c.bytes_received, n as u64);
-        if p.source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|s| s != from)
-        {
-            inc(&c.dropped_source);
-            continue;
-        }
-        if p.loss.as_mut().is_some_and(|l| l.drop_next()) {
-            inc(&c.dropped_injected);
-            continue;
-        }
-        let Ok((header, sealed)) = PacketHeader::parse(&buf[..n]) else {
-            inc(&c.dropped_malformed);
+        let Some(packet) = accept(&mut p, &mut windows, &buf[..n], from) else {
             continue;
         };
-        let opened = p
-            .keyring
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .open(&header, sealed);
-        let payload = match opened {
-            Ok(pl) => pl,
-            Err(OpenError::UnknownEpoch(epoch)) => {
-                inc(&c.dropped_epoch);
-                let newest = p
-                    .keyring
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .newest_epoch();
-                if newest.is_none_or(|n| epoch > n) {
-                    p.rekey.store(true, Ordering::Relaxed);
-                }
-                continue;
-            }
-            Err(OpenError::BadTag) => {
-                inc(&c.dropped_auth);
-                continue;
-            }
-            Err(OpenError::Retired(_)) => {
-                inc(&c.dropped_retired_key);
-                continue;
-            }
-        };
-        if windows.len() >= MAX_STREAMS && !windows.contains_key(&header.stream_id) {
-            windows.clear();
-        }
-        match windows
-            .entry(header.stream_id)
-            .or_default()
-            .check(header.seq)
-        {
-            Verdict::Fresh => {}
-            Verdict::Seen => {
-                inc(&c.dropped_replay);
-                continue;
-            }
-            Verdict::Far => {
-                inc(&c.dropped_far);
-                continue;
-            }
-        }
-        if !forward(&p, &tx, Inbound { header, payload }) {
+        if !forward(&p, &tx, packet) {
             return;
+        }
+    }
+}
+
+/// Leaves or rejoins the group when the process thread asks (its error policy).
+fn follow_membership(p: &ReceiveParts, joined: &mut bool) {
+    let leave = p.leave.load(Ordering::SeqCst);
+    if leave != *joined {
+        return;
+    }
+    if let SocketAddr::V4(g) = p.group {
+        let r = if leave {
+            p.socket.leave_multicast_v4(g.ip(), &p.interface)
+        } else {
+            p.socket.join_multicast_v4(g.ip(), &p.interface)
+        };
+        match r {
+            Ok(()) => *joined = !leave,
+            Err(e) => log::warn!("{}: changing membership of {g}: {e}", p.database),
+        }
+    }
+}
+
+/// Checks one datagram: its source, the loss generator, its header, its seal and its
+/// replay window. Returns the opened packet, or `None` (counted) if it is dropped.
+fn accept(
+    p: &mut ReceiveParts,
+    windows: &mut HashMap<u32, ReplayWindow>,
+    datagram: &[u8],
+    from: SocketAddr,
+) -> Option<Inbound> {
+    let c = &p.counters;
+    inc(&c.packets_received);
+    add(&c.bytes_received, datagram.len() as u64);
+    if crate::lock(&p.source).is_some_and(|s| s != from) {
+        inc(&c.dropped_source);
+        return None;
+    }
+    if p.loss.as_mut().is_some_and(|l| l.drop_next()) {
+        inc(&c.dropped_injected);
+        return None;
+    }
+    let Ok((header, sealed)) = PacketHeader::parse(datagram) else {
+        inc(&c.dropped_malformed);
+        return None;
+    };
+    let keyring = p.keyring.read().unwrap_or_else(|e| e.into_inner());
+    let payload = match keyring.open(&header, sealed) {
+        Ok(pl) => pl,
+        Err(OpenError::UnknownEpoch(epoch)) => {
+            inc(&c.dropped_epoch);
+            if keyring.newest_epoch().is_none_or(|n| epoch > n) {
+                p.rekey.store(true, Ordering::Relaxed);
+            }
+            return None;
+        }
+        Err(OpenError::BadTag) => {
+            inc(&c.dropped_auth);
+            return None;
+        }
+        Err(OpenError::Retired(_)) => {
+            inc(&c.dropped_retired_key);
+            return None;
+        }
+    };
+    drop(keyring);
+    if windows.len() >= MAX_STREAMS && !windows.contains_key(&header.stream_id) {
+        windows.clear();
+    }
+    match windows
+        .entry(header.stream_id)
+        .or_default()
+        .check(header.seq)
+    {
+        Verdict::Fresh => Some(Inbound { header, payload }),
+        Verdict::Seen => {
+            inc(&c.dropped_replay);
+            None
+        }
+        Verdict::Far => {
+            inc(&c.dropped_far);
+            None
         }
     }
 }

@@ -142,23 +142,7 @@ pub(super) fn hello(
     };
     let participant = flags & HELLO_PARTICIPANT != 0;
     if participant && !grant.participant {
-        inc(&ctx.counters.auth_failures);
-        // A registration that was a participant under an earlier grant votes no more.
-        if let Some(r) = ctx
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&subscriber_id)
-            .filter(|r| r.user == user && r.database == database)
-        {
-            r.participant = false;
-        }
-        return Err(error(
-            ErrorCode::Auth,
-            format!(
-                "user {user:?} may not register as a two-phase participant of database {database:?}"
-            ),
-        ));
+        return Err(refuse_participant(ctx, subscriber_id, &user, &database));
     }
     let record = SubscriberRecord {
         id: subscriber_id,
@@ -190,6 +174,24 @@ pub(super) fn hello(
         resync: None,
     };
     Ok((session, info))
+}
+
+/// Refuses a HELLO asking to be a two-phase participant without the role; a registration
+/// that was a participant under an earlier grant votes no more.
+fn refuse_participant(ctx: &ServerContext, id: u64, user: &str, database: &str) -> Message {
+    inc(&ctx.counters.auth_failures);
+    if let Some(r) = crate::lock(&ctx.registry)
+        .get_mut(&id)
+        .filter(|r| r.user == user && r.database == database)
+    {
+        r.participant = false;
+    }
+    error(
+        ErrorCode::Auth,
+        format!(
+            "user {user:?} may not register as a two-phase participant of database {database:?}"
+        ),
+    )
 }
 
 /// Records a reception report. A registration that expired meanwhile (the subscriber was
