@@ -1026,7 +1026,10 @@ fn setters_refuse_what_core_refuses_with_the_same_message() {
     fn same(st: mcsync_status, rust: mcsync_core::Result<()>) {
         assert_eq!(st, mcsync_status::MCSYNC_ERR_RANGE);
         let (c_text, rust_text) = (last_error(), rust.unwrap_err().to_string());
-        assert!(rust_text.ends_with(&c_text), "C {c_text:?}, Rust {rust_text:?}");
+        assert!(
+            rust_text.ends_with(&c_text),
+            "C {c_text:?}, Rust {rust_text:?}"
+        );
     }
     let pub_with = |f: &dyn Fn(&mut PublisherConfig)| {
         let mut p = PublisherConfig::new("/tmp/x");
