@@ -191,6 +191,8 @@ impl Counts {
 }
 
 /// Runs the bench.
+// Longer than 80 lines: checks the arguments, then runs the chosen sections in order and
+// writes what they measured; each step is a call into cluster, scenarios or report.
 pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
     if a.publishers == 0 || a.latency_publishers == 0 || a.subscribers == 0 || a.scale <= 0.0 {
         return Err(

@@ -221,6 +221,9 @@ pub(super) fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// The targets a run is judged by, met or missed.
+// Longer than 80 lines on purpose: one independent `push` per target, read top to bottom
+// beside docs/BENCHMARKS.md; splitting it would only scatter the list.
 pub(super) fn targets(r: &Report) -> Vec<Target> {
     let mut t = Vec::new();
     let mut push = |name: &str, target: String, measured: String, met: bool| {
@@ -342,171 +345,19 @@ pub(super) fn targets(r: &Report) -> Vec<Target> {
 
 pub(super) fn print_tables(r: &Report) {
     if !r.throughput.is_empty() {
-        println!("\n(a) Throughput, publish → applied on every subscriber (AES-256-GCM, durable journal, {} publisher threads)", r.settings.publisher_threads);
-        println!(
-            "{:>5} {:>7} {:>8} {:>10} {:>8} {:>10} {:>8} {:>8} {:>7} {:>11} {:>7} {:>9}",
-            "subs",
-            "value",
-            "updates",
-            "updates/s",
-            "MB/s",
-            "raw upd/s",
-            "raw MB/s",
-            "raw loss",
-            "of raw",
-            "raw@dgram/s",
-            "of it",
-            "upd/fsync"
-        );
-        for x in &r.throughput {
-            println!(
-                "{:>5} {:>7} {:>8} {:>10.0} {:>8.1} {:>10.0} {:>8.1} {:>7.1}% {:>6.1}% {:>11.0} {:>6.1}% {:>9.1}",
-                x.subscribers,
-                size_label(x.value_bytes),
-                x.updates,
-                x.updates_per_s,
-                x.mb_per_s,
-                x.raw_updates_per_s,
-                x.raw_mb_per_s,
-                x.raw_loss * 100.0,
-                x.fraction_of_raw * 100.0,
-                x.raw_same_datagram_updates_per_s,
-                x.fraction_of_raw_same_datagram * 100.0,
-                x.updates_per_journal_commit
-            );
-        }
-        println!(
-            "  raw = one datagram per update; raw@dgram = the value cut into {} B datagrams like mcsync's",
-            r.settings.datagram_bytes
-        );
+        print_throughput(r);
     }
     if !r.publisher_threads.is_empty() {
-        println!("\n(a) Group commit: 8 subscribers, 1 KiB values, by publisher threads");
-        println!(
-            "{:>8} {:>10} {:>10} {:>10}",
-            "threads", "updates/s", "upd/fsync", "fsyncs/s"
-        );
-        for x in &r.publisher_threads {
-            println!(
-                "{:>8} {:>10.0} {:>10.1} {:>10.0}",
-                x.publisher_threads,
-                x.updates_per_s,
-                x.updates_per_journal_commit,
-                x.journal_commits_per_s
-            );
-        }
+        print_threads(r);
     }
     if let Some(l) = &r.latency {
-        println!(
-            "\n(b) Latency, publish → applied, {} B values at {} offered/s ({:.0} achieved), {} subscribers, {} samples",
-            l.value_bytes, l.offered_per_s, l.achieved_per_s, l.subscribers, l.samples
-        );
-        println!(
-            "  p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms   (journal commit p50 {:.2} ms, p99 {:.2} ms; {:.1} updates per fsync)",
-            ms(l.p50_us),
-            ms(l.p90_us),
-            ms(l.p99_us),
-            ms(l.p999_us),
-            ms(l.max_us),
-            ms(l.commit_p50_us),
-            ms(l.commit_p99_us),
-            l.updates_per_journal_commit
-        );
-        let t = &l.tail_loss;
-        println!(
-            "  lost last update ({} of {} isolated updates, {:.0} % loss): applied after p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms; clean p50 {:.2} ms ({}); excess {:.2} ms vs 2 × heartbeat_initial = {:.1} ms",
-            t.lost_samples,
-            t.trials,
-            t.loss_probability * 100.0,
-            ms(t.lost_p50_us),
-            ms(t.lost_p90_us),
-            ms(t.lost_max_us),
-            ms(t.lossless_p50_us),
-            t.lossless_samples,
-            ms(t.excess_p50_us),
-            ms(t.target_us)
-        );
-        println!(
-            "  intact updates held while an earlier lost heartbeat was repaired: {}, p50 {:.2} ms (quiesces {}, unicast fallbacks {})",
-            t.heartbeat_repaired_samples,
-            ms(t.heartbeat_repaired_p50_us),
-            t.quiesces,
-            t.unicast_backoffs
-        );
+        print_latency(l);
     }
     if !r.fanout.is_empty() {
-        println!("\n(c) Publisher egress per 1 KiB update (multicast + repair bytes) vs TCP unicast fan-out");
-        println!(
-            "{:>5} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>11} {:>11}",
-            "subs",
-            "updates",
-            "encoded B",
-            "mcsync B",
-            "vs 1",
-            "repair B",
-            "TCP B",
-            "mcsync u/s",
-            "TCP u/s*"
-        );
-        for x in &r.fanout {
-            println!(
-                "{:>5} {:>8} {:>10.0} {:>10.0} {:>7.3}× {:>10} {:>10.0} {:>11.0} {:>11.0}",
-                x.subscribers,
-                x.updates,
-                x.encoded_bytes_per_update,
-                x.bytes_per_update,
-                x.ratio_to_one_subscriber,
-                x.repair_bytes,
-                x.tcp_bytes_per_update,
-                x.updates_per_s,
-                x.tcp_updates_per_s
-            );
-        }
-        println!("  * the TCP baseline sends from memory: no journal, no encryption; compare its bytes, not its rate");
+        print_fanout(r);
     }
     if !r.repair.is_empty() {
-        println!(
-            "\n(d) Repair cost under injected loss ({} subscribers, 1 KiB values; q/resub/uni = publisher quiesces / re-registrations / unicast fallbacks; bundle and pkt/s = adapted at the end)",
-            r.repair[0].subscribers
-        );
-        println!(
-            "{:>6} {:>8} {:>10} {:>7} {:>9} {:>12} {:>12} {:>11} {:>11} {:>10} {:>9} {:>8} {:>8}",
-            "loss",
-            "updates",
-            "updates/s",
-            "kept",
-            "lost pkt",
-            "lost B",
-            "repair B",
-            "repair/lost",
-            "chains drop",
-            "upd/commit",
-            "q/resub/uni",
-            "bundle",
-            "pkt/s"
-        );
-        for x in &r.repair {
-            println!(
-                "{:>5.1}% {:>8} {:>10.0} {:>6.1}% {:>9} {:>12} {:>12} {:>11} {:>11} {:>10.1} {:>11} {:>8} {:>8}",
-                x.loss * 100.0,
-                x.updates,
-                x.updates_per_s,
-                x.throughput_kept * 100.0,
-                x.lost_packets,
-                x.lost_bytes,
-                x.repair_bytes,
-                x.repair_fraction
-                    .map_or_else(|| "-".into(), |f| format!("{f:.3}")),
-                x.chains_dropped,
-                x.updates_per_apply_commit,
-                format!(
-                    "{}/{}/{}",
-                    x.quiesces, x.resubscriptions, x.unicast_backoffs
-                ),
-                gauge(x.bundle_bytes_at_end),
-                gauge(x.packets_per_sec_at_end)
-            );
-        }
+        print_repair(r);
     }
     for x in &r.redis {
         println!(
@@ -532,6 +383,185 @@ pub(super) fn print_tables(r: &Report) {
                 t.target
             );
         }
+    }
+}
+
+/// Table (a) throughput beside raw multicast.
+fn print_throughput(r: &Report) {
+    println!("\n(a) Throughput, publish → applied on every subscriber (AES-256-GCM, durable journal, {} publisher threads)", r.settings.publisher_threads);
+    println!(
+        "{:>5} {:>7} {:>8} {:>10} {:>8} {:>10} {:>8} {:>8} {:>7} {:>11} {:>7} {:>9}",
+        "subs",
+        "value",
+        "updates",
+        "updates/s",
+        "MB/s",
+        "raw upd/s",
+        "raw MB/s",
+        "raw loss",
+        "of raw",
+        "raw@dgram/s",
+        "of it",
+        "upd/fsync"
+    );
+    for x in &r.throughput {
+        println!(
+            "{:>5} {:>7} {:>8} {:>10.0} {:>8.1} {:>10.0} {:>8.1} {:>7.1}% {:>6.1}% {:>11.0} {:>6.1}% {:>9.1}",
+            x.subscribers,
+            size_label(x.value_bytes),
+            x.updates,
+            x.updates_per_s,
+            x.mb_per_s,
+            x.raw_updates_per_s,
+            x.raw_mb_per_s,
+            x.raw_loss * 100.0,
+            x.fraction_of_raw * 100.0,
+            x.raw_same_datagram_updates_per_s,
+            x.fraction_of_raw_same_datagram * 100.0,
+            x.updates_per_journal_commit
+        );
+    }
+    println!(
+        "  raw = one datagram per update; raw@dgram = the value cut into {} B datagrams like mcsync's",
+        r.settings.datagram_bytes
+    );
+}
+
+/// Table (a) group commit by publisher threads.
+fn print_threads(r: &Report) {
+    println!("\n(a) Group commit: 8 subscribers, 1 KiB values, by publisher threads");
+    println!(
+        "{:>8} {:>10} {:>10} {:>10}",
+        "threads", "updates/s", "upd/fsync", "fsyncs/s"
+    );
+    for x in &r.publisher_threads {
+        println!(
+            "{:>8} {:>10.0} {:>10.1} {:>10.0}",
+            x.publisher_threads,
+            x.updates_per_s,
+            x.updates_per_journal_commit,
+            x.journal_commits_per_s
+        );
+    }
+}
+
+/// Table (b) latency and the lost last update.
+fn print_latency(l: &Latency) {
+    println!(
+        "\n(b) Latency, publish → applied, {} B values at {} offered/s ({:.0} achieved), {} subscribers, {} samples",
+        l.value_bytes, l.offered_per_s, l.achieved_per_s, l.subscribers, l.samples
+    );
+    println!(
+        "  p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms   (journal commit p50 {:.2} ms, p99 {:.2} ms; {:.1} updates per fsync)",
+        ms(l.p50_us),
+        ms(l.p90_us),
+        ms(l.p99_us),
+        ms(l.p999_us),
+        ms(l.max_us),
+        ms(l.commit_p50_us),
+        ms(l.commit_p99_us),
+        l.updates_per_journal_commit
+    );
+    let t = &l.tail_loss;
+    println!(
+        "  lost last update ({} of {} isolated updates, {:.0} % loss): applied after p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms; clean p50 {:.2} ms ({}); excess {:.2} ms vs 2 × heartbeat_initial = {:.1} ms",
+        t.lost_samples,
+        t.trials,
+        t.loss_probability * 100.0,
+        ms(t.lost_p50_us),
+        ms(t.lost_p90_us),
+        ms(t.lost_max_us),
+        ms(t.lossless_p50_us),
+        t.lossless_samples,
+        ms(t.excess_p50_us),
+        ms(t.target_us)
+    );
+    println!(
+        "  intact updates held while an earlier lost heartbeat was repaired: {}, p50 {:.2} ms (quiesces {}, unicast fallbacks {})",
+        t.heartbeat_repaired_samples,
+        ms(t.heartbeat_repaired_p50_us),
+        t.quiesces,
+        t.unicast_backoffs
+    );
+}
+
+/// Table (c) egress beside TCP fan-out.
+fn print_fanout(r: &Report) {
+    println!(
+        "\n(c) Publisher egress per 1 KiB update (multicast + repair bytes) vs TCP unicast fan-out"
+    );
+    println!(
+        "{:>5} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>11} {:>11}",
+        "subs",
+        "updates",
+        "encoded B",
+        "mcsync B",
+        "vs 1",
+        "repair B",
+        "TCP B",
+        "mcsync u/s",
+        "TCP u/s*"
+    );
+    for x in &r.fanout {
+        println!(
+            "{:>5} {:>8} {:>10.0} {:>10.0} {:>7.3}× {:>10} {:>10.0} {:>11.0} {:>11.0}",
+            x.subscribers,
+            x.updates,
+            x.encoded_bytes_per_update,
+            x.bytes_per_update,
+            x.ratio_to_one_subscriber,
+            x.repair_bytes,
+            x.tcp_bytes_per_update,
+            x.updates_per_s,
+            x.tcp_updates_per_s
+        );
+    }
+    println!("  * the TCP baseline sends from memory: no journal, no encryption; compare its bytes, not its rate");
+}
+
+/// Table (d) repair cost under loss.
+fn print_repair(r: &Report) {
+    println!(
+        "\n(d) Repair cost under injected loss ({} subscribers, 1 KiB values; q/resub/uni = publisher quiesces / re-registrations / unicast fallbacks; bundle and pkt/s = adapted at the end)",
+        r.repair[0].subscribers
+    );
+    println!(
+        "{:>6} {:>8} {:>10} {:>7} {:>9} {:>12} {:>12} {:>11} {:>11} {:>10} {:>9} {:>8} {:>8}",
+        "loss",
+        "updates",
+        "updates/s",
+        "kept",
+        "lost pkt",
+        "lost B",
+        "repair B",
+        "repair/lost",
+        "chains drop",
+        "upd/commit",
+        "q/resub/uni",
+        "bundle",
+        "pkt/s"
+    );
+    for x in &r.repair {
+        println!(
+            "{:>5.1}% {:>8} {:>10.0} {:>6.1}% {:>9} {:>12} {:>12} {:>11} {:>11} {:>10.1} {:>11} {:>8} {:>8}",
+            x.loss * 100.0,
+            x.updates,
+            x.updates_per_s,
+            x.throughput_kept * 100.0,
+            x.lost_packets,
+            x.lost_bytes,
+            x.repair_bytes,
+            x.repair_fraction
+                .map_or_else(|| "-".into(), |f| format!("{f:.3}")),
+            x.chains_dropped,
+            x.updates_per_apply_commit,
+            format!(
+                "{}/{}/{}",
+                x.quiesces, x.resubscriptions, x.unicast_backoffs
+            ),
+            gauge(x.bundle_bytes_at_end),
+            gauge(x.packets_per_sec_at_end)
+        );
     }
 }
 

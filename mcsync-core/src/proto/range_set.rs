@@ -88,14 +88,9 @@ impl RangeSet {
                 end = end.max(e);
             }
         }
-        // Ranges starting inside, or just after, the new one are absorbed.
-        let reach = end.saturating_add(1);
-        let absorbed: Vec<(u64, u64)> = self
-            .ranges
-            .range(start..=reach)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in absorbed {
+        // Ranges starting inside, or just after, the new one are absorbed (one at a time:
+        // no allocation on the receive path).
+        while let Some((&s, &e)) = self.ranges.range(start..=end.saturating_add(1)).next() {
             self.ranges.remove(&s);
             end = end.max(e);
         }
@@ -133,15 +128,12 @@ impl RangeSet {
                 }
             }
         }
-        let inside: Vec<(u64, u64)> = self
-            .ranges
-            .range(start..=end)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in inside {
+        while let Some((&s, &e)) = self.ranges.range(start..=end).next() {
             self.ranges.remove(&s);
             if e > end {
+                // The last one touched: what it holds past `end` stays.
                 self.ranges.insert(end + 1, e);
+                break;
             }
         }
     }
