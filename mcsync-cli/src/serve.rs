@@ -8,7 +8,7 @@ use mcsync::{
 };
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::metrics_http::{self, MetricsServer};
@@ -51,18 +51,13 @@ pub struct ServeArgs {
     metrics: Option<SocketAddr>,
 }
 
-/// Options of `mcsync subscribe`.
+/// How a subscribing command reaches the publisher and proves who it is: the options
+/// `mcsync subscribe`, `mcsync verify` and `mcsync resync` share.
 #[derive(Args)]
-pub struct SubscribeArgs {
-    /// Data directory of the subscriber's store.
-    #[arg(long)]
-    data_dir: PathBuf,
+pub struct ConnectArgs {
     /// Publisher's control address.
     #[arg(long, default_value = "127.0.0.1:47000")]
     server: SocketAddr,
-    /// Database to replicate.
-    #[arg(long, default_value = "default")]
-    database: String,
     /// User name.
     #[arg(long)]
     user: String,
@@ -78,6 +73,42 @@ pub struct SubscribeArgs {
     /// Name to verify in the publisher's certificate (with --ca-file).
     #[arg(long)]
     server_name: Option<String>,
+}
+
+impl ConnectArgs {
+    /// A subscriber configuration storing in `data_dir` for the publisher these name; the
+    /// fingerprint is checked by core's parser, the password read from its file or the
+    /// environment.
+    fn subscriber_config(
+        &self,
+        data_dir: &Path,
+    ) -> Result<SubscriberConfig, Box<dyn std::error::Error>> {
+        let trust = match (&self.fingerprint, &self.ca_file) {
+            (Some(f), _) => ServerTrust::Fingerprint(mcsync::config::parse_fingerprint(f)?),
+            (None, Some(c)) => ServerTrust::CaFile(c.clone()),
+            (None, None) => {
+                return Err("give --fingerprint or --ca-file to verify the publisher".into())
+            }
+        };
+        let mut cfg = SubscriberConfig::new(data_dir, self.server, trust);
+        cfg.server_name = self.server_name.clone();
+        cfg.user = self.user.clone();
+        cfg.secret = read_password(self.password_file.as_ref())?.into();
+        Ok(cfg)
+    }
+}
+
+/// Options of `mcsync subscribe`.
+#[derive(Args)]
+pub struct SubscribeArgs {
+    /// Data directory of the subscriber's store.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Database to replicate.
+    #[arg(long, default_value = "default")]
+    database: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port, printed
     /// at start).
     #[arg(long, value_name = "ADDR")]
@@ -90,42 +121,15 @@ pub struct CheckArgs {
     /// Data directory of the subscriber's store (the replica to check).
     #[arg(long)]
     data_dir: PathBuf,
-    /// Publisher's control address.
-    #[arg(long, default_value = "127.0.0.1:47000")]
-    server: SocketAddr,
     /// Database to check.
     #[arg(long, default_value = "default")]
     database: String,
-    /// User name.
-    #[arg(long)]
-    user: String,
-    /// File whose first line is the password (default: the MCSYNC_PASSWORD variable).
-    #[arg(long)]
-    password_file: Option<PathBuf>,
-    /// Pinned SHA-256 fingerprint of the publisher's certificate.
-    #[arg(long, conflicts_with = "ca_file")]
-    fingerprint: Option<String>,
-    /// CA certificates (PEM) to verify the publisher with.
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-    /// Name to verify in the publisher's certificate (with --ca-file).
-    #[arg(long)]
-    server_name: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 fn open_for_check(a: &CheckArgs) -> Result<Subscriber, Box<dyn std::error::Error>> {
-    let trust = match (&a.fingerprint, &a.ca_file) {
-        (Some(f), _) => ServerTrust::Fingerprint(f.clone()),
-        (None, Some(c)) => ServerTrust::CaFile(c.clone()),
-        (None, None) => {
-            return Err("give --fingerprint or --ca-file to verify the publisher".into())
-        }
-    };
-    let mut cfg = SubscriberConfig::new(&a.data_dir, a.server, trust);
-    cfg.server_name = a.server_name.clone();
-    cfg.user = a.user.clone();
-    cfg.secret = read_password(a.password_file.as_ref())?.into();
-    Ok(Subscriber::open(cfg)?)
+    Ok(Subscriber::open(a.connect.subscriber_config(&a.data_dir)?)?)
 }
 
 fn print_report(r: &mcsync::ResyncReport) {
@@ -380,17 +384,7 @@ fn read_commands(db: &mcsync::Database) -> CliResult {
 
 /// Runs `mcsync subscribe` until interrupted.
 pub fn subscribe(a: SubscribeArgs) -> CliResult {
-    let trust = match (a.fingerprint, a.ca_file) {
-        (Some(f), _) => ServerTrust::Fingerprint(f),
-        (None, Some(c)) => ServerTrust::CaFile(c),
-        (None, None) => {
-            return Err("give --fingerprint or --ca-file to verify the publisher".into())
-        }
-    };
-    let mut cfg = SubscriberConfig::new(&a.data_dir, a.server, trust);
-    cfg.server_name = a.server_name;
-    cfg.user = a.user;
-    cfg.secret = read_password(a.password_file.as_ref())?.into();
+    let cfg = a.connect.subscriber_config(&a.data_dir)?;
     let s = std::sync::Arc::new(Subscriber::open(cfg)?);
     let s2 = s.clone();
     let _metrics = serve_metrics(a.metrics, move || s2.metrics())?;

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod limits;
+pub use limits::{parse_fingerprint, Limit, OutOfRange};
+
 /// Default largest update (one master transaction, encoded): 16 MiB.
 pub const DEFAULT_MAX_UPDATE_BYTES: usize = 16 * 1024 * 1024;
 /// Default datagram size (header + sealed payload): fits a 1,500-byte MTU with IP/UDP headers.
@@ -81,6 +84,11 @@ impl MulticastConfig {
         let count = 1u64 << (32 - len);
         let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
         let addr = Ipv4Addr::from(u32::from(addr) & mask);
+        if !addr.is_multicast() {
+            return Err(bad(&format!(
+                "group range {cidr:?} is not multicast (224.0.0.0/4)"
+            )));
+        }
         let (first, last) = match ports.split_once('-') {
             Some((a, b)) => (a.trim().parse::<u16>(), b.trim().parse::<u16>()),
             None => (ports.trim().parse::<u16>(), ports.trim().parse::<u16>()),
@@ -97,6 +105,26 @@ impl MulticastConfig {
         self.group_count = count.min(u64::from(u32::MAX)) as u32;
         self.port = first;
         self.port_count = last - first + 1;
+        Ok(())
+    }
+
+    /// Checks every setting against [`limits`] and the ones that depend on each other.
+    pub fn validate(&self) -> Result<()> {
+        check_interface(self.interface, "multicast interface")?;
+        limits::check_multicast_group(self.group)?;
+        limits::MULTICAST_PORT.check(self.port)?;
+        if self.group_count == 0 || self.port_count == 0 {
+            return Err(Error::Config(
+                "multicast group and port ranges must not be empty".into(),
+            ));
+        }
+        if u32::from(self.port) + u32::from(self.port_count) > 65_536 {
+            return Err(Error::Config("multicast port range passes 65535".into()));
+        }
+        limits::TTL.check(self.ttl)?;
+        limits::DATAGRAM_BYTES.check(self.datagram_bytes)?;
+        limits::MAX_BUNDLE_BYTES.check(self.max_bundle_bytes)?;
+        limits::check_heartbeats(self.heartbeat_initial, self.heartbeat_max)?;
         Ok(())
     }
 }
@@ -287,55 +315,22 @@ impl PublisherConfig {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
-        if self.registration_expiry < MIN_REGISTRATION_EXPIRY {
-            return Err(Error::Config(format!(
-                "registration_expiry {:?} is below {MIN_REGISTRATION_EXPIRY:?}",
-                self.registration_expiry
-            )));
-        }
-        let m = &self.multicast;
-        check_interface(m.interface, "multicast interface")?;
-        if !m.group.is_multicast() {
-            return Err(Error::Config(format!(
-                "multicast group {} is not a multicast address",
-                m.group
-            )));
-        }
-        if m.port == 0 || m.group_count == 0 || m.port_count == 0 {
-            return Err(Error::Config(
-                "multicast port must not be 0 and the group and port ranges not empty".into(),
-            ));
-        }
-        if u32::from(m.port) + u32::from(m.port_count) > 65_536 {
-            return Err(Error::Config("multicast port range passes 65535".into()));
+    /// Checks every setting against [`limits`] and the ones that depend on each other
+    /// (what [`Publisher::open`](crate::Publisher::open) refuses).
+    pub fn validate(&self) -> Result<()> {
+        limits::REGISTRATION_EXPIRY.check(self.registration_expiry)?;
+        limits::MAX_UPDATE_BYTES.check(self.max_update_bytes)?;
+        limits::MAP_SIZE.check(self.map_size)?;
+        limits::RETENTION_MAX_AGE.check(self.retention.max_age)?;
+        if let Schedule::Windows(w) = &self.schedule {
+            for &(start, end) in w {
+                limits::check_schedule_window(start, end)?;
+            }
         }
         if self.identity == ServerIdentity::InsecureLoopback {
             crate::net::tls::require_loopback(self.control_addr, "control address")?;
         }
-        if let Schedule::Windows(w) = &self.schedule {
-            if w.iter().any(|&(a, b)| a >= 1440 || b > 1440) {
-                return Err(Error::Config("schedule windows are minutes 0..1440".into()));
-            }
-        }
-        if !(MIN_DATAGRAM_BYTES..=MAX_DATAGRAM_BYTES).contains(&m.datagram_bytes) {
-            return Err(Error::Config(format!(
-                "datagram size {} outside {MIN_DATAGRAM_BYTES}..={MAX_DATAGRAM_BYTES}",
-                m.datagram_bytes
-            )));
-        }
-        if m.heartbeat_initial.is_zero() || m.heartbeat_max < m.heartbeat_initial {
-            return Err(Error::Config(
-                "heartbeat intervals must be positive and initial <= max".into(),
-            ));
-        }
-        if self.max_update_bytes < 1024 || self.max_update_bytes > (1 << 30) {
-            return Err(Error::Config(format!(
-                "max update size {} outside 1 KiB..=1 GiB",
-                self.max_update_bytes
-            )));
-        }
-        Ok(())
+        self.multicast.validate()
     }
 }
 
@@ -441,27 +436,35 @@ impl SubscriberConfig {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks every setting against [`limits`], and how the publisher is checked (what
+    /// [`Subscriber::open`](crate::Subscriber::open) refuses).
+    pub fn validate(&self) -> Result<()> {
         check_interface(self.interface, "subscriber interface")?;
-        // How the publisher is checked (a fingerprint's form, the CA file, the server name,
-        // plaintext only to loopback): refused now rather than at the first subscribe.
+        limits::SERVER_PORT.check(self.server.port())?;
+        if let ServerTrust::Fingerprint(f) = &self.trust {
+            parse_fingerprint(f)?;
+        }
+        if let Some(name) = &self.server_name {
+            limits::SERVER_NAME_LEN.check_len(name)?;
+        }
+        // How the publisher is checked (the CA file, the server name, plaintext only to
+        // loopback): refused now rather than at the first subscribe.
         crate::net::tls::ClientTls::new(&self.trust, self.server, self.server_name.as_deref())?;
+        limits::USER_LEN.check_len(&self.user)?;
+        limits::CLIENT_NAME_LEN.check_len(&self.client_name)?;
         if let Some(l) = &self.loss {
-            if !(0.0..=1.0).contains(&l.probability) || l.burst_len == 0 {
-                return Err(Error::Config(
-                    "loss probability must be in 0..=1 and burst length >= 1".into(),
-                ));
-            }
+            limits::LOSS_PROBABILITY.check(l.probability)?;
+            limits::LOSS_BURST_LEN.check(l.burst_len)?;
         }
-        if self.channel_capacity == 0 {
-            return Err(Error::Config("channel capacity must be >= 1".into()));
-        }
-        if self.max_update_bytes < 1024 || self.max_update_bytes > (1 << 30) {
-            return Err(Error::Config(format!(
-                "max update size {} outside 1 KiB..=1 GiB",
-                self.max_update_bytes
-            )));
-        }
+        limits::SILENCE_TIMEOUT.check(self.silence_timeout)?;
+        limits::RECV_BUFFER_BYTES.check(self.recv_buffer_bytes)?;
+        limits::CHANNEL_CAPACITY.check(self.channel_capacity)?;
+        limits::REORDER_BUFFER_BYTES.check(self.reorder_buffer_bytes)?;
+        limits::REPAIR_DELAY.check(self.repair_delay)?;
+        limits::REPAIR_RETRY.check(self.repair_retry)?;
+        limits::REPAIR_IO_TIMEOUT.check(self.repair_io_timeout)?;
+        limits::MAX_UPDATE_BYTES.check(self.max_update_bytes)?;
+        limits::MAP_SIZE.check(self.map_size)?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use crate::args::{borrow_mut, free_handle, into_handle, out, str_arg};
 use crate::auth::{mcsync_authenticate_callback, HostAuthenticator};
 use crate::error::{mcsync_status, FfiError};
 use crate::subscriber::mcsync_free_callback;
-use mcsync_core::config::{MAX_DATAGRAM_BYTES, MIN_DATAGRAM_BYTES};
+use mcsync_core::config::{limits, parse_fingerprint};
 use mcsync_core::{
     Authentication, LossConfig, PublisherConfig, Schedule, Secret, ServerIdentity, ServerTrust,
     SubscriberConfig,
@@ -90,17 +90,6 @@ fn non_empty_path(path: &str, what: &str) -> Result<PathBuf, FfiError> {
     Ok(PathBuf::from(path))
 }
 
-/// Checks a SHA-256 fingerprint: 64 hex digits, colons allowed between them.
-fn parse_fingerprint(text: &str) -> Result<String, FfiError> {
-    let digits: String = text.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(FfiError::config(format!(
-            "fingerprint {text:?} is not 64 hexadecimal digits (SHA-256)"
-        )));
-    }
-    Ok(digits.to_ascii_lowercase())
-}
-
 fn parse_ipv4(text: &str, what: &str) -> Result<Ipv4Addr, FfiError> {
     text.trim()
         .parse()
@@ -115,23 +104,9 @@ fn parse_socket_addr(text: &str, what: &str) -> Result<SocketAddr, FfiError> {
     })
 }
 
-fn check_range<T: PartialOrd + std::fmt::Display>(
-    value: T,
-    min: T,
-    max: T,
-    what: &str,
-) -> Result<T, FfiError> {
-    if value < min || value > max {
-        return Err(FfiError::range(format!(
-            "{what} {value} outside {min}..={max}"
-        )));
-    }
-    Ok(value)
-}
-
-const MIN_UPDATE_BYTES: usize = 1024;
-const MAX_UPDATE_BYTES: usize = 1 << 30;
-const MIN_MAP_SIZE: usize = 1 << 20;
+// The setters below check each argument against `mcsync_core::config::limits`, the ranges
+// `Publisher::open` and `Subscriber::open` enforce for Rust and Python too, and report core's
+// message.
 
 // ---------------------------------------------------------------------------------------
 // Publisher configuration
@@ -313,7 +288,8 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_registration_expiry_ms(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.registration_expiry = Duration::from_millis(expiry_ms);
+        c.config.registration_expiry =
+            limits::REGISTRATION_EXPIRY.check(Duration::from_millis(expiry_ms))?;
         Ok(())
     }
 }
@@ -330,11 +306,10 @@ pub unsafe extern "C" fn mcsync_publisher_config_add_schedule_window(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        check_range(start_minute, 0, 1439, "schedule window start (minute)")?;
-        check_range(end_minute, 0, 1440, "schedule window end (minute)")?;
+        let window = limits::check_schedule_window(start_minute, end_minute)?;
         match &mut c.config.schedule {
-            Schedule::Windows(w) => w.push((start_minute, end_minute)),
-            other => *other = Schedule::Windows(vec![(start_minute, end_minute)]),
+            Schedule::Windows(w) => w.push(window),
+            other => *other = Schedule::Windows(vec![window]),
         }
         Ok(())
     }
@@ -426,12 +401,7 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_group(
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
         let g = parse_ipv4(str_arg(group, "group")?, "multicast group")?;
-        if !g.is_multicast() {
-            return Err(FfiError::config(format!(
-                "multicast group {g} is not a multicast address (224.0.0.0/4)"
-            )));
-        }
-        c.config.multicast.group = g;
+        c.config.multicast.group = limits::check_multicast_group(g)?;
         Ok(())
     }
 }
@@ -445,7 +415,7 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_port(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.multicast.port = check_range(port, 1, u16::MAX, "multicast port")?;
+        c.config.multicast.port = limits::MULTICAST_PORT.check(port)?;
         Ok(())
     }
 }
@@ -465,11 +435,6 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_group_range(
         let ports = str_arg(ports, "ports")?;
         let mut m = c.config.multicast.clone();
         m.set_ranges(groups, ports)?;
-        if !m.group.is_multicast() {
-            return Err(FfiError::config(format!(
-                "group range {groups:?} is not multicast (224.0.0.0/4)"
-            )));
-        }
         c.config.multicast = m;
         Ok(())
     }
@@ -498,7 +463,7 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_ttl(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.multicast.ttl = check_range(ttl, 0, 255, "multicast TTL")?;
+        c.config.multicast.ttl = limits::TTL.check(ttl)?;
         Ok(())
     }
 }
@@ -524,8 +489,7 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_datagram_bytes(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.multicast.datagram_bytes =
-            check_range(bytes, MIN_DATAGRAM_BYTES, MAX_DATAGRAM_BYTES, "datagram size")?;
+        c.config.multicast.datagram_bytes = limits::DATAGRAM_BYTES.check(bytes)?;
         Ok(())
     }
 }
@@ -555,8 +519,7 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_max_bundle_bytes(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.multicast.max_bundle_bytes =
-            check_range(bytes, 1024, 16 << 20, "bundle size")?;
+        c.config.multicast.max_bundle_bytes = limits::MAX_BUNDLE_BYTES.check(bytes)?;
         Ok(())
     }
 }
@@ -572,10 +535,10 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_heartbeat_ms(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        check_range(initial_ms, 1, 3_600_000, "initial heartbeat interval (ms)")?;
-        check_range(max_ms, initial_ms, 3_600_000, "maximum heartbeat interval (ms)")?;
-        c.config.multicast.heartbeat_initial = Duration::from_millis(initial_ms);
-        c.config.multicast.heartbeat_max = Duration::from_millis(max_ms);
+        let (initial, max) = (Duration::from_millis(initial_ms), Duration::from_millis(max_ms));
+        limits::check_heartbeats(initial, max)?;
+        c.config.multicast.heartbeat_initial = initial;
+        c.config.multicast.heartbeat_max = max;
         Ok(())
     }
 }
@@ -589,8 +552,7 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_max_update_bytes(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.max_update_bytes =
-            check_range(bytes, MIN_UPDATE_BYTES, MAX_UPDATE_BYTES, "max update size")?;
+        c.config.max_update_bytes = limits::MAX_UPDATE_BYTES.check(bytes)?;
         Ok(())
     }
 }
@@ -604,7 +566,7 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_map_size(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.map_size = check_range(bytes, MIN_MAP_SIZE, usize::MAX, "map size")?;
+        c.config.map_size = limits::MAP_SIZE.check(bytes)?;
         Ok(())
     }
 }
@@ -634,9 +596,7 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_retention_max_age_ms(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        // Kept in microseconds as a u64 by the store.
-        check_range(age_ms, 0, u64::MAX / 1000, "journal retention age (ms)")?;
-        c.config.retention.max_age = Duration::from_millis(age_ms);
+        c.config.retention.max_age = limits::RETENTION_MAX_AGE.check(Duration::from_millis(age_ms))?;
         Ok(())
     }
 }
@@ -735,9 +695,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_server(
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
         let a = parse_socket_addr(str_arg(addr, "addr")?, "server address")?;
-        if a.port() == 0 {
-            return Err(FfiError::range("server port must not be 0"));
-        }
+        limits::SERVER_PORT.check(a.port())?;
         c.config.server = a;
         c.server_set = true;
         Ok(())
@@ -801,8 +759,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_server_name(
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
         let name = str_arg(name, "name")?;
-        check_range(name.len(), 1, 255, "server name length")?;
-        c.config.server_name = Some(name.to_owned());
+        c.config.server_name = Some(limits::SERVER_NAME_LEN.check_len(name)?.to_owned());
         Ok(())
     }
 }
@@ -820,8 +777,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_credentials(
         let c = borrow_mut(config, "config")?;
         let user = str_arg(user, "user")?;
         let secret = str_arg(secret, "secret")?;
-        check_range(user.len(), 0, 255, "user name length")?;
-        c.config.user = user.to_owned();
+        c.config.user = limits::USER_LEN.check_len(user)?.to_owned();
         c.config.secret = Secret::new(secret);
         Ok(())
     }
@@ -837,8 +793,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_silence_timeout_ms(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        check_range(timeout_ms, 100, 3_600_000, "silence timeout (ms)")?;
-        c.config.silence_timeout = Duration::from_millis(timeout_ms);
+        c.config.silence_timeout = limits::SILENCE_TIMEOUT.check(Duration::from_millis(timeout_ms))?;
         Ok(())
     }
 }
@@ -865,7 +820,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_recv_buffer_bytes(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.recv_buffer_bytes = check_range(bytes, 4096, 1 << 30, "receive buffer size")?;
+        c.config.recv_buffer_bytes = limits::RECV_BUFFER_BYTES.check(bytes)?;
         Ok(())
     }
 }
@@ -879,7 +834,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_channel_capacity(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.channel_capacity = check_range(packets, 1, 1 << 20, "channel capacity")?;
+        c.config.channel_capacity = limits::CHANNEL_CAPACITY.check(packets)?;
         Ok(())
     }
 }
@@ -893,8 +848,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_reorder_buffer_bytes(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.reorder_buffer_bytes =
-            check_range(bytes, 64 << 10, usize::MAX, "reorder buffer size")?;
+        c.config.reorder_buffer_bytes = limits::REORDER_BUFFER_BYTES.check(bytes)?;
         Ok(())
     }
 }
@@ -912,12 +866,12 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_repair_ms(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        check_range(delay_ms, 0, 60_000, "repair delay (ms)")?;
-        check_range(retry_ms, 1, 60_000, "repair retry (ms)")?;
-        check_range(io_timeout_ms, 1, 3_600_000, "repair i/o timeout (ms)")?;
-        c.config.repair_delay = Duration::from_millis(delay_ms);
-        c.config.repair_retry = Duration::from_millis(retry_ms);
-        c.config.repair_io_timeout = Duration::from_millis(io_timeout_ms);
+        let delay = limits::REPAIR_DELAY.check(Duration::from_millis(delay_ms))?;
+        let retry = limits::REPAIR_RETRY.check(Duration::from_millis(retry_ms))?;
+        let io_timeout = limits::REPAIR_IO_TIMEOUT.check(Duration::from_millis(io_timeout_ms))?;
+        c.config.repair_delay = delay;
+        c.config.repair_retry = retry;
+        c.config.repair_io_timeout = io_timeout;
         Ok(())
     }
 }
@@ -931,8 +885,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_max_update_bytes(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.max_update_bytes =
-            check_range(bytes, MIN_UPDATE_BYTES, MAX_UPDATE_BYTES, "max update size")?;
+        c.config.max_update_bytes = limits::MAX_UPDATE_BYTES.check(bytes)?;
         Ok(())
     }
 }
@@ -950,12 +903,8 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_loss(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        if !(0.0..=1.0).contains(&probability) {
-            return Err(FfiError::range(format!(
-                "loss probability {probability} outside 0..=1"
-            )));
-        }
-        check_range(burst_len, 1, u32::MAX, "loss burst length")?;
+        limits::LOSS_PROBABILITY.check(probability)?;
+        limits::LOSS_BURST_LEN.check(burst_len)?;
         c.config.loss = (probability > 0.0).then_some(LossConfig {
             probability,
             burst_len,
@@ -974,7 +923,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_map_size(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
-        c.config.map_size = check_range(bytes, MIN_MAP_SIZE, usize::MAX, "map size")?;
+        c.config.map_size = limits::MAP_SIZE.check(bytes)?;
         Ok(())
     }
 }
@@ -992,8 +941,7 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_client_name(
     ffi_panic_boundary! {
         let c = borrow_mut(config, "config")?;
         let name = str_arg(name, "name")?;
-        check_range(name.len(), 1, 255, "client name length")?;
-        c.config.client_name = name.to_owned();
+        c.config.client_name = limits::CLIENT_NAME_LEN.check_len(name)?.to_owned();
         Ok(())
     }
 }

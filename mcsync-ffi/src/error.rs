@@ -146,6 +146,13 @@ impl FfiError {
     }
 }
 
+/// A setting outside the range core accepts: `MCSYNC_ERR_RANGE`, with core's message.
+impl From<mcsync_core::config::OutOfRange> for FfiError {
+    fn from(e: mcsync_core::config::OutOfRange) -> FfiError {
+        FfiError::range(e.message())
+    }
+}
+
 impl From<mcsync_core::Error> for FfiError {
     fn from(e: mcsync_core::Error) -> FfiError {
         FfiError::new(mcsync_status::from_kind(e.kind()), e.to_string())

@@ -342,13 +342,12 @@ pub unsafe extern "C" fn mcsync_publisher_set_schedule_windows(
         let list = std::slice::from_raw_parts(windows, windows_len);
         let mut out = Vec::with_capacity(list.len());
         for (i, w) in list.iter().enumerate() {
-            if w.start_minute > 1439 || w.end_minute > 1440 {
-                return Err(FfiError::range(format!(
-                    "schedule window {i} ({}..{}) outside minutes 0..=1439 and 0..=1440",
-                    w.start_minute, w.end_minute
-                )));
-            }
-            out.push((w.start_minute, w.end_minute));
+            let window = mcsync_core::config::limits::check_schedule_window(
+                w.start_minute,
+                w.end_minute,
+            )
+            .map_err(|e| FfiError::range(format!("schedule window {i}: {e}")))?;
+            out.push(window);
         }
         p.inner.set_schedule(Schedule::Windows(out));
         Ok(())

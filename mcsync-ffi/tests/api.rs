@@ -1015,3 +1015,77 @@ fn users_add_writes_entries_the_users_file_reads() {
         "not a users file\n"
     );
 }
+
+/// The C setters are shims over core's limits: they refuse what `Publisher::open` and
+/// `Subscriber::open` refuse (for Rust and Python), with the same message.
+#[test]
+fn setters_refuse_what_core_refuses_with_the_same_message() {
+    use mcsync_core::config::limits;
+    use mcsync_core::{PublisherConfig, ServerTrust, SubscriberConfig};
+    #[track_caller]
+    fn same(st: mcsync_status, rust: mcsync_core::Result<()>) {
+        assert_eq!(st, mcsync_status::MCSYNC_ERR_RANGE);
+        let (c_text, rust_text) = (last_error(), rust.unwrap_err().to_string());
+        assert!(
+            rust_text.ends_with(&c_text),
+            "C {c_text:?}, Rust {rust_text:?}"
+        );
+    }
+    let pub_with = |f: &dyn Fn(&mut PublisherConfig)| {
+        let mut p = PublisherConfig::new("/tmp/x");
+        f(&mut p);
+        p.validate()
+    };
+    let sub_with = |f: &dyn Fn(&mut SubscriberConfig)| {
+        let server = "127.0.0.1:1".parse().unwrap();
+        let mut s = SubscriberConfig::new("/tmp/x", server, ServerTrust::InsecureLoopback);
+        f(&mut s);
+        s.validate()
+    };
+    let (mut pc, mut sc) = (null_mut(), null_mut());
+    unsafe {
+        ok(mcsync_publisher_config_new(&mut pc));
+        ok(mcsync_subscriber_config_new(&mut sc));
+        same(
+            mcsync_publisher_config_set_ttl(pc, 256),
+            pub_with(&|p| p.multicast.ttl = 256),
+        );
+        assert_eq!(last_error(), "ttl 256 outside 0..=255");
+        same(
+            mcsync_publisher_config_set_heartbeat_ms(pc, 100, 10),
+            pub_with(&|p| {
+                p.multicast.heartbeat_initial = Duration::from_millis(100);
+                p.multicast.heartbeat_max = Duration::from_millis(10);
+            }),
+        );
+        same(
+            mcsync_publisher_config_set_registration_expiry_ms(pc, 10),
+            pub_with(&|p| p.registration_expiry = Duration::from_millis(10)),
+        );
+        same(
+            mcsync_subscriber_config_set_silence_timeout_ms(sc, 5),
+            sub_with(&|s| s.silence_timeout = Duration::from_millis(5)),
+        );
+        same(
+            mcsync_subscriber_config_set_channel_capacity(sc, 0),
+            sub_with(&|s| s.channel_capacity = 0),
+        );
+        same(
+            mcsync_subscriber_config_set_client_name(sc, c("").as_ptr()),
+            sub_with(&|s| s.client_name = String::new()),
+        );
+        assert_eq!(
+            last_error(),
+            limits::CLIENT_NAME_LEN.check(0).unwrap_err().message()
+        );
+        // A fingerprint is parsed by core's one parser.
+        assert_eq!(
+            mcsync_subscriber_config_set_trust_fingerprint(sc, c("ab:cd").as_ptr()),
+            mcsync_status::MCSYNC_ERR_CONFIG
+        );
+        let rust = mcsync_core::config::parse_fingerprint("ab:cd").unwrap_err();
+        assert_eq!(last_error(), rust.to_string());
+        mcsync_publisher_config_free(pc);
+        mcsync_subscriber_config_free(sc);
+    }
+}

@@ -203,7 +203,9 @@ pub(crate) fn trust_arg(
     insecure_loopback: bool,
 ) -> PyResult<mcsync::ServerTrust> {
     match (fingerprint, ca_file, insecure_loopback) {
-        (Some(f), None, false) => Ok(mcsync::ServerTrust::Fingerprint(f)),
+        (Some(f), None, false) => Ok(mcsync::ServerTrust::Fingerprint(
+            mcsync::config::parse_fingerprint(&f).or_raise(py)?,
+        )),
         (None, Some(p), false) => Ok(mcsync::ServerTrust::CaFile(p)),
         (None, None, true) => Ok(mcsync::ServerTrust::InsecureLoopback),
         _ => Err(config_error(
@@ -231,11 +233,9 @@ pub(crate) fn schedule_arg(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<m
             "schedule must be \"always\", \"never\" or a list of (start, end) minutes",
         )
     })?;
-    if windows.iter().any(|&(a, b)| a >= 1440 || b > 1440) {
-        return Err(config_error(
-            py,
-            "schedule windows are (start, end) minutes in 0..1440",
-        ));
+    for &(start, end) in &windows {
+        mcsync::config::limits::check_schedule_window(start, end)
+            .map_err(|e| config_error(py, e.message()))?;
     }
     Ok(mcsync::Schedule::Windows(windows))
 }

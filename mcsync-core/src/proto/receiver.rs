@@ -5,6 +5,7 @@
 //! above the next expected one, or a heartbeat announcing a newer version — turns into a
 //! repair request for exactly the missing versions.
 
+use crate::proto::range_set::RangeSet;
 use crate::update::Update;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -56,8 +57,15 @@ pub struct Receiver {
     config: ReceiverConfig,
     applied: u64,
     known_latest: u64,
+    /// Updates waiting for an earlier version, by first version (a compacted update covers
+    /// `first..=version`).
     buffer: BTreeMap<u64, (Update, usize)>,
     buffer_bytes: usize,
+    /// The versions `buffer` covers: what is missing is the gaps in it.
+    received: RangeSet,
+    /// `first -> version` of the buffered compacted updates (those covering more than one
+    /// version): the only entries that can cover versions above their key.
+    compacted: BTreeMap<u64, u64>,
     gap_since: Option<Instant>,
     in_flight: bool,
     requested_top: u64,
@@ -82,6 +90,8 @@ impl Receiver {
             known_latest: applied,
             buffer: BTreeMap::new(),
             buffer_bytes: 0,
+            received: RangeSet::new(),
+            compacted: BTreeMap::new(),
             gap_since: None,
             in_flight: false,
             requested_top: 0,
@@ -118,9 +128,7 @@ impl Receiver {
             return false;
         }
         self.known_latest = self.known_latest.max(v);
-        let size = update_size(&update);
-        self.buffer.insert(v, (update, size));
-        self.buffer_bytes += size;
+        self.put(v, update);
         self.evict();
         self.note_gap(now);
         true
@@ -140,10 +148,52 @@ impl Receiver {
             if v == self.applied + 1 {
                 break;
             }
-            if let Some((_, size)) = self.buffer.remove(&v) {
-                self.buffer_bytes -= size;
+            if self.take(v).is_some() {
                 self.counters.evicted += 1;
             }
+        }
+    }
+
+    /// Buffers `update` under its first version `first` (no entry may be there).
+    fn put(&mut self, first: u64, update: Update) {
+        debug_assert!(!self.buffer.contains_key(&first));
+        let size = update_size(&update);
+        self.received.insert_range(first..=update.version);
+        if update.version > first {
+            self.compacted.insert(first, update.version);
+        }
+        self.buffer.insert(first, (update, size));
+        self.buffer_bytes += size;
+    }
+
+    /// Removes the entry at `first` and forgets the versions only it covered.
+    fn take(&mut self, first: u64) -> Option<Update> {
+        let (update, size) = self.buffer.remove(&first)?;
+        self.buffer_bytes -= size;
+        self.compacted.remove(&first);
+        self.received.remove_range(first..=update.version);
+        self.recover(first, update.version);
+        Some(update)
+    }
+
+    /// Marks again as received what the remaining entries cover of `lo..=hi`, after a
+    /// removal cleared it: entries overlap when compacted updates are buffered.
+    fn recover(&mut self, lo: u64, hi: u64) {
+        if lo > hi {
+            return;
+        }
+        let below = self
+            .compacted
+            .range(..lo)
+            .filter(|&(_, &end)| end >= lo)
+            .map(|(&s, &e)| (s, e));
+        let inside = self
+            .buffer
+            .range(lo..=hi)
+            .map(|(&s, (u, _))| (s, u.version));
+        let cover: Vec<(u64, u64)> = below.chain(inside).collect();
+        for (s, e) in cover {
+            self.received.insert_range(s..=e);
         }
     }
 
@@ -166,16 +216,24 @@ impl Receiver {
     pub fn poll_ready(&mut self) -> Option<Update> {
         let (u, size) = self.buffer.remove(&(self.applied + 1))?;
         self.buffer_bytes -= size;
+        self.compacted.remove(&(self.applied + 1));
         self.applied = u.version;
         // A compacted update covers several versions: drop what it made redundant.
+        let mut reach = self.applied;
         while let Some((&k, _)) = self.buffer.first_key_value() {
             if k > self.applied {
                 break;
             }
-            if let Some((_, size)) = self.buffer.remove(&k) {
+            if let Some((dropped, size)) = self.buffer.remove(&k) {
                 self.buffer_bytes -= size;
+                self.compacted.remove(&k);
+                reach = reach.max(dropped.version);
             }
         }
+        // What the removed entries covered is no longer held (a dropped entry may have
+        // reached past `applied`); the remaining ones, all above `applied`, say what is.
+        self.received.remove_range(0..=reach);
+        self.recover(self.applied + 1, reach);
         Some(u)
     }
 
@@ -187,11 +245,8 @@ impl Receiver {
             return false;
         }
         self.known_latest = self.known_latest.max(update.version);
-        let size = update_size(&update);
-        if let Some((_, old)) = self.buffer.insert(first, (update, size)) {
-            self.buffer_bytes -= old;
-        }
-        self.buffer_bytes += size;
+        self.take(first);
+        self.put(first, update);
         self.evict();
         self.note_gap(now);
         true
@@ -199,21 +254,10 @@ impl Receiver {
 
     /// Missing inclusive ranges in (applied, known_latest], at most `max_ranges`.
     pub fn missing(&self) -> RepairRanges {
-        let mut out = Vec::new();
-        let mut next = self.applied + 1;
-        for (&v, (u, _)) in &self.buffer {
-            if out.len() == self.config.max_ranges {
-                return out;
-            }
-            if v > next {
-                out.push((next, v - 1));
-            }
-            next = next.max(u.version + 1);
-        }
-        if next <= self.known_latest && out.len() < self.config.max_ranges {
-            out.push((next, self.known_latest));
-        }
-        out
+        self.received
+            .gaps(self.applied + 1..=self.known_latest)
+            .take(self.config.max_ranges)
+            .collect()
     }
 
     /// Versions to fetch by repair now, if any. After this returns `Some`, the caller runs
@@ -560,5 +604,76 @@ mod tests {
         assert_eq!(r.counters().evicted, 2);
         assert_eq!(drain(&mut r), [1]);
         assert_eq!(r.missing(), [(2, 3)]);
+    }
+
+    /// `missing()` as it was computed before the range set: a walk over the buffer.
+    fn missing_by_walking_the_buffer(r: &Receiver) -> RepairRanges {
+        let mut out = Vec::new();
+        let mut next = r.applied + 1;
+        for (&v, (u, _)) in &r.buffer {
+            if out.len() == r.config.max_ranges {
+                return out;
+            }
+            if v > next {
+                out.push((next, v - 1));
+            }
+            next = next.max(u.version + 1);
+        }
+        if next <= r.known_latest && out.len() < r.config.max_ranges {
+            out.push((next, r.known_latest));
+        }
+        out
+    }
+
+    fn compacted(first: u64, last: u64) -> Update {
+        Update {
+            version: last,
+            ..up(first)
+        }
+    }
+
+    #[test]
+    fn the_range_set_bookkeeping_matches_a_walk_over_the_buffer() {
+        let t = Instant::now();
+        for seed in 0..300u64 {
+            // A small seeded generator (xorshift) keeps the test dependency-free.
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let buffer_bytes = [1 << 20, 600, 300][(seed % 3) as usize];
+            let max_ranges = [64, 3][(seed % 2) as usize];
+            let cfg = ReceiverConfig {
+                buffer_bytes,
+                max_ranges,
+                ..config()
+            };
+            let mut r = Receiver::new(next(5), cfg);
+            for step in 0..200 {
+                let base = r.applied();
+                match next(10) {
+                    0..=4 => {
+                        r.on_update(t, up(base + 1 + next(30)));
+                    }
+                    5 | 6 => {
+                        let first = base + next(30);
+                        r.on_compacted(t, first, compacted(first, first + next(12)));
+                    }
+                    7 => r.on_heartbeat(t, base + next(40)),
+                    8 => r.clamp_latest(base + next(20)),
+                    _ => {
+                        drain(&mut r);
+                    }
+                }
+                assert_eq!(
+                    r.missing(),
+                    missing_by_walking_the_buffer(&r),
+                    "seed {seed} step {step}"
+                );
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! order; a hole that cannot be repaired is skipped, and the chain assembler then drops
 //! the broken chain as usual (its versions are repaired from the journal).
 
+use crate::proto::range_set::RangeSet;
 use crate::wire::packet::PacketHeader;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -60,6 +61,8 @@ pub struct PacketReorder {
     stream: Option<u32>,
     next_seq: u64,
     pending: BTreeMap<u64, OpenPacket>,
+    /// The sequence numbers of `pending`, as runs: what is missing is the gaps between them.
+    held: RangeSet,
     /// Packets to release in order before `pending`: what was held behind holes that were
     /// given up on.
     ready: VecDeque<OpenPacket>,
@@ -78,6 +81,7 @@ impl PacketReorder {
             stream: None,
             next_seq: 0,
             pending: BTreeMap::new(),
+            held: RangeSet::new(),
             ready: VecDeque::new(),
             pending_bytes: 0,
             hole_since: None,
@@ -106,6 +110,7 @@ impl PacketReorder {
             // the journal repairs its versions.
             self.counters.skipped += (self.pending.len() + self.ready.len()) as u64;
             self.pending.clear();
+            self.held.clear();
             self.ready.clear();
             self.pending_bytes = 0;
             self.stream = Some(packet.header.stream_id);
@@ -127,6 +132,7 @@ impl PacketReorder {
         }
         self.pending_bytes += packet.payload.len();
         self.pending.insert(seq, packet);
+        self.held.insert(seq);
         if self.pending_bytes > self.config.max_bytes {
             self.skip_hole();
         }
@@ -137,9 +143,15 @@ impl PacketReorder {
     /// Whether a sequence number between the next one to release and the highest held is
     /// missing (anywhere, not only first: releasing up to it must not leave it untimed).
     fn has_hole(&self) -> bool {
-        self.pending
-            .last_key_value()
-            .is_some_and(|(&top, _)| top - self.next_seq >= self.pending.len() as u64)
+        self.holes().next().is_some()
+    }
+
+    /// The gaps between the next sequence number to release and the highest held one.
+    fn holes(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        // No packet held: nothing bounds the holes, so there are none.
+        let top = self.held.max();
+        top.into_iter()
+            .flat_map(move |top| self.held.gaps(self.next_seq..=top))
     }
 
     fn note_hole(&mut self, now: Instant) {
@@ -171,6 +183,7 @@ impl PacketReorder {
             return;
         };
         let held = std::mem::take(&mut self.pending);
+        self.held.clear();
         self.counters.skipped += top + 1 - self.next_seq - held.len() as u64;
         self.ready.extend(held.into_values());
         self.next_seq = top + 1;
@@ -183,6 +196,7 @@ impl PacketReorder {
             Some(p) => p,
             None => {
                 let p = self.pending.remove(&self.next_seq)?;
+                self.held.remove(self.next_seq);
                 self.next_seq += 1;
                 p
             }
@@ -193,18 +207,7 @@ impl PacketReorder {
 
     /// Missing inclusive sequence ranges below the highest held packet.
     pub fn missing(&self) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        let mut next = self.next_seq;
-        for &s in self.pending.keys() {
-            if out.len() == self.config.max_ranges {
-                break;
-            }
-            if s > next {
-                out.push((next, s - 1));
-            }
-            next = s + 1;
-        }
-        out
+        self.holes().take(self.config.max_ranges).collect()
     }
 
     /// Packets to fetch now: the stream id and inclusive sequence ranges. After `Some`, the
@@ -440,5 +443,65 @@ mod tests {
             r.on_packet(t, pkt(1, s));
         }
         assert_eq!(r.poll_repair(t), Some((1, vec![(2, 2), (4, 4)])));
+    }
+
+    /// `missing()` and the hole test as they were computed before the range set.
+    fn missing_by_walking_pending(r: &PacketReorder) -> (Vec<(u64, u64)>, bool) {
+        let mut out = Vec::new();
+        let mut next = r.next_seq;
+        for &s in r.pending.keys() {
+            if out.len() == r.config.max_ranges {
+                break;
+            }
+            if s > next {
+                out.push((next, s - 1));
+            }
+            next = s + 1;
+        }
+        let hole = r
+            .pending
+            .last_key_value()
+            .is_some_and(|(&top, _)| top - r.next_seq >= r.pending.len() as u64);
+        (out, hole)
+    }
+
+    #[test]
+    fn the_range_set_bookkeeping_matches_a_walk_over_pending() {
+        let t = Instant::now();
+        for seed in 0..300u64 {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let mut r = PacketReorder::new(ReorderConfig {
+                max_bytes: [1 << 20, 80][(seed % 2) as usize],
+                max_ranges: [64, 2][(seed % 3 == 0) as usize],
+                ..config(Duration::ZERO)
+            });
+            let mut stream = 1;
+            for step in 0..200 {
+                match next(10) {
+                    0..=5 => {
+                        r.on_packet(t, pkt(stream, r.next_seq + next(25)));
+                    }
+                    6 => {
+                        release(&mut r);
+                    }
+                    7 => {
+                        if r.poll_repair(t).is_some() {
+                            r.on_repair_done(t);
+                        }
+                    }
+                    8 => r.on_repair_done(t),
+                    _ => stream += u32::from(next(8) == 0),
+                }
+                let (missing, hole) = missing_by_walking_pending(&r);
+                assert_eq!(r.missing(), missing, "seed {seed} step {step}");
+                assert_eq!(r.has_hole(), hole, "seed {seed} step {step}");
+            }
+        }
     }
 }
