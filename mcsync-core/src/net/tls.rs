@@ -66,20 +66,6 @@ pub fn fingerprint(cert_der: &[u8]) -> String {
         .collect()
 }
 
-fn normalize_fingerprint(s: &str) -> Result<String> {
-    let f: String = s
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    if f.len() != 64 || !f.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(Error::Config(format!(
-            "fingerprint {s:?} is not 64 hex digits (SHA-256)"
-        )));
-    }
-    Ok(f)
-}
-
 /// Refuses non-loopback addresses for the plaintext mode.
 pub fn require_loopback(addr: SocketAddr, what: &str) -> Result<()> {
     if addr.ip().is_loopback() {
@@ -273,7 +259,7 @@ impl ClientTls {
             ServerTrust::Fingerprint(f) => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                    fingerprint: normalize_fingerprint(f)?,
+                    fingerprint: crate::config::limits::parse_fingerprint(f)?,
                     provider: provider(),
                 }))
                 .with_no_client_auth(),
