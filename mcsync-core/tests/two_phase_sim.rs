@@ -21,7 +21,7 @@
 //! `MCSYNC_SIM_SEED=<seed> cargo test -p mcsync-core --test two_phase_sim -- --nocapture`.
 //! `MCSYNC_SIM_SCENARIOS=<n>` changes how many scenarios run.
 
-use mcsync::proto::two_phase::outcome;
+use mcsync::proto::two_phase::{outcome, Decision};
 use mcsync::proto::{
     DecisionRepeat, Participant, Receiver, ReceiverConfig, Round, Route, TwoPhaseAction,
     VoteFailure,
@@ -590,7 +590,12 @@ impl Sim {
             self.commit(u.clone());
             self.stats.committed += 1;
         }
-        self.coord.round.as_mut().unwrap().decide(commit);
+        let decision = if commit {
+            Decision::Commit
+        } else {
+            Decision::Abort
+        };
+        self.coord.round.as_mut().unwrap().decide(decision);
         let kind = if commit {
             RecordKind::CommitPrepared
         } else {

@@ -3,6 +3,7 @@
 
 use super::wall_clock_us;
 use crate::crypto::{EpochKeys, Keyring};
+use crate::proto::two_phase::Decision;
 use crate::proto::{DecisionRepeat, RetransmitBuffer, Sender, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -44,7 +45,7 @@ pub enum McastCmd {
         /// The decided version.
         version: u64,
         /// COMMIT (the version is now committed) or ABORT.
-        commit: bool,
+        decision: Decision,
         /// The encoded decision record.
         encoded: Arc<Vec<u8>>,
     },
@@ -225,11 +226,11 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                         }
                         McastCmd::Decision {
                             version,
-                            commit,
+                            decision,
                             encoded,
                         } => {
                             sender.push_control(encoded.clone());
-                            if commit {
+                            if decision.commits() {
                                 sender.advance_to(version);
                             }
                             repeat = Some(Repeat {

@@ -4,7 +4,7 @@
 //! this is not a consensus protocol.
 
 pub use crate::proto::two_phase::VoteFailure;
-use crate::proto::two_phase::{self, Round};
+use crate::proto::two_phase::{self, Decision, Round};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -108,13 +108,13 @@ impl Coordinator {
     }
 
     /// Records the decision of the open round.
-    pub fn decide(&self, database: &str, version: u64, commit: bool) {
+    pub fn decide(&self, database: &str, version: u64, decision: Decision) {
         if let Some(r) = self
             .rounds()
             .get_mut(database)
             .filter(|r| r.version() == version)
         {
-            r.decide(commit);
+            r.decide(decision);
             r.decided_at = Some(Instant::now());
         }
         self.changed.notify_all();
@@ -177,7 +177,7 @@ mod tests {
         let names: BTreeMap<u64, String> = [(1, "a".into()), (2, "b".into())].into();
         c.begin("db", 4, 40, names);
         assert!(c.vote("db", (4, 40), 1, None) && c.vote("db", (4, 40), 2, None));
-        c.decide("db", 4, true);
+        c.decide("db", 4, Decision::Commit);
         assert!(!c.ack("db", (4, 40), 1));
         let now = Instant::now();
         let after = Duration::from_secs(30);

@@ -23,6 +23,22 @@ use crate::wire::update::RecordKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+/// The coordinator's decision on a prepared version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// COMMIT: the version is journaled and applied everywhere.
+    Commit,
+    /// ABORT: participants discard what they prepared; the version is given back.
+    Abort,
+}
+
+impl Decision {
+    /// Whether it commits.
+    pub fn commits(self) -> bool {
+        self == Decision::Commit
+    }
+}
+
 /// Why a prepare failed: who refused (with reasons) and who did not answer in time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VoteFailure {
@@ -63,8 +79,8 @@ pub struct Round {
     /// Participant id → `None` (PREPARED) or `Some(reason)` (REFUSED).
     votes: HashMap<u64, Option<String>>,
     acks: HashSet<u64>,
-    /// `None` while undecided; `Some(true)` committed; `Some(false)` aborted.
-    decision: Option<bool>,
+    /// `None` while undecided.
+    decision: Option<Decision>,
 }
 
 impl Round {
@@ -141,13 +157,13 @@ impl Round {
         }
     }
 
-    /// Records the decision (`true` = committed).
-    pub fn decide(&mut self, commit: bool) {
-        self.decision = Some(commit);
+    /// Records the decision.
+    pub fn decide(&mut self, decision: Decision) {
+        self.decision = Some(decision);
     }
 
     /// The decision, once made.
-    pub fn decision(&self) -> Option<bool> {
+    pub fn decision(&self) -> Option<Decision> {
         self.decision
     }
 
@@ -764,7 +780,7 @@ mod tests {
             "an earlier round"
         );
         assert!(!r.ack(7, 70, 1), "no ack before the decision");
-        r.decide(true);
+        r.decide(Decision::Commit);
         assert!(!r.vote(7, 70, 1, None), "no vote after the decision");
         assert_eq!(outcome(Some(&r), 7, 70, 7), OUTCOME_COMMITTED);
         assert_eq!(outcome(None, 8, 1, 7), OUTCOME_ABORTED);
