@@ -21,7 +21,7 @@ use crate::resync::{HostDelivery, ResyncReport};
 use crate::stats::{add, inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
 use crate::store::SubscriberStore;
-use crate::wire::control::{DatabaseInfo, ErrorCode, SubscriberReport, OUTCOME_PENDING};
+use crate::wire::control::{DatabaseInfo, ErrorCode, Outcome, SubscriberReport};
 use crate::wire::packet::PacketHeader;
 use crate::wire::packet::{Heartbeat, PacketKind};
 use crate::wire::update::RecordKind;
@@ -554,7 +554,7 @@ fn start(
     let mut held = None;
     if let Some(p) = store.prepared(name)? {
         if p.version > applied
-            && reg.client().outcome(p.version, p.timestamp_us)? == OUTCOME_PENDING
+            && reg.client().outcome(p.version, p.timestamp_us)? == Outcome::Pending
         {
             held = Some(p);
         } else {

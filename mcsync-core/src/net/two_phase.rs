@@ -4,7 +4,7 @@
 //! this is not a consensus protocol.
 
 pub use crate::proto::two_phase::VoteFailure;
-use crate::proto::two_phase::{self, Decision, Round};
+use crate::proto::two_phase::{self, Decision, Outcome, Round};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -157,7 +157,7 @@ impl Coordinator {
 
     /// What became of round `round` at `version` of `database`, whose latest committed
     /// version is `committed` (see [`two_phase::outcome`]).
-    pub fn outcome(&self, database: &str, (version, round): (u64, u64), committed: u64) -> u8 {
+    pub fn outcome(&self, database: &str, (version, round): (u64, u64), committed: u64) -> Outcome {
         two_phase::outcome(
             self.rounds().get(database).map(|e| &e.round),
             version,
