@@ -117,6 +117,8 @@ pub fn spawn(parts: MulticasterParts, rx: Receiver<McastCmd>) -> std::io::Result
         .spawn(move || run(parts, rx))
 }
 
+// Long (≈ 145 lines): one event loop (decision repeats, a send slice, key drain, close,
+// commands) whose eight locals every step shares.
 fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
     let mut sender = Sender::new(
         Instant::now(),

@@ -1,5 +1,6 @@
-//! The publisher's side of a two-phase round: PREPARE at the next version, then the
-//! caller's decision journaled and multicast. The votes and acknowledgements are tallied by
+//! The publisher's side of two-phase rounds: the [`Coordinator`] of the intake thread owns
+//! each database's open round, multicasts its PREPARE at the next version, and journals and
+//! multicasts the caller's [`Decision`]. The votes and acknowledgements are tallied by
 //! [`crate::net::two_phase::Coordinator`], which the control server shares.
 
 use super::database::{send_mcast, DbShared};
@@ -15,26 +16,78 @@ use crate::store::PublisherStore;
 use crate::wire::update::{encode_record, update_to_vec, RecordKind};
 use crate::{Error, Result, Update};
 use crossbeam_channel as chan;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A two-phase round waiting for its caller's decision.
-pub(super) struct OpenRound {
+struct OpenRound {
     db: Arc<DbShared>,
     update: Update,
-    pub(super) resolve: chan::Receiver<Decision>,
+    resolve: chan::Receiver<Decision>,
     done: chan::Sender<Result<u64>>,
+}
+
+/// The open two-phase rounds, at most one per database, from PREPARE to decision.
+#[derive(Default)]
+pub(super) struct Coordinator {
+    open: HashMap<String, OpenRound>,
+}
+
+impl Coordinator {
+    /// Opens a round for `p` (the sequencer holds the database's later commits meanwhile).
+    pub(super) fn begin<T>(
+        &mut self,
+        p: PrepareRequest,
+        seq: &mut Sequencer<T>,
+        ctx: &ServerContext,
+    ) {
+        let name = p.db.name.clone();
+        let round = begin_round(p, seq, ctx);
+        seq.open_round(&name);
+        self.open.insert(name, round);
+    }
+
+    /// The rounds whose caller decided. A caller that went away rolls its round back, and
+    /// so does closing the publisher (`closing`) every undecided one.
+    pub(super) fn decided(&self, closing: bool) -> Vec<(String, Decision)> {
+        self.open
+            .iter()
+            .filter_map(|(name, r)| match r.resolve.try_recv() {
+                Ok(d) => Some((name.clone(), d)),
+                Err(chan::TryRecvError::Disconnected) => Some((name.clone(), Decision::Abort)),
+                Err(chan::TryRecvError::Empty) => closing.then(|| (name.clone(), Decision::Abort)),
+            })
+            .collect()
+    }
+
+    /// Ends the round of `database` as decided, and releases what waited behind it.
+    pub(super) fn finish<T>(
+        &mut self,
+        database: &str,
+        decision: Decision,
+        seq: &mut Sequencer<T>,
+        (store, ctx): (&PublisherStore, &ServerContext),
+    ) {
+        let committed = self
+            .open
+            .remove(database)
+            .and_then(|r| finish_round(r, decision, store, ctx));
+        seq.close_round(database, committed);
+    }
+
+    /// Adds every open round's decision channel to `sel`.
+    pub(super) fn watch<'a>(&'a self, sel: &mut chan::Select<'a>) {
+        for r in self.open.values() {
+            sel.recv(&r.resolve);
+        }
+    }
 }
 
 /// Starts a two-phase update: multicast PREPARE at the next version and hand the caller a
 /// ticket. The intake then holds every later commit of the database until the caller
 /// decides ([`finish_round`]).
-pub(super) fn begin_round<T>(
-    p: PrepareRequest,
-    seq: &mut Sequencer<T>,
-    ctx: &ServerContext,
-) -> OpenRound {
+fn begin_round<T>(p: PrepareRequest, seq: &mut Sequencer<T>, ctx: &ServerContext) -> OpenRound {
     let db = p.db;
     let v = seq.next_version(&db.name, db.committed.load(Ordering::SeqCst));
     let u = Update {
@@ -77,7 +130,7 @@ pub(super) fn begin_round<T>(
 /// Ends a two-phase update as its caller decided: COMMIT journals the version and
 /// multicasts the decision; ABORT multicasts the decision and gives the version back.
 /// Returns the version if it committed.
-pub(super) fn finish_round(
+fn finish_round(
     round: OpenRound,
     wanted: Decision,
     store: &PublisherStore,

@@ -148,16 +148,7 @@ pub(super) fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbSha
         stream_id,
         latest,
         oldest,
-        config: SenderConfig {
-            datagram_bytes: m.datagram_bytes,
-            max_bundle_bytes: m.max_bundle_bytes,
-            heartbeat_initial: m.heartbeat_initial,
-            heartbeat_max: m.heartbeat_max,
-            packets_per_sec: m.max_packets_per_sec,
-            bytes_per_sec: m.max_bytes_per_sec,
-            compress: true,
-            max_backlog_bytes: m.max_backlog_bytes,
-        },
+        config: sender_config(m),
         counters: inner.counters.clone(),
     };
     let thread = multicaster::spawn(parts, rx).map_err(|e| Error::io("spawning multicaster", e))?;
@@ -183,19 +174,38 @@ pub(super) fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbSha
         last_rotation: Mutex::new(Instant::now()),
         registered: AtomicBool::new(false),
         oldest: AtomicU64::new(oldest),
-        adapt: Mutex::new(BundleController::new(AdaptConfig {
-            max_bundle: m.max_bundle_bytes,
-            min_bundle: (m.max_bundle_bytes / 16).max(2048),
-            max_rate: m.max_packets_per_sec,
-            min_rate: (m.max_packets_per_sec / 20).max(500),
-            ..AdaptConfig::default()
-        })),
+        adapt: Mutex::new(BundleController::new(adapt_config(m))),
         quiesced: Mutex::new(None),
         multicast_on: AtomicBool::new(multicast_on),
         mcast_tx: Mutex::new(Some(tx)),
         mcast_thread: Mutex::new(Some(thread)),
         retransmit,
     }))
+}
+
+/// How the database's stream is sent.
+fn sender_config(m: &crate::MulticastConfig) -> SenderConfig {
+    SenderConfig {
+        datagram_bytes: m.datagram_bytes,
+        max_bundle_bytes: m.max_bundle_bytes,
+        heartbeat_initial: m.heartbeat_initial,
+        heartbeat_max: m.heartbeat_max,
+        packets_per_sec: m.max_packets_per_sec,
+        bytes_per_sec: m.max_bytes_per_sec,
+        compress: true,
+        max_backlog_bytes: m.max_backlog_bytes,
+    }
+}
+
+/// Within what bounds the bundle size and rate adapt to subscribers' loss.
+fn adapt_config(m: &crate::MulticastConfig) -> AdaptConfig {
+    AdaptConfig {
+        max_bundle: m.max_bundle_bytes,
+        min_bundle: (m.max_bundle_bytes / 16).max(2048),
+        max_rate: m.max_packets_per_sec,
+        min_rate: (m.max_packets_per_sec / 20).max(500),
+        ..AdaptConfig::default()
+    }
 }
 
 /// Hands `cmd` to the database's multicaster (dropped once it is closing).

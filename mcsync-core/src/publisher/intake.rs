@@ -1,7 +1,7 @@
 //! The intake thread: takes commits and two-phase requests from the host's threads, lets the
 //! [`Sequencer`] order and group them, and does the I/O (journal, multicast, answers).
 
-use super::coordinator::{begin_round, finish_round, OpenRound};
+use super::coordinator::Coordinator;
 use super::database::DbShared;
 use super::journal::{journal, JournalWriter, Staged};
 use super::sequencer::{Kind, Sequenced, Sequencer, Step};
@@ -13,7 +13,6 @@ use crate::store::PublisherStore;
 use crate::wire::update::{update_encoded_len, update_to_vec};
 use crate::{Error, Op, Result, Update};
 use crossbeam_channel as chan;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,7 +71,7 @@ struct IntakeThread<'a> {
     /// The intake channel is still connected (the publisher is not closing).
     open: bool,
     seq: Sequencer<Intake>,
-    rounds: HashMap<String, OpenRound>,
+    rounds: Coordinator,
     store: &'a PublisherStore,
     ctx: &'a ServerContext,
     writer: Option<JournalWriter>,
@@ -92,7 +91,7 @@ pub(super) fn intake_loop(
         rx,
         open: true,
         seq: Sequencer::default(),
-        rounds: HashMap::new(),
+        rounds: Coordinator::default(),
         store,
         ctx,
         writer,
@@ -145,26 +144,11 @@ fn pull(rx: &chan::Receiver<Intake>, open: &mut bool) -> Option<Intake> {
 }
 
 impl IntakeThread<'_> {
-    /// Finishes every round its caller decided. Closing the publisher (or a caller that went
-    /// away) rolls back every undecided round.
+    /// Finishes every round its caller decided (all of them when the publisher closes).
     fn apply_decisions(&mut self, stop: &StopFlag) {
-        let decided: Vec<(String, Decision)> = self
-            .rounds
-            .iter()
-            .filter_map(|(name, r)| match r.resolve.try_recv() {
-                Ok(d) => Some((name.clone(), d)),
-                Err(chan::TryRecvError::Disconnected) => Some((name.clone(), Decision::Abort)),
-                Err(chan::TryRecvError::Empty) => {
-                    stop.is_stopped().then(|| (name.clone(), Decision::Abort))
-                }
-            })
-            .collect();
-        for (name, decision) in decided {
-            let committed = self
-                .rounds
-                .remove(&name)
-                .and_then(|r| finish_round(r, decision, self.store, self.ctx));
-            self.seq.close_round(&name, committed);
+        for (name, decision) in self.rounds.decided(stop.is_stopped()) {
+            let io = (self.store, self.ctx);
+            self.rounds.finish(&name, decision, &mut self.seq, io);
         }
     }
 
@@ -174,9 +158,7 @@ impl IntakeThread<'_> {
         if self.open {
             sel.recv(&self.rx);
         }
-        for r in self.rounds.values() {
-            sel.recv(&r.resolve);
-        }
+        self.rounds.watch(&mut sel);
         let _ = sel.ready_timeout(Duration::from_millis(100));
         if let Some(i) = pull(&self.rx, &mut self.open) {
             self.seq.push(i);
@@ -193,10 +175,7 @@ impl IntakeThread<'_> {
         if let Some(w) = &self.writer {
             let _ = w.flush();
         }
-        let name = p.db.name.clone();
-        let round = begin_round(p, &mut self.seq, self.ctx);
-        self.seq.open_round(&name);
-        self.rounds.insert(name, round);
+        self.rounds.begin(p, &mut self.seq, self.ctx);
     }
 
     /// Assigns the next versions to a group of one-phase commits.

@@ -45,6 +45,33 @@ use std::time::{Duration, Instant};
 /// Commits waiting for the intake thread; callers block when it is full.
 const INTAKE_QUEUE: usize = 4096;
 
+/// What the control server shares with the publisher: the store, counters, identity,
+/// authentication and two-phase tally.
+fn server_context(
+    config: &PublisherConfig,
+    store: &Arc<PublisherStore>,
+    counters: &Arc<PublisherCounters>,
+) -> Result<Arc<ServerContext>> {
+    let tls = ServerTls::load(&config.identity, &config.data_dir)?;
+    Ok(Arc::new(ServerContext {
+        store: store.clone(),
+        databases: Default::default(),
+        counters: counters.clone(),
+        max_request_frame: 64 << 10,
+        stop: StopFlag::default(),
+        fingerprint: tls.fingerprint.clone(),
+        tls,
+        authenticator: authenticator(&config.authentication)?,
+        limiter: FailureLimiter::new(10, Duration::from_secs(60), Duration::from_secs(30)),
+        revoked: std::sync::RwLock::new(store.revoked()?.into_iter().collect()),
+        registry: Mutex::new(HashMap::new()),
+        auth_cache: Mutex::new(HashMap::new()),
+        rotate: Mutex::new(None),
+        known_good: Mutex::new(std::collections::HashSet::new()),
+        two_phase: Default::default(),
+    }))
+}
+
 /// The error of a call on a closed publisher.
 fn publisher_closed() -> Error {
     Error::Closed("publisher is closed".into())
@@ -121,26 +148,8 @@ impl Publisher {
         config.validate()?;
         let store = Arc::new(PublisherStore::open(&config.data_dir, config.map_size)?);
         store.check()?;
-        let tls = ServerTls::load(&config.identity, &config.data_dir)?;
-        let authenticator = authenticator(&config.authentication)?;
         let counters = Arc::new(PublisherCounters::default());
-        let server_ctx = Arc::new(ServerContext {
-            store: store.clone(),
-            databases: Default::default(),
-            counters: counters.clone(),
-            max_request_frame: 64 << 10,
-            stop: StopFlag::default(),
-            fingerprint: tls.fingerprint.clone(),
-            tls,
-            authenticator,
-            limiter: FailureLimiter::new(10, Duration::from_secs(60), Duration::from_secs(30)),
-            revoked: std::sync::RwLock::new(store.revoked()?.into_iter().collect()),
-            registry: Mutex::new(HashMap::new()),
-            auth_cache: Mutex::new(HashMap::new()),
-            rotate: Mutex::new(None),
-            known_good: Mutex::new(std::collections::HashSet::new()),
-            two_phase: Default::default(),
-        });
+        let server_ctx = server_context(&config, &store, &counters)?;
         let server = RepairServer::start(config.control_addr, server_ctx.clone())?;
         let control_addr = server.addr();
         let (tx, rx) = chan::bounded(INTAKE_QUEUE);
