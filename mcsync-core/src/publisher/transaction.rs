@@ -110,7 +110,7 @@ impl Transaction {
 
     /// Two-phase commit: PREPARE at the next version, wait until every participant of
     /// the database has PREPARED (or one REFUSED, or `timeout` passes), then COMMIT.
-    /// Returns the version; on abort, a `Refused` error naming who refused (and why) and
+    /// Returns the version; on abort, [`Error::Aborted`] naming who refused (and why) and
     /// who did not answer.
     pub fn commit_two_phase(self, timeout: Duration) -> Result<u64> {
         self.prepare(timeout)?.commit()
@@ -133,9 +133,13 @@ impl Transaction {
             Ok(()) => Ok(prepared),
             Err(why) => {
                 prepared.resolve(Decision::Abort)?;
-                Err(Error::Refused(format!(
-                    "two-phase update of database {name:?} at version {v} aborted: {why}"
-                )))
+                Err(Error::Aborted {
+                    message: format!(
+                        "two-phase update of database {name:?} at version {v} aborted: {why}"
+                    ),
+                    refused: why.refused,
+                    timed_out: why.timed_out,
+                })
             }
         }
     }
