@@ -79,6 +79,17 @@ pub enum Error {
     /// See [`ErrorKind::Refused`].
     #[error("refused: {0}")]
     Refused(String),
+    /// A two-phase update aborted because participants refused or did not answer in time
+    /// (kind [`ErrorKind::Refused`]); the message names them too.
+    #[error("refused: {message}")]
+    Aborted {
+        /// What was aborted, and why.
+        message: String,
+        /// `(participant, reason)` for each that refused.
+        refused: Vec<(String, String)>,
+        /// Participants that did not answer in time.
+        timed_out: Vec<String>,
+    },
 }
 
 impl Error {
@@ -93,7 +104,7 @@ impl Error {
             Error::Closed(_) => ErrorKind::Closed,
             Error::Timeout(_) => ErrorKind::Timeout,
             Error::TooLarge(_) => ErrorKind::TooLarge,
-            Error::Refused(_) => ErrorKind::Refused,
+            Error::Refused(_) | Error::Aborted { .. } => ErrorKind::Refused,
         }
     }
 
@@ -110,7 +121,8 @@ impl Error {
             | Error::Closed(m)
             | Error::Timeout(m)
             | Error::TooLarge(m)
-            | Error::Refused(m) => m.clone(),
+            | Error::Refused(m)
+            | Error::Aborted { message: m, .. } => m.clone(),
         }
     }
 

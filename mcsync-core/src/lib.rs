@@ -69,6 +69,7 @@ mod resync;
 pub mod stats;
 pub mod store;
 mod subscriber;
+pub mod sync;
 mod update;
 pub mod wire;
 
@@ -85,13 +86,6 @@ pub use resync::ResyncReport;
 pub use stats::{PublisherStats, SubscriptionStats};
 pub use subscriber::{SubscribeOptions, Subscriber, Subscription, UpdateCallback, VoteCallback};
 pub use update::{Op, OpKind, Update};
-
-/// Locks a mutex, taking the data of one poisoned by a panicking holder: every mutex here
-/// guards state that stays consistent between statements (a panic in a host callback is
-/// caught before it can leave one half-changed).
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A record: key and value.
 pub type Record = (Vec<u8>, Vec<u8>);

@@ -812,7 +812,7 @@ impl Sim {
         }
     }
 
-    /// Starts a subscriber as `subscriber.rs` does: registers, then runs the engine.
+    /// Starts a subscriber as `subscriber/start.rs` does: registers, then runs the engine.
     fn start_sub(&mut self, i: usize) {
         let start = EngineStart {
             applied: self.subs[i].replica.applied,

@@ -21,12 +21,11 @@
 //! `MCSYNC_SIM_SEED=<seed> cargo test -p mcsync-core --test two_phase_sim -- --nocapture`.
 //! `MCSYNC_SIM_SCENARIOS=<n>` changes how many scenarios run.
 
-use mcsync::proto::two_phase::outcome;
+use mcsync::proto::two_phase::{outcome, Decision, Outcome};
 use mcsync::proto::{
     DecisionRepeat, Participant, Receiver, ReceiverConfig, Round, Route, TwoPhaseAction,
     VoteFailure,
 };
-use mcsync::wire::control::{OUTCOME_ABORTED, OUTCOME_COMMITTED, OUTCOME_PENDING};
 use mcsync::wire::update::RecordKind;
 use mcsync::{Op, OpKind, Update};
 use rand::{Rng, SeedableRng};
@@ -590,7 +589,12 @@ impl Sim {
             self.commit(u.clone());
             self.stats.committed += 1;
         }
-        self.coord.round.as_mut().unwrap().decide(commit);
+        let decision = if commit {
+            Decision::Commit
+        } else {
+            Decision::Abort
+        };
+        self.coord.round.as_mut().unwrap().decide(decision);
         let kind = if commit {
             RecordKind::CommitPrepared
         } else {
@@ -679,16 +683,16 @@ impl Sim {
                     p.timestamp_us,
                     committed,
                 ) {
-                    OUTCOME_PENDING => {
+                    Outcome::Pending => {
                         self.stats.restart_pending += 1;
                         Some(p)
                     }
-                    OUTCOME_COMMITTED => {
+                    Outcome::Committed => {
                         self.stats.restart_committed += 1;
                         None
                     }
                     s => {
-                        assert_eq!(s, OUTCOME_ABORTED);
+                        assert_eq!(s, Outcome::Aborted);
                         self.stats.restart_aborted += 1;
                         None
                     }

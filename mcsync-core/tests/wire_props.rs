@@ -6,7 +6,7 @@ use mcsync::crypto::{Key, Keyring, OpenError};
 use mcsync::proto::resync::{Digest, Range};
 use mcsync::proto::{decode_chain, Chain, ChainAssembler};
 use mcsync::wire::control::{
-    DatabaseInfo, ErrorCode, Message, SubscriberReport, MAX_KEYS, MAX_RANGES,
+    DatabaseInfo, ErrorCode, Message, Outcome, SubscriberReport, MAX_KEYS, MAX_RANGES,
 };
 use mcsync::wire::packet::{
     Compression, Heartbeat, PacketHeader, PacketKind, CHANGEKEY, FIC, HEADER_LEN, LIC, TAG_LEN,
@@ -218,7 +218,15 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (any::<u64>(), any::<u64>()).prop_map(|(version, round)| Message::Ack { version, round }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(version, round)| Message::OutcomeRequest { version, round }),
-        (any::<u64>(), 1u8..=3).prop_map(|(version, state)| Message::Outcome { version, state }),
+        (
+            any::<u64>(),
+            prop_oneof![
+                Just(Outcome::Committed),
+                Just(Outcome::Aborted),
+                Just(Outcome::Pending)
+            ]
+        )
+            .prop_map(|(version, state)| Message::Outcome { version, state }),
         (1u64..1_000, 0u64..1_000).prop_map(|(first, n)| Message::CompactRequest {
             first,
             last: first + n

@@ -2,6 +2,7 @@
 //! re-registrations) reach a C callback instead of nowhere.
 
 use crate::error::{mcsync_status, FfiError};
+use mcsync_core::sync::RwLocked;
 use std::cell::Cell;
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
@@ -86,7 +87,7 @@ impl log::Log for HostLogger {
         if !self.enabled(record.metadata()) || IN_CALLBACK.with(Cell::get) {
             return;
         }
-        let sink = self.sink.read().unwrap_or_else(|e| e.into_inner());
+        let sink = self.sink.read_locked();
         let Some(s) = sink.as_ref() else { return };
         let target = c_string(record.target());
         let message = c_string(&record.args().to_string());
@@ -147,7 +148,7 @@ pub unsafe extern "C" fn mcsync_set_log_callback(
                 "another logger is installed in this process; mcsync logs through it",
             ));
         }
-        *LOGGER.sink.write().unwrap_or_else(|e| e.into_inner()) = callback.map(|callback| Sink {
+        *LOGGER.sink.write_locked() = callback.map(|callback| Sink {
             callback,
             user_data,
         });

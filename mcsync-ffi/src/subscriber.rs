@@ -8,6 +8,7 @@ use crate::config::mcsync_subscriber_config;
 use crate::error::{mcsync_status, FfiError};
 use crate::resync::{mcsync_resync_report, report_to_c};
 use crate::stats::mcsync_stats;
+use mcsync_core::sync::Locked;
 use mcsync_core::{OpKind, Record, SubscribeOptions, Subscriber, Subscription, Update};
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
@@ -499,7 +500,7 @@ unsafe fn subscribe(
             format!("subscriber is closed; cannot subscribe to {name:?}"),
         )
     };
-    if s.state.lock().unwrap_or_else(|e| e.into_inner()).closed {
+    if s.state.locked().closed {
         return Err(closed_error());
     }
     let stopped = Arc::new(AtomicBool::new(false));
@@ -523,7 +524,7 @@ unsafe fn subscribe(
         vote,
     };
     let subscription = s.inner.subscribe_with_options(name, options)?;
-    let mut state = s.state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = s.state.locked();
     if state.closed {
         // Closed while we were registering.
         drop(state);
@@ -596,7 +597,7 @@ unsafe fn one_shot(
     let s = borrow(subscriber, "subscriber")?;
     let name = str_arg(name, "name")?;
     let slot = out(out_report, "out_report")?;
-    if s.state.lock().unwrap_or_else(|e| e.into_inner()).closed {
+    if s.state.locked().closed {
         return Err(FfiError::new(
             mcsync_status::MCSYNC_ERR_CLOSED,
             format!(
@@ -632,7 +633,7 @@ pub unsafe extern "C" fn mcsync_subscriber_close(
 }
 
 fn stop_all(s: &mcsync_subscriber) {
-    let mut state = s.state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = s.state.locked();
     state.closed = true;
     for f in state.stopped.drain(..) {
         f.store(true, Ordering::SeqCst);

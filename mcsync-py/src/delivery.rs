@@ -3,6 +3,7 @@
 //! `Subscription.updates()`.
 
 use crate::update::PyUpdate;
+use mcsync::sync::Locked;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
@@ -170,7 +171,7 @@ impl UpdateQueue {
     }
 
     fn push(&self, u: mcsync::Update) {
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let mut items = self.items.locked();
         if items.len() >= self.capacity {
             items.pop_front();
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -181,7 +182,7 @@ impl UpdateQueue {
 
     /// The next update, waiting up to `wait` for one.
     pub(crate) fn pop(&self, wait: Duration) -> Option<mcsync::Update> {
-        let items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let items = self.items.locked();
         let (mut items, _) = self
             .ready
             .wait_timeout_while(items, wait, |i| {
@@ -193,7 +194,7 @@ impl UpdateQueue {
 
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let _guard = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.items.locked();
         self.ready.notify_all();
     }
 }

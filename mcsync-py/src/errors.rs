@@ -75,12 +75,24 @@ fn create(py: Python<'_>) -> PyResult<ErrorTypes> {
             "TooLargeError",
             "A key, value or update exceeds a configured maximum.",
         )?,
-        refused: sub(
-            "RefusedError",
-            "Refused: an unknown database, missing versions, or an aborted two-phase update.",
+        refused: refused_class(
+            py,
+            sub(
+                "RefusedError",
+                "Refused: an unknown database, missing versions, or an aborted two-phase update.",
+            )?,
         )?,
         error,
     })
+}
+
+/// `RefusedError` with empty `refused` and `timed_out` on the class: only an aborted
+/// two-phase update sets them on its instance (see [`to_py`]).
+fn refused_class(py: Python<'_>, class: Py<PyType>) -> PyResult<Py<PyType>> {
+    let c = class.bind(py);
+    c.setattr("refused", PyTuple::empty(py))?;
+    c.setattr("timed_out", PyTuple::empty(py))?;
+    Ok(class)
 }
 
 fn types(py: Python<'_>) -> &'static ErrorTypes {
@@ -136,7 +148,19 @@ pub(crate) fn raise(py: Python<'_>, kind: mcsync::ErrorKind, message: impl Into<
 
 /// Converts a core error into its exception.
 pub(crate) fn to_py(py: Python<'_>, e: mcsync::Error) -> PyErr {
-    raise(py, e.kind(), message_of(&e))
+    let err = raise(py, e.kind(), message_of(&e));
+    if let mcsync::Error::Aborted {
+        refused, timed_out, ..
+    } = e
+    {
+        // Who refused `(name, reason)` and who did not answer, for code that reacts to them.
+        let value = err.value(py);
+        if let (Ok(r), Ok(t)) = (PyTuple::new(py, refused), PyTuple::new(py, timed_out)) {
+            let _ = value.setattr("refused", r);
+            let _ = value.setattr("timed_out", t);
+        }
+    }
+    err
 }
 
 /// The message of a core error without the kind the engine's text starts with ("auth: ...",

@@ -7,6 +7,7 @@
 //! frees an object.
 
 use crate::publisher::PubShared;
+use mcsync::sync::Locked;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use std::ops::Deref;
@@ -86,11 +87,7 @@ where
     // A Mutex only to make the receiver Sync for `detach`; nobody else locks it.
     let rx = Mutex::new(rx);
     loop {
-        let received = py.detach(|| {
-            rx.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .recv_timeout(SLICE)
-        });
+        let received = py.detach(|| rx.locked().recv_timeout(SLICE));
         match received {
             Ok(v) => return Ok(v),
             Err(mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
@@ -105,13 +102,13 @@ static PUBLISHERS: Mutex<Vec<Weak<PubShared>>> = Mutex::new(Vec::new());
 static SUBSCRIBERS: Mutex<Vec<Weak<mcsync::Subscriber>>> = Mutex::new(Vec::new());
 
 fn track<T>(list: &Mutex<Vec<Weak<T>>>, item: &Arc<T>) {
-    let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+    let mut l = list.locked();
     l.retain(|w| w.strong_count() > 0);
     l.push(Arc::downgrade(item));
 }
 
 fn live<T>(list: &Mutex<Vec<Weak<T>>>) -> Vec<Arc<T>> {
-    let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+    let mut l = list.locked();
     l.retain(|w| w.strong_count() > 0);
     l.iter().filter_map(Weak::upgrade).collect()
 }

@@ -10,6 +10,7 @@ use crate::convert::{names_arg, seconds_arg, socket_addr_arg, stats_dict};
 use crate::errors::{config_error, raise, OrRaise};
 use crate::lifecycle::{interruptible, track_publisher, ReleaseOnDrop};
 use crate::security::{authentication_arg, identity_arg, schedule_arg};
+use mcsync::sync::Locked;
 use mcsync::ErrorKind;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -50,7 +51,7 @@ impl PubShared {
     /// publisher, joining its threads. Call with the GIL released.
     pub(crate) fn close(&self) -> mcsync::Result<()> {
         let slots: Vec<_> = {
-            let mut r = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = self.prepared.locked();
             r.closing = true;
             r.slots.drain(..).filter_map(|w| w.upgrade()).collect()
         };
@@ -62,7 +63,7 @@ impl PubShared {
 
     /// Registers a prepared update; if the publisher is closing, hands it back.
     fn register(&self, slot: &Arc<PreparedSlot>) -> bool {
-        let mut r = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.prepared.locked();
         if r.closing {
             return false;
         }
@@ -78,7 +79,7 @@ impl PubShared {
         if self.preparing.load(Ordering::SeqCst) > 0 {
             return true;
         }
-        let r = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.prepared.locked();
         r.slots
             .iter()
             .any(|w| w.upgrade().is_some_and(|s| s.is_pending()))
@@ -639,7 +640,7 @@ impl PyTransaction {
         py: Python<'_>,
         f: impl FnOnce(&mut mcsync::Transaction) -> PyResult<R>,
     ) -> PyResult<R> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.locked();
         match &mut *state {
             TxnState::Open(t) => f(t),
             _ => Err(self.finished_error(py)),
@@ -659,7 +660,7 @@ impl PyTransaction {
 
     /// Takes the open transaction, leaving `Committing` until [`Self::finish`].
     fn take_open(&self, py: Python<'_>) -> PyResult<mcsync::Transaction> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.locked();
         match std::mem::replace(&mut *state, TxnState::Committing) {
             TxnState::Open(t) => Ok(t),
             other => {
@@ -670,7 +671,7 @@ impl PyTransaction {
     }
 
     fn finish(&self, state: TxnState) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        *self.state.locked() = state;
     }
 
     fn vote_timeout(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Duration> {
@@ -768,7 +769,7 @@ impl PyTransaction {
 
     /// Discards the transaction: nothing is written or sent. Idempotent.
     fn rollback(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.locked();
         if matches!(*state, TxnState::Open(_)) {
             *state = TxnState::Discarded;
         }
@@ -777,7 +778,7 @@ impl PyTransaction {
     /// The committed version, or ``None`` before a commit (and after a rollback).
     #[getter]
     fn version(&self) -> Option<u64> {
-        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*self.state.locked() {
             TxnState::Committed(v) => Some(*v),
             TxnState::Prepared(slot) => slot.committed_version(),
             _ => None,
@@ -786,7 +787,7 @@ impl PyTransaction {
 
     /// Operations added so far (0 once the transaction ended).
     fn __len__(&self) -> usize {
-        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*self.state.locked() {
             TxnState::Open(t) => t.len(),
             _ => 0,
         }
@@ -812,7 +813,7 @@ impl PyTransaction {
             Nothing,
         }
         let raised = exc_type.is_some();
-        let exit = match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+        let exit = match &*self.state.locked() {
             TxnState::Open(t) if !raised && !t.is_empty() => Exit::Commit,
             TxnState::Open(_) => Exit::Discard,
             TxnState::Prepared(slot) if raised && slot.is_pending() => {
@@ -835,7 +836,7 @@ impl PyTransaction {
     }
 
     fn __repr__(&self) -> String {
-        let state = match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+        let state = match &*self.state.locked() {
             TxnState::Open(t) => format!(
                 "open{}, {} ops",
                 if self.two_phase.is_some() {
@@ -877,16 +878,12 @@ pub(crate) struct PreparedSlot {
 }
 
 impl PreparedSlot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PrepState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn is_pending(&self) -> bool {
-        matches!(*self.lock(), PrepState::Pending(_))
+        matches!(*self.state.locked(), PrepState::Pending(_))
     }
 
     fn committed_version(&self) -> Option<u64> {
-        match *self.lock() {
+        match *self.state.locked() {
             PrepState::Committed(v) => Some(v),
             _ => None,
         }
@@ -894,7 +891,7 @@ impl PreparedSlot {
 
     fn describe(&self) -> String {
         let v = self.version;
-        match *self.lock() {
+        match *self.state.locked() {
             PrepState::Pending(_) => format!("prepared at version {v}"),
             PrepState::Committing => format!("committing version {v}"),
             PrepState::Committed(v) => format!("committed at version {v}"),
@@ -910,7 +907,7 @@ impl PreparedSlot {
     /// with the GIL released.
     fn abandon(&self) {
         let prepared = {
-            let mut state = self.lock();
+            let mut state = self.state.locked();
             match std::mem::replace(&mut *state, PrepState::Abandoned) {
                 PrepState::Pending(p) => Some(p),
                 other => {
@@ -927,7 +924,7 @@ impl PreparedSlot {
 
     /// Takes the pending update for `action`, leaving `Committing`.
     fn take_pending(&self, py: Python<'_>, action: &str) -> PyResult<mcsync::Prepared> {
-        let mut state = self.lock();
+        let mut state = self.state.locked();
         match std::mem::replace(&mut *state, PrepState::Committing) {
             PrepState::Pending(p) => Ok(p.into_inner()),
             other => {
@@ -948,7 +945,7 @@ impl PreparedSlot {
     fn commit(&self, py: Python<'_>) -> PyResult<u64> {
         let prepared = self.take_pending(py, "commit")?;
         let result = py.detach(|| prepared.commit());
-        *self.lock() = match &result {
+        *self.state.locked() = match &result {
             Ok(v) => PrepState::Committed(*v),
             Err(_) => PrepState::Failed,
         };
@@ -958,7 +955,7 @@ impl PreparedSlot {
     /// Rolls back a pending update; a no-op once rolled back, an error once committed.
     fn rollback(&self, py: Python<'_>) -> PyResult<()> {
         if matches!(
-            *self.lock(),
+            *self.state.locked(),
             PrepState::RolledBack | PrepState::Abandoned | PrepState::Failed
         ) {
             return Ok(());
@@ -966,7 +963,7 @@ impl PreparedSlot {
         let prepared = self.take_pending(py, "roll back")?;
         // It can only fail when the publisher is already gone: nothing is committed.
         let _ = py.detach(|| prepared.rollback());
-        *self.lock() = PrepState::RolledBack;
+        *self.state.locked() = PrepState::RolledBack;
         Ok(())
     }
 }
@@ -1013,7 +1010,7 @@ impl PyPrepared {
     /// ``"failed"`` (the commit raised; nothing was journaled).
     #[getter]
     fn state(&self) -> &'static str {
-        match *self.slot.lock() {
+        match *self.slot.state.locked() {
             PrepState::Pending(_) => "prepared",
             PrepState::Committing => "committing",
             PrepState::Committed(_) => "committed",

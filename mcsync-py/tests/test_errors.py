@@ -33,6 +33,7 @@ def test_messages_do_not_repeat_their_class(
     with pytest.raises(mcsync.RefusedError) as refused:
         make_subscriber("r").subscribe("never-published")
     assert "not published" in plain(refused.value)
+    assert (refused.value.refused, refused.value.timed_out) == ((), ())
     v = publisher.database("errors").put("k", "v")
     sub = make_subscriber("t").subscribe("errors")
     sub.wait_for_version(v, timeout=CONVERGE)

@@ -106,6 +106,8 @@ def test_a_refusal_aborts_everywhere_and_names_the_refuser(
     message = str(e.value)
     assert "strict (carol) refused: key not allowed here" in message, message
     assert "easy-going" not in message
+    assert e.value.refused == (("strict (carol)", "key not allowed here"),)
+    assert e.value.timed_out == ()
     assert isinstance(e.value, mcsync.Error)
     assert t.version is None
     with pytest.raises(mcsync.ClosedError):

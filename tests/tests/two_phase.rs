@@ -101,6 +101,15 @@ fn a_refusal_aborts_everywhere_and_names_the_refuser() {
         text.contains("strict") && text.contains("key not allowed here"),
         "{text}"
     );
+    let mcsync::Error::Aborted {
+        refused, timed_out, ..
+    } = &err
+    else {
+        panic!("not Aborted: {err:?}")
+    };
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].0.contains("strict") && refused[0].1.contains("key not allowed here"));
+    assert!(timed_out.is_empty(), "{timed_out:?}");
     // The version was given back; nothing is visible anywhere.
     let v = db.put("b", "2").unwrap();
     assert_eq!(v, 2);
@@ -130,6 +139,15 @@ fn an_unresponsive_participant_times_out_and_is_reported_by_name() {
     let err = t.commit_two_phase(Duration::from_millis(800)).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("no answer in time from stuck"), "{text}");
+    let mcsync::Error::Aborted {
+        refused, timed_out, ..
+    } = &err
+    else {
+        panic!("not Aborted: {err:?}")
+    };
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(timed_out.len(), 1, "{timed_out:?}");
+    assert!(timed_out[0].contains("stuck"), "{timed_out:?}");
     stuck.sub.close().unwrap();
     let v = db.put("k2", "v2").unwrap();
     ok.sub.wait_for_version(v, CONVERGE).unwrap();

@@ -2,6 +2,7 @@
 //! port, and the threads that publish into it.
 
 use super::*;
+use mcsync::sync::Locked;
 
 /// Shared state of a run: where stores go, which group and port come next, the bar.
 pub(super) struct Ctx {
@@ -96,8 +97,7 @@ impl Cluster {
             let sub = s.subscribe("bench", move |u: &Update| {
                 if r2.load(Ordering::Relaxed) {
                     let now = wall_clock_us();
-                    l2.lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                    l2.locked()
                         .push((u.version, now.saturating_sub(u.timestamp_us)));
                 }
             })?;

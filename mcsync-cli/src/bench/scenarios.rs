@@ -2,6 +2,7 @@
 //! recovery of a lost last update, egress beside TCP fan-out, repair cost under loss.
 
 use super::*;
+use mcsync::sync::Locked;
 
 /// How much a publisher counter of a [`Load`] grew during the load.
 macro_rules! pd {
@@ -191,10 +192,7 @@ pub(super) fn latency(
                         end = Instant::now();
                         mine.push((end - t).as_micros() as u64);
                     }
-                    commit_lat
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(mine);
+                    commit_lat.locked().extend(mine);
                     Ok((last, end))
                 })
             })
@@ -211,13 +209,7 @@ pub(super) fn latency(
     let mut samples: Vec<u64> = c
         .samples
         .iter()
-        .flat_map(|s| {
-            s.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|x| x.1)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|s| s.locked().iter().map(|x| x.1).collect::<Vec<_>>())
         .collect();
     samples.sort_unstable();
     let mut commits = commit_lat.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -281,8 +273,7 @@ pub(super) fn tail_loss(ctx: &mut Ctx, counts: &Counts) -> BenchResult<TailLoss>
         sub.wait_for_version(v, CONVERGE)?;
         let after = sub.stats();
         let lat = c.samples[0]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .iter()
             .rev()
             .find(|x| x.0 == v)

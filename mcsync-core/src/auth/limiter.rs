@@ -1,5 +1,6 @@
 //! Limits on authentication failures, per (address, user) and per address.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -108,7 +109,7 @@ impl FailureLimiter {
 
     /// Whether `user` from `ip` is currently refused without checking.
     pub fn is_blocked(&self, ip: IpAddr, user: &str, now: Instant) -> bool {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.state.locked();
         Self::blocked_in(&st, ip, user, now)
     }
 
@@ -128,7 +129,7 @@ impl FailureLimiter {
     /// nothing counted), counts it as a failure now, in one step with the block check, and
     /// returns the [`Attempt`] to settle once the check is done.
     pub fn attempt(&self, ip: IpAddr, user: &str, now: Instant) -> Option<Attempt> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.locked();
         if Self::blocked_in(&st, ip, user, now) {
             return None;
         }
@@ -144,7 +145,7 @@ impl FailureLimiter {
     /// The attempt's login succeeded: takes its failure back from the address's count and
     /// records the success (see [`success`](FailureLimiter::success)).
     pub fn succeeded(&self, a: Attempt, now: Instant) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.locked();
         let max = self.address_max();
         uncount(st.by_address.get_mut(&a.ip), a.address_window, max);
         Self::success_in(&mut st, a.ip, &a.user, now);
@@ -153,7 +154,7 @@ impl FailureLimiter {
     /// The attempt's secret could not be checked (the server was busy): takes its failure
     /// back from both counts, so server load never counts against a user or an address.
     pub fn withdraw(&self, a: Attempt) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.locked();
         let (max, address_max) = (self.max_failures, self.address_max());
         uncount(st.by_user.get_mut(&(a.ip, a.user)), a.user_window, max);
         uncount(st.by_address.get_mut(&a.ip), a.address_window, address_max);
@@ -165,7 +166,7 @@ impl FailureLimiter {
 
     /// Records a failed login of `user` from `ip`.
     pub fn failure(&self, ip: IpAddr, user: &str, now: Instant) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.locked();
         self.count_in(&mut st, ip, user, now);
     }
 
@@ -199,7 +200,7 @@ impl FailureLimiter {
     /// Records a successful login of `user` from `ip`: clears that user's failures there
     /// (not the address's) and exempts it from an address block for a day.
     pub fn success(&self, ip: IpAddr, user: &str, now: Instant) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.locked();
         Self::success_in(&mut st, ip, user, now);
     }
 

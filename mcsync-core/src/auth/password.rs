@@ -1,5 +1,6 @@
 //! Password hashing: argon2 with wiped memory, at most a few checks at once.
 
+use crate::sync::Locked;
 use crate::{Error, Result};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
@@ -53,7 +54,7 @@ impl HashGate {
     /// Waits up to `wait` for a place, behind everyone who asked before.
     pub(super) fn acquire(&self, wait: Duration) -> Option<HashPermit<'_>> {
         let deadline = Instant::now() + wait;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.locked();
         let ticket = st.next_ticket;
         st.next_ticket += 1;
         st.queue.push_back(ticket);
@@ -83,7 +84,7 @@ impl HashGate {
 
 impl Drop for HashPermit<'_> {
     fn drop(&mut self) {
-        let mut st = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.0.state.locked();
         st.running -= 1;
         self.0.turn.notify_all();
     }

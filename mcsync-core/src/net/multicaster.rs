@@ -3,8 +3,10 @@
 
 use super::wall_clock_us;
 use crate::crypto::{EpochKeys, Keyring};
+use crate::proto::two_phase::Decision;
 use crate::proto::{DecisionRepeat, RetransmitBuffer, Sender, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters};
+use crate::sync::Locked;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
@@ -44,7 +46,7 @@ pub enum McastCmd {
         /// The decided version.
         version: u64,
         /// COMMIT (the version is now committed) or ABORT.
-        commit: bool,
+        decision: Decision,
         /// The encoded decision record.
         encoded: Arc<Vec<u8>>,
     },
@@ -116,6 +118,8 @@ pub fn spawn(parts: MulticasterParts, rx: Receiver<McastCmd>) -> std::io::Result
         .spawn(move || run(parts, rx))
 }
 
+// Long (≈ 145 lines): one event loop (decision repeats, a send slice, key drain, close,
+// commands) whose eight locals every step shares.
 fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
     let mut sender = Sender::new(
         Instant::now(),
@@ -153,8 +157,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
             }
             send(&p, &datagram);
             p.retransmit
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .locked()
                 .push(pkt.header.seq, Arc::new(datagram.clone()));
         }
         // Keys of epochs no built packet uses any more are dropped; the publisher is told
@@ -163,7 +166,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
         p.keyring.retain_from(oldest);
         if !drained && oldest == epoch {
             drained = true;
-            lock(&p.epochs).drained(epoch, Instant::now());
+            p.epochs.locked().drained(epoch, Instant::now());
         }
         account(&p.counters, &mut last_counters, sender.counters());
         set_backlog(
@@ -206,7 +209,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                             if new > epoch {
                                 p.keyring.insert(new, &key);
                                 let first_seq = sender.rekey(Instant::now(), new);
-                                lock(&p.epochs).switched(new, first_seq);
+                                p.epochs.locked().switched(new, first_seq);
                                 (epoch, drained) = (new, false);
                             } else {
                                 log::warn!(
@@ -225,11 +228,11 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                         }
                         McastCmd::Decision {
                             version,
-                            commit,
+                            decision,
                             encoded,
                         } => {
                             sender.push_control(encoded.clone());
-                            if commit {
+                            if decision.commits() {
                                 sender.advance_to(version);
                             }
                             repeat = Some(Repeat {
@@ -262,10 +265,6 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
             Err(RecvTimeoutError::Disconnected) => close_by = Some(Instant::now() + CLOSE_DRAIN),
         }
     }
-}
-
-fn lock(m: &Mutex<EpochKeys>) -> std::sync::MutexGuard<'_, EpochKeys> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn send(p: &MulticasterParts, datagram: &[u8]) {

@@ -7,6 +7,7 @@ use crate::crypto::{Keyring, OpenError};
 use crate::proto::replay::Verdict;
 use crate::proto::{LossGenerator, OpenPacket, ReplayWindow};
 use crate::stats::{add, inc, SubscriptionCounters};
+use crate::sync::{Locked, RwLocked};
 use crate::wire::packet::PacketHeader;
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use std::collections::HashMap;
@@ -122,7 +123,7 @@ fn accept(
     let c = &p.counters;
     inc(&c.packets_received);
     add(&c.bytes_received, datagram.len() as u64);
-    if crate::lock(&p.source).is_some_and(|s| s != from) {
+    if p.source.locked().is_some_and(|s| s != from) {
         inc(&c.dropped_source);
         return None;
     }
@@ -134,7 +135,7 @@ fn accept(
         inc(&c.dropped_malformed);
         return None;
     };
-    let keyring = p.keyring.read().unwrap_or_else(|e| e.into_inner());
+    let keyring = p.keyring.read_locked();
     let payload = match keyring.open(&header, sealed) {
         Ok(pl) => pl,
         Err(OpenError::UnknownEpoch(epoch)) => {

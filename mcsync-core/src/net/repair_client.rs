@@ -6,7 +6,7 @@ use super::frame::{read_message, write_message};
 use super::tls::{ClientTls, Stream};
 use crate::auth::Secret;
 use crate::proto::resync::{Digest, Range};
-use crate::wire::control::{DatabaseInfo, ErrorCode, Message, CONTROL_VERSION};
+use crate::wire::control::{DatabaseInfo, ErrorCode, Message, Outcome, CONTROL_VERSION};
 use crate::wire::update::peek_version;
 use crate::{Error, Result};
 use std::io::{BufReader, Write};
@@ -330,8 +330,8 @@ impl RepairClient {
         self.expect_ok(&Message::Ack { version, round })
     }
 
-    /// Asks what became of the round `round` prepared at `version` (`OUTCOME_*`).
-    pub fn outcome(&mut self, version: u64, round: u64) -> Result<u8> {
+    /// Asks what became of the round `round` prepared at `version`.
+    pub fn outcome(&mut self, version: u64, round: u64) -> Result<Outcome> {
         match self.request(&Message::OutcomeRequest { version, round })?.0 {
             Message::Outcome { state, .. } => Ok(state),
             other => Err(self.unexpected(other)),

@@ -4,7 +4,8 @@
 //! this is not a consensus protocol.
 
 pub use crate::proto::two_phase::VoteFailure;
-use crate::proto::two_phase::{self, Round};
+use crate::proto::two_phase::{self, Decision, Outcome, Round};
+use crate::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -40,7 +41,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     fn rounds(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.rounds.lock().unwrap_or_else(|e| e.into_inner())
+        self.rounds.locked()
     }
 
     /// Starts round `round` (the PREPARE's timestamp) for `version` of `database` with
@@ -108,13 +109,13 @@ impl Coordinator {
     }
 
     /// Records the decision of the open round.
-    pub fn decide(&self, database: &str, version: u64, commit: bool) {
+    pub fn decide(&self, database: &str, version: u64, decision: Decision) {
         if let Some(r) = self
             .rounds()
             .get_mut(database)
             .filter(|r| r.version() == version)
         {
-            r.decide(commit);
+            r.decide(decision);
             r.decided_at = Some(Instant::now());
         }
         self.changed.notify_all();
@@ -157,7 +158,7 @@ impl Coordinator {
 
     /// What became of round `round` at `version` of `database`, whose latest committed
     /// version is `committed` (see [`two_phase::outcome`]).
-    pub fn outcome(&self, database: &str, (version, round): (u64, u64), committed: u64) -> u8 {
+    pub fn outcome(&self, database: &str, (version, round): (u64, u64), committed: u64) -> Outcome {
         two_phase::outcome(
             self.rounds().get(database).map(|e| &e.round),
             version,
@@ -177,7 +178,7 @@ mod tests {
         let names: BTreeMap<u64, String> = [(1, "a".into()), (2, "b".into())].into();
         c.begin("db", 4, 40, names);
         assert!(c.vote("db", (4, 40), 1, None) && c.vote("db", (4, 40), 2, None));
-        c.decide("db", 4, true);
+        c.decide("db", 4, Decision::Commit);
         assert!(!c.ack("db", (4, 40), 1));
         let now = Instant::now();
         let after = Duration::from_secs(30);

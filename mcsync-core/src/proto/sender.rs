@@ -59,7 +59,7 @@ pub struct SenderCounters {
 pub struct Sender {
     config: SenderConfig,
     builder: ChainBuilder,
-    queue: VecDeque<(u64, Arc<Vec<u8>>)>,
+    queue: VecDeque<Queued>,
     /// Encoded bytes in `queue`.
     queued_bytes: usize,
     pending: VecDeque<PlainPacket>,
@@ -76,8 +76,32 @@ pub struct Sender {
     changekey_until: Option<Instant>,
 }
 
-/// Queue marker of records that carry no new version.
-const CONTROL_VERSION: u64 = 0;
+/// A record waiting to be bundled into a chain.
+#[derive(Debug)]
+enum Queued {
+    /// A committed update of this version.
+    Update { version: u64, encoded: Arc<Vec<u8>> },
+    /// A two-phase PREPARE or decision: sent in order with the updates, carries no new
+    /// version, never skipped.
+    Control { encoded: Arc<Vec<u8>> },
+}
+
+impl Queued {
+    /// The encoded record.
+    fn encoded(&self) -> &Arc<Vec<u8>> {
+        match self {
+            Queued::Update { encoded, .. } | Queued::Control { encoded } => encoded,
+        }
+    }
+
+    /// The committed version it carries, if it is an update.
+    fn version(&self) -> Option<u64> {
+        match self {
+            Queued::Update { version, .. } => Some(*version),
+            Queued::Control { .. } => None,
+        }
+    }
+}
 
 /// How long packets carry CHANGEKEY after a rotation.
 const CHANGEKEY_FOR: Duration = Duration::from_secs(2);
@@ -120,8 +144,7 @@ impl Sender {
                     .queue
                     .iter()
                     .rev()
-                    .map(|q| q.0)
-                    .find(|&v| v != CONTROL_VERSION)
+                    .find_map(Queued::version)
                     .unwrap_or(self.pending_top)
         );
         if self.backlog_bytes() + encoded.len() > self.config.max_backlog_bytes {
@@ -131,12 +154,12 @@ impl Sender {
                 self.counters.skipped_backlog += skipped;
             }
         }
-        self.enqueue(version, encoded);
+        self.enqueue(Queued::Update { version, encoded });
     }
 
-    fn enqueue(&mut self, version: u64, encoded: Arc<Vec<u8>>) {
-        self.queued_bytes += encoded.len();
-        self.queue.push_back((version, encoded));
+    fn enqueue(&mut self, item: Queued) {
+        self.queued_bytes += item.encoded().len();
+        self.queue.push_back(item);
         let backlog = self.backlog_bytes() as u64;
         self.counters.backlog_peak_bytes = self.counters.backlog_peak_bytes.max(backlog);
     }
@@ -146,17 +169,11 @@ impl Sender {
     /// many were dropped.
     fn skip_queued_updates(&mut self) -> u64 {
         let before = self.queue.len();
-        let top = self
-            .queue
-            .iter()
-            .map(|q| q.0)
-            .max()
-            .unwrap_or(CONTROL_VERSION);
-        if top == CONTROL_VERSION {
+        let Some(top) = self.queue.iter().filter_map(Queued::version).max() else {
             return 0;
-        }
-        self.queue.retain(|q| q.0 == CONTROL_VERSION);
-        self.queued_bytes = self.queue.iter().map(|q| q.1.len()).sum();
+        };
+        self.queue.retain(|q| q.version().is_none());
+        self.queued_bytes = self.queue.iter().map(|q| q.encoded().len()).sum();
         self.pending_top = self.pending_top.max(top);
         if self.pending.is_empty() {
             self.sent_version = self.pending_top;
@@ -209,7 +226,7 @@ impl Sender {
     /// Never skipped, whatever the backlog: a participant must see every PREPARE and
     /// decision (they are few and small).
     pub fn push_control(&mut self, encoded: Arc<Vec<u8>>) {
-        self.enqueue(CONTROL_VERSION, encoded);
+        self.enqueue(Queued::Control { encoded });
     }
 
     /// The committed version moved to `v` without new data (a prepared update was
@@ -257,7 +274,7 @@ impl Sender {
     fn build_chain(&mut self) {
         let mut bytes = 0usize;
         let mut n = 0usize;
-        for (_, u) in &self.queue {
+        for u in self.queue.iter().map(Queued::encoded) {
             if n > 0
                 && (bytes + u.len() + 4 > self.config.max_bundle_bytes || n == u16::MAX as usize)
             {
@@ -267,10 +284,16 @@ impl Sender {
             n += 1;
         }
         let taken: Vec<_> = self.queue.drain(..n).collect();
-        self.queued_bytes -= taken.iter().map(|t| t.1.len()).sum::<usize>();
-        self.pending_top = taken.iter().map(|t| t.0).fold(self.pending_top, u64::max);
+        self.queued_bytes -= taken.iter().map(|t| t.encoded().len()).sum::<usize>();
+        self.pending_top = taken
+            .iter()
+            .filter_map(Queued::version)
+            .fold(self.pending_top, u64::max);
         self.scratch.clear();
-        encode_bundle(taken.iter().map(|(_, u)| u.as_slice()), &mut self.scratch);
+        encode_bundle(
+            taken.iter().map(|q| q.encoded().as_slice()),
+            &mut self.scratch,
+        );
         let mut compression = Compression::None;
         let compressed;
         let mut chain: &[u8] = &self.scratch;

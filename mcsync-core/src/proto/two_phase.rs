@@ -18,10 +18,26 @@
 //!   holds exactly the committed versions.
 
 use crate::update::Update;
-use crate::wire::control::{OUTCOME_ABORTED, OUTCOME_COMMITTED, OUTCOME_PENDING};
+pub use crate::wire::control::Outcome;
 use crate::wire::update::RecordKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+/// The coordinator's decision on a prepared version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// COMMIT: the version is journaled and applied everywhere.
+    Commit,
+    /// ABORT: participants discard what they prepared; the version is given back.
+    Abort,
+}
+
+impl Decision {
+    /// Whether it commits.
+    pub fn commits(self) -> bool {
+        self == Decision::Commit
+    }
+}
 
 /// Why a prepare failed: who refused (with reasons) and who did not answer in time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,8 +79,8 @@ pub struct Round {
     /// Participant id → `None` (PREPARED) or `Some(reason)` (REFUSED).
     votes: HashMap<u64, Option<String>>,
     acks: HashSet<u64>,
-    /// `None` while undecided; `Some(true)` committed; `Some(false)` aborted.
-    decision: Option<bool>,
+    /// `None` while undecided.
+    decision: Option<Decision>,
 }
 
 impl Round {
@@ -141,13 +157,13 @@ impl Round {
         }
     }
 
-    /// Records the decision (`true` = committed).
-    pub fn decide(&mut self, commit: bool) {
-        self.decision = Some(commit);
+    /// Records the decision.
+    pub fn decide(&mut self, decision: Decision) {
+        self.decision = Some(decision);
     }
 
     /// The decision, once made.
-    pub fn decision(&self) -> Option<bool> {
+    pub fn decision(&self) -> Option<Decision> {
         self.decision
     }
 
@@ -179,17 +195,17 @@ impl Round {
 }
 
 /// What became of the round `round` prepared at `version`, for a participant that asks
-/// (after a restart, or when its vote was not taken): `OUTCOME_PENDING` while that round is
-/// undecided, `OUTCOME_COMMITTED` once the version is committed (by that round or a later
-/// one: the participant then fetches it from the journal rather than trusting what it
-/// prepared), else `OUTCOME_ABORTED`.
-pub fn outcome(current: Option<&Round>, version: u64, round: u64, committed: u64) -> u8 {
+/// (after a restart, or when its vote was not taken): `Pending` while that round is
+/// undecided, `Committed` once the version is committed (by that round or a later one: the
+/// participant then fetches it from the journal rather than trusting what it prepared),
+/// else `Aborted`.
+pub fn outcome(current: Option<&Round>, version: u64, round: u64, committed: u64) -> Outcome {
     if current.is_some_and(|r| r.is_pending(version, round)) {
-        OUTCOME_PENDING
+        Outcome::Pending
     } else if version <= committed {
-        OUTCOME_COMMITTED
+        Outcome::Committed
     } else {
-        OUTCOME_ABORTED
+        Outcome::Aborted
     }
 }
 
@@ -428,23 +444,24 @@ impl Participant {
     }
 
     /// The coordinator's answer to OUTCOME_REQUEST about the held round `(version,
-    /// round)`: ABORTED discards it; COMMITTED discards it too and says to catch up to the
-    /// version from the journal (the held copy is never applied on an answer); PENDING
+    /// round)`: `Aborted` discards it; `Committed` discards it too and says to catch up to
+    /// the version from the journal (the held copy is never applied on an answer); `Pending`
     /// keeps it (the vote is sent again).
-    pub fn on_outcome(&mut self, version: u64, round: u64, state: u8) -> Route {
+    pub fn on_outcome(&mut self, version: u64, round: u64, state: Outcome) -> Route {
         let held = self
             .pending
             .as_ref()
             .is_some_and(|p| p.version == version && p.timestamp_us == round);
-        if !held || state == OUTCOME_PENDING {
+        if !held || state == Outcome::Pending {
             return Route::Held;
         }
         self.pending = None;
-        if state == OUTCOME_COMMITTED {
-            Route::CatchUp(version)
-        } else {
-            self.counters.prepares_aborted += 1;
-            Route::Held
+        match state {
+            Outcome::Committed => Route::CatchUp(version),
+            Outcome::Aborted | Outcome::Pending => {
+                self.counters.prepares_aborted += 1;
+                Route::Held
+            }
         }
     }
 
@@ -721,17 +738,17 @@ mod tests {
         let mut p = Participant::new(true, None);
         p.on_record(RecordKind::Prepare, update(6, 3), 5);
         assert_eq!(
-            p.on_outcome(6, 2, OUTCOME_ABORTED),
+            p.on_outcome(6, 2, Outcome::Aborted),
             Route::Held,
             "another round"
         );
         assert!(p.pending().is_some());
-        assert_eq!(p.on_outcome(6, 3, OUTCOME_PENDING), Route::Held);
+        assert_eq!(p.on_outcome(6, 3, Outcome::Pending), Route::Held);
         assert!(p.pending().is_some());
-        assert_eq!(p.on_outcome(6, 3, OUTCOME_COMMITTED), Route::CatchUp(6));
+        assert_eq!(p.on_outcome(6, 3, Outcome::Committed), Route::CatchUp(6));
         assert!(p.pending().is_none());
         p.on_record(RecordKind::Prepare, update(7, 4), 6);
-        assert_eq!(p.on_outcome(7, 4, OUTCOME_ABORTED), Route::Held);
+        assert_eq!(p.on_outcome(7, 4, Outcome::Aborted), Route::Held);
         assert!(p.pending().is_none());
         assert_eq!(p.counters().prepares_aborted, 1);
     }
@@ -757,17 +774,17 @@ mod tests {
             "a vote may be repeated before the decision"
         );
         assert_eq!(r.tally(), Some(Ok(())));
-        assert_eq!(outcome(Some(&r), 7, 70, 6), OUTCOME_PENDING);
+        assert_eq!(outcome(Some(&r), 7, 70, 6), Outcome::Pending);
         assert_eq!(
             outcome(Some(&r), 7, 69, 6),
-            OUTCOME_ABORTED,
+            Outcome::Aborted,
             "an earlier round"
         );
         assert!(!r.ack(7, 70, 1), "no ack before the decision");
-        r.decide(true);
+        r.decide(Decision::Commit);
         assert!(!r.vote(7, 70, 1, None), "no vote after the decision");
-        assert_eq!(outcome(Some(&r), 7, 70, 7), OUTCOME_COMMITTED);
-        assert_eq!(outcome(None, 8, 1, 7), OUTCOME_ABORTED);
+        assert_eq!(outcome(Some(&r), 7, 70, 7), Outcome::Committed);
+        assert_eq!(outcome(None, 8, 1, 7), Outcome::Aborted);
         assert!(
             !r.ack(7, 69, 2),
             "an ack of an earlier round does not count"

@@ -7,6 +7,7 @@ pub mod subscriber;
 pub use publisher::PublisherStore;
 pub use subscriber::SubscriberStore;
 
+use crate::sync::{Locked, RwLocked};
 use crate::{Error, Result};
 use lmdb::{Database, DatabaseFlags, Environment, RoTransaction, RwTransaction, Transaction};
 use std::path::{Path, PathBuf};
@@ -143,12 +144,12 @@ impl Env {
     /// the directory from being opened again). Reads through this environment stay safe:
     /// LMDB serializes writers across processes and readers never block.
     pub fn release_lock(&self) {
-        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(self.lock.locked().take());
     }
 
     /// Opens or creates a named database.
     pub fn db(&self, name: &str) -> Result<Database> {
-        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _g = self.gate.read_locked();
         self.env
             .create_db(Some(name), DatabaseFlags::empty())
             .map_err(|e| Error::Storage(format!("opening table {name:?}: {e}")))
@@ -159,7 +160,7 @@ impl Env {
         &self,
         f: impl FnOnce(&RoTransaction<'_>) -> std::result::Result<T, lmdb::Error>,
     ) -> Result<T> {
-        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _g = self.gate.read_locked();
         let txn = self.env.begin_ro_txn()?;
         let out = f(&txn)?;
         txn.commit()?;
@@ -174,7 +175,7 @@ impl Env {
     ) -> Result<T> {
         loop {
             let attempt = {
-                let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+                let _g = self.gate.read_locked();
                 let mut txn = self
                     .env
                     .begin_rw_txn()
@@ -193,7 +194,7 @@ impl Env {
     }
 
     fn grow(&self) -> Result<()> {
-        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let _g = self.gate.write_locked();
         let now = self.env.info()?.map_size();
         let next = now.saturating_mul(2);
         log::info!(

@@ -2,6 +2,7 @@
 //! state (key → value) with a content hash per record, and meta (last version, stream ids).
 
 use super::{apply_op, decode_groups, get_u64, Env, RecordTables, StateSum};
+use crate::sync::Locked;
 use crate::{Error, Result, Update};
 use lmdb::{Cursor, Database, Transaction, WriteFlags};
 use std::collections::HashMap;
@@ -127,7 +128,7 @@ impl PublisherStore {
 
     /// Opens (creating) the tables of database `name`.
     pub fn tables(&self, name: &str) -> Result<DbTables> {
-        let mut map = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.tables.locked();
         if let Some(t) = map.get(name) {
             return Ok(*t);
         }

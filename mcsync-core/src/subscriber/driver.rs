@@ -10,6 +10,7 @@ use crate::net::repair_client::RepairClient;
 use crate::proto::subscription::{Engine, Input, Output, Traffic};
 use crate::proto::Delivery;
 use crate::stats::inc;
+use crate::sync::{Locked, RwLocked};
 use crate::wire::control::{DatabaseInfo, SubscriberReport};
 use crate::wire::update::Limits;
 use crate::{Error, Result, Update};
@@ -83,7 +84,7 @@ pub(super) fn run(mut d: Driver, mut client: RepairClient, rx: chan::Receiver<In
     d.sync_counters();
     // What the callbacks returned is recorded; the rest is replayed at the next subscribe.
     d.flush_delivered(true);
-    if crate::lock(&d.shared.failure).is_none() {
+    if d.shared.failure.locked().is_none() {
         if let Err(e) = client.close_subscription() {
             log::debug!("{}: CLOSE SUBSCRIPTION: {e}", d.shared.name);
         }
@@ -181,7 +182,7 @@ impl Driver {
                 let auth = e.kind() == crate::ErrorKind::Auth;
                 if auth {
                     inc(&c.auth_failures);
-                    *crate::lock(&self.shared.auth_error) = Some(e.to_string());
+                    *self.shared.auth_error.locked() = Some(e.to_string());
                     self.shared.advanced.notify_all();
                 }
                 self.engine
@@ -192,10 +193,10 @@ impl Driver {
 
     /// What a registration changes outside the engine: keys, source, the auth error.
     fn adopt_registration(&mut self, info: &DatabaseInfo) {
-        *crate::lock(&self.shared.auth_error) = None;
+        *self.shared.auth_error.locked() = None;
         let c = &self.shared.counters;
         {
-            let mut k = self.keyring.write().unwrap_or_else(|e| e.into_inner());
+            let mut k = self.keyring.write_locked();
             let before = k.newest_epoch();
             *k = keyring_from(info);
             if k.newest_epoch() != before {
@@ -205,7 +206,7 @@ impl Driver {
             c.key_epoch.store(epoch, Ordering::Relaxed);
         }
         self.rekey.store(false, Ordering::Relaxed);
-        let mut src = crate::lock(&self.source);
+        let mut src = self.source.locked();
         if src.is_some_and(|s| s != info.source) {
             log::info!(
                 "{}: publisher now sends from {}",
@@ -290,7 +291,7 @@ impl Driver {
 
     /// Records a failure that stops the subscription and wakes waiters to report it.
     pub fn fail(&self, e: &Error) {
-        *crate::lock(&self.shared.failure) = Some(e.to_string());
+        *self.shared.failure.locked() = Some(e.to_string());
         self.shared.stop.stop();
         self.shared.advanced.notify_all();
     }

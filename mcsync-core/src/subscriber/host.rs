@@ -7,6 +7,7 @@ use super::filter_updates;
 use crate::net::repair_client::RepairClient;
 use crate::proto::Backlog;
 use crate::stats::{add, inc};
+use crate::sync::Locked;
 use crate::wire::control::ErrorCode;
 use crate::wire::update::decode_update;
 use crate::{Result, Update};
@@ -105,11 +106,7 @@ impl Driver {
         } else {
             applied
         };
-        *self
-            .shared
-            .version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = v;
+        *self.shared.version.locked() = v;
         self.shared.advanced.notify_all();
     }
 

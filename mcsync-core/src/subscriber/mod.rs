@@ -22,6 +22,7 @@ use crate::resync::{HostDelivery, ResyncReport};
 use crate::stats::{inc, SubscriptionCounters, SubscriptionStats};
 use crate::store::subscriber::ReplicaTables;
 use crate::store::SubscriberStore;
+use crate::sync::Locked;
 use crate::wire::control::DatabaseInfo;
 use crate::wire::update::Limits;
 use crate::{Error, Result, Update};
@@ -118,7 +119,7 @@ impl SubShared {
         crate::metrics::SubscriptionView {
             database: self.name.clone(),
             stats: self.stats(),
-            version: *self.version.lock().unwrap_or_else(|e| e.into_inner()),
+            version: *self.version.locked(),
             latency_buckets: h
                 .octaves()
                 .into_iter()
@@ -139,7 +140,7 @@ impl SubShared {
             // themselves; joining here would wait for ourselves.
             return false;
         }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(&mut *self.threads.locked());
         for t in threads {
             let _ = t.join();
         }
@@ -183,11 +184,7 @@ struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        let mut subs = self
-            .subscriber
-            .subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut subs = self.subscriber.subs.locked();
         subs.busy.remove(&self.name);
         self.subscriber.idle.notify_all();
     }
@@ -334,7 +331,7 @@ impl Subscriber {
             participant,
             after,
         )?;
-        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut subs = self.subs.locked();
         if self.closed.load(Ordering::SeqCst) {
             // Closed while registering: this subscription never becomes live.
             drop(subs);
@@ -353,7 +350,7 @@ impl Subscriber {
     /// Marks `name` busy if the subscriber is open, nothing else is working on `name`, and
     /// `check` agrees; the mark ends with the returned guard.
     fn claim(&self, name: &str, check: impl FnOnce(&Subs) -> Result<()>) -> Result<Busy<'_>> {
-        let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut subs = self.subs.locked();
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed("subscriber is closed".into()));
         }
@@ -422,8 +419,7 @@ impl Subscriber {
     pub fn metrics(&self) -> String {
         let mut views: Vec<_> = self
             .subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .live
             .values()
             .map(|s| s.metrics_view())
@@ -436,7 +432,7 @@ impl Subscriber {
     pub fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::SeqCst);
         let subs: Vec<_> = {
-            let mut subs = self.subs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut subs = self.subs.locked();
             // A subscribe or resync in flight ends within its I/O timeouts; wait for it
             // (without holding the lock) so nothing writes after the lock is released.
             while !subs.busy.is_empty() {

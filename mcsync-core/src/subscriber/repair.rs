@@ -8,6 +8,7 @@ use crate::proto::subscription::{Input, RepairEnd, APPLY_BATCH_BYTES};
 use crate::proto::{Backlog, OpenPacket};
 use crate::resync::{HostDelivery, ResyncReport};
 use crate::stats::{add, inc, SubscriptionCounters};
+use crate::sync::RwLocked;
 use crate::wire::control::ErrorCode;
 use crate::wire::packet::PacketHeader;
 use crate::wire::update::decode_update;
@@ -31,7 +32,7 @@ impl Driver {
             }
         };
         let mut packets = Vec::with_capacity(datagrams.len());
-        let keyring = self.keyring.read().unwrap_or_else(|e| e.into_inner());
+        let keyring = self.keyring.read_locked();
         for d in datagrams {
             let Ok((header, sealed)) = PacketHeader::parse(&d) else {
                 inc(&c.dropped_malformed);

@@ -12,8 +12,9 @@ use crate::proto::subscription::{history_changed, Engine, EngineConfig, EngineSt
 use crate::proto::{Delivery, DeliveryStart, LossGenerator, ReceiverConfig, ReorderConfig};
 use crate::stats::SubscriptionCounters;
 use crate::store::SubscriberStore;
+use crate::sync::Locked;
 use crate::wire::control::DatabaseInfo;
-use crate::wire::control::OUTCOME_PENDING;
+use crate::wire::control::Outcome;
 use crate::wire::update::Limits;
 use crate::{Error, Result, Update};
 use crossbeam_channel as chan;
@@ -188,7 +189,7 @@ fn spawn_threads(
             return Err(Error::io("spawning process thread", e));
         }
     };
-    crate::lock(&shared.threads).extend([recv, process]);
+    shared.threads.locked().extend([recv, process]);
     Ok(())
 }
 
@@ -233,7 +234,7 @@ fn restore_prepared(
     let Some(p) = store.prepared(name)? else {
         return Ok(None);
     };
-    if p.version > applied && client.outcome(p.version, p.timestamp_us)? == OUTCOME_PENDING {
+    if p.version > applied && client.outcome(p.version, p.timestamp_us)? == Outcome::Pending {
         return Ok(Some(p));
     }
     store.clear_prepared(name)?;

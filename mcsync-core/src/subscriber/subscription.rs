@@ -4,6 +4,7 @@ use super::start::identity;
 use super::{driver, Subscriber, Subscription};
 use crate::net::repair_client::RepairClient;
 use crate::stats::SubscriptionStats;
+use crate::sync::Locked;
 use crate::{Error, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,11 +29,7 @@ impl Subscription {
     /// Version up to which the replica is applied and the callback has run for every
     /// update (with no callback: the version the replica is at).
     pub fn version(&self) -> u64 {
-        *self
-            .shared
-            .version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *self.shared.version.locked()
     }
 
     /// Waits until the replica reaches version `v`. Fails with `Timeout` after `timeout`,
@@ -44,26 +41,12 @@ impl Subscription {
         let deadline = now
             .checked_add(timeout)
             .unwrap_or(now + Duration::from_secs(100 * 365 * 24 * 3600));
-        let mut cur = self
-            .shared
-            .version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut cur = self.shared.version.locked();
         while *cur < v {
-            if let Some(f) = &*self
-                .shared
-                .failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-            {
+            if let Some(f) = &*self.shared.failure.locked() {
                 return Err(Error::Storage(f.clone()));
             }
-            if let Some(a) = &*self
-                .shared
-                .auth_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-            {
+            if let Some(a) = &*self.shared.auth_error.locked() {
                 return Err(Error::Auth(format!(
                     "database {:?} at version {}: {a}",
                     self.shared.name, *cur

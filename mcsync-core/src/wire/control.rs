@@ -262,8 +262,8 @@ pub enum Message {
     Outcome {
         /// The version asked about.
         version: u64,
-        /// 1 committed, 2 aborted, 3 still pending.
-        state: u8,
+        /// What became of it.
+        state: Outcome,
     },
     /// Client → publisher: send versions `first..=last` compacted: per chunk of the
     /// journal, one update holding the latest operation on each key it changed.
@@ -336,11 +336,43 @@ const T_COMPACT_UPDATE: u8 = 29;
 /// HELLO flag: the subscriber takes part in two-phase updates.
 pub const HELLO_PARTICIPANT: u8 = 1;
 /// OUTCOME state: committed.
-pub const OUTCOME_COMMITTED: u8 = 1;
+const OUTCOME_COMMITTED: u8 = 1;
 /// OUTCOME state: aborted (or rolled back).
-pub const OUTCOME_ABORTED: u8 = 2;
+const OUTCOME_ABORTED: u8 = 2;
 /// OUTCOME state: still being decided.
-pub const OUTCOME_PENDING: u8 = 3;
+const OUTCOME_PENDING: u8 = 3;
+
+/// What became of a two-phase round, as the publisher answers OUTCOME_REQUEST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The version is committed (by that round or a later one).
+    Committed,
+    /// The round was aborted or rolled back.
+    Aborted,
+    /// The round is still being decided.
+    Pending,
+}
+
+impl Outcome {
+    /// Its code on the wire.
+    fn code(self) -> u8 {
+        match self {
+            Outcome::Committed => OUTCOME_COMMITTED,
+            Outcome::Aborted => OUTCOME_ABORTED,
+            Outcome::Pending => OUTCOME_PENDING,
+        }
+    }
+
+    /// The outcome a wire code names, if any.
+    fn from_code(code: u8) -> Option<Outcome> {
+        match code {
+            OUTCOME_COMMITTED => Some(Outcome::Committed),
+            OUTCOME_ABORTED => Some(Outcome::Aborted),
+            OUTCOME_PENDING => Some(Outcome::Pending),
+            _ => None,
+        }
+    }
+}
 /// Most entries in one list reply.
 pub const MAX_LIST_ENTRIES: usize = 1 << 20;
 
@@ -599,7 +631,7 @@ impl Message {
             Message::Outcome { version, state } => {
                 out.put_u8(T_OUTCOME);
                 out.put_u64(*version);
-                out.put_u8(*state);
+                out.put_u8(state.code());
             }
             Message::CompactRequest { first, last } => {
                 out.put_u8(T_COMPACT_REQUEST);
@@ -763,10 +795,9 @@ impl Message {
             },
             T_OUTCOME => {
                 let version = r.u64("version")?;
-                let state = r.u8("outcome")?;
-                if !(OUTCOME_COMMITTED..=OUTCOME_PENDING).contains(&state) {
-                    return Err(WireError::Invalid("outcome", state.into()));
-                }
+                let code = r.u8("outcome")?;
+                let state =
+                    Outcome::from_code(code).ok_or(WireError::Invalid("outcome", code.into()))?;
                 Message::Outcome { version, state }
             }
             T_REPORT => Message::Report(SubscriberReport {

@@ -93,6 +93,11 @@ class TooLargeError(Error):
 class RefusedError(Error):
     """Refused: an unknown database, missing versions, or an aborted two-phase update."""
 
+    refused: tuple[tuple[str, str], ...]
+    """An aborted two-phase update: ``(participant, reason)`` for each that refused."""
+    timed_out: tuple[str, ...]
+    """An aborted two-phase update: the participants that did not answer in time."""
+
 @final
 class Grant:
     """What an authenticated user may do; returned by an ``authenticator``."""

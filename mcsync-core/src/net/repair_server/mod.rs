@@ -15,6 +15,7 @@ use crate::crypto::KeyHandout;
 use crate::stats::{inc, PublisherCounters};
 use crate::store::publisher::DbTables;
 use crate::store::PublisherStore;
+use crate::sync::{Locked, RwLocked};
 use crate::wire::control::{DatabaseInfo, SubscriberReport};
 use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
@@ -124,17 +125,11 @@ impl ServerContext {
     /// registry lock, which every key handout holds (see `register`).
     pub fn revoke(&self, user: &str) {
         {
-            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            self.revoked
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(user.to_owned());
+            let mut reg = self.registry.locked();
+            self.revoked.write_locked().insert(user.to_owned());
             reg.retain(|_, r| r.user != user);
         }
-        self.auth_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.auth_cache.locked().clear();
     }
 
     /// The authenticator said no to `user`. If it holds registrations (it could decrypt
@@ -142,7 +137,7 @@ impl ServerContext {
     /// for an explicit revocation.
     fn on_denied(&self, user: &str) {
         let dbs: HashSet<String> = {
-            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut reg = self.registry.locked();
             let dbs = reg
                 .values()
                 .filter(|r| r.user == user)
@@ -154,11 +149,8 @@ impl ServerContext {
         if dbs.is_empty() {
             return;
         }
-        self.auth_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(u, _), _| u != user);
-        let rotate = self.rotate.lock().unwrap_or_else(|e| e.into_inner());
+        self.auth_cache.locked().retain(|(u, _), _| u != user);
+        let rotate = self.rotate.locked();
         if let Some(f) = rotate.as_ref() {
             for db in dbs {
                 f(&db);
@@ -169,7 +161,7 @@ impl ServerContext {
     /// Drops the registrations nobody heard from for `silence` or longer; returns how many.
     /// Their subscribers, if alive, register again with their next report.
     pub fn expire_registrations(&self, now: Instant, silence: Duration) -> usize {
-        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reg = self.registry.locked();
         let before = reg.len();
         reg.retain(|_, r| now.saturating_duration_since(r.last_seen) < silence);
         before - reg.len()
@@ -177,21 +169,13 @@ impl ServerContext {
 
     /// Notes that registration `id` was heard from.
     fn seen(&self, id: u64, now: Instant) {
-        if let Some(r) = self
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&id)
-        {
+        if let Some(r) = self.registry.locked().get_mut(&id) {
             r.last_seen = now;
         }
     }
 
     fn is_revoked(&self, user: &str) -> bool {
-        self.revoked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(user)
+        self.revoked.read_locked().contains(user)
     }
 }
 
@@ -361,7 +345,7 @@ impl RepairServer {
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
-        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
+        let conns = std::mem::take(&mut *self.conns.locked());
         for c in conns {
             c.close(None);
             let _ = c.thread.join();
@@ -405,7 +389,7 @@ fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, conns: Connection
                 continue;
             }
         };
-        let mut list = conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = conns.locked();
         list.retain(|c| !c.thread.is_finished());
         if !make_room(&ctx, &list) {
             continue;
@@ -435,7 +419,7 @@ fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, conns: Connection
 
 /// Closes the connections past their deadline.
 fn sweep(ctx: &ServerContext, conns: &Connections, now: Instant) {
-    let mut list = conns.lock().unwrap_or_else(|e| e.into_inner());
+    let mut list = conns.locked();
     list.retain(|c| !c.thread.is_finished());
     for c in list.iter() {
         if c.state.deadline().is_some_and(|d| now >= d) {

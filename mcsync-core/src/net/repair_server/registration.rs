@@ -6,6 +6,7 @@ use super::*;
 use crate::auth::{Grant, Refusal, Secret};
 use crate::crypto::KeyHandout;
 use crate::stats::inc;
+use crate::sync::{Locked, RwLocked};
 use crate::wire::control::{
     DatabaseInfo, ErrorCode, Message, SubscriberReport, CONTROL_VERSION, HELLO_PARTICIPANT,
 };
@@ -40,12 +41,7 @@ pub(super) fn authenticate(
     }
     let digest: [u8; 32] = Sha256::digest(secret.expose().as_bytes()).into();
     let cache_key = (user.to_owned(), digest);
-    if let Some((g, at)) = ctx
-        .auth_cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&cache_key)
-    {
+    if let Some((g, at)) = ctx.auth_cache.locked().get(&cache_key) {
         if now.duration_since(*at) < AUTH_CACHE_TTL {
             return Ok(g.clone());
         }
@@ -63,14 +59,8 @@ pub(super) fn authenticate(
     match ctx.authenticator.check(user, secret.expose(), peer) {
         Ok(g) => {
             ctx.limiter.succeeded(attempt, Instant::now());
-            ctx.known_good
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(cache_key.clone());
-            ctx.auth_cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(cache_key, (g.clone(), now));
+            ctx.known_good.locked().insert(cache_key.clone());
+            ctx.auth_cache.locked().insert(cache_key, (g.clone(), now));
             Ok(g)
         }
         Err(Refusal::Busy(why)) => {
@@ -83,11 +73,7 @@ pub(super) fn authenticate(
         Err(Refusal::Denied(why)) => {
             // The failure stays counted.
             drop(attempt);
-            let withdrawn = ctx
-                .known_good
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&cache_key);
+            let withdrawn = ctx.known_good.locked().remove(&cache_key);
             if withdrawn {
                 ctx.on_denied(user);
             }
@@ -128,12 +114,7 @@ pub(super) fn hello(
             format!("user {user:?} may not subscribe to database {database:?}"),
         ));
     }
-    let found = ctx
-        .databases
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&database)
-        .cloned();
+    let found = ctx.databases.read_locked().get(&database).cloned();
     let Some(db) = found else {
         return Err(error(
             ErrorCode::UnknownDatabase,
@@ -180,7 +161,9 @@ pub(super) fn hello(
 /// that was a participant under an earlier grant votes no more.
 fn refuse_participant(ctx: &ServerContext, id: u64, user: &str, database: &str) -> Message {
     inc(&ctx.counters.auth_failures);
-    if let Some(r) = crate::lock(&ctx.registry)
+    if let Some(r) = ctx
+        .registry
+        .locked()
         .get_mut(&id)
         .filter(|r| r.user == user && r.database == database)
     {
@@ -205,7 +188,7 @@ pub(super) fn report(
     let now = Instant::now();
     inc(&ctx.counters.reports_received);
     {
-        let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reg = ctx.registry.locked();
         if let Some(rec) = reg.get_mut(&s.id) {
             rec.report = Some((r, now));
             rec.last_seen = now;
@@ -227,10 +210,7 @@ pub(super) fn report(
     if id != s.id {
         // Its id was taken meanwhile: the subscriber must register again to learn its new
         // one (this record would otherwise be orphaned).
-        ctx.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        ctx.registry.locked().remove(&id);
         return Err(error(
             ErrorCode::BadRequest,
             "registration expired; register again",
@@ -258,7 +238,7 @@ pub(super) fn register(
     mut record: SubscriberRecord,
     db: &dyn PublishedDatabase,
 ) -> std::result::Result<(u64, KeyHandout), Message> {
-    let mut reg = ctx.registry.lock().unwrap_or_else(|e| e.into_inner());
+    let mut reg = ctx.registry.locked();
     if ctx.is_revoked(&record.user) {
         inc(&ctx.counters.auth_failures);
         return Err(error(

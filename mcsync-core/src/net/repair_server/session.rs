@@ -7,6 +7,7 @@ use crate::net::frame::{read_message, write_message};
 use crate::net::tls::Stream;
 use crate::proto::resync::{child_digests, HashIndex};
 use crate::stats::{add, inc};
+use crate::sync::Locked;
 use crate::wire::control::{ErrorCode, Message};
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -261,7 +262,7 @@ fn answer_registered(
             Err(error(ErrorCode::BadRequest, "fetch before RESYNC_BEGIN"))
         }
         Message::CloseSubscription { subscriber_id } => {
-            let mut reg = crate::lock(&ctx.registry);
+            let mut reg = ctx.registry.locked();
             if reg.get(&subscriber_id).is_some_and(|r| r.user == s.user) {
                 reg.remove(&subscriber_id);
             }

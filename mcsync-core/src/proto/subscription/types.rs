@@ -3,7 +3,7 @@
 use crate::proto::receiver::{ReceiverConfig, RepairRanges};
 use crate::proto::reorder::{OpenPacket, ReorderConfig};
 use crate::update::Update;
-use crate::wire::control::{DatabaseInfo, SubscriberReport};
+use crate::wire::control::{DatabaseInfo, Outcome, SubscriberReport};
 use crate::wire::update::Limits;
 use std::time::Duration;
 
@@ -132,8 +132,8 @@ pub enum Input {
         version: u64,
         /// The round.
         round: u64,
-        /// The outcome code.
-        state: u8,
+        /// What became of it.
+        state: Outcome,
     },
 }
 
