@@ -937,6 +937,13 @@ impl Sim {
                 live.engine.known_latest()
             );
             let Some(out) = live.engine.poll(now) else {
+                // A drained engine has no timer due: a driver sleeping until it would spin.
+                if let Some((timer, at)) = live.engine.next_timer() {
+                    assert!(
+                        at > now,
+                        "{timer:?} due at {at:?}, nothing to do at {now:?}"
+                    );
+                }
                 return;
             };
             match out {

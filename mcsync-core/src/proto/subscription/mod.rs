@@ -15,6 +15,8 @@
 //! (a request whose I/O failed is answered with its failure input, never left unanswered).
 
 mod policy;
+#[cfg(test)]
+mod tests;
 mod types;
 
 use super::assembler::{ChainAssembler, ChainDrop};
@@ -285,13 +287,22 @@ impl Engine {
 
     /// The earliest timer and when it fires.
     pub fn next_timer(&self) -> Option<(Timer, Instant)> {
-        let repairs_allowed = self.busy.is_none() && self.new_history.is_none();
-        // Before the first attempt there is no timer: `poll` makes it at once.
-        let history = self
-            .new_history
-            .filter(|_| self.busy.is_none())
-            .and(self.last_history_try)
-            .map(|t| t + HISTORY_RETRY);
+        if self.new_history.is_some() {
+            // Only registration and the history's resync run until it is adopted. Before
+            // the first attempt there is no timer: `poll` makes it at once.
+            let history = self
+                .last_history_try
+                .filter(|_| self.busy.is_none())
+                .map(|t| t + HISTORY_RETRY);
+            return [
+                (Timer::Hello, self.policy.hello_due_at()),
+                (Timer::History, history),
+            ]
+            .into_iter()
+            .filter_map(|(timer, at)| at.map(|t| (timer, t)))
+            .min_by_key(|&(_, t)| t);
+        }
+        let repairs_allowed = self.busy.is_none();
         [
             (Timer::PacketRepair, self.reorder.next_timeout()),
             (
@@ -302,7 +313,6 @@ impl Engine {
             (Timer::Hello, self.policy.hello_due_at()),
             (Timer::Report, Some(self.policy.report_due_at())),
             (Timer::StatusPoll, self.policy.status_due_at()),
-            (Timer::History, history),
         ]
         .into_iter()
         .filter_map(|(timer, at)| at.map(|t| (timer, t)))

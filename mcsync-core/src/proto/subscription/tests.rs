@@ -1,0 +1,213 @@
+//! The engine's strategy choices, one input at a time. (The seeded simulation drives it
+//! over a lossy network; these pin the paths it reaches rarely.)
+
+use super::*;
+use crate::proto::{ReceiverConfig, ReorderConfig};
+use crate::wire::update::Limits;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        receiver: ReceiverConfig {
+            buffer_bytes: 1 << 20,
+            repair_delay: Duration::ZERO,
+            repair_retry: 100 * MS,
+            max_ranges: 64,
+        },
+        reorder: ReorderConfig {
+            repair_delay: Duration::ZERO,
+            max_bytes: 1 << 20,
+            max_ranges: 64,
+        },
+        limits: Limits::default(),
+        compact_after: None,
+        silence_timeout: Duration::from_secs(3),
+        report_interval: Duration::from_secs(1),
+        error_threshold: 0.1,
+        unicast_backoff: Duration::from_secs(5),
+    }
+}
+
+fn info(current_version: u64, incarnation: u64) -> DatabaseInfo {
+    DatabaseInfo {
+        group: "239.255.0.1:4000".parse().expect("an address"),
+        source: "127.0.0.1:4000".parse().expect("an address"),
+        encrypted: true,
+        keys: Vec::new(),
+        older_keys_below: u64::MAX,
+        groups: Vec::new(),
+        current_version,
+        oldest_version: 1,
+        subscriber_id: 1,
+        incarnation,
+        stream_id: 7,
+    }
+}
+
+fn engine(t0: Instant, applied: u64, stored: u64, registration: DatabaseInfo) -> Engine {
+    let start = EngineStart {
+        applied,
+        incarnation: stored,
+        registration,
+        participant: false,
+        held: None,
+    };
+    Engine::new(t0, config(), start)
+}
+
+/// Everything `poll` has now; afterwards no timer may be due (a driver would spin).
+fn drain(e: &mut Engine, now: Instant) -> Vec<Output> {
+    let mut out = Vec::new();
+    while let Some(o) = e.poll(now) {
+        out.push(o);
+        assert!(out.len() < 1000, "poll never runs dry: {out:?}");
+    }
+    if let Some((timer, at)) = e.next_timer() {
+        assert!(
+            at > now,
+            "{timer:?} due at {at:?} but poll had nothing at {now:?}"
+        );
+    }
+    out
+}
+
+fn only_requests(out: Vec<Output>) -> Vec<Output> {
+    out.into_iter()
+        .filter(|o| !matches!(o, Output::Report(_)))
+        .collect()
+}
+
+#[test]
+fn a_changed_history_is_adopted_by_resync_retried_until_it_succeeds() {
+    let t0 = Instant::now();
+    // The replica holds history 1; the publisher registered it with history 2.
+    let mut e = engine(t0, 40, 1, info(50, 2));
+    assert_eq!(e.new_history(), Some(2));
+    let resync = Output::Resync {
+        new_history: Some(2),
+    };
+    assert_eq!(drain(&mut e, t0), [resync.clone()]);
+    e.handle(t0, Input::ResyncFailed);
+    // Meanwhile nothing else runs (no catch-up of the other history, no report), and no
+    // timer stays due: a driver sleeps until the retry.
+    let t1 = t0 + 3 * config().report_interval;
+    let at = e.poll_timeout().expect("the retry");
+    assert_eq!(e.next_timer().map(|t| t.0), Some(Timer::History));
+    assert!(at <= t0 + HISTORY_RETRY);
+    assert_eq!(only_requests(drain(&mut e, t1)), [resync]);
+    e.handle(t1, Input::Resynced { version: 55 });
+    assert_eq!((e.incarnation(), e.new_history()), (2, None));
+    assert_eq!(e.applied(), 55);
+    assert_eq!(e.counters().history_changes, 1);
+    assert_eq!(e.counters().repair_failures, 1);
+    assert_eq!(only_requests(drain(&mut e, t1)), []);
+}
+
+#[test]
+fn a_trimmed_journal_turns_the_catch_up_into_a_resync() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, 0, 1, info(10, 1));
+    assert_eq!(drain(&mut e, t0), [Output::CatchUp(vec![(1, 10)])]);
+    e.handle(t0, Input::RepairDone(RepairEnd::Trimmed));
+    assert_eq!(drain(&mut e, t0), [Output::Resync { new_history: None }]);
+    assert!(e.is_repairing());
+    e.handle(t0, Input::Resynced { version: 10 });
+    assert_eq!(e.applied(), 10);
+    assert_eq!(only_requests(drain(&mut e, t0 + 500 * MS)), []);
+}
+
+#[test]
+fn a_refused_catch_up_registers_again_and_forgets_versions_that_do_not_exist() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, 0, 1, info(10, 1));
+    assert_eq!(drain(&mut e, t0), [Output::CatchUp(vec![(1, 10)])]);
+    e.handle(t0, Input::RepairDone(RepairEnd::Refused));
+    assert_eq!(drain(&mut e, t0), [Output::Hello]);
+    // The publisher lost versions 6..=10 (a heartbeat had announced them).
+    e.handle(t0, Input::Registered(Box::new(info(5, 1))));
+    assert_eq!(e.known_latest(), 5);
+    let t1 = t0 + config().receiver.repair_retry;
+    assert_eq!(drain(&mut e, t1), [Output::CatchUp(vec![(1, 5)])]);
+}
+
+#[test]
+fn a_long_gap_from_the_replica_comes_compacted_then_the_rest_by_versions() {
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.compact_after = Some(100);
+    let start = EngineStart {
+        applied: 0,
+        incarnation: 1,
+        registration: info(1_000, 1),
+        participant: false,
+        held: None,
+    };
+    let mut e = Engine::new(t0, cfg, start);
+    assert_eq!(
+        drain(&mut e, t0),
+        [Output::Compact {
+            from: 1,
+            through: 1_000
+        }]
+    );
+    let compacted = Update {
+        version: 1_000,
+        timestamp_us: 0,
+        ops: vec![crate::Op::put("k", "v")],
+        reset: false,
+    };
+    e.handle(t0, Input::Repaired(compacted.clone()));
+    e.handle(
+        t0,
+        Input::RepairDone(RepairEnd::Done {
+            current_version: 1_000,
+        }),
+    );
+    assert_eq!(drain(&mut e, t0), [Output::Apply(vec![compacted])]);
+    assert_eq!(e.counters().catchups_compacted, 1);
+}
+
+#[test]
+fn packets_of_another_stream_are_dropped_until_registration_names_it() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, 0, 1, info(0, 1));
+    let header = crate::wire::packet::PacketHeader {
+        kind: PacketKind::Heartbeat,
+        flags: 0,
+        compression: crate::wire::packet::Compression::None,
+        length: 0,
+        stream_id: 8,
+        seq: 1,
+        key_epoch: 1,
+    };
+    let mut body = Vec::new();
+    Heartbeat {
+        latest_version: 3,
+        oldest_version: 1,
+        timestamp_us: 0,
+    }
+    .encode(&mut body);
+    let packet = OpenPacket {
+        header,
+        payload: body.clone(),
+    };
+    e.handle(t0, Input::Packet(packet));
+    assert_eq!(e.counters().dropped_stream, 1);
+    assert_eq!(e.known_latest(), 0);
+    // Re-registration is due at most every 250 ms after the last one.
+    assert_eq!(only_requests(drain(&mut e, t0)), []);
+    let t1 = t0 + 251 * MS;
+    assert_eq!(only_requests(drain(&mut e, t1)), [Output::Hello]);
+    let mut moved = info(0, 1);
+    moved.stream_id = 8;
+    e.handle(t1, Input::Registered(Box::new(moved)));
+    e.handle(
+        t1,
+        Input::Packet(OpenPacket {
+            header,
+            payload: body,
+        }),
+    );
+    assert_eq!(e.known_latest(), 3);
+}
