@@ -87,7 +87,7 @@ fn a_changed_history_is_adopted_by_resync_retried_until_it_succeeds() {
     let resync = Output::Resync {
         new_history: Some(2),
     };
-    assert_eq!(drain(&mut e, t0), [resync.clone()]);
+    assert_eq!(drain(&mut e, t0), std::slice::from_ref(&resync));
     e.handle(t0, Input::ResyncFailed);
     // Meanwhile nothing else runs (no catch-up of the other history, no report), and no
     // timer stays due: a driver sleeps until the retry.
