@@ -70,6 +70,8 @@ impl Drop for Registration {
     }
 }
 
+/// Starts a subscription: registers, plans what the host is owed, and starts the receive
+/// and process threads. (Long: it assembles the parts the two threads share, in order.)
 pub(super) fn start(
     cfg: &SubscriberConfig,
     store: &Arc<SubscriberStore>,

@@ -504,7 +504,8 @@ fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
 }
 
 impl Message {
-    /// Appends the whole frame (length, type, body).
+    /// Appends the whole frame (length, type, body). (Long: one arm per message, in the
+    /// order of PROTOCOL.md's message table, mirrored by `parse`.)
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.put_u32(0);
@@ -708,7 +709,8 @@ impl Message {
         v
     }
 
-    /// Parses a frame's type and body (everything after the length field).
+    /// Parses a frame's type and body (everything after the length field). (Long: one
+    /// arm per message, mirroring `encode`.)
     pub fn parse(frame: &[u8]) -> Result<Message, WireError> {
         let mut r = Reader::new(frame);
         let msg = match r.u8("message type")? {

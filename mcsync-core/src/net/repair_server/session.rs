@@ -186,7 +186,7 @@ fn request_name(msg: &Message) -> Option<&'static str> {
     })
 }
 
-/// Answers a request of a registered session.
+/// Answers a request of a registered session. (Long: one arm per request type.)
 fn answer_registered(
     ctx: &ServerContext,
     peer: SocketAddr,
