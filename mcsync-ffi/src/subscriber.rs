@@ -8,12 +8,10 @@ use crate::config::mcsync_subscriber_config;
 use crate::error::{mcsync_status, FfiError};
 use crate::resync::{mcsync_resync_report, report_to_c};
 use crate::stats::mcsync_stats;
-use mcsync_core::sync::Locked;
-use mcsync_core::{OpKind, Record, SubscribeOptions, Subscriber, Subscription, Update};
+use mcsync_core::{Error, OpKind, Record, SubscribeOptions, Subscriber, Subscription, Update};
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 /// What an operation in an update does.
@@ -142,15 +140,6 @@ pub type mcsync_free_callback = Option<unsafe extern "C" fn(user_data: *mut c_vo
 pub struct mcsync_subscriber {
     /// Shared (weakly) with its subscriptions, for `mcsync_subscription_wait_until_current`.
     inner: Arc<Subscriber>,
-    /// Set by close; the flags of every subscription made, so closing the subscriber also
-    /// stops callbacks at once when it is closed from inside one.
-    state: Mutex<SubscriberState>,
-}
-
-#[derive(Default)]
-struct SubscriberState {
-    closed: bool,
-    stopped: Vec<Arc<AtomicBool>>,
 }
 
 /// A live replica of one database. Created by `mcsync_subscriber_subscribe`, freed by
@@ -161,8 +150,6 @@ pub struct mcsync_subscription {
     /// The subscriber that made it (whose configuration reaches the publisher); the
     /// subscriber's handle owns it.
     subscriber: Weak<Subscriber>,
-    /// Shared with the callback: once set, no further callback starts.
-    stopped: Arc<AtomicBool>,
 }
 
 /// A snapshot of every record of a replica, in key order, as of one consistent version.
@@ -259,7 +246,7 @@ struct HostCallback {
 
 impl HostCallback {
     fn deliver(&mut self, update: &Update) {
-        // No check of `stopped` here: the engine counts an update as delivered once this
+        // No check of a stop flag here: the engine counts an update as delivered once this
         // returns, so skipping the call would lose it for good. The engine itself starts no
         // callback after its subscription was told to stop (close from any thread, or from
         // inside a callback); what was not called back is replayed at the next subscribe.
@@ -275,12 +262,18 @@ impl HostCallback {
 struct HostVote {
     vote: unsafe extern "C" fn(*mut c_void, *const mcsync_update, *mut c_char, usize) -> c_int,
     user: Arc<UserData>,
-    stopped: Arc<AtomicBool>,
+    /// The subscription's own closed state (set once subscribe returned it): the engine
+    /// asks for a vote without checking it, and a close from inside an update callback
+    /// must stop this callback too.
+    closed: Arc<ClosedProbe>,
 }
+
+/// Reads a core subscription's closed state; empty until the subscription exists.
+type ClosedProbe = OnceLock<Box<dyn Fn() -> bool + Send + Sync>>;
 
 impl HostVote {
     fn decide(&mut self, update: &Update) -> Result<(), String> {
-        if self.stopped.load(Ordering::SeqCst) {
+        if self.closed.get().is_some_and(|closed| closed()) {
             return Err("the participant's subscription is closing".into());
         }
         let mut reason = [0u8; MCSYNC_VOTE_REASON_BYTES];
@@ -328,7 +321,6 @@ pub unsafe extern "C" fn mcsync_subscriber_open(
         let subscriber = Subscriber::open(cfg)?;
         *slot = into_handle(mcsync_subscriber {
             inner: Arc::new(subscriber),
-            state: Mutex::new(SubscriberState::default()),
         });
         Ok(())
     }
@@ -494,16 +486,7 @@ unsafe fn subscribe(
     let s = borrow(subscriber, "subscriber")?;
     let name = str_arg(name, "name")?;
     let slot = out(out_subscription, "out_subscription")?;
-    let closed_error = || {
-        FfiError::new(
-            mcsync_status::MCSYNC_ERR_CLOSED,
-            format!("subscriber is closed; cannot subscribe to {name:?}"),
-        )
-    };
-    if s.state.locked().closed {
-        return Err(closed_error());
-    }
-    let stopped = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(ClosedProbe::new());
     let mut host = HostCallback {
         callback,
         user: user.clone(),
@@ -513,7 +496,7 @@ unsafe fn subscribe(
         let mut host = HostVote {
             vote,
             user: user.clone(),
-            stopped: stopped.clone(),
+            closed: closed.clone(),
         };
         Box::new(move |u: &Update| host.decide(u)) as mcsync_core::VoteCallback
     });
@@ -523,22 +506,15 @@ unsafe fn subscribe(
         participant: participant.is_some(),
         vote,
     };
-    let subscription = s.inner.subscribe_with_options(name, options)?;
-    let mut state = s.state.locked();
-    if state.closed {
-        // Closed while we were registering.
-        drop(state);
-        stopped.store(true, Ordering::SeqCst);
-        let _ = subscription.close();
-        return Err(closed_error());
-    }
-    state.stopped.retain(|f| !f.load(Ordering::SeqCst));
-    state.stopped.push(stopped.clone());
-    drop(state);
+    // The core refuses a closed subscriber, and closes a subscription made while it closed.
+    let subscription = s
+        .inner
+        .subscribe_with_options(name, options)
+        .map_err(|e| closed_for(e, || format!("subscribe to {name:?}")))?;
+    let _ = closed.set(Box::new(subscription.closed_probe()));
     *slot = into_handle(mcsync_subscription {
         inner: subscription,
         subscriber: Arc::downgrade(&s.inner),
-        stopped,
     });
     Ok(())
 }
@@ -597,20 +573,13 @@ unsafe fn one_shot(
     let s = borrow(subscriber, "subscriber")?;
     let name = str_arg(name, "name")?;
     let slot = out(out_report, "out_report")?;
-    if s.state.locked().closed {
-        return Err(FfiError::new(
-            mcsync_status::MCSYNC_ERR_CLOSED,
-            format!(
-                "subscriber is closed; cannot {} {name:?}",
-                if apply { "resync" } else { "verify" }
-            ),
-        ));
-    }
+    let what = if apply { "resync" } else { "verify" };
     let report = if apply {
-        s.inner.resync(name)?
+        s.inner.resync(name)
     } else {
-        s.inner.verify(name)?
-    };
+        s.inner.verify(name)
+    }
+    .map_err(|e| closed_for(e, || format!("{what} {name:?}")))?;
     *slot = report_to_c(&report);
     Ok(())
 }
@@ -626,17 +595,20 @@ pub unsafe extern "C" fn mcsync_subscriber_close(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let s = borrow(subscriber, "subscriber")?;
-        stop_all(s);
         s.inner.close()?;
         Ok(())
     }
 }
 
-fn stop_all(s: &mcsync_subscriber) {
-    let mut state = s.state.locked();
-    state.closed = true;
-    for f in state.stopped.drain(..) {
-        f.store(true, Ordering::SeqCst);
+/// The core's refusal of a closed subscriber, naming what the call was to do (`what`);
+/// other errors as they are.
+fn closed_for(e: Error, what: impl FnOnce() -> String) -> FfiError {
+    match e {
+        Error::Closed(m) if m == "subscriber is closed" => FfiError::new(
+            mcsync_status::MCSYNC_ERR_CLOSED,
+            format!("subscriber is closed; cannot {}", what()),
+        ),
+        e => e.into(),
     }
 }
 
@@ -646,7 +618,6 @@ fn stop_all(s: &mcsync_subscriber) {
 pub unsafe extern "C" fn mcsync_subscriber_free(subscriber: *mut mcsync_subscriber) {
     ffi_panic_boundary! { on_panic = ();
         if let Some(s) = subscriber.as_ref() {
-            stop_all(s);
             // Explicit: a wait_until_current in progress holds the subscriber too.
             let _ = s.inner.close();
         }
@@ -919,7 +890,7 @@ pub unsafe extern "C" fn mcsync_subscription_request_resync(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let s = borrow(subscription, "subscription")?;
-        if s.inner.is_closed() || s.stopped.load(Ordering::SeqCst) {
+        if s.inner.is_closed() {
             return Err(FfiError::new(
                 mcsync_status::MCSYNC_ERR_CLOSED,
                 format!("subscription to {:?} is closed; cannot resync", s.inner.name()),
@@ -970,7 +941,7 @@ pub unsafe extern "C" fn mcsync_subscription_is_closed(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let s = borrow(subscription, "subscription")?;
-        *out(closed, "closed")? = s.inner.is_closed() || s.stopped.load(Ordering::SeqCst);
+        *out(closed, "closed")? = s.inner.is_closed();
         Ok(())
     }
 }
@@ -990,7 +961,6 @@ pub unsafe extern "C" fn mcsync_subscription_close(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let s = borrow(subscription, "subscription")?;
-        s.stopped.store(true, Ordering::SeqCst);
         s.inner.close()?;
         Ok(())
     }
@@ -1003,7 +973,6 @@ pub unsafe extern "C" fn mcsync_subscription_close(
 pub unsafe extern "C" fn mcsync_subscription_free(subscription: *mut mcsync_subscription) {
     ffi_panic_boundary! { on_panic = ();
         if let Some(s) = subscription.as_ref() {
-            s.stopped.store(true, Ordering::SeqCst);
             // Explicit: other clones (none today) must not keep it running.
             let _ = s.inner.close();
         }

@@ -1089,3 +1089,175 @@ fn setters_refuse_what_core_refuses_with_the_same_message() {
         mcsync_subscriber_config_free(sc);
     }
 }
+
+/// A slow host for the stop tests: logs versions (sleeping a little in each callback so
+/// a close lands mid-stream) and, at `close_at`, closes the subscriber from the callback.
+struct SlowHost {
+    versions: std::sync::Mutex<Vec<u64>>,
+    subscriber: AtomicPtr<mcsync_subscriber>,
+    close_at: u64,
+}
+
+unsafe extern "C" fn slow_update(user_data: *mut c_void, update: *const mcsync_update) {
+    let host = &*(user_data as *const SlowHost);
+    let v = (*update).version;
+    host.versions.lock().unwrap().push(v);
+    std::thread::sleep(Duration::from_millis(2));
+    if host.close_at != 0 && v == host.close_at {
+        let s = host.subscriber.load(Ordering::SeqCst);
+        assert_eq!(mcsync_subscriber_close(s), mcsync_status::MCSYNC_OK);
+    }
+}
+
+fn slow_host(subscriber: *mut mcsync_subscriber, close_at: u64) -> SlowHost {
+    SlowHost {
+        versions: Default::default(),
+        subscriber: AtomicPtr::new(subscriber),
+        close_at,
+    }
+}
+
+unsafe fn is_closed(sub: *const mcsync_subscription) -> bool {
+    let mut closed = false;
+    ok(mcsync_subscription_is_closed(sub, &mut closed));
+    closed
+}
+
+/// The stop state lives in the engine: after `mcsync_subscription_close` from another
+/// thread no callback runs, and what was not called back comes at the next subscribe;
+/// `mcsync_subscriber_close` from inside a callback stops the rest of that batch and
+/// closes every subscription of the subscriber.
+#[test]
+fn closing_stops_callbacks_at_once_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    unsafe {
+        let (publisher, subscriber) = open_pair(dir.path());
+        let mut db = null_mut();
+        ok(mcsync_publisher_database(
+            publisher,
+            c("slow").as_ptr(),
+            &mut db,
+        ));
+        let put = |i: u32| {
+            let key = format!("key-{i:03}");
+            let mut v = 0;
+            ok(mcsync_db_put(
+                db,
+                key.as_ptr(),
+                key.len(),
+                b"v".as_ptr(),
+                1,
+                &mut v,
+            ));
+            v
+        };
+        // Published before subscribing: the replica catches up in large batches.
+        for i in 0..300 {
+            put(i);
+        }
+        let subscribe = |host: &SlowHost| {
+            let mut sub = null_mut();
+            ok(mcsync_subscriber_subscribe(
+                subscriber,
+                c("slow").as_ptr(),
+                Some(slow_update),
+                host as *const SlowHost as *mut c_void,
+                None,
+                &mut sub,
+            ));
+            sub
+        };
+
+        // Close from another thread while callbacks run.
+        let first = slow_host(subscriber, 0);
+        let sub = subscribe(&first);
+        let start = Instant::now();
+        while first.versions.lock().unwrap().len() < 20 {
+            assert!(start.elapsed() < Duration::from_secs(60), "no callback");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let sub_addr = sub as usize;
+        std::thread::spawn(move || {
+            ok(mcsync_subscription_close(
+                sub_addr as *const mcsync_subscription,
+            ))
+        })
+        .join()
+        .unwrap();
+        let at_close = first.versions.lock().unwrap().clone();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            *first.versions.lock().unwrap(),
+            at_close,
+            "a callback ran after close"
+        );
+        assert!(is_closed(sub));
+        let n = *at_close.last().unwrap();
+        assert!(n < 300, "closed after every callback had run");
+        assert_eq!(at_close, (1..=n).collect::<Vec<_>>());
+        mcsync_subscription_free(sub);
+
+        // The next subscribe replays the rest; the subscriber is closed from its callback.
+        let other = slow_host(subscriber, 0);
+        let mut other_db = null_mut();
+        ok(mcsync_publisher_database(
+            publisher,
+            c("other").as_ptr(),
+            &mut other_db,
+        ));
+        let mut other_sub = null_mut();
+        ok(mcsync_subscriber_subscribe(
+            subscriber,
+            c("other").as_ptr(),
+            Some(slow_update),
+            &other as *const SlowHost as *mut c_void,
+            None,
+            &mut other_sub,
+        ));
+        let close_at = n + (300 - n) / 2;
+        let second = slow_host(subscriber, close_at);
+        let sub = subscribe(&second);
+        let start = Instant::now();
+        while !is_closed(sub) {
+            assert!(start.elapsed() < Duration::from_secs(60), "never closed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(is_closed(other_sub));
+        // The rest of the batch was not called back.
+        mcsync_subscription_free(sub);
+        assert_eq!(
+            *second.versions.lock().unwrap(),
+            (n + 1..=close_at).collect::<Vec<_>>()
+        );
+        mcsync_subscription_free(other_sub);
+        // A closed subscriber refuses, naming what was refused.
+        let mut again = null_mut();
+        assert_eq!(
+            mcsync_subscriber_subscribe(
+                subscriber,
+                c("slow").as_ptr(),
+                None,
+                null_mut(),
+                None,
+                &mut again
+            ),
+            mcsync_status::MCSYNC_ERR_CLOSED
+        );
+        assert!(again.is_null());
+        assert_eq!(
+            last_error(),
+            "subscriber is closed; cannot subscribe to \"slow\""
+        );
+        let mut report = null_mut();
+        assert_eq!(
+            mcsync_subscriber_verify(subscriber, c("slow").as_ptr(), &mut report),
+            mcsync_status::MCSYNC_ERR_CLOSED
+        );
+        assert_eq!(last_error(), "subscriber is closed; cannot verify \"slow\"");
+        mcsync_subscriber_free(subscriber);
+        mcsync_db_free(db);
+        mcsync_db_free(other_db);
+        ok(mcsync_publisher_close(publisher));
+        mcsync_publisher_free(publisher);
+    }
+}

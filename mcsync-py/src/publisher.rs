@@ -3,19 +3,20 @@
 //! A prepared two-phase update holds the publisher's intake (every later commit waits
 //! behind it, and closing the publisher would wait for it forever), so the prepared updates
 //! made through Python are registered with their publisher ([`PubShared`]) and rolled back
-//! before it closes; a one-phase commit queued behind one waits interruptibly.
+//! before it closes. A one-phase commit is submitted to the core and waited for in slices
+//! (see [`PubShared::commit`]), so Ctrl-C interrupts one queued behind a prepared update.
 
 use crate::convert::{addr_tuple, bytes_arg, finite_timeout_arg, ipv4_arg, records_list};
 use crate::convert::{names_arg, seconds_arg, socket_addr_arg, stats_dict};
 use crate::errors::{config_error, raise, OrRaise};
-use crate::lifecycle::{interruptible, track_publisher, ReleaseOnDrop};
+use crate::lifecycle::{interruptible, track_publisher, ReleaseOnDrop, SLICE};
 use crate::security::{authentication_arg, identity_arg, schedule_arg};
 use mcsync::sync::Locked;
 use mcsync::ErrorKind;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -28,8 +29,6 @@ pub(crate) struct PubShared {
     core: mcsync::Publisher,
     /// Two-phase updates prepared and not yet known to be resolved.
     prepared: Mutex<PreparedRegistry>,
-    /// Prepares in progress (waiting for the intake or for votes).
-    preparing: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -43,7 +42,6 @@ impl PubShared {
         PubShared {
             core,
             prepared: Mutex::new(PreparedRegistry::default()),
-            preparing: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -73,25 +71,19 @@ impl PubShared {
         true
     }
 
-    /// Whether a two-phase update is being prepared or waits for its outcome: the intake
-    /// (and so every commit) waits for it.
-    fn intake_held(&self) -> bool {
-        if self.preparing.load(Ordering::SeqCst) > 0 {
-            return true;
-        }
-        let r = self.prepared.locked();
-        r.slots
-            .iter()
-            .any(|w| w.upgrade().is_some_and(|s| s.is_pending()))
-    }
-
-    /// Commits a one-phase transaction: with the GIL released, and interruptibly when the
-    /// intake is held by a two-phase update (it could wait indefinitely then).
+    /// Commits a one-phase transaction: submits it to the core, then waits for its version
+    /// with the GIL released, checking for signals between slices (a commit queued behind
+    /// a prepared two-phase update can wait indefinitely). If a signal handler raises
+    /// (Ctrl-C), the exception propagates at once, but the commit still completes in the
+    /// core: it is journaled and multicast, and its version is not reported.
     fn commit(&self, py: Python<'_>, t: mcsync::Transaction) -> PyResult<u64> {
-        if self.intake_held() {
-            interruptible(py, "commit", move || t.commit())?.or_raise(py)
-        } else {
-            py.detach(|| t.commit()).or_raise(py)
+        // Blocks only while the core's intake queue (thousands of commits) is full.
+        let pending = py.detach(|| t.submit()).or_raise(py)?;
+        loop {
+            if let Some(result) = py.detach(|| pending.wait(SLICE)) {
+                return result.or_raise(py);
+            }
+            py.check_signals()?;
         }
     }
 
@@ -104,11 +96,8 @@ impl PubShared {
         timeout: Duration,
         database: &str,
     ) -> PyResult<Arc<PreparedSlot>> {
-        // Counts the prepare as holding the intake until its outcome is registered or
-        // dropped (by the helper thread, when the caller was interrupted).
-        let guard = Preparing::new(&self.preparing);
-        let (prepared, guard) = interruptible(py, "prepare", move || {
-            (t.prepare(timeout).map(ReleaseOnDrop::new), guard)
+        let prepared = interruptible(py, "prepare", move || {
+            t.prepare(timeout).map(ReleaseOnDrop::new)
         })?;
         let prepared = prepared.or_raise(py)?;
         let slot = Arc::new(PreparedSlot {
@@ -116,9 +105,7 @@ impl PubShared {
             version: prepared.version(),
             state: Mutex::new(PrepState::Pending(prepared)),
         });
-        let registered = self.register(&slot);
-        drop(guard);
-        if !registered {
+        if !self.register(&slot) {
             py.detach(|| slot.abandon());
             return Err(raise(
                 py,
@@ -138,22 +125,6 @@ impl Drop for PubShared {
         // Every prepared update is held by objects that keep this alive; this only guards
         // the core's close against waiting for one.
         let _ = self.close();
-    }
-}
-
-/// One prepare in progress, counted while it lives.
-struct Preparing(Arc<AtomicUsize>);
-
-impl Preparing {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Preparing(Arc::clone(count))
-    }
-}
-
-impl Drop for Preparing {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -55,10 +55,8 @@ pub(crate) struct PySubscriber {
 }
 
 impl PySubscriber {
+    /// A verify or resync; the engine refuses a closed subscriber.
     fn one_shot(&self, py: Python<'_>, name: &str, apply: bool) -> PyResult<PyResyncReport> {
-        if self.closed() {
-            return Err(raise(py, ErrorKind::Closed, "subscriber is closed"));
-        }
         let subscriber = Arc::clone(&self.core);
         let name = name.to_owned();
         let report = interruptible(py, if apply { "resync" } else { "verify" }, move || {
@@ -224,9 +222,7 @@ impl PySubscriber {
         vote: Option<Bound<'_, PyAny>>,
         after: Option<u64>,
     ) -> PyResult<PySubscription> {
-        if self.closed() {
-            return Err(raise(py, ErrorKind::Closed, "subscriber is closed"));
-        }
+        // The engine refuses a closed subscriber (closed here or by close_all).
         for (what, f) in [
             ("on_update", &on_update),
             ("on_error", &on_error),

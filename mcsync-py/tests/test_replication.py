@@ -200,6 +200,28 @@ def test_closed_publisher_refuses_writes(publisher: mcsync.Publisher) -> None:
     publisher.close()  # idempotent
 
 
+def test_a_closed_subscriber_refuses_what_would_start_work(
+    publisher: mcsync.Publisher, make_subscriber: Callable[..., mcsync.Subscriber]
+) -> None:
+    # The engine refuses: closed by close(), or only in the engine (close_all at exit).
+    publisher.database("shut").put("a", "1")
+    closed_here = make_subscriber("here")
+    closed_here.close()
+    closed_at_exit = make_subscriber("exit")
+    sub = closed_at_exit.subscribe("shut")
+    sub.wait_for_version(1, timeout=CONVERGE)
+    mcsync.close_all()
+    assert sub.closed
+    for s in (closed_here, closed_at_exit):
+        with pytest.raises(mcsync.ClosedError, match="^subscriber is closed$"):
+            s.subscribe("shut")
+        with pytest.raises(mcsync.ClosedError, match="^subscriber is closed$"):
+            s.verify("shut")
+        with pytest.raises(mcsync.ClosedError, match="^subscriber is closed$"):
+            s.resync("shut")
+    assert sub.get("a") == b"1"  # the replica stays readable
+
+
 def test_async_durability_returns_at_once_and_flush_waits_for_the_journal(
     tmp_path: Path,
 ) -> None:

@@ -4,10 +4,11 @@ use super::intake::{CommitRequest, Intake, PrepareRequest, PreparedTicket};
 use super::{publisher_closed, Database, DbShared};
 use crate::proto::two_phase::Decision;
 use crate::stats::inc;
+use crate::sync::Locked;
 use crate::wire::update::{validate_op, MAX_KEY_LEN};
 use crate::{Error, Op, Result};
 use crossbeam_channel as chan;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A pending master transaction: operations collected by [`put`](Transaction::put) and
@@ -82,7 +83,7 @@ impl Transaction {
 
     /// Checks the transaction is not empty and hands it to the intake thread as `make`
     /// builds it; returns the channel the answer comes back on.
-    fn submit<T>(
+    fn send_to_intake<T>(
         self,
         make: impl FnOnce(Arc<DbShared>, Vec<Op>, chan::Sender<T>) -> Intake,
     ) -> Result<chan::Receiver<T>> {
@@ -100,9 +101,21 @@ impl Transaction {
     }
 
     /// Journals the transaction durably, queues it for multicast, and returns its version.
+    /// The same as [`submit`](Transaction::submit) followed by
+    /// [`Pending::wait_forever`].
     pub fn commit(self) -> Result<u64> {
-        let rx = self.submit(|db, ops, reply| Intake::Commit(CommitRequest { db, ops, reply }))?;
-        rx.recv().map_err(|_| publisher_closed())?
+        self.submit()?.wait_forever()
+    }
+
+    /// Hands the transaction to the publisher and returns at once; the version (or the
+    /// error [`commit`](Transaction::commit) would return) comes through the [`Pending`].
+    /// The commit goes on whether or not anyone waits for it; dropping the `Pending` only
+    /// discards its answer. Errors found before handing it over (an empty transaction, a
+    /// closed publisher) are returned here.
+    pub fn submit(self) -> Result<Pending<u64>> {
+        let rx =
+            self.send_to_intake(|db, ops, reply| Intake::Commit(CommitRequest { db, ops, reply }))?;
+        Ok(Pending::new(rx))
     }
 
     /// Discards the transaction (the same as dropping it): nothing was written or sent.
@@ -121,8 +134,8 @@ impl Transaction {
     pub fn prepare(self, timeout: Duration) -> Result<Prepared> {
         let inner = self.db.inner.clone();
         let name = self.db.name().to_owned();
-        let rx =
-            self.submit(|db, ops, reply| Intake::Prepare(PrepareRequest { db, ops, reply }))?;
+        let rx = self
+            .send_to_intake(|db, ops, reply| Intake::Prepare(PrepareRequest { db, ops, reply }))?;
         let ticket = rx.recv().map_err(|_| publisher_closed())??;
         let v = ticket.version;
         let mut prepared = Prepared {
@@ -194,5 +207,137 @@ impl Drop for Prepared {
         if self.ticket.is_some() {
             let _ = self.resolve(Decision::Abort);
         }
+    }
+}
+
+/// An answer that will come: "submit now, wait later". Returned by
+/// [`Transaction::submit`]; [`wait`](Pending::wait) in slices (checking for signals or a
+/// deadline in between) or [`wait_forever`](Pending::wait_forever). The work goes on
+/// whether or not anyone waits; dropping a `Pending` only discards the answer.
+pub struct Pending<T> {
+    // Waiters take turns: the one holding the lock receives and keeps the answer.
+    state: Mutex<PendingState<T>>,
+}
+
+struct PendingState<T> {
+    rx: chan::Receiver<Result<T>>,
+    answer: Option<Result<T>>,
+}
+
+impl<T: Clone> Pending<T> {
+    pub(crate) fn new(rx: chan::Receiver<Result<T>>) -> Self {
+        Pending {
+            state: Mutex::new(PendingState { rx, answer: None }),
+        }
+    }
+
+    /// Waits up to `timeout` for the answer: `None` if it has not come yet. Once it has,
+    /// it is kept, and every later call returns it again at once. If the publisher closed
+    /// without answering, the answer is [`Error::Closed`].
+    pub fn wait(&self, timeout: Duration) -> Option<Result<T>> {
+        let mut s = self.state.locked();
+        if s.answer.is_none() {
+            s.answer = match s.rx.recv_timeout(timeout) {
+                Ok(answer) => Some(answer),
+                Err(chan::RecvTimeoutError::Timeout) => return None,
+                Err(chan::RecvTimeoutError::Disconnected) => Some(Err(publisher_closed())),
+            };
+        }
+        s.answer.as_ref().map(clone_result)
+    }
+
+    /// Whether the answer has come (a [`wait`](Pending::wait) would return it at once).
+    pub fn is_ready(&self) -> bool {
+        self.wait(Duration::ZERO).is_some()
+    }
+
+    /// Waits for the answer however long it takes.
+    pub fn wait_forever(self) -> Result<T> {
+        let s = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        match s.answer {
+            Some(answer) => answer,
+            None => s.rx.recv().map_err(|_| publisher_closed())?,
+        }
+    }
+}
+
+/// A copy of an answer: [`Error`] is not `Clone` (its I/O variant holds an
+/// `std::io::Error`), so the copy of an I/O error has the same kind and text.
+fn clone_result<T: Clone>(r: &Result<T>) -> Result<T> {
+    match r {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => Err(clone_error(e)),
+    }
+}
+
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Io { context, source } => Error::Io {
+            context: context.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Aborted {
+            message,
+            refused,
+            timed_out,
+        } => Error::Aborted {
+            message: message.clone(),
+            refused: refused.clone(),
+            timed_out: timed_out.clone(),
+        },
+        other => Error::new(other.kind(), other.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_keeps_its_answer() {
+        let (tx, rx) = chan::bounded(1);
+        let p = Pending::<u64>::new(rx);
+        assert!(p.wait(Duration::from_millis(5)).is_none());
+        assert!(!p.is_ready());
+        tx.send(Ok(7)).unwrap();
+        drop(tx);
+        assert_eq!(p.wait(Duration::ZERO).unwrap().unwrap(), 7);
+        assert!(p.is_ready());
+        assert_eq!(p.wait(Duration::ZERO).unwrap().unwrap(), 7);
+        assert_eq!(p.wait_forever().unwrap(), 7);
+    }
+
+    #[test]
+    fn pending_errors_are_kept_and_closed_when_unanswered() {
+        let (tx, rx) = chan::bounded(1);
+        let p = Pending::<u64>::new(rx);
+        let refused = Error::Aborted {
+            message: "no".into(),
+            refused: vec![("a".into(), "why".into())],
+            timed_out: vec!["b".into()],
+        };
+        tx.send(Err(refused)).unwrap();
+        for _ in 0..2 {
+            match p.wait(Duration::ZERO) {
+                Some(Err(Error::Aborted {
+                    refused, timed_out, ..
+                })) => {
+                    assert_eq!(refused.len(), 1);
+                    assert_eq!(timed_out, vec!["b".to_string()]);
+                }
+                _ => panic!("expected the kept abort"),
+            }
+        }
+        let (tx, rx) = chan::bounded::<Result<u64>>(1);
+        drop(tx);
+        let p = Pending::new(rx);
+        let e = p.wait(Duration::from_secs(5)).unwrap().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Closed);
+        let (tx, rx) = chan::bounded::<Result<u64>>(1);
+        drop(tx);
+        assert_eq!(
+            Pending::new(rx).wait_forever().unwrap_err().kind(),
+            crate::ErrorKind::Closed
+        );
     }
 }
