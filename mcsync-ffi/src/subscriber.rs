@@ -11,7 +11,7 @@ use crate::stats::mcsync_stats;
 use mcsync_core::{Error, OpKind, Record, SubscribeOptions, Subscriber, Subscription, Update};
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// What an operation in an update does.
@@ -262,20 +262,10 @@ impl HostCallback {
 struct HostVote {
     vote: unsafe extern "C" fn(*mut c_void, *const mcsync_update, *mut c_char, usize) -> c_int,
     user: Arc<UserData>,
-    /// The subscription's own closed state (set once subscribe returned it): the engine
-    /// asks for a vote without checking it, and a close from inside an update callback
-    /// must stop this callback too.
-    closed: Arc<ClosedProbe>,
 }
-
-/// Reads a core subscription's closed state; empty until the subscription exists.
-type ClosedProbe = OnceLock<Box<dyn Fn() -> bool + Send + Sync>>;
 
 impl HostVote {
     fn decide(&mut self, update: &Update) -> Result<(), String> {
-        if self.closed.get().is_some_and(|closed| closed()) {
-            return Err("the participant's subscription is closing".into());
-        }
         let mut reason = [0u8; MCSYNC_VOTE_REASON_BYTES];
         // SAFETY: the host supplied a valid function; `reason` holds `reason.len()` writable
         // bytes and everything passed outlives the call.
@@ -486,7 +476,6 @@ unsafe fn subscribe(
     let s = borrow(subscriber, "subscriber")?;
     let name = str_arg(name, "name")?;
     let slot = out(out_subscription, "out_subscription")?;
-    let closed = Arc::new(ClosedProbe::new());
     let mut host = HostCallback {
         callback,
         user: user.clone(),
@@ -496,7 +485,6 @@ unsafe fn subscribe(
         let mut host = HostVote {
             vote,
             user: user.clone(),
-            closed: closed.clone(),
         };
         Box::new(move |u: &Update| host.decide(u)) as mcsync_core::VoteCallback
     });
@@ -511,7 +499,6 @@ unsafe fn subscribe(
         .inner
         .subscribe_with_options(name, options)
         .map_err(|e| closed_for(e, || format!("subscribe to {name:?}")))?;
-    let _ = closed.set(Box::new(subscription.closed_probe()));
     *slot = into_handle(mcsync_subscription {
         inner: subscription,
         subscriber: Arc::downgrade(&s.inner),

@@ -233,6 +233,10 @@ impl Driver {
         let mut applied_form = [update];
         let shown = self.filter(&mut applied_form);
         let verdict = match self.vote.as_mut() {
+            // Closed (perhaps from inside a callback): the host is asked nothing more.
+            Some(_) if self.shared.stop.is_stopped() => {
+                Err("the participant's subscription is closing".into())
+            }
             Some(f) => {
                 let run = std::panic::AssertUnwindSafe(|| f(&shown[0]));
                 std::panic::catch_unwind(run)

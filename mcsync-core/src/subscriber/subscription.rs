@@ -171,15 +171,6 @@ impl Subscription {
         self.shared.stop.is_stopped()
     }
 
-    /// Tells whether the subscription has closed (as [`is_closed`](Subscription::is_closed))
-    /// without keeping it open: for a callback of this subscription, which must not hold a
-    /// clone of it (a clone keeps it open). Reads the flag every close sets; true too once
-    /// the subscription is gone.
-    pub fn closed_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let shared = Arc::downgrade(&self.shared);
-        move || shared.upgrade().is_none_or(|s| s.stop.is_stopped())
-    }
-
     /// Stops both threads and closes the socket. Idempotent. May be called from the
     /// subscription's own callback: it then returns at once and the threads exit after the
     /// callback returns.
