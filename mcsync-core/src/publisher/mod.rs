@@ -394,6 +394,13 @@ impl Database {
         self.db.committed.load(Ordering::SeqCst)
     }
 
+    /// Oldest version the journal still holds (1 until retention trims it): a replica at
+    /// an older version catches up by hash resync instead of from the journal.
+    pub fn oldest_version(&self) -> u64 {
+        use crate::net::repair_server::PublishedDatabase;
+        self.db.info().oldest_version
+    }
+
     /// The database's incarnation id: random, nonzero, drawn when the database was first
     /// published from this data directory and kept durably across restarts. Subscribers
     /// get it in HELLO_OK and STATUS; a replica that sees a different one (the publisher's
