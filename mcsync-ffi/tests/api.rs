@@ -1090,8 +1090,8 @@ fn setters_refuse_what_core_refuses_with_the_same_message() {
     }
 }
 
-/// A slow host for the stop tests: logs versions (sleeping a little in each callback so
-/// a close lands mid-stream) and, at `close_at`, closes the subscriber from the callback.
+/// A slow host for the stop tests: logs versions (sleeping in each callback so a close
+/// lands mid-stream) and, at `close_at`, closes the subscriber from the callback.
 struct SlowHost {
     versions: std::sync::Mutex<Vec<u64>>,
     subscriber: AtomicPtr<mcsync_subscriber>,
@@ -1102,7 +1102,10 @@ unsafe extern "C" fn slow_update(user_data: *mut c_void, update: *const mcsync_u
     let host = &*(user_data as *const SlowHost);
     let v = (*update).version;
     host.versions.lock().unwrap().push(v);
-    std::thread::sleep(Duration::from_millis(2));
+    // Past the 20th update the first host is slow enough (at least 5.6 s left) that the
+    // close the test sends then lands mid-stream however loaded the machine is.
+    let slow = host.close_at == 0 && v > 20;
+    std::thread::sleep(Duration::from_millis(if slow { 20 } else { 2 }));
     if host.close_at != 0 && v == host.close_at {
         let s = host.subscriber.load(Ordering::SeqCst);
         assert_eq!(mcsync_subscriber_close(s), mcsync_status::MCSYNC_OK);
