@@ -104,6 +104,9 @@ counters!(
         backlog_bytes_peak,
         /// Datagrams the OS refused to send.
         send_errors,
+        /// System calls that sent multicast datagrams (with UDP GSO one call carries a run
+        /// of them: `packets_sent / send_calls` datagrams per call).
+        send_calls,
         /// Repair sessions accepted.
         repair_sessions,
         /// Catch-up requests served.
@@ -178,6 +181,8 @@ counters!(
         packets_received,
         /// Bytes of those datagrams.
         bytes_received,
+        /// System calls that received them (with UDP GRO one call takes a run of them).
+        receive_calls,
         /// Dropped: sent from an address other than the publisher's.
         dropped_source,
         /// Dropped by the injected loss generator.

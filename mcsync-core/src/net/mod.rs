@@ -1,6 +1,7 @@
 //! I/O: sockets (socket2), threads and channels (crossbeam-channel), and the unicast repair
 //! channel. The protocol logic lives in `proto`; this module drives it.
 
+pub mod batch;
 pub mod frame;
 pub mod multicaster;
 pub mod receive;

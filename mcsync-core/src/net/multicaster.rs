@@ -1,6 +1,7 @@
 //! One thread per published database: takes committed updates from the intake, drives the
 //! sans-IO [`Sender`], seals each packet and sends it to the database's group.
 
+use super::batch::BatchSender;
 use super::wall_clock_us;
 use crate::crypto::{EpochKeys, Keyring};
 use crate::proto::two_phase::Decision;
@@ -129,7 +130,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
         p.config.clone(),
     );
     sender.set_oldest_version(p.oldest);
-    let mut datagram = Vec::with_capacity(p.config.datagram_bytes);
+    let mut batch = BatchSender::new(p.group);
     // Set once every sender of `rx` is gone: when to stop sending.
     let mut close_by: Option<Instant> = None;
     let mut last_counters = sender.counters().clone();
@@ -150,16 +151,19 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
             let Some(pkt) = sender.poll_transmit(now, wall_clock_us()) else {
                 break;
             };
+            let mut datagram = Vec::with_capacity(p.config.datagram_bytes);
             if !p.keyring.seal(pkt.header, &pkt.payload, &mut datagram) {
                 log::error!("{}: no key for epoch {}", p.database, pkt.header.key_epoch);
                 inc(&p.counters.send_errors);
                 continue;
             }
-            send(&p, &datagram);
-            p.retransmit
-                .locked()
-                .push(pkt.header.seq, Arc::new(datagram.clone()));
+            let datagram = Arc::new(datagram);
+            p.retransmit.locked().push(pkt.header.seq, datagram.clone());
+            if batch.push(datagram) {
+                flush(&p, &mut batch);
+            }
         }
+        flush(&p, &mut batch);
         // Keys of epochs no built packet uses any more are dropped; the publisher is told
         // once the previous epoch's last packet went out (its grace starts then).
         let oldest = sender.oldest_epoch_in_use();
@@ -267,28 +271,17 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
     }
 }
 
-fn send(p: &MulticasterParts, datagram: &[u8]) {
-    // A full socket buffer (ENOBUFS / EAGAIN) is retried briefly; anything else is counted.
-    for attempt in 0..100 {
-        match p.socket.send_to(datagram, p.group) {
-            Ok(n) => {
-                inc(&p.counters.packets_sent);
-                add(&p.counters.bytes_sent, n as u64);
-                return;
-            }
-            Err(e)
-                if attempt < 99
-                    && matches!(e.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::EAGAIN)) =>
-            {
-                std::thread::sleep(std::time::Duration::from_micros(50));
-            }
-            Err(e) => {
-                log::warn!("{}: send to {} failed: {e}", p.database, p.group);
-                inc(&p.counters.send_errors);
-                return;
-            }
-        }
+/// Sends what the slice sealed (runs of equal-sized datagrams in one call; see
+/// [`super::batch`]).
+fn flush(p: &MulticasterParts, batch: &mut BatchSender) {
+    if batch.is_empty() {
+        return;
     }
+    let f = batch.flush(&p.socket, &p.database);
+    add(&p.counters.packets_sent, f.packets);
+    add(&p.counters.bytes_sent, f.bytes);
+    add(&p.counters.send_errors, f.errors);
+    add(&p.counters.send_calls, f.calls);
 }
 
 fn account(

@@ -2,6 +2,7 @@
 //! parse → decrypt → replay check → bounded channel to the process thread. It never does
 //! more than that, so nothing slows it except the channel being full (which is counted).
 
+use super::batch::BatchReceiver;
 use super::StopFlag;
 use crate::crypto::{Keyring, OpenError};
 use crate::proto::replay::Verdict;
@@ -59,12 +60,12 @@ pub fn spawn(parts: ReceiveParts, tx: Sender<Inbound>) -> std::io::Result<JoinHa
 }
 
 fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
-    let mut buf = vec![0u8; 65_536];
+    let mut receiver = BatchReceiver::new(&p.socket);
     let mut windows: HashMap<u32, ReplayWindow> = HashMap::new();
     let mut joined = true;
     while !p.stop.is_stopped() {
         follow_membership(&p, &mut joined);
-        let (n, from) = match p.socket.recv_from(&mut buf) {
+        let received = match receiver.recv(&p.socket) {
             Ok(x) => x,
             Err(e)
                 if matches!(
@@ -80,15 +81,18 @@ fn run(mut p: ReceiveParts, tx: Sender<Inbound>) {
                 continue;
             }
         };
+        inc(&p.counters.receive_calls);
         if !joined {
             // Left the group: whatever still arrives is not ours to take.
             continue;
         }
-        let Some(packet) = accept(&mut p, &mut windows, &buf[..n], from) else {
-            continue;
-        };
-        if !forward(&p, &tx, packet) {
-            return;
+        for datagram in received.datagrams() {
+            let Some(packet) = accept(&mut p, &mut windows, datagram, received.from) else {
+                continue;
+            };
+            if !forward(&p, &tx, packet) {
+                return;
+            }
         }
     }
 }

@@ -53,6 +53,23 @@ fn version_key(v: u64) -> [u8; 8] {
     v.to_be_bytes()
 }
 
+/// Puts journal entry `v`: appended at the end when it is the newest version (always, in
+/// normal operation), else put in place (a version at or below the last would be a bug
+/// upstream; LMDB's `KEYEXIST` from `MDB_APPEND` must not turn it into a failed commit).
+fn put_journal(
+    txn: &mut lmdb::RwTransaction<'_>,
+    journal: Database,
+    v: u64,
+    encoded: &[u8],
+) -> std::result::Result<(), lmdb::Error> {
+    match txn.put(journal, &version_key(v), &encoded, WriteFlags::APPEND) {
+        Err(lmdb::Error::KeyExist) => {
+            txn.put(journal, &version_key(v), &encoded, WriteFlags::empty())
+        }
+        r => r,
+    }
+}
+
 impl PublisherStore {
     /// Opens (creating) the store in `dir`.
     pub fn open(dir: &Path, map_size: usize) -> Result<PublisherStore> {
@@ -268,27 +285,50 @@ impl PublisherStore {
 
     /// Appends updates (of one or several databases) in one durable transaction: journal,
     /// state, hashes and each database's last version.
+    ///
+    /// Journal keys only grow, so they are appended (`MDB_APPEND`: no search, full pages);
+    /// each database's meta (state sum, last version, journal bytes) is read and written
+    /// once per call, not once per update.
     pub fn append(&self, entries: &[JournalEntry<'_>]) -> Result<()> {
         self.env.write(|txn| {
-            for e in entries {
+            // Per database touched, in order of first appearance: (entry index, sum, last
+            // version, journal bytes added). A commit group holds few databases.
+            let mut touched: Vec<(usize, StateSum, u64, u64)> = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
                 let v = e.update.version;
+                put_journal(txn, e.tables.journal, v, e.encoded)?;
+                let slot = match touched.iter().position(|t| entries[t.0].name == e.name) {
+                    Some(slot) => slot,
+                    None => {
+                        let sum = StateSum::load(txn, self.meta, e.name)?;
+                        touched.push((i, sum, v, 0));
+                        touched.len() - 1
+                    }
+                };
+                let (_, sum, last, bytes) = &mut touched[slot];
+                for op in &e.update.ops {
+                    apply_op(txn, &e.tables.records, sum, op)?;
+                }
+                *last = v;
+                *bytes += e.encoded.len() as u64;
+            }
+            for (i, sum, last, added) in touched {
+                let name = entries[i].name;
+                sum.store(txn, self.meta, name)?;
                 txn.put(
-                    e.tables.journal,
-                    &version_key(v),
-                    &e.encoded,
+                    self.meta,
+                    &format!("v:{name}"),
+                    &last.to_be_bytes(),
                     WriteFlags::empty(),
                 )?;
-                let mut sum = StateSum::load(txn, self.meta, e.name)?;
-                for op in &e.update.ops {
-                    apply_op(txn, &e.tables.records, &mut sum, op)?;
-                }
-                sum.store(txn, self.meta, e.name)?;
-                let key = format!("v:{}", e.name);
-                txn.put(self.meta, &key, &v.to_be_bytes(), WriteFlags::empty())?;
-                let jkey = format!("jbytes:{}", e.name);
+                let jkey = format!("jbytes:{name}");
                 let jb = get_u64(txn, self.meta, jkey.as_bytes())?.unwrap_or(0);
-                let grown = jb + e.encoded.len() as u64;
-                txn.put(self.meta, &jkey, &grown.to_be_bytes(), WriteFlags::empty())?;
+                txn.put(
+                    self.meta,
+                    &jkey,
+                    &(jb + added).to_be_bytes(),
+                    WriteFlags::empty(),
+                )?;
             }
             crate::crash::point("journal.in_commit");
             Ok(())
