@@ -2,9 +2,10 @@
 //! replicas. One write transaction is one unit of durability; readers never see half of one.
 
 pub mod publisher;
+mod state_writer;
 pub mod subscriber;
 
-pub use publisher::PublisherStore;
+pub use publisher::{PublisherStore, StoreCore};
 pub use subscriber::SubscriberStore;
 
 use crate::sync::{Locked, RwLocked};
@@ -153,6 +154,16 @@ impl Env {
         self.env
             .create_db(Some(name), DatabaseFlags::empty())
             .map_err(|e| Error::Storage(format!("opening table {name:?}: {e}")))
+    }
+
+    /// Opens a named database if it exists (never creates one).
+    pub fn existing_db(&self, name: &str) -> Result<Option<Database>> {
+        let _g = self.gate.read_locked();
+        match self.env.open_db(Some(name)) {
+            Ok(db) => Ok(Some(db)),
+            Err(lmdb::Error::NotFound) => Ok(None),
+            Err(e) => Err(Error::Storage(format!("opening table {name:?}: {e}"))),
+        }
     }
 
     /// Runs `f` in a read transaction.

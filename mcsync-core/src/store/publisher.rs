@@ -1,13 +1,23 @@
-//! The publisher's store: per database a journal (version → encoded update), the current
-//! state (key → value) with a content hash per record, and meta (last version, stream ids).
+//! The publisher's store, in two LMDB environments:
+//!
+//! - the **journal** (`<data_dir>/journal/`): per database the encoded updates by version,
+//!   and its last version and size. Each commit group is one durable (fsynced) transaction
+//!   that appends sequentially; it is the only write on a commit's path.
+//! - the **state** (`<data_dir>/`): per database the current records with a content hash
+//!   each and their access groups, the state digest and the version they are at; and meta
+//!   (database registry, stream ids, key epochs, incarnations, revocations). The state is
+//!   derived from the journal: the [`state_writer`](super::state_writer) applies journaled
+//!   updates to it in large durable transactions off the commit path, and on open it is
+//!   brought up to the journal again. Retention never trims past the state's version, so
+//!   the journal always reaches back to it.
 
-use super::{apply_op, decode_groups, get_u64, Env, RecordTables, StateSum};
+use super::{decode_groups, get_u64, Env, RecordTables, StateSum};
 use crate::sync::Locked;
 use crate::{Error, Result, Update};
 use lmdb::{Cursor, Database, Transaction, WriteFlags};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A record's value and its access groups (empty: visible to everyone).
 pub type GroupedValue = (Vec<u8>, Vec<String>);
@@ -15,8 +25,10 @@ pub type GroupedValue = (Vec<u8>, Vec<String>);
 /// LMDB tables of one published database.
 #[derive(Debug, Clone, Copy)]
 pub struct DbTables {
-    journal: Database,
-    records: RecordTables,
+    /// version → encoded update (journal environment).
+    pub(super) journal: Database,
+    /// The current records (state environment).
+    pub(super) records: RecordTables,
 }
 
 /// A record as a hash resync sees it: key, content hash, access groups.
@@ -42,15 +54,126 @@ pub struct JournalEntry<'a> {
     pub encoded: &'a [u8],
 }
 
-/// The publisher's LMDB store.
+/// The publisher's LMDB store. It dereferences to [`StoreCore`], which holds the
+/// environments and every read and write; this handle owns the state writer thread and
+/// stops it when closed or dropped.
 pub struct PublisherStore {
-    env: Env,
-    meta: Database,
-    tables: Mutex<HashMap<String, DbTables>>,
+    core: Arc<StoreCore>,
+    writer: Mutex<Option<super::state_writer::StateWriter>>,
 }
+
+/// The environments and tables of a [`PublisherStore`], shared with its state writer.
+pub struct StoreCore {
+    /// The state environment (records, meta).
+    pub(super) env: Env,
+    pub(super) meta: Database,
+    /// The journal environment, and its meta (`v:<db>`, `jbytes:<db>`, `data-file-id`).
+    pub(super) journal_env: Env,
+    pub(super) jmeta: Database,
+    pub(super) tables: Mutex<HashMap<String, DbTables>>,
+    /// Held while journaled updates are applied to the state (one pass at a time).
+    pub(super) state_lock: Mutex<()>,
+    /// Wakes the state writer after a journal commit (taken to stop it).
+    pub(super) nudge: Mutex<Option<crossbeam_channel::Sender<()>>>,
+    /// Set once the directory's locks are released: nothing is written any more.
+    pub(super) released: std::sync::atomic::AtomicBool,
+}
+
+impl std::ops::Deref for PublisherStore {
+    type Target = StoreCore;
+    fn deref(&self) -> &StoreCore {
+        &self.core
+    }
+}
+
+impl Drop for PublisherStore {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+impl PublisherStore {
+    /// Opens (creating) the store in `dir`, brings the state up to the journal (it is
+    /// behind after a crash) and starts the state writer.
+    pub fn open(dir: &Path, map_size: usize) -> Result<PublisherStore> {
+        let env = Env::open(dir, map_size)?;
+        let meta = env.db("meta")?;
+        let journal_env = Env::open(&dir.join(JOURNAL_DIR), map_size)?;
+        let jmeta = journal_env.db("meta")?;
+        let core = Arc::new(StoreCore {
+            env,
+            meta,
+            journal_env,
+            jmeta,
+            tables: Mutex::new(HashMap::new()),
+            state_lock: Mutex::new(()),
+            nudge: Mutex::new(None),
+            released: std::sync::atomic::AtomicBool::new(false),
+        });
+        core.check_file_identity(dir)?;
+        for name in core.database_names()? {
+            core.tables(&name)?;
+        }
+        core.migrate_journal()?;
+        core.apply_journal()?;
+        let writer = super::state_writer::StateWriter::start(&core)?;
+        Ok(PublisherStore {
+            core,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Stops the state writer (it finishes its pass first).
+    pub(super) fn stop_writer(&self) {
+        if let Some(w) = self.writer.locked().take() {
+            w.stop(&self.core);
+        }
+    }
+
+    /// Stops the state writer, brings the state up to the journal, and releases the data
+    /// directory's locks (the owner is closed; see [`Env::release_lock`]). Reads go on
+    /// working; nothing is written any more.
+    pub fn release_lock(&self) {
+        self.stop_writer();
+        if let Err(e) = self.apply_journal() {
+            log::warn!("bringing the state up to the journal at close: {e} (done at next open)");
+        }
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.journal_env.release_lock();
+        self.env.release_lock();
+    }
+}
+
+/// Subdirectory of the data directory holding the journal environment.
+pub const JOURNAL_DIR: &str = "journal";
 
 fn version_key(v: u64) -> [u8; 8] {
     v.to_be_bytes()
+}
+
+/// The (device, inode) of a file, as 16 bytes.
+fn file_id(file: &Path) -> Result<[u8; 16]> {
+    use std::os::unix::fs::MetadataExt;
+    let m =
+        std::fs::metadata(file).map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&m.dev().to_be_bytes());
+    id[8..].copy_from_slice(&m.ino().to_be_bytes());
+    Ok(id)
+}
+
+/// A value of a table, copied out, or `None`.
+fn get_bytes(
+    txn: &impl Transaction,
+    db: Database,
+    key: &[u8],
+) -> std::result::Result<Option<Vec<u8>>, lmdb::Error> {
+    match txn.get(db, &key) {
+        Ok(b) => Ok(Some(b.to_vec())),
+        Err(lmdb::Error::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Puts journal entry `v`: appended at the end when it is the newest version (always, in
@@ -70,43 +193,30 @@ fn put_journal(
     }
 }
 
-impl PublisherStore {
-    /// Opens (creating) the store in `dir`.
-    pub fn open(dir: &Path, map_size: usize) -> Result<PublisherStore> {
-        let env = Env::open(dir, map_size)?;
-        let meta = env.db("meta")?;
-        let store = PublisherStore {
-            env,
-            meta,
-            tables: Mutex::new(HashMap::new()),
-        };
-        store.check_file_identity(dir)?;
-        Ok(store)
-    }
-
+impl StoreCore {
     /// A data file that is not the one this store last ran on (restored from a backup, or
     /// copied) may hold an older history under the same incarnation ids, which replicas
-    /// could not tell from the one they hold. LMDB writes its data file in place, so a new
-    /// (device, inode) means a copy: every database then gets a new incarnation (replicas
-    /// resync) and the stream ids start from a fresh random value.
+    /// could not tell from the one they hold. LMDB writes its data files in place, so a new
+    /// (device, inode) of either environment's file means a copy: every database then gets
+    /// a new incarnation (replicas resync) and the stream ids start from a fresh random
+    /// value. (A journal environment seen for the first time is only recorded.)
     fn check_file_identity(&self, dir: &Path) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let file = dir.join("data.mdb");
-        let m = std::fs::metadata(&file)
-            .map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&m.dev().to_be_bytes());
-        id[8..].copy_from_slice(&m.ino().to_be_bytes());
+        let state_id = file_id(&dir.join("data.mdb"))?;
+        let journal_id = file_id(&dir.join(JOURNAL_DIR).join("data.mdb"))?;
+        let journal_moved = self.journal_env.write(|txn| {
+            let known = get_bytes(txn, self.jmeta, b"data-file-id")?;
+            txn.put(
+                self.jmeta,
+                b"data-file-id",
+                &journal_id,
+                WriteFlags::empty(),
+            )?;
+            Ok(known.is_some_and(|k| k != journal_id))
+        })?;
         self.env.write(|txn| {
-            let known = match txn.get(self.meta, b"data-file-id") {
-                Ok(b) => Some(b.to_vec()),
-                Err(lmdb::Error::NotFound) => None,
-                Err(e) => return Err(e),
-            };
-            if known.as_deref() == Some(&id[..]) {
-                return Ok(());
-            }
-            if known.is_some() {
+            let known = get_bytes(txn, self.meta, b"data-file-id")?;
+            let state_moved = known.as_ref().is_some_and(|k| k[..] != state_id[..]);
+            if state_moved || journal_moved {
                 let mut stale = Vec::new();
                 {
                     let mut cur = txn.open_ro_cursor(self.meta)?;
@@ -134,13 +244,8 @@ impl PublisherStore {
                     WriteFlags::empty(),
                 )?;
             }
-            txn.put(self.meta, b"data-file-id", &id, WriteFlags::empty())
+            txn.put(self.meta, b"data-file-id", &state_id, WriteFlags::empty())
         })
-    }
-
-    /// Releases the data directory's lock (the owner is closed; see [`Env::release_lock`]).
-    pub fn release_lock(&self) {
-        self.env.release_lock();
     }
 
     /// Opens (creating) the tables of database `name`.
@@ -150,7 +255,7 @@ impl PublisherStore {
             return Ok(*t);
         }
         let t = DbTables {
-            journal: self.env.db(&format!("journal/{name}"))?,
+            journal: self.journal_env.db(&format!("journal/{name}"))?,
             records: RecordTables {
                 data: self.env.db(&format!("state/{name}"))?,
                 hash: self.env.db(&format!("hash/{name}"))?,
@@ -276,55 +381,56 @@ impl PublisherStore {
         })
     }
 
-    /// Latest committed version of database `name` (0 if none).
+    /// Latest committed (journaled) version of database `name` (0 if none).
     pub fn last_version(&self, name: &str) -> Result<u64> {
+        let key = format!("v:{name}");
+        self.journal_env
+            .read(|txn| Ok(get_u64(txn, self.jmeta, key.as_bytes())?.unwrap_or(0)))
+    }
+
+    /// Version the state of database `name` is at (0 if none); at most
+    /// [`last_version`](Self::last_version), behind it until the state writer caught up.
+    pub fn state_version(&self, name: &str) -> Result<u64> {
         let key = format!("v:{name}");
         self.env
             .read(|txn| Ok(get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0)))
     }
 
-    /// Appends updates (of one or several databases) in one durable transaction: journal,
-    /// state, hashes and each database's last version.
+    /// Journals updates (of one or several databases) in one durable transaction, the only
+    /// fsync on a commit's path; the state writer applies them to the state afterwards.
     ///
     /// Journal keys only grow, so they are appended (`MDB_APPEND`: no search, full pages);
-    /// each database's meta (state sum, last version, journal bytes) is read and written
-    /// once per call, not once per update.
+    /// each database's last version and journal size are written once per call.
     pub fn append(&self, entries: &[JournalEntry<'_>]) -> Result<()> {
-        self.env.write(|txn| {
-            // Per database touched, in order of first appearance: (entry index, sum, last
+        self.journal_env.write(|txn| {
+            // Per database touched, in order of first appearance: (entry index, last
             // version, journal bytes added). A commit group holds few databases.
-            let mut touched: Vec<(usize, StateSum, u64, u64)> = Vec::new();
+            let mut touched: Vec<(usize, u64, u64)> = Vec::new();
             for (i, e) in entries.iter().enumerate() {
                 let v = e.update.version;
                 put_journal(txn, e.tables.journal, v, e.encoded)?;
                 let slot = match touched.iter().position(|t| entries[t.0].name == e.name) {
                     Some(slot) => slot,
                     None => {
-                        let sum = StateSum::load(txn, self.meta, e.name)?;
-                        touched.push((i, sum, v, 0));
+                        touched.push((i, v, 0));
                         touched.len() - 1
                     }
                 };
-                let (_, sum, last, bytes) = &mut touched[slot];
-                for op in &e.update.ops {
-                    apply_op(txn, &e.tables.records, sum, op)?;
-                }
-                *last = v;
-                *bytes += e.encoded.len() as u64;
+                touched[slot].1 = v;
+                touched[slot].2 += e.encoded.len() as u64;
             }
-            for (i, sum, last, added) in touched {
+            for (i, last, added) in touched {
                 let name = entries[i].name;
-                sum.store(txn, self.meta, name)?;
                 txn.put(
-                    self.meta,
+                    self.jmeta,
                     &format!("v:{name}"),
                     &last.to_be_bytes(),
                     WriteFlags::empty(),
                 )?;
                 let jkey = format!("jbytes:{name}");
-                let jb = get_u64(txn, self.meta, jkey.as_bytes())?.unwrap_or(0);
+                let jb = get_u64(txn, self.jmeta, jkey.as_bytes())?.unwrap_or(0);
                 txn.put(
-                    self.meta,
+                    self.jmeta,
                     &jkey,
                     &(jb + added).to_be_bytes(),
                     WriteFlags::empty(),
@@ -332,7 +438,11 @@ impl PublisherStore {
             }
             crate::crash::point("journal.in_commit");
             Ok(())
-        })
+        })?;
+        if let Some(nudge) = &*self.nudge.locked() {
+            let _ = nudge.try_send(());
+        }
+        Ok(())
     }
 
     /// Encoded journal entries with versions in `first..=last`, at most `max_count` of them
@@ -345,7 +455,7 @@ impl PublisherStore {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.env.read(|txn| {
+        self.journal_env.read(|txn| {
             let mut cur = txn.open_ro_cursor(tables.journal)?;
             let mut out = Vec::new();
             let mut bytes = 0;
@@ -367,7 +477,7 @@ impl PublisherStore {
 
     /// Oldest version still in the journal (0 when empty).
     pub fn oldest_version(&self, tables: DbTables) -> Result<u64> {
-        self.env.read(|txn| {
+        self.journal_env.read(|txn| {
             let mut cur = txn.open_ro_cursor(tables.journal)?;
             let first = cur.iter_start().next();
             match first {
@@ -382,14 +492,17 @@ impl PublisherStore {
         })
     }
 
-    /// Every record of the current state of a database, in key order.
+    /// Every record of the current state of a database, in key order: the state at the
+    /// latest version journaled when called (or later).
     pub fn state(&self, tables: DbTables) -> Result<Vec<crate::Record>> {
+        self.apply_journal()?;
         self.env
             .read(|txn| super::read_all(txn, tables.records.data))
     }
 
-    /// One record of the current state.
+    /// One record of the current state (as [`state`](Self::state)).
     pub fn get(&self, tables: DbTables, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.apply_journal()?;
         self.env
             .read(|txn| match txn.get(tables.records.data, &key) {
                 Ok(v) => Ok(Some(v.to_vec())),
@@ -398,8 +511,8 @@ impl PublisherStore {
             })
     }
 
-    /// The state digest (sum of content hashes and count) and the version it belongs to,
-    /// read together.
+    /// The state digest (sum of content hashes and count) and the version it belongs to
+    /// (the state's, which may be behind the journal), read together.
     pub fn state_sum(&self, name: &str) -> Result<(u64, StateSum)> {
         let key = format!("v:{name}");
         self.env.read(|txn| {
@@ -409,8 +522,10 @@ impl PublisherStore {
     }
 
     /// Every record's key, content hash and access groups, with the version they belong
-    /// to, read in one transaction (the publisher side of a hash resync).
+    /// to, read in one transaction after every update journaled before the call is applied
+    /// (the publisher side of a hash resync).
     pub fn hash_snapshot(&self, name: &str, tables: DbTables) -> Result<(u64, Vec<HashedRecord>)> {
+        self.apply_journal()?;
         let key = format!("v:{name}");
         self.env.read(|txn| {
             let v = get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0);
@@ -439,12 +554,13 @@ impl PublisherStore {
     }
 
     /// Current values of `keys` with their access groups (`None` where absent), read in one
-    /// transaction.
+    /// transaction, with every update journaled before the call applied.
     pub fn get_many(
         &self,
         tables: DbTables,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<GroupedValue>>> {
+        self.apply_journal()?;
         self.env.read(|txn| {
             keys.iter()
                 .map(|k| {
@@ -467,12 +583,13 @@ impl PublisherStore {
     /// Bytes of journal entries held for database `name`.
     pub fn journal_bytes(&self, name: &str) -> Result<u64> {
         let key = format!("jbytes:{name}");
-        self.env
-            .read(|txn| Ok(get_u64(txn, self.meta, key.as_bytes())?.unwrap_or(0)))
+        self.journal_env
+            .read(|txn| Ok(get_u64(txn, self.jmeta, key.as_bytes())?.unwrap_or(0)))
     }
 
     /// Removes the oldest journal entries of `name` as `policy` says, at most `max_remove`
-    /// per call (one transaction). Returns how many were removed.
+    /// per call (one transaction), and never one the state has not reached (a restart
+    /// replays the journal from the state's version). Returns how many were removed.
     pub fn trim_journal(
         &self,
         name: &str,
@@ -484,9 +601,11 @@ impl PublisherStore {
         let vkey = format!("v:{name}");
         let jkey = format!("jbytes:{name}");
         let max_age_us = policy.max_age.as_micros() as u64;
-        self.env.write(|txn| {
-            let last = get_u64(txn, self.meta, vkey.as_bytes())?.unwrap_or(0);
-            let mut bytes = get_u64(txn, self.meta, jkey.as_bytes())?.unwrap_or(0);
+        // The state only moves forward, so reading it first is safe.
+        let state = self.state_version(name)?;
+        self.journal_env.write(|txn| {
+            let last = get_u64(txn, self.jmeta, vkey.as_bytes())?.unwrap_or(0);
+            let mut bytes = get_u64(txn, self.jmeta, jkey.as_bytes())?.unwrap_or(0);
             let mut doomed = Vec::new();
             {
                 let mut cur = txn.open_ro_cursor(tables.journal)?;
@@ -497,6 +616,7 @@ impl PublisherStore {
                     let ts = crate::wire::update::peek_timestamp(v).unwrap_or(now_us);
                     let too_old = now_us.saturating_sub(ts) > max_age_us;
                     if held <= policy.min_count
+                        || ver > state
                         || doomed.len() >= max_remove
                         || (bytes <= policy.max_bytes && !too_old)
                     {
@@ -512,7 +632,7 @@ impl PublisherStore {
             for ver in &doomed {
                 txn.del(tables.journal, &version_key(*ver), None)?;
             }
-            txn.put(self.meta, &jkey, &bytes.to_be_bytes(), WriteFlags::empty())?;
+            txn.put(self.jmeta, &jkey, &bytes.to_be_bytes(), WriteFlags::empty())?;
             crate::crash::point("retention.trim");
             Ok(doomed.len() as u64)
         })
