@@ -51,8 +51,9 @@ pub struct ServeArgs {
     metrics: Option<SocketAddr>,
 }
 
-/// How a subscribing command reaches the publisher and proves who it is: the options
-/// `mcsync subscribe`, `mcsync verify` and `mcsync resync` share.
+/// How a subscribing command reaches the publisher, proves who it is, and where it
+/// receives multicast: the options `mcsync subscribe`, `mcsync verify` and `mcsync resync`
+/// share.
 #[derive(Args)]
 pub struct ConnectArgs {
     /// Publisher's control address.
@@ -73,6 +74,10 @@ pub struct ConnectArgs {
     /// Name to verify in the publisher's certificate (with --ca-file).
     #[arg(long)]
     server_name: Option<String>,
+    /// Address of the local interface to join the multicast group on (the one facing the
+    /// publisher's --interface); it must be assigned to an interface of this host.
+    #[arg(long, default_value = "127.0.0.1")]
+    interface: Ipv4Addr,
 }
 
 impl ConnectArgs {
@@ -90,12 +95,59 @@ impl ConnectArgs {
                 return Err("give --fingerprint or --ca-file to verify the publisher".into())
             }
         };
+        check_local_address(self.interface)?;
         let mut cfg = SubscriberConfig::new(data_dir, self.server, trust);
+        cfg.interface = self.interface;
         cfg.server_name = self.server_name.clone();
         cfg.user = self.user.clone();
         cfg.secret = read_password(self.password_file.as_ref())?.into();
         Ok(cfg)
     }
+}
+
+/// The IPv4 addresses assigned to this host's interfaces, with the interfaces' names.
+fn local_ipv4_addresses() -> std::io::Result<Vec<(String, Ipv4Addr)>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below by freeifaddrs; every node
+    // and address it points to stays valid until then, and is only read.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut node = head;
+        while !node.is_null() {
+            let ifa = &*node;
+            let addr = ifa.ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((name, ip));
+            }
+            node = ifa.ifa_next;
+        }
+        libc::freeifaddrs(head);
+        Ok(out)
+    }
+}
+
+/// Refuses an `--interface` address that no interface of this host has (the group would
+/// be joined nowhere, and nothing would arrive by multicast).
+fn check_local_address(ip: Ipv4Addr) -> Result<(), Box<dyn std::error::Error>> {
+    let local = local_ipv4_addresses().map_err(|e| format!("listing interfaces: {e}"))?;
+    if local.iter().any(|(_, a)| *a == ip) {
+        return Ok(());
+    }
+    let have: Vec<String> = local.iter().map(|(n, a)| format!("{a} ({n})")).collect();
+    Err(format!(
+        "--interface {ip} is not assigned to any interface of this host; give the address \
+         of the interface facing the publisher (this host has: {})",
+        have.join(", ")
+    )
+    .into())
 }
 
 /// Options of `mcsync subscribe`.
@@ -382,27 +434,72 @@ fn read_commands(db: &mcsync::Database) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `mcsync subscribe` until interrupted.
+/// Prints one applied update as `mcsync subscribe` shows them.
+fn print_update(u: &mcsync::Update) {
+    for op in &u.ops {
+        match op.kind {
+            mcsync::OpKind::Put => println!(
+                "{} put {} {}",
+                u.version,
+                String::from_utf8_lossy(&op.key),
+                String::from_utf8_lossy(&op.value)
+            ),
+            mcsync::OpKind::Delete => {
+                println!("{} del {}", u.version, String::from_utf8_lossy(&op.key))
+            }
+        }
+    }
+}
+
+/// First wait before subscribing again after a failed start.
+const START_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest wait between attempts to start.
+const START_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a failed start is worth trying again, as a running subscription would: the
+/// publisher is down, full, restarting or dropped the connection (I/O, timeouts, refusals
+/// such as a database not published yet). Authentication refusals (wrong password,
+/// revoked or unknown user, a certificate that fails verification), bad configuration,
+/// protocol mismatches and local storage failures are not: trying again cannot help.
+fn start_is_retryable(e: &mcsync::Error) -> bool {
+    use mcsync::ErrorKind as K;
+    matches!(e.kind(), K::Io | K::Timeout | K::Refused)
+}
+
+/// Subscribes, trying again with a back-off (100 ms doubling to 5 s, a line on standard
+/// error per attempt) while the failure is one a running subscription rides out.
+fn subscribe_retrying(
+    s: &Subscriber,
+    database: &str,
+    server: SocketAddr,
+) -> Result<mcsync::Subscription, mcsync::Error> {
+    let mut wait = START_RETRY_FIRST;
+    let mut attempt = 1u32;
+    loop {
+        match s.subscribe(database, print_update) {
+            Ok(sub) => return Ok(sub),
+            Err(e) if start_is_retryable(&e) => {
+                eprintln!(
+                    "mcsync: subscribing to {database:?} at {server} failed (attempt \
+                     {attempt}): {e}; trying again in {wait:?}"
+                );
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(START_RETRY_MAX);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs `mcsync subscribe` until interrupted. Starting waits for the publisher (see
+/// [`subscribe_retrying`]); only what retrying cannot fix ends it.
 pub fn subscribe(a: SubscribeArgs) -> CliResult {
     let cfg = a.connect.subscriber_config(&a.data_dir)?;
     let s = std::sync::Arc::new(Subscriber::open(cfg)?);
     let s2 = s.clone();
     let _metrics = serve_metrics(a.metrics, move || s2.metrics())?;
-    let sub = s.subscribe(&a.database, |u| {
-        for op in &u.ops {
-            match op.kind {
-                mcsync::OpKind::Put => println!(
-                    "{} put {} {}",
-                    u.version,
-                    String::from_utf8_lossy(&op.key),
-                    String::from_utf8_lossy(&op.value)
-                ),
-                mcsync::OpKind::Delete => {
-                    println!("{} del {}", u.version, String::from_utf8_lossy(&op.key))
-                }
-            }
-        }
-    })?;
+    let sub = subscribe_retrying(&s, &a.database, a.connect.server)?;
     eprintln!(
         "subscribed to {:?} at version {}",
         a.database,

@@ -279,6 +279,11 @@ counters!(
         unicast_backoffs,
         /// Times it rejoined multicast after a back-off.
         rejoins,
+        /// Report intervals in which nothing arrived by multicast while versions the
+        /// publisher committed came only by repair: counted as total loss (the group does
+        /// not reach the subscriber's interface; check the interface and multicast
+        /// routing).
+        multicast_silent_intervals,
         /// Reception reports sent to the publisher.
         reports_sent,
         /// Loss over the last report interval, packets per million.

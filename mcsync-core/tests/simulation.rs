@@ -296,6 +296,7 @@ struct Stats {
     status_polls: u64,
     backoffs: u64,
     rejoins: u64,
+    silent_intervals: u64,
     not_in_group: u64,
     compacts: u64,
     resyncs: u64,
@@ -349,6 +350,7 @@ impl Stats {
             status_polls,
             backoffs,
             rejoins,
+            silent_intervals,
             not_in_group,
             compacts,
             resyncs,
@@ -505,8 +507,15 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::with(seed, |_| {})
+    }
+
+    /// A scenario whose random parameters `adjust` changes before anything is drawn
+    /// from them.
+    fn with(seed: u64, adjust: impl FnOnce(&mut Params)) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let p = Params::random(&mut rng);
+        let mut p = Params::random(&mut rng);
+        adjust(&mut p);
         let base = Instant::now();
         let keys = [1u32, 2].map(|_| Key::from_bytes(rng.gen()));
         let mut keyring = Keyring::with_key(1, &keys[0]);
@@ -843,6 +852,7 @@ impl Sim {
         stats.chains_complete += c.chains_received;
         stats.backoffs += c.unicast_backoffs;
         stats.rejoins += c.rejoins;
+        stats.silent_intervals += c.multicast_silent_intervals;
         stats.evicted += live.engine.receiver_counters().evicted;
         stats.packets_skipped += live.engine.reorder_counters().skipped;
     }
@@ -1429,8 +1439,8 @@ fn run_many(name: &str, part: u64) -> Stats {
          {} tampered + {} forged ({} rejected malformed, {} auth, {} replay, {} retired), \
          {} chains complete, {} broken, {} orphaned, {} compressed, {} packet repairs \
          ({} packets, {} gone, {} skipped), {} repairs ({} failed, {} versions, {} compacted, \
-         {} trimmed, {} resyncs), {} hellos ({} answered), {} reports, {} back-offs, {} \
-         rejoins, {} packets not sent to left subscribers, {} status polls, {} evicted, {} \
+         {} trimmed, {} resyncs), {} hellos ({} answered), {} reports, {} back-offs \
+         ({} silent intervals), {} rejoins, {} packets not sent to left subscribers, {} status polls, {} evicted, {} \
          subscriber restarts, {} publisher restarts, {} applied",
         t.scenarios,
         started.elapsed(),
@@ -1467,6 +1477,7 @@ fn run_many(name: &str, part: u64) -> Stats {
         t.registrations,
         t.reports,
         t.backoffs,
+        t.silent_intervals,
         t.rejoins,
         t.not_in_group,
         t.status_polls,
@@ -1602,4 +1613,37 @@ fn lost_tail_is_detected_from_heartbeats() {
     assert_eq!(heartbeats, 2);
     // Data ended at t0; heartbeats at +2 ms (lost) and +6 ms.
     assert_eq!(found_at, Some(t0 + 6 * MS));
+}
+
+/// A subscriber that receives nothing by multicast (a wrong interface, no route) hears
+/// nothing at all, not even heartbeats, and obtains every new version by repair: its
+/// error policy counts that as total loss, re-registers, backs off to unicast, and the
+/// replica still converges (as do the others').
+#[test]
+fn a_subscriber_cut_off_from_multicast_backs_off_and_converges() {
+    for seed in 0..20u64 {
+        let mut sim = Sim::with(0xB10C_0000 + seed, |p| {
+            p.updates = 300;
+            p.subscribers = 2;
+            p.loss = 0.0;
+            p.idle_gap = 0.5;
+            p.max_idle = 40 * MS;
+            p.restarts_per_sub = 0;
+            p.publisher_restart = false;
+            p.silence_timeout = Duration::from_millis(300);
+            p.report_interval = Duration::from_millis(100);
+            p.error_threshold = 0.25;
+            p.unicast_backoff = Duration::from_millis(500);
+        });
+        sim.subs[0].loss = LossGenerator::new(&LossConfig {
+            probability: 1.0,
+            burst_len: 1,
+            seed,
+        });
+        let t = sim.run();
+        assert!(
+            t.silent_intervals > 0 && t.backoffs > 0 && t.hellos > 0,
+            "seed {seed}: {t:?}"
+        );
+    }
 }

@@ -164,3 +164,75 @@ impl HostTable {
             .collect()
     }
 }
+
+/// The newest modification time of the files under `path`.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| newest_mtime(&e.ok()?.path()))
+        .max()
+}
+
+/// The `mcsync` command-line binary of this workspace, for tests that run it as a user
+/// would (`CARGO_BIN_EXE_mcsync` exists only inside the CLI's own package). Built with
+/// cargo for the profile the tests were built with, unless the binary there is newer
+/// than every source it is built from (a nested build under `cargo test` may rebuild
+/// dependencies whose feature set the tests crate unifies differently).
+pub fn mcsync_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // <target>/<profile>/deps/<test binary>
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in <target>/<profile>/deps");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace holds the tests crate");
+        let bin = profile_dir.join("mcsync");
+        let sources = ["mcsync-core", "mcsync-cli", "Cargo.toml", "Cargo.lock"]
+            .iter()
+            .filter_map(|p| newest_mtime(&workspace.join(p)))
+            .max();
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        if let (Some(built), Some(sources)) = (built, sources) {
+            if built > sources {
+                return bin;
+            }
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.current_dir(workspace).args([
+            "build",
+            "--quiet",
+            "-p",
+            "mcsync-cli",
+            "--bin",
+            "mcsync",
+        ]);
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some("release") => {
+                build.arg("--release");
+            }
+            Some(other) => {
+                build.args(["--profile", other]);
+            }
+        }
+        if let Some(target) = profile_dir.parent() {
+            build.env("CARGO_TARGET_DIR", target);
+        }
+        let status = build
+            .status()
+            .expect("run cargo build for the mcsync binary");
+        assert!(status.success(), "building the mcsync binary failed");
+        assert!(bin.exists(), "no {} after building it", bin.display());
+        bin
+    })
+    .clone()
+}

@@ -15,7 +15,7 @@ use crate::wire::control::{DatabaseInfo, SubscriberReport};
 use crate::wire::update::Limits;
 use crate::{Error, Result, Update};
 use crossbeam_channel as chan;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -45,6 +45,10 @@ pub(super) struct Driver {
     pub delivered_durable: u64,
     pub last_flush: Instant,
     pub limits: Limits,
+    /// The interface the group is joined on (named in the silent-group warning).
+    pub interface: Ipv4Addr,
+    /// Whether the silent-group warning was logged (it is, once).
+    pub warned_silent: bool,
 }
 
 pub(super) fn run(mut d: Driver, mut client: RepairClient, rx: chan::Receiver<Inbound>) {
@@ -100,6 +104,7 @@ impl Driver {
             // Waiters and stats readers see what the engine counted at once.
             self.sync_counters();
         }
+        self.warn_if_silent();
         Ok(())
     }
 
@@ -300,6 +305,24 @@ impl Driver {
         self.shared.advanced.notify_all();
     }
 
+    /// Warns, once, when the error policy found the group silent: nothing arrives by
+    /// multicast while the publisher's versions come only by repair.
+    fn warn_if_silent(&mut self) {
+        if self.warned_silent || self.engine.counters().multicast_silent_intervals == 0 {
+            return;
+        }
+        self.warned_silent = true;
+        log::warn!(
+            "{}: no multicast received on interface {} while the publisher committed {} \
+             versions (all obtained by unicast repair): check the subscriber's interface \
+             (--interface) and multicast routing; counted as total loss \
+             (multicast_silent_intervals)",
+            self.shared.name,
+            self.interface,
+            self.engine.unheard_versions()
+        );
+    }
+
     /// Copies the engine's counters to the subscription's.
     pub fn sync_counters(&self) {
         let c = &self.shared.counters;
@@ -313,6 +336,7 @@ impl Driver {
         set(&c.chains_invalid, e.chains_invalid);
         set(&c.resubscriptions, e.resubscriptions);
         set(&c.rejoins, e.rejoins);
+        set(&c.multicast_silent_intervals, e.multicast_silent_intervals);
         set(&c.unicast_backoffs, e.unicast_backoffs);
         set(&c.loss_ppm, e.loss_ppm);
         set(&c.packets_repaired, e.packets_repaired);

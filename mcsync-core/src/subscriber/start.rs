@@ -160,6 +160,8 @@ pub(super) fn start(
         limits: Limits {
             max_update_bytes: cfg.max_update_bytes,
         },
+        interface: cfg.interface,
+        warned_silent: false,
     };
     spawn_threads(&shared, parts, tx, driver, reg.take(), rx)?;
     Ok(shared)

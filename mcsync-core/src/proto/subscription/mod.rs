@@ -32,7 +32,7 @@ use policy::Policy;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use policy::UNICAST_POLL;
+pub use policy::{MIN_SILENT_VERSIONS, UNICAST_POLL};
 pub use types::{
     EngineConfig, EngineCounters, EngineStart, Input, Output, RepairEnd, Timer, Traffic,
 };
@@ -85,6 +85,12 @@ pub struct Engine {
     /// The next registration's latest version also lowers the known latest (a repair was
     /// refused: the versions announced may not exist).
     clamp_on_register: bool,
+    /// Versions up to this one were committed before the subscription (re)joined the
+    /// group: repairing them says nothing about whether multicast arrives.
+    joined_at: u64,
+    /// Versions above `joined_at` obtained by repair (for the error policy's silence
+    /// check).
+    fresh_repaired: u64,
     queue: VecDeque<Output>,
     counters: EngineCounters,
 }
@@ -116,6 +122,8 @@ impl Engine {
             packet_stream: None,
             want_resync: false,
             clamp_on_register: false,
+            joined_at: info.current_version,
+            fresh_repaired: 0,
             queue: VecDeque::new(),
             counters: EngineCounters::default(),
             config,
@@ -171,6 +179,13 @@ impl Engine {
     /// Whether anything was asked for and not yet answered (registration or repair).
     pub fn is_idle(&self) -> bool {
         self.busy.is_none() && !self.policy.hello_in_flight() && self.queue.is_empty()
+    }
+
+    /// Versions committed since joining the group that came only by repair while
+    /// nothing arrived by multicast, as of the last report (what a warning about a silent
+    /// group can quote).
+    pub fn unheard_versions(&self) -> u64 {
+        self.policy.unheard_versions()
     }
 
     /// The engine's counters.
@@ -382,17 +397,25 @@ impl Engine {
             return Some(Output::Status);
         }
         let lost = self.counters.packets_repaired + self.reorder.counters().skipped;
-        let tick = self
-            .policy
-            .poll_report(now, lost, self.two_phase.is_participant())?;
+        let tick = self.policy.poll_report(
+            now,
+            lost,
+            self.fresh_repaired,
+            self.two_phase.is_participant(),
+        )?;
         let c = &mut self.counters;
         c.loss_ppm = tick.loss_ppm();
         c.reports += 1;
+        if tick.silent {
+            c.multicast_silent_intervals += 1;
+        }
         if let Some(leave) = tick.membership {
             if leave {
                 c.unicast_backoffs += 1;
             } else {
                 c.rejoins += 1;
+                // Versions from here on are multicast to us again.
+                self.joined_at = self.joined_at.max(self.receiver.known_latest());
             }
             self.queue.push_back(Output::Membership {
                 leave,
@@ -555,9 +578,15 @@ impl Engine {
             Some(Busy::Compact { next_first }) => {
                 let first = *next_first;
                 *next_first = u.version + 1;
+                // The compacted update stands for versions first..=u.version.
+                let below = first.saturating_sub(1).max(self.joined_at);
+                self.fresh_repaired += u.version.saturating_sub(below);
                 self.receiver.on_compacted(now, first, u);
             }
             Some(Busy::CatchUp) => {
+                if u.version > self.joined_at {
+                    self.fresh_repaired += 1;
+                }
                 self.receiver.on_update(now, u);
             }
             // Not asked for (a late answer): ignored.
@@ -607,6 +636,7 @@ impl Engine {
             self.counters.history_changes += 1;
         }
         self.busy = None;
+        self.joined_at = self.joined_at.max(version);
         self.receiver = Receiver::new(version, self.config.receiver.clone());
     }
 }

@@ -2,6 +2,12 @@
 //! measures the network's loss; past the threshold it registers again, and if the loss
 //! stays above it leaves multicast and catches up by unicast for a back-off period
 //! (polling the publisher's latest version), then rejoins.
+//!
+//! A subscriber that hears nothing at all by multicast (no data, not even a heartbeat)
+//! while versions the publisher committed after it joined the group reach it only by
+//! repair is losing everything: the group is not arriving on its interface (a wrong
+//! interface, no multicast route). That interval's loss is 1.0, so the policy acts on it
+//! as on any other total loss, instead of reading the silence as "too few packets".
 
 use super::{EngineConfig, Traffic};
 use std::time::{Duration, Instant};
@@ -10,6 +16,9 @@ use std::time::{Duration, Instant};
 pub const UNICAST_POLL: Duration = Duration::from_millis(100);
 /// Fewest packets in a report interval for its loss rate to count.
 const MIN_PACKETS_FOR_LOSS: u64 = 20;
+/// Fewest versions committed since joining the group, all obtained by repair while no
+/// multicast packet arrived, for the silence to count as total loss.
+pub const MIN_SILENT_VERSIONS: u64 = 3;
 /// After an authentication refusal, registration is tried again only this often.
 const AUTH_RETRY: Duration = Duration::from_secs(3);
 /// Packets from another source: registration at most this often.
@@ -27,6 +36,9 @@ pub(super) struct Tick {
     pub membership: Option<bool>,
     /// Register again now.
     pub hello: bool,
+    /// Nothing arrived by multicast while versions committed since joining the group
+    /// came only by repair (the loss is then 1.0).
+    pub silent: bool,
 }
 
 impl Tick {
@@ -44,6 +56,10 @@ pub(super) struct Policy {
     last_poll: Instant,
     last_arrived: u64,
     last_lost: u64,
+    /// Versions obtained by repair (committed after joining the group) counted so far.
+    last_fresh: u64,
+    /// Of those, how many came since the last multicast packet arrived.
+    fresh_unheard: u64,
     strikes: u32,
     unicast_until: Option<Instant>,
     last_heard: Instant,
@@ -69,6 +85,8 @@ impl Policy {
             last_poll: now,
             last_arrived: 0,
             last_lost: 0,
+            last_fresh: 0,
+            fresh_unheard: 0,
             strikes: 0,
             unicast_until: None,
             last_heard: now,
@@ -184,10 +202,24 @@ impl Policy {
         self.last_report + self.interval
     }
 
+    /// Versions committed since joining the group that came only by repair while nothing
+    /// arrived by multicast (0 once a packet arrives).
+    pub fn unheard_versions(&self) -> u64 {
+        self.fresh_unheard
+    }
+
     /// Every report interval: the loss rate (from `lost`, the packets repaired or skipped
-    /// so far) and what the policy does about it. A two-phase participant stays in the
-    /// group: PREPAREs are only multicast, and without them it could not vote.
-    pub fn poll_report(&mut self, now: Instant, lost: u64, participant: bool) -> Option<Tick> {
+    /// so far, and `fresh`, the versions committed after joining the group that were
+    /// obtained by repair so far) and what the policy does about it. A two-phase
+    /// participant stays in the group: PREPAREs are only multicast, and without them it
+    /// could not vote.
+    pub fn poll_report(
+        &mut self,
+        now: Instant,
+        lost: u64,
+        fresh: u64,
+        participant: bool,
+    ) -> Option<Tick> {
         if now < self.report_due_at() {
             return None;
         }
@@ -202,8 +234,22 @@ impl Policy {
         let dl = lost_net.saturating_sub(self.last_lost);
         self.last_arrived = arrived;
         self.last_lost = lost_net;
+        let df = fresh.saturating_sub(self.last_fresh);
+        self.last_fresh = fresh;
+        // Off the group by choice, silence is expected: nothing counts.
+        if da > 0 || self.unicast_until.is_some() {
+            self.fresh_unheard = 0;
+        } else {
+            self.fresh_unheard += df;
+        }
+        // Nothing heard while the publisher's progress reached us only by repair: the
+        // group does not arrive here at all (the publisher heartbeats after every update,
+        // so a subscriber that hears the group hears something).
+        let silent = self.fresh_unheard >= MIN_SILENT_VERSIONS;
         // Too few packets say nothing about the loss rate (and must not quiesce anyone).
-        let loss = if da + dl < MIN_PACKETS_FOR_LOSS {
+        let loss = if silent {
+            1.0
+        } else if da + dl < MIN_PACKETS_FOR_LOSS {
             0.0
         } else {
             dl as f64 / (da + dl) as f64
@@ -212,11 +258,13 @@ impl Policy {
             loss,
             membership: None,
             hello: false,
+            silent,
         };
         match self.unicast_until {
             Some(until) if now >= until => {
                 self.unicast_until = None;
                 self.strikes = 0;
+                self.fresh_unheard = 0;
                 // Silence is measured from the rejoin, not from before the back-off.
                 self.last_heard = now;
                 tick.membership = Some(false);

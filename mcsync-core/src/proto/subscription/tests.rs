@@ -211,3 +211,126 @@ fn packets_of_another_stream_are_dropped_until_registration_names_it() {
     );
     assert_eq!(e.known_latest(), 3);
 }
+
+fn update(version: u64) -> Update {
+    Update {
+        version,
+        timestamp_us: 0,
+        ops: vec![crate::Op::put(format!("k{version}"), "v")],
+        reset: false,
+    }
+}
+
+/// Answers the catch-up of `from..=through` in `out` (which must ask exactly that).
+fn answer_catch_up(e: &mut Engine, now: Instant, out: &[Output], from: u64, through: u64) {
+    assert!(
+        out.contains(&Output::CatchUp(vec![(from, through)])),
+        "expected a catch-up of {from}..={through}: {out:?}"
+    );
+    for v in from..=through {
+        e.handle(now, Input::Repaired(update(v)));
+    }
+    e.handle(
+        now,
+        Input::RepairDone(RepairEnd::Done {
+            current_version: through,
+        }),
+    );
+}
+
+fn report(out: &[Output]) -> &SubscriberReport {
+    out.iter()
+        .find_map(|o| match o {
+            Output::Report(r) => Some(r),
+            _ => None,
+        })
+        .expect("a report")
+}
+
+#[test]
+fn a_subscriber_hearing_no_multicast_while_versions_come_only_by_repair_counts_total_loss() {
+    let t0 = Instant::now();
+    let interval = config().report_interval;
+    // The backlog from before the registration is not multicast traffic: catching it up
+    // with nothing heard is no loss.
+    let mut e = engine(t0, 0, 1, info(10, 1));
+    let out = drain(&mut e, t0);
+    answer_catch_up(&mut e, t0, &out, 1, 10);
+    let t1 = t0 + interval;
+    let out = drain(&mut e, t1);
+    assert_eq!(report(&out).loss_ppm, 0);
+    assert_eq!(e.counters().multicast_silent_intervals, 0);
+    // Silence: the publisher committed 11..=20 meanwhile, learned by registering again.
+    let t3 = t0 + config().silence_timeout + MS;
+    let out = drain(&mut e, t3);
+    assert!(out.contains(&Output::Hello), "{out:?}");
+    e.handle(t3, Input::Registered(Box::new(info(20, 1))));
+    let t3r = t3 + config().receiver.repair_retry;
+    let out = drain(&mut e, t3r);
+    answer_catch_up(&mut e, t3r, &out, 11, 20);
+    // The next report: nothing heard, ten new versions only by repair: total loss, and
+    // the error policy registers again (first strike).
+    let t4 = t3 + interval;
+    let out = drain(&mut e, t4);
+    assert_eq!(report(&out).loss_ppm, 1_000_000, "{out:?}");
+    assert!(out.contains(&Output::Hello), "{out:?}");
+    assert_eq!(e.counters().multicast_silent_intervals, 1);
+    assert_eq!(e.unheard_versions(), 10);
+    e.handle(t4, Input::Registered(Box::new(info(20, 1))));
+    // Still nothing heard at the next report: second strike, off to unicast.
+    let t5 = t4 + interval;
+    let out = drain(&mut e, t5);
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            Output::Membership {
+                leave: true,
+                loss
+            } if *loss == 1.0
+        )),
+        "{out:?}"
+    );
+    assert!(e.is_unicast());
+    assert_eq!(e.counters().unicast_backoffs, 1);
+    assert_eq!(e.counters().multicast_silent_intervals, 2);
+    // Off the group, silence is expected: the next reports say nothing of loss.
+    let t6 = t5 + interval;
+    let out = drain(&mut e, t6);
+    assert_eq!(report(&out).loss_ppm, 0, "{out:?}");
+    assert_eq!(e.counters().multicast_silent_intervals, 2);
+}
+
+#[test]
+fn versions_repaired_while_the_group_is_heard_are_not_silence() {
+    let t0 = Instant::now();
+    let interval = config().report_interval;
+    let mut e = engine(t0, 0, 1, info(0, 1));
+    drain(&mut e, t0);
+    // The publisher's progress comes by registration and repair, but a heartbeat or two
+    // arrived by multicast in the same interval: the group is heard (too few packets to
+    // measure a rate).
+    e.handle(t0, Input::Registered(Box::new(info(10, 1))));
+    let tr = t0 + config().receiver.repair_retry;
+    let out = drain(&mut e, tr);
+    answer_catch_up(&mut e, tr, &out, 1, 10);
+    e.handle(
+        tr,
+        Input::Traffic(Traffic {
+            received: 2,
+            ..Traffic::default()
+        }),
+    );
+    let out = drain(&mut e, t0 + interval);
+    assert_eq!(report(&out).loss_ppm, 0, "{out:?}");
+    assert_eq!(e.counters().multicast_silent_intervals, 0);
+    assert_eq!(e.unheard_versions(), 0);
+    // Fewer than MIN_SILENT_VERSIONS new versions with nothing heard: not yet silence.
+    e.handle(t0 + interval, Input::Registered(Box::new(info(11, 1))));
+    let tr = t0 + interval + config().receiver.repair_retry;
+    let out = drain(&mut e, tr);
+    answer_catch_up(&mut e, tr, &out, 11, 11);
+    let out = drain(&mut e, t0 + 2 * interval);
+    assert_eq!(report(&out).loss_ppm, 0, "{out:?}");
+    const { assert!(MIN_SILENT_VERSIONS > 1) };
+    assert_eq!(e.counters().multicast_silent_intervals, 0);
+}

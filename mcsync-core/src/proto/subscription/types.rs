@@ -251,6 +251,10 @@ pub struct EngineCounters {
     pub rejoins: u64,
     /// Back-offs to unicast.
     pub unicast_backoffs: u64,
+    /// Report intervals in which nothing arrived by multicast while versions committed
+    /// since joining the group came only by repair (counted as total loss: the group
+    /// does not reach this subscriber's interface).
+    pub multicast_silent_intervals: u64,
     /// Loss rate of the last interval, per million.
     pub loss_ppm: u64,
     /// Packets fetched back from the retransmit buffer.
