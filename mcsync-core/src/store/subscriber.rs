@@ -40,8 +40,11 @@ pub struct DeliveryState {
     /// Whether `pending` holds every update in (delivered, applied] (false when updates
     /// were applied with no callback to deliver them to).
     pub pending_complete: bool,
-    /// The host is owed a reset (the history changed; not yet handed over).
+    /// The host is owed a reset (the history changed, or the store was rebuilt; not yet
+    /// handed over).
     pub reset_owed: bool,
+    /// The reset is owed because the store was rebuilt after a power loss.
+    pub rebuilt: bool,
 }
 
 /// What a resync keeps for the host, in the same transaction as the resync itself.
@@ -404,6 +407,7 @@ impl SubscriberStore {
                 delivered,
                 pending_complete: !gap || delivered >= applied,
                 reset_owed: rebuilt || flag(reset_owed_key(name))?,
+                rebuilt,
             })
         })
     }
