@@ -90,12 +90,14 @@ fn replica_durability_arg(
         ("periodic", Some(secs)) => {
             mcsync::ReplicaDurability::Periodic(seconds_arg(py, secs, "replica_flush_interval")?)
         }
-        ("sync" | "none", Some(_)) => return Err(config_error(
-            py,
-            format!(
+        ("sync" | "none", Some(_)) => {
+            return Err(config_error(
+                py,
+                format!(
                 "replica_flush_interval is only for replica_durability=\"periodic\", not {mode:?}"
             ),
-        )),
+            ))
+        }
         ("sync", None) => mcsync::ReplicaDurability::Sync,
         ("none", None) => mcsync::ReplicaDurability::None,
         (other, _) => {

@@ -31,6 +31,8 @@ struct Node {
     lines: mpsc::Receiver<String>,
     /// Host version from the `ready` line, and whether the store was rebuilt at open.
     ready: (u64, u64),
+    /// Versions of the resets the host was handed.
+    resets: Vec<u64>,
 }
 
 impl Node {
@@ -70,6 +72,7 @@ impl Node {
             child,
             lines,
             ready: (0, 0),
+            resets: Vec::new(),
         };
         let line = node.next_line("ready");
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -89,6 +92,9 @@ impl Node {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let line = self.next_line(&format!("host {v}"));
+            if let Some(r) = line.strip_prefix("reset ") {
+                self.resets.push(r.parse().unwrap());
+            }
             if let Some(h) = line.strip_prefix("host ") {
                 if h.parse::<u64>().unwrap() >= v {
                     return;
@@ -203,6 +209,11 @@ fn after_a_power_loss_an_unsynced_replica_is_rebuilt_and_after_kill_nine_it_is_n
     assert_eq!(node.ready, (v1, 0), "same boot: reopened as it was");
     node.wait_host(v2);
     assert!(marker(&root).is_some());
+    assert_eq!(
+        node.resets,
+        Vec::<u64>::new(),
+        "a kill -9 owes the host no reset"
+    );
 
     // 2. kill -9, then the marker says another boot: a power loss with unsynced commits.
     node.kill();
@@ -211,6 +222,13 @@ fn after_a_power_loss_an_unsynced_replica_is_rebuilt_and_after_kill_nine_it_is_n
     let mut node = Node::start(&root, &publisher);
     assert_eq!(node.ready, (v2, 1), "another boot: the store was rebuilt");
     node.wait_host(v3);
+    // The reset came once the replica was back at least where the host was.
+    assert_eq!(node.resets.len(), 1, "the host is handed one reset");
+    assert!(
+        node.resets[0] >= v2,
+        "reset at {:?}, host was at {v2}",
+        node.resets
+    );
     node.stop();
     assert_eq!(
         marker(&root),

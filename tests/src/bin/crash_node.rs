@@ -14,7 +14,8 @@
 //! returned (and was appended to the acks file), `idle <version>` on reaching its target;
 //! stdin lines `target <V>` raise the target. Subscriber: `ready <host version> rebuilds
 //! <n>` (`n`: 1 if its replica store was discarded at open, see `ReplicaDurability`), then
-//! `host <version>` after each host transaction. A reset (`Update::reset`) replaces the
+//! `host <version>` after each host transaction (preceded by `reset <version>` when the
+//! update was a reset). A reset (`Update::reset`) replaces the
 //! host's table; one that would take the host back to an older version is a failure
 //! (exit 3, like a duplicate). A duplicate delivery to the host writes
 //! `<host dir>/DUPLICATE` and exits 3; a subscription that stops by itself exits 4.
@@ -355,6 +356,9 @@ fn subscriber(flags: &HashMap<String, String>) {
                     4,
                     format!("host transaction for version {}: {e}", u.version),
                 );
+            }
+            if u.reset {
+                say(format!("reset {}", u.version));
             }
             say(format!("host {}", u.version));
             if until.is_some_and(|t| u.version >= t) && !r.swap(true, Ordering::SeqCst) {
