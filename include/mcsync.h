@@ -29,6 +29,23 @@
 #include <stdint.h>
 
 /**
+ * `mcsync_subscriber_config_set_replica_durability`: fsync every apply commit.
+ */
+#define MCSYNC_REPLICA_SYNC 0
+
+/**
+ * `mcsync_subscriber_config_set_replica_durability`: no fsync per apply; flushed every
+ * `interval_ms` and at a clean close (the default, every 1,000 ms).
+ */
+#define MCSYNC_REPLICA_PERIODIC 1
+
+/**
+ * `mcsync_subscriber_config_set_replica_durability`: no fsync per apply; flushed only at
+ * a clean close.
+ */
+#define MCSYNC_REPLICA_NONE 2
+
+/**
  * Size in bytes of the `reason` buffer mcsync passes to a vote callback (room for 255
  * bytes of text and a NUL).
  */
@@ -388,7 +405,9 @@ typedef struct mcsync_update {
      * transaction of its own). Sent only to a subscription made with
      * `mcsync_subscriber_subscribe_after` when the updates after the host's version can no
      * longer be delivered one by one (the publisher's journal no longer reaches back that
-     * far) or when the master's history changed (a publisher restored from an older copy).
+     * far) or when the master's history changed (a publisher restored from an older copy),
+     * and to every subscription of a subscriber whose replica store was discarded and
+     * rebuilt after an OS crash or power loss (replica durability periodic or none).
      * False for every other update.
      */
     bool reset;
@@ -998,6 +1017,24 @@ enum mcsync_status mcsync_subscriber_config_set_client_name(struct mcsync_subscr
  */
 enum mcsync_status mcsync_subscriber_config_set_compact_catch_up_after(struct mcsync_subscriber_config *config,
                                                                        uint64_t versions);
+
+/**
+ * Sets how the replica store reaches the disk: `MCSYNC_REPLICA_SYNC` (fsync every apply
+ * commit), `MCSYNC_REPLICA_PERIODIC` (LMDB `MDB_NOSYNC`, flushed every `interval_ms`
+ * milliseconds, 1..=3,600,000, and at `mcsync_subscriber_close`) or `MCSYNC_REPLICA_NONE`
+ * (flushed only at close). `interval_ms` is ignored except with `MCSYNC_REPLICA_PERIODIC`.
+ * Default: periodic, every 1,000 ms.
+ *
+ * In every mode a kill -9 of the process loses nothing applied. After an OS crash or power
+ * loss a periodic or none replica that had unsynced commits is discarded at the next open
+ * and rebuilt from the publisher (stats `replica_rebuilds`); hosts are then handed a reset
+ * (the `reset` field of `mcsync_update`). See docs/OPERATIONS.md, "Replica durability".
+ *
+ * Errors: `MCSYNC_ERR_RANGE` for an unknown mode or an interval out of range.
+ */
+enum mcsync_status mcsync_subscriber_config_set_replica_durability(struct mcsync_subscriber_config *config,
+                                                                   int mode,
+                                                                   uint64_t interval_ms);
 
 /**
  * Opens (or creates) a publisher's store in the configured data directory, starts its

@@ -118,6 +118,10 @@ pub struct BenchArgs {
     /// default) or `async` (version assigned; a journal writer group-commits behind).
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
     durability: DurabilityArg,
+    /// How the subscribers' replicas reach the disk: `sync` (fsync every apply),
+    /// `periodic:<ms>` (`periodic` alone: every 1000 ms, the library's default) or `none`.
+    #[arg(long, value_name = "MODE", default_value = "periodic:1000", value_parser = crate::serve::parse_replica_durability)]
+    replica_durability: mcsync::ReplicaDurability,
 }
 
 /// `--durability` values.
@@ -246,6 +250,7 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         publishers: a.publishers,
         seed: a.seed,
         durability: a.durability.into(),
+        replica_durability: a.replica_durability,
         bar: bar.clone(),
     };
     let t0 = Instant::now();
@@ -269,6 +274,7 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
                 DurabilityArg::Async => "async: each commit returns once its version is assigned; a journal writer group-commits (fsync) behind it, at most 8,192 updates behind",
             }
             .into(),
+            replica_durability: a.replica_durability.to_string(),
             value_content: "random bytes (incompressible), a distinct key per update".into(),
             data_dir: data_root.display().to_string(),
         },

@@ -165,6 +165,17 @@ pub struct SubscribeArgs {
     /// at start).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// How the replica reaches the disk: `sync` (fsync every apply), `periodic:<ms>`
+    /// (flush every <ms>; `periodic` alone is every 1000 ms, the default) or `none` (flush
+    /// only at a clean close). Nothing applied is lost on kill -9 in any mode; after a power
+    /// loss a periodic/none replica is rebuilt from the publisher (docs/OPERATIONS.md).
+    #[arg(long, value_name = "MODE", default_value = "periodic:1000", value_parser = parse_replica_durability)]
+    replica_durability: mcsync::ReplicaDurability,
+}
+
+/// Parses `--replica-durability`.
+pub fn parse_replica_durability(s: &str) -> Result<mcsync::ReplicaDurability, String> {
+    mcsync::ReplicaDurability::parse(s).map_err(|e| e.to_string())
 }
 
 /// Options of `mcsync verify` and `mcsync resync`.
@@ -495,7 +506,8 @@ fn subscribe_retrying(
 /// Runs `mcsync subscribe` until interrupted. Starting waits for the publisher (see
 /// [`subscribe_retrying`]); only what retrying cannot fix ends it.
 pub fn subscribe(a: SubscribeArgs) -> CliResult {
-    let cfg = a.connect.subscriber_config(&a.data_dir)?;
+    let mut cfg = a.connect.subscriber_config(&a.data_dir)?;
+    cfg.replica_durability = a.replica_durability;
     let s = std::sync::Arc::new(Subscriber::open(cfg)?);
     let s2 = s.clone();
     let _metrics = serve_metrics(a.metrics, move || s2.metrics())?;

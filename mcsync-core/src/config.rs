@@ -345,6 +345,114 @@ pub struct LossConfig {
     pub seed: u64,
 }
 
+/// How a subscriber's replica store reaches the disk (see docs/OPERATIONS.md, "Replica
+/// durability").
+///
+/// A replica is *recoverable*, not the durable truth: the publisher's journal is. Whatever
+/// the mode, a kill -9 of the subscriber process loses nothing it applied (committed LMDB
+/// transactions are in the OS page cache), and the host delivery cursor and the two-phase
+/// `prepared` table live in the same LMDB environment, so they stay consistent with the
+/// replica.
+///
+/// The modes differ on an **OS crash or power loss**:
+///
+/// - [`Sync`](ReplicaDurability::Sync): every apply commit is fsynced; nothing applied is
+///   lost.
+/// - [`Periodic`](ReplicaDurability::Periodic) and [`None`](ReplicaDurability::None): the
+///   store is opened with `MDB_NOSYNC` and flushed every interval (`Periodic`) or only at a
+///   clean close (`None`). LMDB does not keep a NOSYNC store consistent across a power
+///   loss, so before the first unsynced commit the subscriber writes (durably) a marker
+///   file `replica-unsynced` holding the boot id, and removes it after a flush that no
+///   commit raced. A store found at open with a marker from another boot is not trusted:
+///   its LMDB files are discarded, the replica starts empty at version 0 and catches up
+///   from the publisher (counted in `replica_rebuilds`), and every host is handed a reset
+///   (the whole state, [`Update::reset`](crate::Update::reset)). A participant's PREPARED
+///   vote is made durable (fsync) before it is sent, in every mode.
+///
+/// The default is `Periodic(1 s)`: with 8 replicas on one disk an fsync per apply costs
+/// most of the throughput (docs/BENCHMARKS.md, "Replica durability"), while a power loss
+/// at worst costs a rebuild from the publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaDurability {
+    /// Fsync every apply commit (LMDB's default).
+    Sync,
+    /// `MDB_NOSYNC`, flushed (fsync) every interval by a flusher thread and at clean close.
+    Periodic(Duration),
+    /// `MDB_NOSYNC`, flushed only at clean close.
+    None,
+}
+
+impl Default for ReplicaDurability {
+    fn default() -> ReplicaDurability {
+        ReplicaDurability::Periodic(DEFAULT_REPLICA_FLUSH_INTERVAL)
+    }
+}
+
+/// The flush interval of the default [`ReplicaDurability::Periodic`].
+pub const DEFAULT_REPLICA_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The flush intervals [`ReplicaDurability::Periodic`] accepts (1 ms to 1 hour).
+pub const REPLICA_FLUSH_INTERVAL: limits::Limit<Duration> = limits::Limit {
+    name: "replica flush interval",
+    min: Duration::from_millis(1),
+    max: Duration::from_secs(3600),
+};
+
+impl ReplicaDurability {
+    /// Parses `sync`, `none`, `periodic` (the default interval) or `periodic:<ms>`, as the
+    /// CLI takes it.
+    pub fn parse(text: &str) -> Result<ReplicaDurability> {
+        let bad = || {
+            Error::Config(format!(
+                "replica durability {text:?}: expected sync, periodic, periodic:<ms> or none"
+            ))
+        };
+        let d = match text.trim() {
+            "sync" => ReplicaDurability::Sync,
+            "none" => ReplicaDurability::None,
+            "periodic" => ReplicaDurability::default(),
+            other => {
+                let ms = other
+                    .strip_prefix("periodic:")
+                    .ok_or_else(bad)?
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad())?;
+                ReplicaDurability::Periodic(Duration::from_millis(ms))
+            }
+        };
+        d.validate()?;
+        Ok(d)
+    }
+
+    /// Checks the flush interval of `Periodic` against [`REPLICA_FLUSH_INTERVAL`].
+    pub fn validate(&self) -> Result<()> {
+        if let ReplicaDurability::Periodic(interval) = self {
+            REPLICA_FLUSH_INTERVAL.check(*interval)?;
+        }
+        Ok(())
+    }
+
+    /// The mode as a number, for stats and the C API: 0 sync, 1 periodic, 2 none.
+    pub fn code(&self) -> u64 {
+        match self {
+            ReplicaDurability::Sync => 0,
+            ReplicaDurability::Periodic(_) => 1,
+            ReplicaDurability::None => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicaDurability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaDurability::Sync => f.write_str("sync"),
+            ReplicaDurability::Periodic(i) => write!(f, "periodic:{}", i.as_millis()),
+            ReplicaDurability::None => f.write_str("none"),
+        }
+    }
+}
+
 /// Everything [`Subscriber::open`](crate::Subscriber::open) needs.
 #[derive(Debug, Clone)]
 pub struct SubscriberConfig {
@@ -400,6 +508,9 @@ pub struct SubscriberConfig {
     /// Drop packets whose source address and port are not the publisher's. Leave on;
     /// turning it off only makes sense for tests that inject packets.
     pub verify_source: bool,
+    /// How the replica store reaches the disk (default [`ReplicaDurability::Periodic`],
+    /// every second): see [`ReplicaDurability`].
+    pub replica_durability: ReplicaDurability,
 }
 
 impl SubscriberConfig {
@@ -433,7 +544,14 @@ impl SubscriberConfig {
             error_threshold: 0.25,
             unicast_backoff: Duration::from_secs(10),
             silence_timeout: Duration::from_secs(3),
+            replica_durability: ReplicaDurability::default(),
         }
+    }
+
+    /// Sets [`replica_durability`](SubscriberConfig::replica_durability).
+    pub fn with_replica_durability(mut self, d: ReplicaDurability) -> SubscriberConfig {
+        self.replica_durability = d;
+        self
     }
 
     /// Checks every setting against [`limits`], and how the publisher is checked (what
@@ -465,6 +583,7 @@ impl SubscriberConfig {
         limits::REPAIR_IO_TIMEOUT.check(self.repair_io_timeout)?;
         limits::MAX_UPDATE_BYTES.check(self.max_update_bytes)?;
         limits::MAP_SIZE.check(self.map_size)?;
+        self.replica_durability.validate()?;
         Ok(())
     }
 }

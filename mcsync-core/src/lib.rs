@@ -75,8 +75,8 @@ pub mod wire;
 
 pub use auth::{Authenticator, Grant, Secret};
 pub use config::{
-    Authentication, Durability, LossConfig, MulticastConfig, PublisherConfig, Retention, Schedule,
-    SubscriberConfig, ASYNC_MAX_PENDING,
+    Authentication, Durability, LossConfig, MulticastConfig, PublisherConfig, ReplicaDurability,
+    Retention, Schedule, SubscriberConfig, ASYNC_MAX_PENDING,
 };
 pub use crypto::Key;
 pub use error::{Error, ErrorKind, Result};

@@ -52,6 +52,7 @@ impl SubscriptionStats {
         "latency_p99_us",
         "latency_p999_us",
         "recv_buffer_bytes",
+        "replica_durability",
     ];
 }
 
@@ -310,6 +311,17 @@ counters!(
         /// Times the publisher's history changed under the replica (another incarnation, or
         /// a master behind it) and the replica resynced against the new one.
         history_changes,
+        /// How the subscriber's replica store reaches the disk (a gauge): 0 sync (fsync per
+        /// apply), 1 periodic, 2 none (see `ReplicaDurability`). The store is shared by the
+        /// subscriber's subscriptions, so this and the next two are the same in each.
+        replica_durability,
+        /// Flushes (fsyncs) of unsynced replica commits (periodic and none modes; also
+        /// before each PREPARED vote and at close).
+        replica_flushes,
+        /// 1 when the subscriber discarded its store at open because the previous run ended
+        /// in an OS crash or power loss with unsynced commits; the replicas were rebuilt
+        /// from the publisher and every host handed a reset.
+        replica_rebuilds,
         /// Times the host was handed the whole state (`Update::reset`): the history changed,
         /// or nothing reached back to the host's version.
         resets_delivered,

@@ -12,11 +12,11 @@ use crate::error::{mcsync_status, FfiError};
 use crate::subscriber::mcsync_free_callback;
 use mcsync_core::config::{limits, parse_fingerprint};
 use mcsync_core::{
-    Authentication, LossConfig, PublisherConfig, Schedule, Secret, ServerIdentity, ServerTrust,
-    SubscriberConfig,
+    Authentication, LossConfig, PublisherConfig, ReplicaDurability, Schedule, Secret,
+    ServerIdentity, ServerTrust, SubscriberConfig,
 };
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::raw::{c_char, c_void};
+use std::os::raw::{c_char, c_int, c_void};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -958,6 +958,54 @@ pub unsafe extern "C" fn mcsync_subscriber_config_set_compact_catch_up_after(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         borrow_mut(config, "config")?.config.compact_catch_up_after = versions;
+        Ok(())
+    }
+}
+
+/// `mcsync_subscriber_config_set_replica_durability`: fsync every apply commit.
+pub const MCSYNC_REPLICA_SYNC: c_int = 0;
+/// `mcsync_subscriber_config_set_replica_durability`: no fsync per apply; flushed every
+/// `interval_ms` and at a clean close (the default, every 1,000 ms).
+pub const MCSYNC_REPLICA_PERIODIC: c_int = 1;
+/// `mcsync_subscriber_config_set_replica_durability`: no fsync per apply; flushed only at
+/// a clean close.
+pub const MCSYNC_REPLICA_NONE: c_int = 2;
+
+/// Sets how the replica store reaches the disk: `MCSYNC_REPLICA_SYNC` (fsync every apply
+/// commit), `MCSYNC_REPLICA_PERIODIC` (LMDB `MDB_NOSYNC`, flushed every `interval_ms`
+/// milliseconds, 1..=3,600,000, and at `mcsync_subscriber_close`) or `MCSYNC_REPLICA_NONE`
+/// (flushed only at close). `interval_ms` is ignored except with `MCSYNC_REPLICA_PERIODIC`.
+/// Default: periodic, every 1,000 ms.
+///
+/// In every mode a kill -9 of the process loses nothing applied. After an OS crash or power
+/// loss a periodic or none replica that had unsynced commits is discarded at the next open
+/// and rebuilt from the publisher (stats `replica_rebuilds`); hosts are then handed a reset
+/// (the `reset` field of `mcsync_update`). See docs/OPERATIONS.md, "Replica durability".
+///
+/// Errors: `MCSYNC_ERR_RANGE` for an unknown mode or an interval out of range.
+#[no_mangle]
+pub unsafe extern "C" fn mcsync_subscriber_config_set_replica_durability(
+    config: *mut mcsync_subscriber_config,
+    mode: c_int,
+    interval_ms: u64,
+) -> mcsync_status {
+    ffi_panic_boundary! {
+        let c = borrow_mut(config, "config")?;
+        let d = match mode {
+            MCSYNC_REPLICA_SYNC => ReplicaDurability::Sync,
+            MCSYNC_REPLICA_PERIODIC => ReplicaDurability::Periodic(
+                mcsync_core::config::REPLICA_FLUSH_INTERVAL
+                    .check(Duration::from_millis(interval_ms))?,
+            ),
+            MCSYNC_REPLICA_NONE => ReplicaDurability::None,
+            other => {
+                return Err(FfiError::range(format!(
+                    "replica durability mode {other} is none of MCSYNC_REPLICA_SYNC (0), \
+                     MCSYNC_REPLICA_PERIODIC (1), MCSYNC_REPLICA_NONE (2)"
+                )))
+            }
+        };
+        c.config.replica_durability = d;
         Ok(())
     }
 }

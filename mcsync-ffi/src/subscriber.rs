@@ -66,7 +66,9 @@ pub struct mcsync_update {
     /// transaction of its own). Sent only to a subscription made with
     /// `mcsync_subscriber_subscribe_after` when the updates after the host's version can no
     /// longer be delivered one by one (the publisher's journal no longer reaches back that
-    /// far) or when the master's history changed (a publisher restored from an older copy).
+    /// far) or when the master's history changed (a publisher restored from an older copy),
+    /// and to every subscription of a subscriber whose replica store was discarded and
+    /// rebuilt after an OS crash or power loss (replica durability periodic or none).
     /// False for every other update.
     pub reset: bool,
 }

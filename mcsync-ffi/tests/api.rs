@@ -248,6 +248,13 @@ fn replicate_read_and_close_from_the_callback() {
             &mut applied,
         ));
         assert!(applied >= version);
+        let mut mode = u64::MAX;
+        ok(mcsync_stats_get(
+            stats,
+            c("replica_durability").as_ptr(),
+            &mut mode,
+        ));
+        assert_eq!(mode, 1, "the default is periodic");
         mcsync_stats_free(stats);
 
         ok(mcsync_subscription_close(sub));
@@ -1086,6 +1093,57 @@ fn setters_refuse_what_core_refuses_with_the_same_message() {
         let rust = mcsync_core::config::parse_fingerprint("ab:cd").unwrap_err();
         assert_eq!(last_error(), rust.to_string());
         mcsync_publisher_config_free(pc);
+        mcsync_subscriber_config_free(sc);
+    }
+}
+
+#[test]
+fn replica_durability_setter_checks_its_arguments() {
+    use mcsync_core::ReplicaDurability;
+    let mut sc = null_mut();
+    unsafe {
+        ok(mcsync_subscriber_config_new(&mut sc));
+        for (mode, interval) in [
+            (MCSYNC_REPLICA_SYNC, 0),
+            (MCSYNC_REPLICA_PERIODIC, 1),
+            (MCSYNC_REPLICA_PERIODIC, 3_600_000),
+            (MCSYNC_REPLICA_NONE, 0),
+        ] {
+            ok(mcsync_subscriber_config_set_replica_durability(
+                sc, mode, interval,
+            ));
+        }
+        for mode in [-1, 3, 100] {
+            assert_eq!(
+                mcsync_subscriber_config_set_replica_durability(sc, mode, 1000),
+                mcsync_status::MCSYNC_ERR_RANGE
+            );
+            assert!(
+                last_error().contains(&format!("replica durability mode {mode} is none of")),
+                "{}",
+                last_error()
+            );
+        }
+        for interval in [0, 3_600_001, u64::MAX] {
+            assert_eq!(
+                mcsync_subscriber_config_set_replica_durability(
+                    sc,
+                    MCSYNC_REPLICA_PERIODIC,
+                    interval
+                ),
+                mcsync_status::MCSYNC_ERR_RANGE
+            );
+            // The same words as Rust's validation.
+            let rust = ReplicaDurability::Periodic(Duration::from_millis(interval))
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(rust.ends_with(&last_error()), "{rust:?} {:?}", last_error());
+        }
+        assert_eq!(
+            mcsync_subscriber_config_set_replica_durability(null_mut(), MCSYNC_REPLICA_SYNC, 0),
+            mcsync_status::MCSYNC_ERR_NULL
+        );
         mcsync_subscriber_config_free(sc);
     }
 }

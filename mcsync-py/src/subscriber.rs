@@ -9,7 +9,7 @@
 use crate::convert::{addr_tuple, bytes_arg, deadline_arg, ipv4_arg, seconds_arg};
 use crate::convert::{socket_addr_arg, stats_dict, Deadline};
 use crate::delivery::{Delivery, UpdateQueue};
-use crate::errors::{raise, OrRaise};
+use crate::errors::{config_error, raise, OrRaise};
 use crate::lifecycle::{interruptible, next_slice, track_subscriber, ReleaseOnDrop};
 use crate::resync::PyResyncReport;
 use crate::security::trust_arg;
@@ -42,6 +42,14 @@ use std::time::{Duration, Instant};
 /// 1,000) catches up compacted, with the latest value of each changed key instead of every
 /// step (its callback then sees fewer, larger updates).
 ///
+/// ``replica_durability`` says how the replica store reaches the disk: ``"periodic"``
+/// (default: no fsync per apply, a flush every ``replica_flush_interval`` seconds, default
+/// 1.0, and at ``close()``), ``"sync"`` (an fsync per apply) or ``"none"`` (flushed only at
+/// ``close()``). Nothing applied is lost on ``kill -9`` in any mode; after an OS crash or
+/// power loss a periodic or none replica with unsynced commits is discarded at the next
+/// open and rebuilt from the publisher (``stats()["replica_rebuilds"]``), and hosts get a
+/// ``reset`` update. ``replica_flush_interval`` is only for ``"periodic"``.
+///
 /// ``loss`` (a probability, e.g. ``0.05``) injects seeded receive-side loss for tests and
 /// demos; ``loss_seed`` and ``loss_burst`` shape it. Durations are in seconds. Options left
 /// at ``None`` take the engine's defaults.
@@ -71,6 +79,40 @@ impl PySubscriber {
     }
 }
 
+/// `replica_durability=` and `replica_flush_interval=` as the engine's setting.
+fn replica_durability_arg(
+    py: Python<'_>,
+    mode: &str,
+    interval: Option<f64>,
+) -> PyResult<mcsync::ReplicaDurability> {
+    let d = match (mode, interval) {
+        ("periodic", None) => mcsync::ReplicaDurability::default(),
+        ("periodic", Some(secs)) => {
+            mcsync::ReplicaDurability::Periodic(seconds_arg(py, secs, "replica_flush_interval")?)
+        }
+        ("sync" | "none", Some(_)) => {
+            return Err(config_error(
+                py,
+                format!(
+                "replica_flush_interval is only for replica_durability=\"periodic\", not {mode:?}"
+            ),
+            ))
+        }
+        ("sync", None) => mcsync::ReplicaDurability::Sync,
+        ("none", None) => mcsync::ReplicaDurability::None,
+        (other, _) => {
+            return Err(config_error(
+                py,
+                format!(
+                    "replica_durability must be \"sync\", \"periodic\" or \"none\", not {other:?}"
+                ),
+            ))
+        }
+    };
+    d.validate().map_err(|e| config_error(py, e.to_string()))?;
+    Ok(d)
+}
+
 #[pymethods]
 impl PySubscriber {
     #[new]
@@ -81,7 +123,8 @@ impl PySubscriber {
         loss_seed = 0, loss_burst = 1, recv_buffer_bytes = None, channel_capacity = None,
         reorder_buffer_bytes = None, repair_delay = None, repair_retry = None,
         repair_io_timeout = None, silence_timeout = None, max_update_bytes = None,
-        map_size = None, client_name = None, compact_catch_up_after = None
+        map_size = None, client_name = None, compact_catch_up_after = None,
+        replica_durability = "periodic", replica_flush_interval = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -110,6 +153,8 @@ impl PySubscriber {
         map_size: Option<usize>,
         client_name: Option<String>,
         compact_catch_up_after: Option<u64>,
+        replica_durability: &str,
+        replica_flush_interval: Option<f64>,
     ) -> PyResult<Self> {
         let server = match (control_addr, server) {
             (Some(a), None) => socket_addr_arg(py, a, "control_addr")?,
@@ -167,6 +212,8 @@ impl PySubscriber {
         c.map_size = map_size.unwrap_or(c.map_size);
         c.client_name = client_name.unwrap_or(c.client_name);
         c.compact_catch_up_after = compact_catch_up_after.unwrap_or(c.compact_catch_up_after);
+        c.replica_durability =
+            replica_durability_arg(py, replica_durability, replica_flush_interval)?;
         let core = interruptible(py, "open-subscriber", move || {
             mcsync::Subscriber::open(c).map(Arc::new)
         })?

@@ -10,10 +10,16 @@
 //! never ahead of its replica), and no update reached a host twice. At the end everything
 //! runs clean to one final version and all five stores must be equal.
 //!
+//! Each subscriber's successive lives cycle through the three replica durabilities (`sync`,
+//! `periodic:200`, `none`; see `mcsync::ReplicaDurability`): after a kill -9 in any of them
+//! nothing the replica applied is lost (it holds at least every version its host said it
+//! stored), it is never rebuilt (same boot: the page cache had every commit), and a clean
+//! stop leaves no unsynced marker.
+//!
 //! `MCSYNC_CRASH_SEED=<n>` reruns a seed; `MCSYNC_CRASH_KILLS=<n>` asks for more kills
 //! (default 50); `MCSYNC_CRASH_KEEP=1` keeps the data directories. See docs/TESTING.md.
 
-use mcsync::store::{PublisherStore, SubscriberStore};
+use mcsync::store::{unsynced, PublisherStore, SubscriberStore};
 use mcsync_tests::crash::{ops_for, state_at, SplitMix, DB};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -30,6 +36,8 @@ const RETENTION: u64 = 150;
 const COMPACT_AFTER: u64 = 25;
 /// Longest wait for anything that must happen (a loaded 2-core machine).
 const DEADLINE: Duration = Duration::from_secs(90);
+/// Replica durabilities a subscriber's lives cycle through.
+const MODES: [&str; 3] = ["sync", "periodic:200", "none"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -83,6 +91,9 @@ struct Node {
     dir: PathBuf,
     host_dir: PathBuf,
     log: PathBuf,
+    /// Subscriber: lives started so far, and the replica durability of the current one.
+    lives: u64,
+    mode: &'static str,
 }
 
 impl Node {
@@ -112,6 +123,10 @@ struct Run {
     by_point: BTreeMap<&'static str, u64>,
     unreached: BTreeMap<&'static str, u64>,
     checks: u64,
+    /// Subscriber kills per replica durability.
+    kills_by_mode: BTreeMap<&'static str, u64>,
+    /// Kills after which an unsynced marker was found (the NOSYNC reopen path exercised).
+    markers_by_mode: BTreeMap<&'static str, u64>,
 }
 
 fn fail(seed: u64, what: impl std::fmt::Display) -> ! {
@@ -144,9 +159,15 @@ impl Run {
                     .arg("--acks")
                     .arg(self.acks_path());
             }
-            Role::Subscriber(_) => {
+            Role::Subscriber(i) => {
                 let fp = self.fingerprint.clone().expect("publisher started first");
+                let seed = self.seed;
+                let node = self.node(role);
+                node.mode = MODES[((node.lives + i as u64 + seed) % 3) as usize];
+                node.lives += 1;
+                let mode = node.mode;
                 cmd.arg("subscriber")
+                    .args(["--replica-durability", mode])
                     .args(["--server", &self.listen, "--fingerprint", &fp])
                     .args(["--compact-after", &COMPACT_AFTER.to_string()])
                     .arg("--host-dir")
@@ -165,7 +186,12 @@ impl Run {
             .append(true)
             .open(&node.log)
             .unwrap();
-        writeln!(&log, "--- start {role:?} crash {crash:?}").unwrap();
+        writeln!(
+            &log,
+            "--- start {role:?} crash {crash:?} replica durability {:?}",
+            node.mode
+        )
+        .unwrap();
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -284,6 +310,8 @@ impl Run {
                 self.check_publisher(None);
             }
             Role::Subscriber(_) => {
+                let mode = self.node(role).mode;
+                *self.kills_by_mode.entry(mode).or_default() += 1;
                 self.check_subscriber(role, None);
             }
         }
@@ -404,14 +432,42 @@ impl Run {
         if let Ok(why) = std::fs::read_to_string(host_dir.join("DUPLICATE")) {
             fail(seed, format!("{role:?}: duplicate delivery: {why}"));
         }
+        let (mode, said_host) = {
+            let n = self.node(role);
+            (n.mode, n.progress.said.lock().unwrap().version)
+        };
+        // Opening the store syncs it and drops the marker (same boot); it is put back after,
+        // so the next life reopens the store as the kill left it.
+        let marker = unsynced::read_marker(&dir).unwrap();
+        if marker.is_some() {
+            *self.markers_by_mode.entry(mode).or_default() += 1;
+        }
         let (applied, replica) = {
             let store = SubscriberStore::open(&dir, 256 << 20)
                 .unwrap_or_else(|e| fail(seed, format!("reopening {role:?}'s replica: {e}")));
+            if store.rebuilt() {
+                fail(
+                    seed,
+                    format!("{role:?} ({mode}): a kill -9 made the store be rebuilt"),
+                );
+            }
             let tables = store.tables(DB).unwrap();
             let applied = store.applied_version(DB).unwrap();
             let replica: BTreeMap<_, _> = store.all(tables).unwrap().into_iter().collect();
             (applied, replica)
         };
+        if let Some(m) = marker {
+            unsynced::write_marker(&dir, &m).unwrap();
+        }
+        if applied < said_host {
+            fail(
+                seed,
+                format!(
+                    "{role:?} ({mode}): applied update lost: the replica reopened at {applied}, \
+                     but its host had stored {said_host}"
+                ),
+            );
+        }
         if applied > self.target {
             fail(
                 seed,
@@ -640,7 +696,18 @@ impl Run {
         }
         self.check_publisher(Some(target));
         for i in 0..2 {
-            self.check_subscriber(Role::Subscriber(i), Some(target));
+            let role = Role::Subscriber(i);
+            if unsynced::read_marker(&self.node(role).dir)
+                .unwrap()
+                .is_some()
+            {
+                let mode = self.node(role).mode;
+                fail(
+                    seed,
+                    format!("{role:?} ({mode}): a clean stop left the unsynced marker"),
+                );
+            }
+            self.check_subscriber(role, Some(target));
         }
     }
 }
@@ -707,6 +774,8 @@ fn kill_nine_anywhere_loses_nothing_acknowledged_and_every_store_stays_a_master_
         dir: root.join(name),
         host_dir: root.join(format!("{name}-host")),
         log: root.join(format!("{name}.log")),
+        lives: 0,
+        mode: "",
     };
     let mut run = Run {
         seed,
@@ -728,6 +797,8 @@ fn kill_nine_anywhere_loses_nothing_acknowledged_and_every_store_stays_a_master_
         by_point: BTreeMap::new(),
         unreached: BTreeMap::new(),
         checks: 0,
+        kills_by_mode: BTreeMap::new(),
+        markers_by_mode: BTreeMap::new(),
     };
     run.start_missing(None);
     run.wait_idle();
@@ -753,17 +824,27 @@ fn kill_nine_anywhere_loses_nothing_acknowledged_and_every_store_stays_a_master_
     run.finish();
     eprintln!(
         "crash seed {seed}: {} kills in {rounds} rounds ({} at crash points {:?}, {} from \
-         outside; crash points not reached: {:?}), {} store checks, final version {}, {:.1} s",
+         outside; crash points not reached: {:?}), subscriber kills by replica durability {:?} \
+         (unsynced marker found {:?}), {} store checks, final version {}, {:.1} s",
         run.kills,
         run.kills - run.external,
         run.by_point,
         run.external,
         run.unreached,
+        run.kills_by_mode,
+        run.markers_by_mode,
         run.checks,
         run.target,
         started.elapsed().as_secs_f64()
     );
     assert!(run.kills >= want_kills);
+    for m in MODES {
+        assert!(
+            run.kills_by_mode.contains_key(m),
+            "seed {seed}: no subscriber was killed with replica durability {m}: {:?}",
+            run.kills_by_mode
+        );
+    }
     for p in mcsync::crash::POINTS {
         assert!(
             run.by_point.contains_key(p),

@@ -15,6 +15,7 @@ pub(super) struct Ctx {
     pub(super) publishers: usize,
     pub(super) seed: u64,
     pub(super) durability: Durability,
+    pub(super) replica_durability: mcsync::ReplicaDurability,
     pub(super) bar: ProgressBar,
 }
 
@@ -86,6 +87,7 @@ impl Cluster {
             );
             sc.user = "bench".into();
             sc.client_name = format!("bench-{i}");
+            sc.replica_durability = ctx.replica_durability;
             sc.loss = loss.filter(|p| *p > 0.0 && i < lossy).map(|p| LossConfig {
                 probability: p,
                 burst_len: 1,

@@ -42,6 +42,8 @@ pub(super) struct Settings {
     pub(super) heartbeat_initial_us: u64,
     pub(super) encryption: String,
     pub(super) journal: String,
+    /// The subscribers' replica durability (`sync`, `periodic:<ms>`, `none`).
+    pub(super) replica_durability: String,
     pub(super) value_content: String,
     pub(super) data_dir: String,
 }

@@ -4,6 +4,7 @@
 pub mod publisher;
 mod state_writer;
 pub mod subscriber;
+pub mod unsynced;
 
 pub use publisher::{PublisherStore, StoreCore};
 pub use subscriber::SubscriberStore;
@@ -42,6 +43,9 @@ pub struct Env {
     env: Environment,
     gate: RwLock<()>,
     path: PathBuf,
+    /// Set when the environment was opened with `MDB_NOSYNC`: its writes keep the unsynced
+    /// marker (see [`unsynced`]).
+    unsynced: Option<unsynced::Tracker>,
     // Declared last so the environment is closed before another process may take the lock.
     lock: std::sync::Mutex<Option<DirLock>>,
 }
@@ -123,21 +127,52 @@ impl Env {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
         let lock = DirLock::acquire(dir)?;
+        Env::open_locked(dir, map_size, lock, None)
+    }
+
+    /// Opens the environment in `dir`, whose lock the caller took. With `unsynced` it is
+    /// opened with `MDB_NOSYNC` and every write transaction first makes sure the unsynced
+    /// marker is on disk; [`Env::sync`] flushes.
+    pub fn open_locked(
+        dir: &Path,
+        map_size: usize,
+        lock: DirLock,
+        unsynced: Option<unsynced::Tracker>,
+    ) -> Result<Env> {
+        // Read transactions are short and may run on any thread: without NOTLS each
+        // thread that ever read would pin a reader slot for its whole life.
+        let mut flags = lmdb::EnvironmentFlags::NO_TLS;
+        if unsynced.is_some() {
+            flags |= lmdb::EnvironmentFlags::NO_SYNC;
+        }
         let env = Environment::new()
             .set_max_dbs(MAX_DBS)
             .set_map_size(map_size.max(1 << 20))
             .set_max_readers(MAX_READERS)
-            // Read transactions are short and may run on any thread: without NOTLS each
-            // thread that ever read would pin a reader slot for its whole life.
-            .set_flags(lmdb::EnvironmentFlags::NO_TLS)
+            .set_flags(flags)
             .open(dir)
             .map_err(|e| Error::Storage(format!("opening LMDB in {}: {e}", dir.display())))?;
         Ok(Env {
             env,
             gate: RwLock::new(()),
             path: dir.to_owned(),
+            unsynced,
             lock: std::sync::Mutex::new(Some(lock)),
         })
+    }
+
+    /// The unsynced marker's tracker, when the environment was opened with `MDB_NOSYNC`.
+    pub fn unsynced(&self) -> Option<&unsynced::Tracker> {
+        self.unsynced.as_ref()
+    }
+
+    /// Flushes every committed transaction to disk (fsync), whatever the environment's
+    /// flags. Applies go on meanwhile: the gate is held shared (only a map resize waits).
+    pub fn sync(&self) -> Result<()> {
+        let _g = self.gate.read_locked();
+        self.env
+            .sync(true)
+            .map_err(|e| storage_error(&self.path, e))
     }
 
     /// Gives up the data directory's lock once its owner is closed and will write no more
@@ -186,6 +221,13 @@ impl Env {
     ) -> Result<T> {
         loop {
             let attempt = {
+                let _unsynced = match &self.unsynced {
+                    Some(t) => {
+                        t.begin()?;
+                        Some(EndOnDrop(t))
+                    }
+                    None => None,
+                };
                 let _g = self.gate.read_locked();
                 let mut txn = self
                     .env
@@ -216,6 +258,15 @@ impl Env {
             .set_map_size(next)
             .map_err(|e| storage_error(&self.path, e))?;
         Ok(())
+    }
+}
+
+/// Ends a tracked write transaction however it ends.
+struct EndOnDrop<'a>(&'a unsynced::Tracker);
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

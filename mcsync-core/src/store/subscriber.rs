@@ -10,11 +10,14 @@
 //! cursor is written lazily (with the next apply, or when the subscription idles or
 //! closes): a crash replays at most that window again, it never skips one.
 
-use super::{apply_op, get_u64, record_hash, Env, RecordTables, StateSum};
-use crate::{Result, Update};
+use super::unsynced::{self, Tracker};
+use super::{apply_op, get_u64, record_hash, DirLock, Env, RecordTables, StateSum};
+use crate::config::ReplicaDurability;
+use crate::{Error, Result, Update};
 use lmdb::Cursor;
 use lmdb::{Database, Transaction, WriteFlags};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// A key and the content hash of its record.
 pub type KeyHash = (Vec<u8>, u64);
@@ -37,8 +40,11 @@ pub struct DeliveryState {
     /// Whether `pending` holds every update in (delivered, applied] (false when updates
     /// were applied with no callback to deliver them to).
     pub pending_complete: bool,
-    /// The host is owed a reset (the history changed; not yet handed over).
+    /// The host is owed a reset (the history changed, or the store was rebuilt; not yet
+    /// handed over).
     pub reset_owed: bool,
+    /// The reset is owed because the store was rebuilt after a power loss.
+    pub rebuilt: bool,
 }
 
 /// What a resync keeps for the host, in the same transaction as the resync itself.
@@ -55,6 +61,43 @@ pub struct SubscriberStore {
     env: Env,
     meta: Database,
     prepared: Database,
+    durability: ReplicaDurability,
+    flushes: AtomicU64,
+    rebuilds: u64,
+    /// The final flush ran (and the lock may be gone): the marker is no longer ours.
+    closed: AtomicBool,
+}
+
+/// How the replica store reaches the disk, as the stats show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaStoreStats {
+    /// The mode in effect ([`ReplicaDurability::code`]: 0 sync, 1 periodic, 2 none).
+    pub durability: u64,
+    /// Flushes (fsyncs) of unsynced commits so far.
+    pub flushes: u64,
+    /// 1 when this open discarded the store because the previous run ended in an OS crash
+    /// or power loss with unsynced commits (the replica was rebuilt from the publisher).
+    pub rebuilds: u64,
+}
+
+/// Set in a store that was rebuilt: every database's host is owed a reset (until it was
+/// handed one: `rebuilt-reset:<db>`).
+const REBUILT_KEY: &str = "rebuilt";
+
+fn rebuilt_reset_key(name: &str) -> String {
+    format!("rebuilt-reset:{name}")
+}
+
+impl Drop for SubscriberStore {
+    fn drop(&mut self) {
+        // The last user is gone without a clean close (the lock is still held, nothing
+        // writes any more): flush now.
+        if !self.closed.load(Ordering::SeqCst) {
+            if let Err(e) = self.close_flush() {
+                log::error!("flushing the replica store: {e}");
+            }
+        }
+    }
 }
 
 fn applied_key(name: &str) -> String {
@@ -80,20 +123,135 @@ fn incarnation_key(name: &str) -> String {
 }
 
 impl SubscriberStore {
-    /// Opens (creating) the store in `dir`.
+    /// Opens (creating) the store in `dir`, every commit fsynced
+    /// ([`ReplicaDurability::Sync`]).
     pub fn open(dir: &Path, map_size: usize) -> Result<SubscriberStore> {
-        let env = Env::open(dir, map_size)?;
+        SubscriberStore::open_with(dir, map_size, ReplicaDurability::Sync)
+    }
+
+    /// Opens (creating) the store in `dir` with the given durability, checking the unsynced
+    /// marker a previous run may have left against this boot's id.
+    pub fn open_with(
+        dir: &Path,
+        map_size: usize,
+        durability: ReplicaDurability,
+    ) -> Result<SubscriberStore> {
+        SubscriberStore::open_with_boot_id(dir, map_size, durability, unsynced::current_boot_id())
+    }
+
+    /// [`open_with`](Self::open_with) with the boot id given (`None`: the OS does not say;
+    /// a NOSYNC mode then falls back to `Sync`). Tests simulate a reboot with it.
+    ///
+    /// A marker from this boot means the last run ended in a process crash: the page cache
+    /// holds every commit, so the store is opened, synced, and the marker removed. A marker
+    /// from another boot (or any marker when the boot id is unknown) means an OS crash or
+    /// power loss with unsynced commits: the LMDB files are not opened, the data file is
+    /// kept aside as [`DISCARDED_DATA_FILE`](unsynced::DISCARDED_DATA_FILE), and the store starts empty (the replica
+    /// catches up from the publisher; every host is handed a reset).
+    pub fn open_with_boot_id(
+        dir: &Path,
+        map_size: usize,
+        durability: ReplicaDurability,
+        boot_id: Option<String>,
+    ) -> Result<SubscriberStore> {
+        durability.validate()?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating data directory {}", dir.display()), e))?;
+        let lock = DirLock::acquire(dir)?;
+        let unsynced::Opening {
+            durability,
+            tracker,
+            rebuild,
+            marker,
+        } = unsynced::opening(dir, durability, boot_id)?;
+        let env = Env::open_locked(dir, map_size, lock, tracker)?;
         let meta = env.db("meta")?;
         let prepared = env.db("prepared")?;
-        Ok(SubscriberStore {
+        if rebuild {
+            env.write(|txn| txn.put(meta, &REBUILT_KEY, &[1u8], WriteFlags::empty()))?;
+        }
+        let store = SubscriberStore {
             env,
             meta,
             prepared,
-        })
+            durability,
+            flushes: AtomicU64::new(0),
+            rebuilds: u64::from(rebuild),
+            closed: AtomicBool::new(false),
+        };
+        if marker {
+            // A process crash (or the rebuild just written): make everything durable and
+            // drop the marker, so only commits of this run are ever unsynced.
+            store.env.sync()?;
+            match store.env.unsynced() {
+                Some(t) => {
+                    if let Some(before) = t.before_sync() {
+                        t.after_sync(before)?;
+                    }
+                }
+                None => unsynced::remove_marker(dir)?,
+            }
+        }
+        Ok(store)
     }
 
-    /// Releases the data directory's lock (the owner is closed; see [`Env::release_lock`]).
+    /// Flushes unsynced commits to disk (nothing to do with [`ReplicaDurability::Sync`] or
+    /// when nothing was committed since the last flush) and, when no commit raced the
+    /// flush, removes the unsynced marker.
+    pub fn flush(&self) -> Result<()> {
+        let Some(t) = self.env.unsynced() else {
+            return Ok(());
+        };
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let Some(before) = t.before_sync() else {
+            return Ok(());
+        };
+        self.env.sync()?;
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        t.after_sync(before)?;
+        Ok(())
+    }
+
+    /// The clean close: flushes and removes the marker (nothing else writes any more).
+    /// After it the marker is no longer this store's to touch.
+    pub fn close_flush(&self) -> Result<()> {
+        let flushed = self.flush();
+        self.closed.store(true, Ordering::SeqCst);
+        flushed
+    }
+
+    /// The durability in effect (`Sync` when a NOSYNC mode had to fall back).
+    pub fn durability(&self) -> ReplicaDurability {
+        self.durability
+    }
+
+    /// How the store reaches the disk, for the stats.
+    pub fn replica_stats(&self) -> ReplicaStoreStats {
+        ReplicaStoreStats {
+            durability: self.durability.code(),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            rebuilds: self.rebuilds,
+        }
+    }
+
+    /// Whether this open discarded the store (a power loss with unsynced commits).
+    pub fn rebuilt(&self) -> bool {
+        self.rebuilds > 0
+    }
+
+    /// Whether commits are waiting for a flush (the unsynced marker is on disk).
+    pub fn unsynced(&self) -> bool {
+        self.env.unsynced().is_some_and(Tracker::dirty)
+    }
+
+    /// Releases the data directory's lock (the owner is closed; see [`Env::release_lock`]),
+    /// after the final flush.
     pub fn release_lock(&self) {
+        if let Err(e) = self.close_flush() {
+            log::error!("flushing the replica store at close: {e}");
+        }
         self.env.release_lock();
     }
 
@@ -242,11 +400,14 @@ impl SubscriberStore {
                 Err(e) => Err(e),
             };
             let gap = flag(pending_gap_key(name))?;
+            // A rebuilt store owes every host a reset: what it had may be gone.
+            let rebuilt = flag(REBUILT_KEY.to_owned())? && !flag(rebuilt_reset_key(name))?;
             Ok(DeliveryState {
                 applied,
                 delivered,
                 pending_complete: !gap || delivered >= applied,
-                reset_owed: flag(reset_owed_key(name))?,
+                reset_owed: rebuilt || flag(reset_owed_key(name))?,
+                rebuilt,
             })
         })
     }
@@ -349,11 +510,14 @@ impl SubscriberStore {
         })
     }
 
-    /// Keeps a prepared two-phase update of `name` durably (replacing any earlier one).
+    /// Keeps a prepared two-phase update of `name` durably (replacing any earlier one):
+    /// in a NOSYNC mode it is flushed at once, so a PREPARED vote sent after it survives
+    /// a power loss like it does with `Sync`.
     pub fn put_prepared(&self, name: &str, u: &Update) -> Result<()> {
         let bytes = crate::wire::update::update_to_vec(u);
         self.env
-            .write(|txn| txn.put(self.prepared, &name, &bytes, WriteFlags::empty()))
+            .write(|txn| txn.put(self.prepared, &name, &bytes, WriteFlags::empty()))?;
+        self.flush()
     }
 
     /// The prepared two-phase update of `name`, if one is kept.
@@ -501,6 +665,16 @@ impl SubscriberStore {
                     Ok(()) | Err(lmdb::Error::NotFound) => {}
                     Err(e) => return Err(e),
                 }
+            }
+            match txn.get(self.meta, &REBUILT_KEY) {
+                Ok(_) => txn.put(
+                    self.meta,
+                    &rebuilt_reset_key(name),
+                    &[1u8],
+                    WriteFlags::empty(),
+                )?,
+                Err(lmdb::Error::NotFound) => {}
+                Err(e) => return Err(e),
             }
             txn.put(
                 self.meta,

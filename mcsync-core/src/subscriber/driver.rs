@@ -43,6 +43,10 @@ pub(super) struct Driver {
     pub delivery: Delivery,
     /// The delivered cursor as last written to the store.
     pub delivered_durable: u64,
+    /// An owed reset waits until the replica reached this version (after a rebuild: the
+    /// host's own version, or the master's at registration if lower), so a host is not
+    /// sent back to an empty replica that is still catching up.
+    pub reset_floor: u64,
     pub last_flush: Instant,
     pub limits: Limits,
     /// The interface the group is joined on (named in the silent-group warning).

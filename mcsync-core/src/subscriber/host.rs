@@ -141,6 +141,9 @@ impl Driver {
             }
             match self.delivery.backlog {
                 Backlog::Clear => return Ok(()),
+                // Rebuilt after a power loss: not before the replica is back where the host
+                // was (asked again next turn).
+                Backlog::Reset if self.engine.applied() < self.reset_floor => return Ok(()),
                 Backlog::Reset => self.deliver_reset()?,
                 Backlog::Journal { from, through } => {
                     // A part at a time, so a host far behind is not held in memory whole.

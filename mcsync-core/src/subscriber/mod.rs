@@ -14,7 +14,7 @@ mod start;
 mod subscription;
 
 use crate::auth::visible;
-use crate::config::SubscriberConfig;
+use crate::config::{ReplicaDurability, SubscriberConfig};
 use crate::crypto::Keyring;
 use crate::net::StopFlag;
 use crate::publisher::validate_database_name;
@@ -106,6 +106,10 @@ struct SubShared {
 impl SubShared {
     fn stats(&self) -> SubscriptionStats {
         let mut s = self.counters.snapshot();
+        let r = self.store.replica_stats();
+        s.replica_durability = r.durability;
+        s.replica_flushes = r.flushes;
+        s.replica_rebuilds = r.rebuilds;
         let h = &self.latency;
         s.latency_p50_us = h.quantile(0.5);
         s.latency_p99_us = h.quantile(0.99);
@@ -166,6 +170,57 @@ pub struct Subscriber {
     subs: Mutex<Subs>,
     /// Signalled when a database stops being busy.
     idle: Condvar,
+    /// Flushes the replica store every interval ([`ReplicaDurability::Periodic`]).
+    flusher: Mutex<Option<Flusher>>,
+}
+
+/// The thread that flushes a NOSYNC replica store every interval, stopped at close.
+struct Flusher {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+impl Flusher {
+    fn start(store: Arc<SubscriberStore>, interval: std::time::Duration) -> Result<Flusher> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("mcsync-flush".into())
+            .spawn(move || {
+                let (stopped, cv) = &*stop2;
+                let mut next = std::time::Instant::now() + interval;
+                let mut s = stopped.locked();
+                loop {
+                    let now = std::time::Instant::now();
+                    if *s {
+                        return;
+                    }
+                    if now < next {
+                        s = cv
+                            .wait_timeout(s, next - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                        continue;
+                    }
+                    // The fsync runs without the stop lock, so close never waits on it
+                    // for longer than the flush in progress.
+                    drop(s);
+                    if let Err(e) = store.flush() {
+                        log::error!("flushing the replica store: {e}");
+                    }
+                    next = std::time::Instant::now() + interval;
+                    s = stopped.locked();
+                }
+            })
+            .map_err(|e| Error::io("spawning the replica flusher thread", e))?;
+        Ok(Flusher { stop, thread })
+    }
+
+    fn stop(self) {
+        *self.stop.0.locked() = true;
+        self.stop.1.notify_all();
+        let _ = self.thread.join();
+    }
 }
 
 /// The subscriber's subscriptions, and the databases a subscribe or one-shot resync is
@@ -235,13 +290,22 @@ impl Subscriber {
     /// Opens (or creates) the subscriber's store in `config.data_dir`.
     pub fn open(config: SubscriberConfig) -> Result<Subscriber> {
         config.validate()?;
-        let store = Arc::new(SubscriberStore::open(&config.data_dir, config.map_size)?);
+        let store = Arc::new(SubscriberStore::open_with(
+            &config.data_dir,
+            config.map_size,
+            config.replica_durability,
+        )?);
+        let flusher = match store.durability() {
+            ReplicaDurability::Periodic(interval) => Some(Flusher::start(store.clone(), interval)?),
+            _ => None,
+        };
         Ok(Subscriber {
             closed: AtomicBool::new(false),
             config,
             store,
             subs: Mutex::new(Subs::default()),
             idle: Condvar::new(),
+            flusher: Mutex::new(flusher),
         })
     }
 
@@ -444,7 +508,11 @@ impl Subscriber {
         for s in subs {
             joined &= s.close();
         }
-        // Every writer (process thread) is joined: the directory may be opened again.
+        if let Some(f) = self.flusher.locked().take() {
+            f.stop();
+        }
+        // Every writer (process thread) is joined: the final flush, then the directory
+        // may be opened again. (Otherwise the store flushes when its last user drops it.)
         if joined {
             self.store.release_lock();
         }

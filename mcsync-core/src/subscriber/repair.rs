@@ -166,7 +166,11 @@ impl Driver {
             .handle(Instant::now(), Input::Resynced { version });
         match host {
             HostDelivery::Nobody => self.delivery.on_delivered(version),
-            HostDelivery::Reset => self.delivery.on_history_changed(),
+            HostDelivery::Reset => {
+                // Another history: the reset is at whatever version it reached.
+                self.reset_floor = 0;
+                self.delivery.on_history_changed()
+            }
             // Kept in the resync's transaction; delivered now unless older ones are owed.
             HostDelivery::Changes if self.delivery.backlog == Backlog::Clear => {
                 self.deliver(&done.shown);

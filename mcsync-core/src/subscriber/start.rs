@@ -134,6 +134,11 @@ pub(super) fn start(
         counters,
         stop: shared.stop.clone(),
     };
+    let reset_floor = if kept.rebuilt {
+        after.unwrap_or(kept.delivered).min(info.current_version)
+    } else {
+        0
+    };
     let now = Instant::now();
     let driver = Driver {
         engine: Engine::new(
@@ -155,6 +160,7 @@ pub(super) fn start(
         rekey: parts.rekey.clone(),
         callback,
         delivered_durable: delivery.delivered,
+        reset_floor,
         delivery,
         last_flush: now,
         limits: Limits {

@@ -16,6 +16,7 @@ _Vote = Callable[[Update], bool | str | None]
 _Names = list[str] | tuple[str, ...]
 _Operation = Literal["put", "delete"]
 _Durability = Literal["sync", "async"]
+_ReplicaDurability = Literal["sync", "periodic", "none"]
 _PreparedState = Literal["prepared", "committing", "committed", "rolled back", "failed"]
 
 __version__: str
@@ -446,6 +447,8 @@ class Subscriber:
         map_size: int | None = None,
         client_name: str | None = None,
         compact_catch_up_after: int | None = None,
+        replica_durability: _ReplicaDurability = "periodic",
+        replica_flush_interval: float | None = None,
     ) -> Subscriber: ...
     def subscribe(
         self,

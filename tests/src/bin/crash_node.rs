@@ -6,14 +6,18 @@
 //! crash_node publisher --dir D --listen ADDR --group G:PORT --seed S --acks FILE
 //!                      [--target V] [--retention-min-count K]
 //! crash_node subscriber --dir D --host-dir H --server ADDR --fingerprint F
-//!                       [--compact-after N] [--until V]
+//!                       [--compact-after N] [--until V] [--replica-durability MODE]
 //! ```
 //!
 //! Both print progress lines on stdout and stop cleanly (exit 0) when stdin closes.
 //! Publisher: `ready <fingerprint> <addr> <version>`, then `v <version>` after each commit
 //! returned (and was appended to the acks file), `idle <version>` on reaching its target;
-//! stdin lines `target <V>` raise the target. Subscriber: `ready <host version>`, then
-//! `host <version>` after each host transaction. A duplicate delivery to the host writes
+//! stdin lines `target <V>` raise the target. Subscriber: `ready <host version> rebuilds
+//! <n>` (`n`: 1 if its replica store was discarded at open, see `ReplicaDurability`), then
+//! `host <version>` after each host transaction (preceded by `reset <version>` when the
+//! update was a reset). A reset (`Update::reset`) replaces the
+//! host's table; one that would take the host back to an older version is a failure
+//! (exit 3, like a duplicate). A duplicate delivery to the host writes
 //! `<host dir>/DUPLICATE` and exits 3; a subscription that stops by itself exits 4.
 
 use lmdb::{DatabaseFlags, Environment, Transaction, WriteFlags};
@@ -271,7 +275,15 @@ impl HostStore {
             Err(lmdb::Error::NotFound) => false,
             Err(e) => return Err(e),
         };
-        if u.version <= held || seen_before {
+        if u.reset && u.version < held {
+            let why = format!(
+                "a reset at version {} took the host back from {held}\n",
+                u.version
+            );
+            let _ = std::fs::write(self.dir.join("DUPLICATE"), &why);
+            die(3, why.trim_end());
+        }
+        if !u.reset && (u.version <= held || seen_before) {
             let why = format!(
                 "version {} delivered again (host holds {held}, seen before: {seen_before}, \
                  reset: {})\n",
@@ -321,6 +333,10 @@ fn subscriber(flags: &HashMap<String, String>) {
     c.silence_timeout = Duration::from_millis(1000);
     c.repair_io_timeout = Duration::from_secs(5);
     c.compact_catch_up_after = optional(flags, "compact-after").unwrap_or(25);
+    if let Some(mode) = flags.get("replica-durability") {
+        c.replica_durability = mcsync::ReplicaDurability::parse(mode)
+            .unwrap_or_else(|e| die(2, format!("--replica-durability: {e}")));
+    }
     let s = Subscriber::open(c).unwrap_or_else(|e| die(4, format!("opening subscriber: {e}")));
     let host = Arc::new(
         HostStore::open(&host_dir).unwrap_or_else(|e| die(4, format!("opening host store: {e}"))),
@@ -341,6 +357,9 @@ fn subscriber(flags: &HashMap<String, String>) {
                     format!("host transaction for version {}: {e}", u.version),
                 );
             }
+            if u.reset {
+                say(format!("reset {}", u.version));
+            }
             say(format!("host {}", u.version));
             if until.is_some_and(|t| u.version >= t) && !r.swap(true, Ordering::SeqCst) {
                 let _ = tx.send(());
@@ -353,7 +372,10 @@ fn subscriber(flags: &HashMap<String, String>) {
         };
         match s.subscribe_with_options(DB, options) {
             Ok(sub) => {
-                say(format!("ready {after}"));
+                say(format!(
+                    "ready {after} rebuilds {}",
+                    sub.stats().replica_rebuilds
+                ));
                 break sub;
             }
             Err(e) if Instant::now() < deadline => {
