@@ -8,13 +8,15 @@
 //! compiles to nothing.
 //!
 //! Points (each a one-line call at the named place):
-//! `journal.in_commit`, `journal.after_commit`, `retention.trim`, `repair.compact`,
-//! `apply.in_txn`, `apply.after_commit`, `deliver.between`, `resync.apply`.
+//! `journal.in_commit`, `journal.after_commit`, `state.in_commit` (the publisher's state
+//! writer), `retention.trim`, `repair.compact`, `apply.in_txn`, `apply.after_commit`,
+//! `deliver.between`, `resync.apply`.
 
 /// Every crash point's name (the crash test spreads its kills over them).
-pub const POINTS: [&str; 8] = [
+pub const POINTS: [&str; 9] = [
     "journal.in_commit",
     "journal.after_commit",
+    "state.in_commit",
     "retention.trim",
     "repair.compact",
     "apply.in_txn",

@@ -1,8 +1,9 @@
 //! Crash tests on real processes: a publisher and two subscribers (each with a host store
 //! of its own) run as child processes (`crash_node`); each round SIGKILLs one of them, at a
 //! crash point compiled into mcsync-core (`MCSYNC_CRASH_AT=<point>:<n>`: inside a journal
-//! group commit, inside an apply, between apply and callbacks, mid-compaction, during a
-//! retention trim, inside a hash resync) or from outside after a seeded delay. After every
+//! group commit, inside the publisher state writer's transaction, inside an apply, between
+//! apply and callbacks, mid-compaction, during a retention trim, inside a hash resync) or
+//! from outside after a seeded delay. After every
 //! kill the dead process's stores are opened and checked against the model
 //! (`mcsync_tests::crash`): no commit that returned to its (Sync) caller is lost, the
 //! master equals the model at its version, every replica equals the master at the
@@ -549,6 +550,7 @@ impl Run {
             return;
         };
         let victim = if point.starts_with("journal")
+            || point.starts_with("state")
             || point.starts_with("retention")
             || point.starts_with("repair")
         {
@@ -560,7 +562,7 @@ impl Run {
             "journal.in_commit" | "journal.after_commit" | "deliver.between" => {
                 self.rng.range(1, 30)
             }
-            "apply.in_txn" | "apply.after_commit" => self.rng.range(1, 4),
+            "apply.in_txn" | "apply.after_commit" | "state.in_commit" => self.rng.range(1, 4),
             "retention.trim" => self.rng.range(1, 2),
             _ => 1,
         };
@@ -811,7 +813,10 @@ fn kill_nine_anywhere_loses_nothing_acknowledged_and_every_store_stays_a_master_
     while run.kills < want_kills || rounds < order.len() as u64 {
         let point = match order.get(rounds as usize) {
             Some(p) => Some(*p),
-            None if run.rng.chance(65) => Some(mcsync::crash::POINTS[run.rng.range(0, 7) as usize]),
+            None if run.rng.chance(65) => Some(
+                mcsync::crash::POINTS
+                    [run.rng.range(0, mcsync::crash::POINTS.len() as u64 - 1) as usize],
+            ),
             None => None,
         };
         run.round(point);
