@@ -359,8 +359,9 @@ pub struct LossConfig {
 /// - [`Sync`](ReplicaDurability::Sync): every apply commit is fsynced; nothing applied is
 ///   lost.
 /// - [`Periodic`](ReplicaDurability::Periodic) and [`None`](ReplicaDurability::None): the
-///   store is opened with `MDB_NOSYNC` and flushed every interval (`Periodic`) or only at a
-///   clean close (`None`). LMDB does not keep a NOSYNC store consistent across a power
+///   store is opened with `MDB_NOSYNC` and flushed once it has been idle for an interval
+///   (and at least every 30 intervals under continuous applies) with `Periodic`, or only
+///   at a clean close with `None`. LMDB does not keep a NOSYNC store consistent across a power
 ///   loss, so before the first unsynced commit the subscriber writes (durably) a marker
 ///   file `replica-unsynced` holding the boot id, and removes it after a flush that no
 ///   commit raced. A store found at open with a marker from another boot is not trusted:
@@ -376,7 +377,9 @@ pub struct LossConfig {
 pub enum ReplicaDurability {
     /// Fsync every apply commit (LMDB's default).
     Sync,
-    /// `MDB_NOSYNC`, flushed (fsync) every interval by a flusher thread and at clean close.
+    /// `MDB_NOSYNC`, flushed (fsync) by a flusher thread that looks every interval: when no
+    /// apply happened since it last looked, or 30 intervals after its last flush; and at
+    /// clean close.
     Periodic(Duration),
     /// `MDB_NOSYNC`, flushed only at clean close.
     None,

@@ -236,8 +236,10 @@ impl Publisher {
     }
 
     /// Trims every database's journal now as the retention policy says (the maintenance
-    /// thread also does this about once a second). Returns the entries removed.
+    /// thread also does this about once a second). The state is first brought up to every
+    /// commit, since retention never trims past it. Returns the entries removed.
     pub fn apply_retention(&self) -> Result<u64> {
+        self.inner.store.apply_journal()?;
         apply_retention(&self.inner)
     }
 

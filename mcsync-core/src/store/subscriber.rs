@@ -214,6 +214,11 @@ impl SubscriberStore {
         Ok(())
     }
 
+    /// Write transactions ended so far in a NOSYNC store (0 otherwise).
+    pub fn writes_ended(&self) -> u64 {
+        self.env.unsynced().map_or(0, |t| t.writes_ended())
+    }
+
     /// The clean close: flushes and removes the marker (nothing else writes any more).
     /// After it the marker is no longer this store's to touch.
     pub fn close_flush(&self) -> Result<()> {

@@ -158,6 +158,12 @@ impl Tracker {
         Ok(true)
     }
 
+    /// Write transactions ended so far (a flusher compares two readings to tell whether
+    /// the store was quiet in between).
+    pub fn writes_ended(&self) -> u64 {
+        self.state.locked().ended
+    }
+
     /// Whether the marker is on disk.
     pub fn dirty(&self) -> bool {
         self.state.locked().dirty

@@ -174,11 +174,19 @@ pub struct Subscriber {
     flusher: Mutex<Option<Flusher>>,
 }
 
-/// The thread that flushes a NOSYNC replica store every interval, stopped at close.
+/// The thread that flushes a NOSYNC replica store ([`ReplicaDurability::Periodic`]),
+/// stopped at close. It looks every interval and flushes when no apply happened since it
+/// last looked (an idle replica is clean within two intervals, and an fsync then finds
+/// little to write), or when [`FORCED_FLUSH_INTERVALS`] intervals passed since the last
+/// flush. Flushing every interval under load stalled the disk: with 4 replicas on one
+/// disk, p50 publish→applied at 10k/s went from 19 ms (`none`) to 113 ms.
 struct Flusher {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: JoinHandle<()>,
 }
+
+/// Under continuous applies a periodic replica is still flushed every this many intervals.
+pub const FORCED_FLUSH_INTERVALS: u32 = 30;
 
 impl Flusher {
     fn start(store: Arc<SubscriberStore>, interval: std::time::Duration) -> Result<Flusher> {
@@ -189,6 +197,8 @@ impl Flusher {
             .spawn(move || {
                 let (stopped, cv) = &*stop2;
                 let mut next = std::time::Instant::now() + interval;
+                let mut last_flush = std::time::Instant::now();
+                let mut seen = store.writes_ended();
                 let mut s = stopped.locked();
                 loop {
                     let now = std::time::Instant::now();
@@ -205,9 +215,14 @@ impl Flusher {
                     // The fsync runs without the stop lock, so close never waits on it
                     // for longer than the flush in progress.
                     drop(s);
-                    if let Err(e) = store.flush() {
-                        log::error!("flushing the replica store: {e}");
+                    let writes = store.writes_ended();
+                    if writes == seen || last_flush.elapsed() >= interval * FORCED_FLUSH_INTERVALS {
+                        if let Err(e) = store.flush() {
+                            log::error!("flushing the replica store: {e}");
+                        }
+                        last_flush = std::time::Instant::now();
                     }
+                    seen = writes;
                     next = std::time::Instant::now() + interval;
                     s = stopped.locked();
                 }
