@@ -236,3 +236,19 @@ pub fn mcsync_bin() -> std::path::PathBuf {
     })
     .clone()
 }
+
+/// The lines a child process writes to `out`, as they come (a thread reads them; the
+/// channel closes when the child closes its end).
+pub fn lines_of(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}

@@ -15,7 +15,7 @@ use mcsync::auth::UsersFile;
 use mcsync::{Authentication, ErrorKind, Publisher, ServerTrust, Subscriber, SubscriberConfig};
 use mcsync_tests::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -88,16 +88,7 @@ impl PublisherProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning load_publisher");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = mcsync_tests::lines_of(child.stdout.take().unwrap());
         let ready = lines
             .recv_timeout(Duration::from_secs(60))
             .expect("publisher ready");

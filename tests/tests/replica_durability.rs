@@ -14,7 +14,6 @@ use mcsync::store::{unsynced, SubscriberStore};
 use mcsync::{Publisher, ReplicaDurability};
 use mcsync_tests::crash::DB;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,16 +57,7 @@ impl Node {
             .stderr(log)
             .spawn()
             .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = mcsync_tests::lines_of(child.stdout.take().unwrap());
         let mut node = Node {
             child,
             lines,

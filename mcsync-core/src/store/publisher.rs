@@ -421,20 +421,8 @@ impl StoreCore {
             }
             for (i, last, added) in touched {
                 let name = entries[i].name;
-                txn.put(
-                    self.jmeta,
-                    &format!("v:{name}"),
-                    &last.to_be_bytes(),
-                    WriteFlags::empty(),
-                )?;
-                let jkey = format!("jbytes:{name}");
-                let jb = get_u64(txn, self.jmeta, jkey.as_bytes())?.unwrap_or(0);
-                txn.put(
-                    self.jmeta,
-                    &jkey,
-                    &(jb + added).to_be_bytes(),
-                    WriteFlags::empty(),
-                )?;
+                let held = get_u64(txn, self.jmeta, format!("jbytes:{name}").as_bytes())?;
+                self.put_journal_meta(txn, name, last, held.unwrap_or(0) + added)?;
             }
             crate::crash::point("journal.in_commit");
             Ok(())
@@ -443,6 +431,25 @@ impl StoreCore {
             let _ = nudge.try_send(());
         }
         Ok(())
+    }
+
+    /// Writes database `name`'s last journaled version and journal size (`v:<name>`,
+    /// `jbytes:<name>` of the journal environment's meta).
+    pub(super) fn put_journal_meta(
+        &self,
+        txn: &mut lmdb::RwTransaction<'_>,
+        name: &str,
+        last: u64,
+        bytes: u64,
+    ) -> std::result::Result<(), lmdb::Error> {
+        let w = WriteFlags::empty();
+        txn.put(self.jmeta, &format!("v:{name}"), &last.to_be_bytes(), w)?;
+        txn.put(
+            self.jmeta,
+            &format!("jbytes:{name}"),
+            &bytes.to_be_bytes(),
+            w,
+        )
     }
 
     /// Encoded journal entries with versions in `first..=last`, at most `max_count` of them
@@ -643,6 +650,35 @@ impl StoreCore {
         self.env
             .read(|txn| get_u64(txn, self.meta, b"db_count").map(|_| ()))
             .map_err(|e| Error::Storage(format!("publisher store unreadable: {e}")))
+    }
+}
+
+/// Journals versions `versions` of database `name` (registered first), one update each
+/// holding `op(version)`: the journal of a test.
+#[cfg(test)]
+pub(crate) fn journal_ops(
+    store: &StoreCore,
+    name: &str,
+    versions: std::ops::RangeInclusive<u64>,
+    op: impl Fn(u64) -> crate::Op,
+) {
+    store.register_database(name).expect("register");
+    let tables = store.tables(name).expect("tables");
+    for v in versions {
+        let u = Update {
+            version: v,
+            timestamp_us: v,
+            ops: vec![op(v)],
+            reset: false,
+        };
+        let encoded = crate::wire::update::update_to_vec(&u);
+        let entry = JournalEntry {
+            name,
+            tables,
+            update: &u,
+            encoded: &encoded,
+        };
+        store.append(&[entry]).expect("append");
     }
 }
 

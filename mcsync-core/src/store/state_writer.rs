@@ -209,29 +209,17 @@ impl StoreCore {
             for (k, v) in &entries {
                 txn.put(t.journal, k, v, WriteFlags::empty())?;
             }
-            txn.put(
-                self.jmeta,
-                &format!("v:{name}"),
-                &last.to_be_bytes(),
-                WriteFlags::empty(),
-            )?;
-            txn.put(
-                self.jmeta,
-                &format!("jbytes:{name}"),
-                &bytes.to_be_bytes(),
-                WriteFlags::empty(),
-            )
+            self.put_journal_meta(txn, name, last, bytes)
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::publisher::{JournalEntry, PublisherStore, JOURNAL_DIR};
+    use super::super::publisher::{journal_ops, PublisherStore, JOURNAL_DIR};
     use super::super::Env;
     use crate::config::Retention;
-    use crate::wire::update::update_to_vec;
-    use crate::{Op, Update};
+    use crate::Op;
     use lmdb::WriteFlags;
     use std::time::Duration;
 
@@ -239,24 +227,9 @@ mod tests {
 
     /// Journals versions `from..=to` of `DB`, each putting `k<v % 7>`.
     fn append(store: &PublisherStore, from: u64, to: u64) {
-        store.register_database(DB).expect("register");
-        let tables = store.tables(DB).expect("tables");
-        for v in from..=to {
-            let u = Update {
-                version: v,
-                timestamp_us: v,
-                ops: vec![Op::put(format!("k{}", v % 7), v.to_be_bytes())],
-                reset: false,
-            };
-            let encoded = update_to_vec(&u);
-            let entry = JournalEntry {
-                name: DB,
-                tables,
-                update: &u,
-                encoded: &encoded,
-            };
-            store.append(&[entry]).expect("append");
-        }
+        journal_ops(store, DB, from..=to, |v| {
+            Op::put(format!("k{}", v % 7), v.to_be_bytes())
+        });
     }
 
     /// The master state after versions `1..=n`, as a reference model.

@@ -5,10 +5,10 @@ use super::journal::*;
 use super::*;
 use crate::config::Retention;
 use crate::net::frame::read_message;
-use crate::store::publisher::JournalEntry;
+use crate::store::publisher::journal_ops;
 use crate::wire::control::{ErrorCode, Message};
-use crate::wire::update::{peek_version, update_to_vec};
-use crate::{Op, Update};
+use crate::wire::update::peek_version;
+use crate::Op;
 
 const DB: &str = "db";
 
@@ -16,23 +16,10 @@ const DB: &str = "db";
 fn journal(n: u64) -> (tempfile::TempDir, PublisherStore, DbTables) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = PublisherStore::open(dir.path(), 16 << 20).expect("store");
+    journal_ops(&store, DB, 1..=n, |v| {
+        Op::put(format!("k{}", v % 4), vec![v as u8; 100])
+    });
     let tables = store.tables(DB).expect("tables");
-    for v in 1..=n {
-        let u = Update {
-            version: v,
-            timestamp_us: v,
-            ops: vec![Op::put(format!("k{}", v % 4), vec![v as u8; 100])],
-            reset: false,
-        };
-        let encoded = update_to_vec(&u);
-        let entry = JournalEntry {
-            name: DB,
-            tables,
-            update: &u,
-            encoded: &encoded,
-        };
-        store.append(&[entry]).expect("append");
-    }
     // Retention never trims past the state's version: let the state catch up first.
     store.apply_journal().expect("apply");
     (dir, store, tables)
