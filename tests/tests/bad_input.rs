@@ -229,10 +229,25 @@ fn one_sealed_packet_far_ahead_does_not_stop_reception() {
         db.snapshot().unwrap()
     );
     let after = sub.stats();
-    // The genuine stream was still taken from multicast, not dropped as too old.
+    // The genuine stream was still taken from multicast, not dropped as too old: nothing
+    // was dropped as a replay, and nothing had to be repaired or caught up. (How many
+    // datagrams carried the 300 updates depends on how many commits queued up behind one
+    // another and were bundled.)
     assert_eq!(after.dropped_replay, before.dropped_replay, "{after:?}");
-    assert!(
-        after.packets_received >= before.packets_received + 300,
+    assert!(after.chains_received > before.chains_received, "{after:?}");
+    assert_eq!(
+        (
+            after.packets_repaired,
+            after.repair_updates,
+            after.catchups_journal,
+            after.catchups_compacted
+        ),
+        (
+            before.packets_repaired,
+            before.repair_updates,
+            before.catchups_journal,
+            before.catchups_compacted
+        ),
         "{after:?}"
     );
 }

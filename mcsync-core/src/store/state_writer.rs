@@ -156,6 +156,35 @@ impl StoreCore {
         Ok(true)
     }
 
+    /// A state ahead of its journal means the journal environment was lost or restored
+    /// from an older copy: versions above the journal's last would be handed out again
+    /// under the same history id, and replicas past them could not tell. For each such
+    /// database the journal's last version is set to the state's (versions go on from
+    /// there) and a new incarnation will be drawn (replicas resync by hashes).
+    pub(super) fn reconcile_journal(&self) -> Result<()> {
+        let names: Vec<String> = self.tables.locked().keys().cloned().collect();
+        for name in names {
+            let (state, journal) = (self.state_version(&name)?, self.last_version(&name)?);
+            if state <= journal {
+                continue;
+            }
+            log::warn!(
+                "database {name:?}: the state is at version {state} but the journal ends at \
+                 {journal} (journal lost or restored from an older copy); versions go on from \
+                 {state} under a new history id, and replicas will resync"
+            );
+            let bytes = self.journal_bytes(&name)?;
+            self.journal_env
+                .write(|txn| self.put_journal_meta(txn, &name, state, bytes))?;
+            let key = format!("incarnation:{name}");
+            self.env.write(|txn| match txn.del(self.meta, &key, None) {
+                Err(lmdb::Error::NotFound) => Ok(()),
+                r => r,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Moves the journal of a data directory written before the journal had its own
     /// environment (journal tables and their meta in the state environment) into the
     /// journal environment, database by database, each in one transaction per side.
@@ -285,6 +314,26 @@ mod tests {
         let (v, sum) = store.state_sum(DB).expect("sum");
         assert_eq!(v, 50);
         assert_eq!(sum.count, 7);
+    }
+
+    /// A journal environment lost (or restored older) while the state survives: versions go
+    /// on after the state's, never again from the journal's, and the history id changes.
+    #[test]
+    fn a_state_ahead_of_a_lost_journal_keeps_versions_and_changes_history() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let before = {
+            let store = PublisherStore::open(dir.path(), 1 << 20).expect("store");
+            append(&store, 1, 20);
+            store.apply_journal().expect("apply");
+            store.incarnation(DB).expect("incarnation")
+        };
+        std::fs::remove_dir_all(dir.path().join(JOURNAL_DIR)).expect("lose the journal");
+        let store = PublisherStore::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(store.last_version(DB).expect("journal"), 20);
+        assert_ne!(store.incarnation(DB).expect("incarnation"), before);
+        append(&store, 21, 22);
+        let t = store.tables(DB).expect("tables");
+        assert_eq!(store.state(t).expect("state"), model(22));
     }
 
     #[test]
