@@ -80,6 +80,9 @@ pub struct BenchArgs {
     /// Publisher pacing limit in packets per second (0 = unlimited); default: the library's.
     #[arg(long)]
     max_packets_per_sec: Option<u64>,
+    /// Publisher pacing limit in bytes per second (0 = unlimited); default: the library's.
+    #[arg(long)]
+    max_bytes_per_sec: Option<u64>,
     /// Threads publishing in the latency section: enough that the offered rate is held
     /// while each durable commit waits for its fsync.
     #[arg(long, default_value_t = 512)]
@@ -247,6 +250,7 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         next: 0,
         datagram_bytes: a.datagram_bytes,
         max_pps: a.max_packets_per_sec,
+        max_bps: a.max_bytes_per_sec,
         publishers: a.publishers,
         seed: a.seed,
         durability: a.durability.into(),
@@ -266,6 +270,7 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
             repeats: counts.repeats,
             datagram_bytes: a.datagram_bytes,
             max_packets_per_sec: a.max_packets_per_sec.unwrap_or(defaults.max_packets_per_sec),
+            max_bytes_per_sec: a.max_bytes_per_sec.unwrap_or(defaults.max_bytes_per_sec),
             max_bundle_bytes: defaults.max_bundle_bytes,
             heartbeat_initial_us: defaults.heartbeat_initial.as_micros() as u64,
             encryption: "AES-256-GCM on every packet; TLS 1.3 repair channel".into(),

@@ -40,6 +40,7 @@ impl PublisherStats {
         "backlog_bytes_peak",
         "bundle_bytes",
         "packets_per_sec",
+        "bytes_per_sec",
     ];
 }
 
@@ -163,8 +164,10 @@ counters!(
         reports_received,
         /// Current bundle size of the adaptation, bytes (a gauge; the last database tuned).
         bundle_bytes,
-        /// Current packet rate of the adaptation, packets/s (a gauge).
+        /// Current pacing limit in packets/s, as adapted (a gauge; 0 = unlimited).
         packets_per_sec,
+        /// Current pacing limit in bytes/s, as adapted (a gauge; 0 = unlimited).
+        bytes_per_sec,
         /// Times multicast of a database was quiesced because most subscribers lost too much.
         quiesces,
         /// Repair requests refused (unknown database, versions that do not exist, bad frames).

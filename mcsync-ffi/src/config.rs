@@ -494,8 +494,9 @@ pub unsafe extern "C" fn mcsync_publisher_config_set_datagram_bytes(
     }
 }
 
-/// Sets multicast pacing: most packets and most bytes per second (0 = unlimited).
-/// Defaults 40000 packets/s and unlimited bytes/s.
+/// Sets multicast pacing: most packets and most payload bytes per second (0 = unlimited).
+/// Defaults: packets unlimited, 64000000 bytes/s. Adaptation lowers both when
+/// subscribers report loss.
 #[no_mangle]
 pub unsafe extern "C" fn mcsync_publisher_config_set_rate_limit(
     config: *mut mcsync_publisher_config,

@@ -134,7 +134,7 @@ impl Drop for PubShared {
 /// ``Publisher(data_dir, ...)`` opens (or creates) the store in ``data_dir``. Options left
 /// at ``None`` take the engine's defaults: groups from ``239.255.77.1`` (256 of them, one
 /// per database), port ``47100``, interface ``127.0.0.1``, TTL 1, control server on
-/// ``127.0.0.1`` with a free port, datagrams of 1,400 bytes, 40,000 packets/s, updates up
+/// ``127.0.0.1`` with a free port, datagrams of 1,400 bytes, paced at 64 MB/s, updates up
 /// to 16 MiB encoded (``max_update_bytes`` counts keys, values and access groups plus 21
 /// bytes per update, 12 per put and 8 per delete: one put's value can be up to
 /// ``max_update_bytes - 33 - len(key)``). Durations are in seconds.

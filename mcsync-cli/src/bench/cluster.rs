@@ -12,6 +12,7 @@ pub(super) struct Ctx {
     pub(super) next: u16,
     pub(super) datagram_bytes: usize,
     pub(super) max_pps: Option<u64>,
+    pub(super) max_bps: Option<u64>,
     pub(super) publishers: usize,
     pub(super) seed: u64,
     pub(super) durability: Durability,
@@ -69,6 +70,9 @@ impl Cluster {
         pc.durability = ctx.durability;
         if let Some(r) = ctx.max_pps {
             pc.multicast.max_packets_per_sec = r;
+        }
+        if let Some(r) = ctx.max_bps {
+            pc.multicast.max_bytes_per_sec = r;
         }
         let heartbeat_initial = pc.multicast.heartbeat_initial;
         let publisher = Publisher::open(pc)?;

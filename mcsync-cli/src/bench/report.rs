@@ -38,6 +38,7 @@ pub(super) struct Settings {
     pub(super) repeats: usize,
     pub(super) datagram_bytes: usize,
     pub(super) max_packets_per_sec: u64,
+    pub(super) max_bytes_per_sec: u64,
     pub(super) max_bundle_bytes: usize,
     pub(super) heartbeat_initial_us: u64,
     pub(super) encryption: String,
@@ -188,7 +189,7 @@ pub(super) struct RepairRow {
     pub(super) resubscriptions: u64,
     pub(super) unicast_backoffs: u64,
     pub(super) bundle_bytes_at_end: u64,
-    pub(super) packets_per_sec_at_end: u64,
+    pub(super) bytes_per_sec_at_end: u64,
 }
 
 #[derive(Serialize)]
@@ -541,7 +542,7 @@ fn print_repair(r: &Report) {
         "upd/commit",
         "q/resub/uni",
         "bundle",
-        "pkt/s"
+        "pace B/s"
     );
     for x in &r.repair {
         println!(
@@ -562,7 +563,7 @@ fn print_repair(r: &Report) {
                 x.quiesces, x.resubscriptions, x.unicast_backoffs
             ),
             gauge(x.bundle_bytes_at_end),
-            gauge(x.packets_per_sec_at_end)
+            gauge(x.bytes_per_sec_at_end)
         );
     }
 }

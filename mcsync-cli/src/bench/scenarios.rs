@@ -428,7 +428,7 @@ pub(super) fn repair(ctx: &mut Ctx, counts: &Counts, subs: usize) -> BenchResult
             resubscriptions: sum(&|s| s.resubscriptions),
             unicast_backoffs: sum(&|s| s.unicast_backoffs),
             bundle_bytes_at_end: runs[mid].p1.bundle_bytes,
-            packets_per_sec_at_end: runs[mid].p1.packets_per_sec,
+            bytes_per_sec_at_end: runs[mid].p1.bytes_per_sec,
         });
     }
     Ok(rows)

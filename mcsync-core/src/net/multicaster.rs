@@ -4,6 +4,7 @@
 use super::batch::BatchSender;
 use super::wall_clock_us;
 use crate::crypto::{EpochKeys, Keyring};
+use crate::proto::adapt::scaled_rates;
 use crate::proto::two_phase::Decision;
 use crate::proto::{DecisionRepeat, RetransmitBuffer, Sender, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters};
@@ -55,12 +56,13 @@ pub enum McastCmd {
     DecisionDone(u64),
     /// The journal now starts at this version (announced in heartbeats).
     Oldest(u64),
-    /// New bundle size and packet rate from the loss subscribers report.
+    /// New bundle size and rate from the loss subscribers report.
     Tune {
         /// Bytes of encoded updates per chain at most.
         bundle_bytes: usize,
-        /// Packets per second (0 = unlimited).
-        packets_per_sec: u64,
+        /// The pacing limits in force, per mille of the configured ones
+        /// ([`scaled_rates`]).
+        rate_permille: u32,
     },
 }
 
@@ -250,11 +252,15 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                         }
                         McastCmd::Tune {
                             bundle_bytes,
-                            packets_per_sec,
+                            rate_permille,
                         } => {
                             sender.set_bundle_bytes(bundle_bytes);
-                            let bytes_rate = p.config.bytes_per_sec;
-                            sender.set_rates(Instant::now(), packets_per_sec, bytes_rate);
+                            let (packets, bytes) = scaled_rates(
+                                p.config.packets_per_sec,
+                                p.config.bytes_per_sec,
+                                rate_permille,
+                            );
+                            sender.set_rates(Instant::now(), packets, bytes);
                         }
                         McastCmd::Oldest(v) => sender.set_oldest_version(v),
                         McastCmd::DecisionDone(v) => {

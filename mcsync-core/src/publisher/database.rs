@@ -199,8 +199,6 @@ fn adapt_config(m: &crate::MulticastConfig) -> AdaptConfig {
     AdaptConfig {
         max_bundle: m.max_bundle_bytes,
         min_bundle: (m.max_bundle_bytes / 16).max(2048),
-        max_rate: m.max_packets_per_sec,
-        min_rate: (m.max_packets_per_sec / 20).max(500),
         ..AdaptConfig::default()
     }
 }

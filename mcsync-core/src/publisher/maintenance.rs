@@ -9,7 +9,7 @@ use crate::config::Retention;
 use crate::crypto::Key;
 use crate::net::multicaster::{McastCmd, DECISION_REPEAT_FOR};
 use crate::net::wall_clock_us;
-use crate::proto::adapt::losses_by_user;
+use crate::proto::adapt::{losses_by_user, scaled_rates};
 use crate::stats::{add, inc};
 use crate::sync::Locked;
 use crate::Result;
@@ -209,15 +209,17 @@ fn tune(inner: &Inner, db: &DbShared, losses: &[f64]) -> bool {
         let before = a.tuning();
         (before, a.on_reports(losses))
     };
-    if (after.bundle, after.rate) != (before.bundle, before.rate) {
+    if (after.bundle, after.permille) != (before.bundle, before.permille) {
         send_mcast(
             db,
             McastCmd::Tune {
                 bundle_bytes: after.bundle,
-                packets_per_sec: after.rate,
+                rate_permille: after.permille,
             },
         );
     }
+    let m = &inner.config.multicast;
+    let (packets, bytes) = scaled_rates(m.max_packets_per_sec, m.max_bytes_per_sec, after.permille);
     inner
         .counters
         .bundle_bytes
@@ -225,7 +227,8 @@ fn tune(inner: &Inner, db: &DbShared, losses: &[f64]) -> bool {
     inner
         .counters
         .packets_per_sec
-        .store(after.rate, Ordering::Relaxed);
+        .store(packets, Ordering::Relaxed);
+    inner.counters.bytes_per_sec.store(bytes, Ordering::Relaxed);
     after.quiesce
 }
 
