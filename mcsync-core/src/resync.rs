@@ -13,7 +13,8 @@
 
 use crate::net::repair_client::RepairClient;
 use crate::proto::resync::{
-    key_hash, HashIndex, Range, ResyncPlanner, ResyncStep, MAX_FETCH_PER_REQUEST,
+    key_hash, HashIndex, Range, ResyncPlanner, ResyncStep, FULL_SUM_BYTES, MAX_FETCH_PER_REQUEST,
+    SHORT_SUM_BYTES,
 };
 use crate::store::subscriber::ReplicaTables;
 use crate::store::subscriber::ResyncDelivery;
@@ -145,17 +146,19 @@ fn compare(
     }
     let local_records = entries.len() as u64;
     let (version, root) = client.resync_begin()?;
-    let mut planner = ResyncPlanner::new(HashIndex::new(entries), root);
-    while let Some(step) = planner.poll() {
-        match step {
-            ResyncStep::Digests(ranges) => {
-                let d = client.digests(&ranges)?;
-                planner.on_digests(&ranges, &d).map_err(Error::Protocol)?;
-            }
-            ResyncStep::List(ranges) => {
-                let entries = client.list(&ranges)?;
-                planner.on_list(&ranges, &entries);
-            }
+    let index = HashIndex::new(entries);
+    let mut planner = walk(client, &index, root, SHORT_SUM_BYTES)?;
+    if !planner.verified() {
+        // Short sums hid a difference (odds about 2^-24 per range compared): the whole
+        // comparison again, with full sums.
+        log::warn!(
+            "resync of {name:?}: short digests missed a difference; comparing again with full digests"
+        );
+        planner = walk(client, &index, root, FULL_SUM_BYTES)?;
+        if !planner.verified() {
+            return Err(Error::Protocol(
+                "resync: the publisher's digests and lists contradict its root digest".into(),
+            ));
         }
     }
     let report = ResyncReport {
@@ -168,6 +171,30 @@ fn compare(
         ..ResyncReport::default()
     };
     Ok((planner, report, by_hash))
+}
+
+/// One comparison of the replica's `index` against the publisher's tree, with sums of
+/// `sum_bytes` bytes.
+fn walk(
+    client: &mut RepairClient,
+    index: &HashIndex,
+    root: crate::proto::resync::Digest,
+    sum_bytes: u8,
+) -> Result<ResyncPlanner> {
+    let mut planner = ResyncPlanner::new(index.clone(), root, sum_bytes);
+    while let Some(step) = planner.poll() {
+        match step {
+            ResyncStep::Digests(ranges) => {
+                let d = client.digests(&ranges, sum_bytes)?;
+                planner.on_digests(&ranges, &d).map_err(Error::Protocol)?;
+            }
+            ResyncStep::List(ranges) => {
+                let entries = client.list(&ranges)?;
+                planner.on_list(&ranges, &entries);
+            }
+        }
+    }
+    Ok(planner)
 }
 
 /// Whatever was published since the snapshot, from the journal: applied in the same

@@ -4,7 +4,9 @@
 //! that the planner finds exactly the differences and that bytes grow with the number of
 //! differences, not with the database size.
 
-use mcsync::proto::resync::{child_digests, HashIndex, Range, ResyncPlanner, ResyncStep};
+use mcsync::proto::resync::{
+    child_digests, HashIndex, Range, ResyncPlanner, ResyncStep, FULL_SUM_BYTES, SHORT_SUM_BYTES,
+};
 use mcsync::wire::control::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -14,14 +16,29 @@ struct Outcome {
     fetch: BTreeSet<u64>,
     delete: BTreeSet<u64>,
     bytes: usize,
+    verified: bool,
 }
 
 fn frame(m: &Message) -> usize {
     m.to_vec().len()
 }
 
-/// Runs the protocol between `local` (subscriber) and `remote` (publisher) in memory.
+/// Runs the protocol between `local` (subscriber) and `remote` (publisher) in memory, as
+/// the subscriber does: short sums first, full sums when the result does not verify.
 fn run(local: &BTreeMap<u64, u64>, remote: &BTreeMap<u64, u64>) -> Outcome {
+    let short = run_with(local, remote, SHORT_SUM_BYTES);
+    if short.verified {
+        return short;
+    }
+    let full = run_with(local, remote, FULL_SUM_BYTES);
+    Outcome {
+        bytes: short.bytes + full.bytes,
+        ..full
+    }
+}
+
+/// One comparison with sums of `sum_bytes` bytes.
+fn run_with(local: &BTreeMap<u64, u64>, remote: &BTreeMap<u64, u64>, sum_bytes: u8) -> Outcome {
     let li = HashIndex::new(local.iter().map(|(k, v)| (*k, *v)).collect());
     let ri = HashIndex::new(remote.iter().map(|(k, v)| (*k, *v)).collect());
     let root = ri.digest(Range::ROOT);
@@ -31,15 +48,17 @@ fn run(local: &BTreeMap<u64, u64>, remote: &BTreeMap<u64, u64>) -> Outcome {
             count: root.count,
             sum: root.sum,
         });
-    let mut p = ResyncPlanner::new(li, root);
+    let mut p = ResyncPlanner::new(li, root, sum_bytes);
     while let Some(step) = p.poll() {
         match step {
             ResyncStep::Digests(ranges) => {
-                let digests = child_digests(&ri, &ranges);
+                let digests = child_digests(&ri, &ranges, sum_bytes);
                 bytes += frame(&Message::DigestRequest {
                     ranges: ranges.clone(),
+                    sum_bytes,
                 });
                 bytes += frame(&Message::DigestReply {
+                    sum_bytes,
                     digests: digests.clone(),
                 });
                 p.on_digests(&ranges, &digests).unwrap();
@@ -63,6 +82,7 @@ fn run(local: &BTreeMap<u64, u64>, remote: &BTreeMap<u64, u64>) -> Outcome {
         fetch: p.to_fetch().iter().copied().collect(),
         delete: p.to_delete().iter().copied().collect(),
         bytes,
+        verified: p.verified(),
     }
 }
 
@@ -139,6 +159,7 @@ fn random_differences_converge() {
         }
         let out = run(&local, &remote);
         let (fetch, delete) = expected(&local, &remote);
+        assert!(out.verified, "seed {seed}");
         assert_eq!(out.fetch, fetch, "seed {seed}: fetch set");
         assert_eq!(out.delete, delete, "seed {seed}: delete set");
         // Applying the plan makes the two equal.
@@ -186,4 +207,29 @@ fn bytes_scale_with_differences_not_size() {
     assert!(b1000 > b100 * 5 && b1000 < b100 * 15, "{b100} vs {b1000}");
     // Identical sides exchange only the snapshot.
     assert!(run(&remote, &remote).bytes < 64);
+}
+
+#[test]
+fn differences_short_sums_cannot_see_are_found_with_full_sums() {
+    for seed in 0..50u64 {
+        let mut rng = StdRng::seed_from_u64(1_000 + seed);
+        let n = rng.gen_range(1..3000);
+        let remote = database(&mut rng, n, seed % 5 == 0);
+        let mut local = remote.clone();
+        let keys: Vec<u64> = remote.keys().copied().collect();
+        // Content hashes that differ only above the low 32 bits: every short sum agrees.
+        for _ in 0..rng.gen_range(1..20) {
+            let k = keys[rng.gen_range(0..keys.len())];
+            *local.get_mut(&k).unwrap() ^= rng.gen_range(1..u32::MAX as u64) << 32;
+        }
+        let short = run_with(&local, &remote, SHORT_SUM_BYTES);
+        let (fetch, delete) = expected(&local, &remote);
+        assert!(
+            short.fetch.len() < fetch.len() || !short.verified,
+            "seed {seed}"
+        );
+        let out = run(&local, &remote);
+        assert!(out.verified, "seed {seed}");
+        assert_eq!((out.fetch, out.delete), (fetch, delete), "seed {seed}");
+    }
 }

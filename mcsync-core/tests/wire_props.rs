@@ -267,16 +267,24 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 sum,
             }
         }),
-        prop::collection::vec(arb_tree_range(), 1..20)
-            .prop_map(|ranges| Message::DigestRequest { ranges }),
-        prop::collection::vec((any::<u32>(), any::<u64>()), 0..40).prop_map(|d| {
-            Message::DigestReply {
+        (prop::collection::vec(arb_tree_range(), 1..20), 3u8..=8)
+            .prop_map(|(ranges, sum_bytes)| Message::DigestRequest { ranges, sum_bytes }),
+        (
+            prop::collection::vec((any::<u32>(), any::<u64>()), 0..40),
+            3u8..=8
+        )
+            .prop_map(|(d, sum_bytes)| Message::DigestReply {
+                sum_bytes,
                 digests: d
                     .into_iter()
-                    .map(|(count, sum)| Digest { count, sum })
+                    // An empty range's sum is not sent (it is 0).
+                    .map(|(count, sum)| Digest {
+                        count,
+                        sum: if count == 0 { 0 } else { sum }
+                    }
+                    .truncated(sum_bytes))
                     .collect(),
-            }
-        }),
+            }),
         prop::collection::vec(arb_tree_range(), 1..20)
             .prop_map(|ranges| Message::ListRequest { ranges }),
         prop::collection::vec((any::<u64>(), any::<u64>()), 0..40)

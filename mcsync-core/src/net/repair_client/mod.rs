@@ -601,12 +601,16 @@ impl RepairClient {
     }
 
     /// Child digests of `ranges` (16 per range) from the current resync snapshot.
-    pub fn digests(&mut self, ranges: &[Range]) -> Result<Vec<Digest>> {
+    pub fn digests(&mut self, ranges: &[Range], sum_bytes: u8) -> Result<Vec<Digest>> {
         let m = Message::DigestRequest {
             ranges: ranges.to_vec(),
+            sum_bytes,
         };
         match self.exchange(&m)?.0 {
-            Message::DigestReply { digests } => Ok(digests),
+            Message::DigestReply {
+                sum_bytes: got,
+                digests,
+            } if got == sum_bytes => Ok(digests),
             other => Err(self.unexpected(other)),
         }
     }

@@ -245,9 +245,10 @@ fn answer_registered(
             resend(ctx, s.db.as_ref(), stream_id, &ranges, w)
         })?,
         Message::ResyncBegin => resync_begin(ctx, s),
-        Message::DigestRequest { ranges } => match s.resync.as_ref() {
+        Message::DigestRequest { ranges, sum_bytes } => match s.resync.as_ref() {
             Some(r) => Ok(Message::DigestReply {
-                digests: child_digests(&r.index, &ranges),
+                sum_bytes,
+                digests: child_digests(&r.index, &ranges, sum_bytes),
             }),
             None => Err(error(ErrorCode::BadRequest, "digests before RESYNC_BEGIN")),
         },

@@ -5,7 +5,9 @@ use super::*;
 use super::{Put, Reader, WireError};
 use crate::auth::Secret;
 use crate::crypto::Key;
-use crate::proto::resync::{Digest, Range, MAX_FETCH_PER_REQUEST, MAX_RANGES_PER_REQUEST};
+use crate::proto::resync::{
+    Digest, Range, MAX_FETCH_PER_REQUEST, MAX_RANGES_PER_REQUEST, SUM_BYTES,
+};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const T_HELLO: u8 = 1;
@@ -38,11 +40,13 @@ const T_STATUS_REQUEST: u8 = 27;
 const T_STATUS: u8 = 28;
 const T_COMPACT_UPDATE: u8 = 29;
 
+/// Tree ranges as (level, varint index of the range within its level): 2–4 bytes where
+/// (lo, level) took 9.
 fn put_tree_ranges(out: &mut Vec<u8>, ranges: &[Range]) {
     out.put_u16(ranges.len() as u16);
     for r in ranges {
-        out.put_u64(r.lo);
         out.put_u8(r.level);
+        put_varint(out, r.index());
     }
 }
 
@@ -53,16 +57,44 @@ fn read_tree_ranges(r: &mut Reader<'_>) -> Result<Vec<Range>, WireError> {
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let range = Range {
-            lo: r.u64("range")?,
-            level: r.u8("range level")?,
-        };
-        if !range.is_valid() {
-            return Err(WireError::Invalid("range", range.lo));
-        }
-        out.push(range);
+        let level = r.u8("range level")?;
+        let index = read_varint(r, "range index")?;
+        out.push(Range::at(level, index).ok_or(WireError::Invalid("range index", index))?);
     }
     Ok(out)
+}
+
+/// An unsigned LEB128 number: 7 bits a byte, low bits first.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn read_varint(r: &mut Reader<'_>, field: &'static str) -> Result<u64, WireError> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let b = r.u8(field)?;
+        let bits = u64::from(b & 0x7f);
+        if i == 9 && b > 1 {
+            return Err(WireError::TooLong(field, u64::from(b)));
+        }
+        v |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(WireError::TooLong(field, v))
+}
+
+fn check_sum_bytes(sum_bytes: u8) -> Result<u8, WireError> {
+    if SUM_BYTES.contains(&sum_bytes) {
+        Ok(sum_bytes)
+    } else {
+        Err(WireError::Invalid("digest sum bytes", u64::from(sum_bytes)))
+    }
 }
 
 /// Reads a u32 count and checks that `per_item` bytes each fit in what is left.
@@ -229,16 +261,23 @@ impl Message {
                 out.put_u32(*count);
                 out.put_u64(*sum);
             }
-            Message::DigestRequest { ranges } => {
+            Message::DigestRequest { ranges, sum_bytes } => {
                 out.put_u8(T_DIGEST_REQUEST);
+                out.put_u8(*sum_bytes);
                 put_tree_ranges(out, ranges);
             }
-            Message::DigestReply { digests } => {
+            Message::DigestReply { sum_bytes, digests } => {
+                // Each digest: varint count, then (unless the range is empty) the low
+                // `sum_bytes` bytes of the sum, big-endian.
                 out.put_u8(T_DIGEST_REPLY);
+                out.put_u8(*sum_bytes);
                 out.put_u32(digests.len() as u32);
+                let width = usize::from(*sum_bytes).min(8);
                 for d in digests {
-                    out.put_u32(d.count);
-                    out.put_u64(d.sum);
+                    put_varint(out, u64::from(d.count));
+                    if d.count > 0 {
+                        out.extend_from_slice(&d.sum.to_be_bytes()[8 - width..]);
+                    }
                 }
             }
             Message::ListRequest { ranges } => {
@@ -397,18 +436,26 @@ impl Message {
                 sum: r.u64("sum")?,
             },
             T_DIGEST_REQUEST => Message::DigestRequest {
+                sum_bytes: check_sum_bytes(r.u8("digest sum bytes")?)?,
                 ranges: read_tree_ranges(&mut r)?,
             },
             T_DIGEST_REPLY => {
-                let n = read_count(&mut r, 12, "digest count")?;
+                let sum_bytes = check_sum_bytes(r.u8("digest sum bytes")?)?;
+                let n = read_count(&mut r, 1, "digest count")?;
                 let mut digests = Vec::with_capacity(n);
                 for _ in 0..n {
-                    digests.push(Digest {
-                        count: r.u32("digest count")?,
-                        sum: r.u64("digest sum")?,
-                    });
+                    let count = read_varint(&mut r, "digest count")?;
+                    let count = u32::try_from(count)
+                        .map_err(|_| WireError::Invalid("digest count", count))?;
+                    let mut sum = 0u64;
+                    if count > 0 {
+                        for b in r.bytes(usize::from(sum_bytes), "digest sum")? {
+                            sum = (sum << 8) | u64::from(*b);
+                        }
+                    }
+                    digests.push(Digest { count, sum });
                 }
-                Message::DigestReply { digests }
+                Message::DigestReply { sum_bytes, digests }
             }
             T_LIST_REQUEST => Message::ListRequest {
                 ranges: read_tree_ranges(&mut r)?,

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 /// carries the database's incarnation and stream id, STATUS its incarnation, and a
 /// compacted catch-up answers with COMPACT_UPDATE (which names the first version each
 /// chunk covers), so a replica can tell a changed history or a skipped version.
-pub const CONTROL_VERSION: u8 = 4;
+pub const CONTROL_VERSION: u8 = 5;
 /// Bytes of frame header (length + type).
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Most version ranges in one catch-up request.
@@ -199,10 +199,14 @@ pub enum Message {
     DigestRequest {
         /// Parent ranges.
         ranges: Vec<Range>,
+        /// Bytes of each sum to send (`proto::resync::SUM_BYTES`): the low bytes.
+        sum_bytes: u8,
     },
     /// Publisher → client: 16 child digests per requested range, in order.
     DigestReply {
-        /// The digests.
+        /// Bytes of each sum (as asked).
+        sum_bytes: u8,
+        /// The digests, sums cut to `sum_bytes` bytes.
         digests: Vec<Digest>,
     },
     /// Client → publisher: list the records of these ranges.
