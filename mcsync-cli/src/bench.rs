@@ -7,6 +7,7 @@
 
 mod baseline;
 mod cluster;
+mod memory;
 mod plot;
 mod redis;
 mod report;
@@ -62,11 +63,12 @@ pub struct BenchArgs {
     /// Directory for bench.json and the PNG plots (created if missing).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
-    /// Sections to run, comma-separated: throughput, latency, fanout, repair (default all).
+    /// Sections to run, comma-separated: throughput, latency, fanout, repair, memory
+    /// (default all).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,fanout,repair"
+        default_value = "throughput,latency,fanout,repair,memory"
     )]
     sections: Vec<Section>,
     /// Threads publishing concurrently; their durable commits share journal fsyncs (group
@@ -156,6 +158,9 @@ pub enum Section {
     Fanout,
     /// (d) repair cost under injected loss.
     Repair,
+    /// (e) resident memory of a publisher and a subscriber process, steady and under a
+    /// backlog.
+    Memory,
 }
 
 /// Counts of one run (full or quick).
@@ -168,6 +173,8 @@ struct Counts {
     tail_trials: usize,
     fanout: usize,
     repair: usize,
+    /// Updates of the memory section: (steady, backlog).
+    memory: (usize, usize),
 }
 
 impl Counts {
@@ -182,6 +189,7 @@ impl Counts {
                 tail_trials: 200,
                 fanout: s(300),
                 repair: s(2_000),
+                memory: (s(1_000), s(2_000)),
             }
         } else {
             Counts {
@@ -192,6 +200,7 @@ impl Counts {
                 tail_trials: 1000,
                 fanout: s(10_000),
                 repair: s(6_000),
+                memory: (s(30_000), s(100_000)),
             }
         }
     }
@@ -236,7 +245,8 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         } else {
             0
         }
-        + 2 * usize::from(a.redis);
+        + 2 * usize::from(a.redis)
+        + 2 * usize::from(has(Section::Memory));
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
@@ -312,6 +322,10 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         if has(Section::Repair) {
             report.repair = repair(&mut ctx, &counts, a.subscribers)?;
             lap("repair", &mut report);
+        }
+        if has(Section::Memory) {
+            report.memory = Some(memory::memory(&mut ctx, &counts)?);
+            lap("memory", &mut report);
         }
         if a.redis {
             bar.set_message("Redis replication, side by side");

@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// a free port, printed at start).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// When each line's commit returns: `sync` (journaled durably, the default) or `async`
+    /// (version assigned; the journal writer group-commits behind it).
+    #[arg(long, value_enum, default_value_t = crate::bench::DurabilityArg::Sync)]
+    durability: crate::bench::DurabilityArg,
 }
 
 /// How a subscribing command reaches the publisher, proves who it is, and where it
@@ -350,6 +354,7 @@ pub fn serve(a: ServeArgs) -> CliResult {
     cfg.control_addr = a.listen;
     cfg.multicast.set_ranges(&a.groups, &a.ports)?;
     cfg.multicast.interface = a.interface;
+    cfg.durability = a.durability.into();
     if let Some(u) = a.users {
         cfg.authentication = Authentication::UsersFile(u);
     }

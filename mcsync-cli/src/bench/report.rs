@@ -19,6 +19,7 @@ pub struct Report {
     pub(super) latency: Option<Latency>,
     pub(super) fanout: Vec<FanoutRow>,
     pub(super) repair: Vec<RepairRow>,
+    pub(super) memory: Option<super::memory::MemoryRow>,
     pub(super) redis: Vec<redis::RedisResult>,
     pub(super) targets: Vec<Target>,
 }
@@ -361,6 +362,9 @@ pub(super) fn print_tables(r: &Report) {
     }
     if !r.repair.is_empty() {
         print_repair(r);
+    }
+    if let Some(m) = &r.memory {
+        super::memory::print(m);
     }
     for x in &r.redis {
         println!(
