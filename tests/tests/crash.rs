@@ -17,6 +17,14 @@
 //! stored), it is never rebuilt (same boot: the page cache had every commit), and a clean
 //! stop leaves no unsynced marker.
 //!
+//! The publisher's lives alternate between `Durability::Sync` and `Durability::Async`
+//! (seeded). After a kill in an `Async` life, acknowledged versions may be missing from the
+//! master (at most `ASYNC_MAX_PENDING`), but never one that any host received: nothing is
+//! multicast before it is journaled. So every host's version must be at most the master's,
+//! checked after the kill and again just before the publisher restarts (and reissues the
+//! lost versions). The lost acknowledgements are then forgotten; a `Sync` life's are held
+//! to the full guarantee.
+//!
 //! `MCSYNC_CRASH_SEED=<n>` reruns a seed; `MCSYNC_CRASH_KILLS=<n>` asks for more kills
 //! (default 50); `MCSYNC_CRASH_KEEP=1` keeps the data directories. See docs/TESTING.md.
 
@@ -39,6 +47,8 @@ const COMPACT_AFTER: u64 = 25;
 const DEADLINE: Duration = Duration::from_secs(90);
 /// Replica durabilities a subscriber's lives cycle through.
 const MODES: [&str; 3] = ["sync", "periodic:200", "none"];
+/// Durabilities the publisher's lives cycle through.
+const PUBLISHER_MODES: [&str; 2] = ["sync", "async"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -92,7 +102,8 @@ struct Node {
     dir: PathBuf,
     host_dir: PathBuf,
     log: PathBuf,
-    /// Subscriber: lives started so far, and the replica durability of the current one.
+    /// Lives started so far, and the durability of the current one (subscriber: replica
+    /// durability; publisher: commit durability).
     lives: u64,
     mode: &'static str,
 }
@@ -126,6 +137,10 @@ struct Run {
     checks: u64,
     /// Subscriber kills per replica durability.
     kills_by_mode: BTreeMap<&'static str, u64>,
+    /// Publisher kills per commit durability.
+    publisher_kills_by_mode: BTreeMap<&'static str, u64>,
+    /// Acknowledged versions an `Async` publisher lost in a kill (reissued after).
+    async_lost: u64,
     /// Kills after which an unsynced marker was found (the NOSYNC reopen path exercised).
     markers_by_mode: BTreeMap<&'static str, u64>,
 }
@@ -152,7 +167,16 @@ impl Run {
         let mut cmd = Command::new(&self.bin);
         match role {
             Role::Publisher => {
+                if self.node(role).lives > 0 {
+                    self.check_hosts_not_ahead("before the publisher restarts");
+                }
+                let seed = self.seed;
+                let node = self.node(role);
+                node.mode = PUBLISHER_MODES[((node.lives + seed) % 2) as usize];
+                node.lives += 1;
+                let mode = node.mode;
                 cmd.arg("publisher")
+                    .args(["--durability", mode])
                     .args(["--listen", &self.listen, "--group", &self.group])
                     .args(["--seed", &self.seed.to_string()])
                     .args(["--target", &self.target.to_string()])
@@ -308,6 +332,8 @@ impl Run {
         }
         match role {
             Role::Publisher => {
+                let mode = self.node(role).mode;
+                *self.publisher_kills_by_mode.entry(mode).or_default() += 1;
                 self.check_publisher(None);
             }
             Role::Subscriber(_) => {
@@ -344,7 +370,7 @@ impl Run {
             .lines()
             .map(|l| l.split(' ').next().unwrap().parse().unwrap())
             .collect();
-        let max_acked = acked.iter().copied().max().unwrap_or(0);
+        let mut max_acked = acked.iter().copied().max().unwrap_or(0);
         assert!(
             acked.windows(2).all(|w| w[0] < w[1]),
             "seed {seed}: acks out of order"
@@ -353,6 +379,21 @@ impl Run {
             .unwrap_or_else(|e| fail(seed, format!("reopening the master: {e}")));
         let tables = store.tables(DB).unwrap();
         let last = store.last_version(DB).unwrap();
+        if self.node(Role::Publisher).mode == "async" && last < max_acked {
+            // Acknowledged before journaled: lost, within the bound, and never delivered.
+            let lost = max_acked - last;
+            if lost > mcsync::ASYNC_MAX_PENDING as u64 {
+                fail(
+                    seed,
+                    format!(
+                        "async publisher lost {lost} acknowledged versions, more than the bound"
+                    ),
+                );
+            }
+            self.async_lost += lost;
+            self.forget_acks_after(last);
+            max_acked = last;
+        }
         if last < max_acked {
             fail(
                 seed,
@@ -373,6 +414,7 @@ impl Run {
             );
         }
         self.master_opened = last;
+        self.check_hosts_not_ahead("after the publisher's kill");
         if let Some(v) = exact {
             assert_eq!(last, v, "seed {seed}: master version at the end");
         }
@@ -418,6 +460,38 @@ impl Run {
             );
         }
         last
+    }
+
+    /// Drops acknowledgements past `version` from the acks file (an `Async` publisher lost
+    /// them; its next life reissues those versions).
+    fn forget_acks_after(&mut self, version: u64) {
+        let path = self.acks_path();
+        let kept: String = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split(' ').next().unwrap().parse::<u64>().unwrap() <= version)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, kept).unwrap();
+    }
+
+    /// No host holds a version the master does not have (as its last check found it):
+    /// an update reaches subscribers only once journaled, whatever the durability.
+    fn check_hosts_not_ahead(&mut self, when: &str) {
+        let master = self.master_opened;
+        for i in 0..self.nodes.len() {
+            if let Role::Subscriber(_) = self.nodes[i].role {
+                let host = self.nodes[i].progress.said.lock().unwrap().version;
+                if host > master {
+                    fail(
+                        self.seed,
+                        format!(
+                            "{when}: subscriber {i}'s host holds version {host}, past the                              master's {master}"
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// A subscriber after a kill (or the clean end): its replica equals the master at the
@@ -800,6 +874,8 @@ fn kill_nine_anywhere_loses_nothing_acknowledged_and_every_store_stays_a_master_
         unreached: BTreeMap::new(),
         checks: 0,
         kills_by_mode: BTreeMap::new(),
+        publisher_kills_by_mode: BTreeMap::new(),
+        async_lost: 0,
         markers_by_mode: BTreeMap::new(),
     };
     run.start_missing(None);
@@ -830,7 +906,8 @@ fn kill_nine_anywhere_loses_nothing_acknowledged_and_every_store_stays_a_master_
     eprintln!(
         "crash seed {seed}: {} kills in {rounds} rounds ({} at crash points {:?}, {} from \
          outside; crash points not reached: {:?}), subscriber kills by replica durability {:?} \
-         (unsynced marker found {:?}), {} store checks, final version {}, {:.1} s",
+         (unsynced marker found {:?}), publisher kills by durability {:?} ({} acknowledged \
+         async versions lost and reissued), {} store checks, final version {}, {:.1} s",
         run.kills,
         run.kills - run.external,
         run.by_point,
@@ -838,6 +915,8 @@ fn kill_nine_anywhere_loses_nothing_acknowledged_and_every_store_stays_a_master_
         run.unreached,
         run.kills_by_mode,
         run.markers_by_mode,
+        run.publisher_kills_by_mode,
+        run.async_lost,
         run.checks,
         run.target,
         started.elapsed().as_secs_f64()
@@ -848,6 +927,13 @@ fn kill_nine_anywhere_loses_nothing_acknowledged_and_every_store_stays_a_master_
             run.kills_by_mode.contains_key(m),
             "seed {seed}: no subscriber was killed with replica durability {m}: {:?}",
             run.kills_by_mode
+        );
+    }
+    for m in PUBLISHER_MODES {
+        assert!(
+            run.publisher_kills_by_mode.contains_key(m),
+            "seed {seed}: no publisher was killed with durability {m}: {:?}",
+            run.publisher_kills_by_mode
         );
     }
     for p in mcsync::crash::POINTS {

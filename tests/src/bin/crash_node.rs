@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! crash_node publisher --dir D --listen ADDR --group G:PORT --seed S --acks FILE
+//!                      [--durability sync|async]
 //!                      [--target V] [--retention-min-count K]
 //! crash_node subscriber --dir D --host-dir H --server ADDR --fingerprint F
 //!                       [--compact-after N] [--until V] [--replica-durability MODE]
@@ -143,7 +144,11 @@ fn publisher(flags: &HashMap<String, String>) {
     c.multicast.group = *group.ip();
     c.multicast.port = group.port();
     c.multicast.group_count = 1;
-    c.durability = Durability::Sync;
+    c.durability = match flags.get("durability").map(String::as_str) {
+        None | Some("sync") => Durability::Sync,
+        Some("async") => Durability::Async,
+        Some(other) => die(2, format!("--durability {other}: expected sync or async")),
+    };
     c.retention = Retention {
         max_bytes: 1,
         max_age: Duration::from_secs(24 * 3600),
