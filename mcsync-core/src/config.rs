@@ -151,6 +151,28 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    /// Most windows a schedule holds.
+    pub const MAX_WINDOWS: usize = 1440;
+
+    /// Checks every window against [`limits::check_schedule_window`], and their number
+    /// (at most [`MAX_WINDOWS`](Self::MAX_WINDOWS)).
+    pub fn validate(&self) -> Result<()> {
+        if let Schedule::Windows(w) = self {
+            if w.len() > Self::MAX_WINDOWS {
+                return Err(crate::Error::Config(format!(
+                    "{} schedule windows, more than {}",
+                    w.len(),
+                    Self::MAX_WINDOWS
+                )));
+            }
+            for (i, &(start, end)) in w.iter().enumerate() {
+                limits::check_schedule_window(start, end)
+                    .map_err(|e| crate::Error::Config(format!("schedule window {i}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether multicast is on at `minute_of_day` (0..1440, UTC).
     pub fn is_open(&self, minute_of_day: u32) -> bool {
         match self {
@@ -330,11 +352,7 @@ impl PublisherConfig {
         limits::MAX_UPDATE_BYTES.check(self.max_update_bytes)?;
         limits::MAP_SIZE.check(self.map_size)?;
         limits::RETENTION_MAX_AGE.check(self.retention.max_age)?;
-        if let Schedule::Windows(w) = &self.schedule {
-            for &(start, end) in w {
-                limits::check_schedule_window(start, end)?;
-            }
-        }
+        self.schedule.validate()?;
         if self.identity == ServerIdentity::InsecureLoopback {
             crate::net::tls::require_loopback(self.control_addr, "control address")?;
         }

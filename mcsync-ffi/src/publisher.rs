@@ -298,8 +298,7 @@ pub unsafe extern "C" fn mcsync_publisher_set_schedule_always(
     publisher: *const mcsync_publisher,
 ) -> mcsync_status {
     ffi_panic_boundary! {
-        borrow(publisher, "publisher")?.inner.set_schedule(Schedule::Always);
-        Ok(())
+        Ok(borrow(publisher, "publisher")?.inner.set_schedule(Schedule::Always)?)
     }
 }
 
@@ -311,8 +310,7 @@ pub unsafe extern "C" fn mcsync_publisher_set_schedule_never(
     publisher: *const mcsync_publisher,
 ) -> mcsync_status {
     ffi_panic_boundary! {
-        borrow(publisher, "publisher")?.inner.set_schedule(Schedule::Never);
-        Ok(())
+        Ok(borrow(publisher, "publisher")?.inner.set_schedule(Schedule::Never)?)
     }
 }
 
@@ -330,7 +328,7 @@ pub unsafe extern "C" fn mcsync_publisher_set_schedule_windows(
 ) -> mcsync_status {
     ffi_panic_boundary! {
         let p = borrow(publisher, "publisher")?;
-        if windows_len == 0 || windows_len > 1440 {
+        if windows_len == 0 || windows_len > Schedule::MAX_WINDOWS {
             return Err(FfiError::range(format!(
                 "{windows_len} schedule windows outside 1..=1440 \
                  (mcsync_publisher_set_schedule_never turns multicast off)"
@@ -340,17 +338,11 @@ pub unsafe extern "C" fn mcsync_publisher_set_schedule_windows(
             return Err(FfiError::null("windows"));
         }
         let list = std::slice::from_raw_parts(windows, windows_len);
-        let mut out = Vec::with_capacity(list.len());
-        for (i, w) in list.iter().enumerate() {
-            let window = mcsync_core::config::limits::check_schedule_window(
-                w.start_minute,
-                w.end_minute,
-            )
-            .map_err(|e| FfiError::range(format!("schedule window {i}: {e}")))?;
-            out.push(window);
-        }
-        p.inner.set_schedule(Schedule::Windows(out));
-        Ok(())
+        let out = list.iter().map(|w| (w.start_minute, w.end_minute)).collect();
+        // Core checks each window (and leaves the schedule as it was if one is out of range).
+        p.inner
+            .set_schedule(Schedule::Windows(out))
+            .map_err(|e| FfiError::range(e.to_string()))
     }
 }
 

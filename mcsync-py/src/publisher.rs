@@ -16,7 +16,6 @@ use mcsync::ErrorKind;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -173,7 +172,6 @@ impl Drop for PubShared {
 #[pyclass(frozen, module = "mcsync", name = "Publisher")]
 pub(crate) struct PyPublisher {
     shared: ReleaseOnDrop<Arc<PubShared>>,
-    closed: AtomicBool,
 }
 
 #[pymethods]
@@ -295,7 +293,6 @@ impl PyPublisher {
         track_publisher(&shared);
         Ok(PyPublisher {
             shared: ReleaseOnDrop::new(shared),
-            closed: AtomicBool::new(false),
         })
     }
 
@@ -351,10 +348,13 @@ impl PyPublisher {
     }
 
     /// Changes the multicast schedule (``"always"``, ``"never"`` or a list of ``(start,
-    /// end)`` minute windows, UTC); takes effect within about 50 ms.
+    /// end)`` minute windows, UTC); takes effect within about 50 ms. A window out of range
+    /// raises ``ConfigError`` and the schedule stays as it was.
     fn set_schedule(&self, py: Python<'_>, schedule: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.shared.core.set_schedule(schedule_arg(py, schedule)?);
-        Ok(())
+        self.shared
+            .core
+            .set_schedule(schedule_arg(py, schedule)?)
+            .or_raise(py)
     }
 
     /// The database called ``name`` (1 to 200 characters of ``[A-Za-z0-9._-]``), created on
@@ -377,7 +377,7 @@ impl PyPublisher {
     /// Whether ``close()`` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.shared.core.is_closed()
     }
 
     /// A snapshot of the publisher's counters (all databases together), as a dict.
@@ -397,7 +397,6 @@ impl PyPublisher {
     /// from there), stops the repair server and joins every thread (with the GIL released).
     /// Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.closed.store(true, Ordering::SeqCst);
         py.detach(|| self.shared.close()).or_raise(py)
     }
 

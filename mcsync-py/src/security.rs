@@ -233,10 +233,7 @@ pub(crate) fn schedule_arg(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<m
             "schedule must be \"always\", \"never\" or a list of (start, end) minutes",
         )
     })?;
-    for &(start, end) in &windows {
-        mcsync::config::limits::check_schedule_window(start, end)
-            .map_err(|e| config_error(py, e.message()))?;
-    }
+    // Core checks the windows (`Schedule::validate`) at open and in `set_schedule`.
     Ok(mcsync::Schedule::Windows(windows))
 }
 

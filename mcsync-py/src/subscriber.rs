@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyIterator, PyList};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,6 @@ use std::time::{Duration, Instant};
 pub(crate) struct PySubscriber {
     core: ReleaseOnDrop<Arc<mcsync::Subscriber>>,
     server: SocketAddr,
-    closed: AtomicBool,
 }
 
 impl PySubscriber {
@@ -222,7 +221,6 @@ impl PySubscriber {
         Ok(PySubscriber {
             core: ReleaseOnDrop::new(core),
             server,
-            closed: AtomicBool::new(false),
         })
     }
 
@@ -371,7 +369,7 @@ impl PySubscriber {
     /// Whether ``close()`` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.core.is_closed()
     }
 
     /// Every subscription's counters, gauges, version and latency histogram (labelled by
@@ -383,7 +381,6 @@ impl PySubscriber {
     /// Closes every subscription and joins their threads (with the GIL released).
     /// Idempotent; replicas stay readable through their ``Subscription`` objects.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.closed.store(true, Ordering::SeqCst);
         py.detach(|| self.core.close()).or_raise(py)
     }
 

@@ -167,6 +167,8 @@ def test_configuration_errors(tmp_path: Path) -> None:
             p.database("bad name!")
         with pytest.raises(mcsync.ConfigError, match="schedule"):
             p.set_schedule("sometimes")
+        with pytest.raises(mcsync.ConfigError, match="schedule window 1"):
+            p.set_schedule([(0, 60), (1440, 10)])
     for cls in (
         mcsync.AuthError,
         mcsync.ProtocolError,
@@ -191,6 +193,7 @@ def test_unknown_database_is_refused(
 def test_closed_publisher_refuses_writes(publisher: mcsync.Publisher) -> None:
     db = publisher.database("closing")
     db.put("a", "1")
+    assert not publisher.closed
     publisher.close()
     assert publisher.closed
     with pytest.raises(mcsync.ClosedError):
@@ -213,6 +216,7 @@ def test_a_closed_subscriber_refuses_what_would_start_work(
     mcsync.close_all()
     assert sub.closed
     for s in (closed_here, closed_at_exit):
+        assert s.closed  # core's state: close_all at exit closes it too
         with pytest.raises(mcsync.ClosedError, match="^subscriber is closed$"):
             s.subscribe("shut")
         with pytest.raises(mcsync.ClosedError, match="^subscriber is closed$"):

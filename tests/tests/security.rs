@@ -390,7 +390,7 @@ fn outside_the_schedule_updates_arrive_by_repair_and_multicast_resumes() {
         "nothing multicast outside the window: {before:?}"
     );
     assert!(before.repair_updates_sent >= 200, "{before:?}");
-    p.set_schedule(Schedule::Always);
+    p.set_schedule(Schedule::Always).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     for i in 0..200u32 {
         v = db.put(format!("k{i}"), b"multicast").unwrap();

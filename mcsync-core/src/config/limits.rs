@@ -222,6 +222,15 @@ mod tests {
         assert!(check_heartbeats(Duration::ZERO, MS).is_err());
         assert_eq!(check_schedule_window(1380, 60), Ok((1380, 60)));
         assert!(check_schedule_window(1440, 10).is_err());
+        use crate::Schedule;
+        assert!(Schedule::Windows(vec![(0, 60), (1380, 60)])
+            .validate()
+            .is_ok());
+        let e = Schedule::Windows(vec![(0, 60), (1440, 10)])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("schedule window 1"), "{e}");
+        assert!(Schedule::Windows(vec![(0, 1); 1441]).validate().is_err());
         assert!(check_schedule_window(0, 1441).is_err());
     }
 

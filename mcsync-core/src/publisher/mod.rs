@@ -243,9 +243,12 @@ impl Publisher {
         apply_retention(&self.inner)
     }
 
-    /// Changes the multicast schedule at run time (takes effect within about 50 ms).
-    pub fn set_schedule(&self, schedule: Schedule) {
+    /// Changes the multicast schedule at run time (takes effect within about 50 ms). A
+    /// window out of range is refused ([`Schedule::validate`]) and the schedule stays.
+    pub fn set_schedule(&self, schedule: Schedule) -> Result<()> {
+        schedule.validate()?;
         *self.inner.schedule.locked() = schedule;
+        Ok(())
     }
 
     /// The address subscribers connect to (the repair / control server).
@@ -320,6 +323,12 @@ impl Publisher {
         tx.send(Intake::Flush(reply))
             .map_err(|_| publisher_closed())?;
         rx.recv().map_err(|_| publisher_closed())?
+    }
+
+    /// Whether [`close`](Self::close) was called (or the publisher was dropped): commits
+    /// then fail with `Error::Closed`.
+    pub fn is_closed(&self) -> bool {
+        self.inner.intake_tx.locked().is_none()
     }
 
     /// Stops accepting commits, finishes those in progress, multicasts what is queued for at

@@ -507,6 +507,12 @@ impl Subscriber {
         crate::metrics::render_subscriber(&views)
     }
 
+    /// Whether [`close`](Self::close) was called (subscribing then fails with
+    /// `Error::Closed`).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     /// Closes every subscription and joins their threads. Idempotent.
     pub fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::SeqCst);
