@@ -81,7 +81,7 @@ pub use config::{
 pub use crypto::Key;
 pub use error::{Error, ErrorKind, Result};
 pub use net::tls::{ServerIdentity, ServerTrust};
-pub use publisher::{Database, Pending, Prepared, Publisher, Transaction};
+pub use publisher::{Database, Pending, PendingPrepare, Prepared, Publisher, Transaction};
 pub use resync::ResyncReport;
 pub use stats::{PublisherStats, SubscriptionStats};
 pub use subscriber::{SubscribeOptions, Subscriber, Subscription, UpdateCallback, VoteCallback};

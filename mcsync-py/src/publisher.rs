@@ -86,8 +86,9 @@ impl PubShared {
         }
     }
 
-    /// The first phase of `t`, waited for interruptibly (an interrupted prepare is rolled
-    /// back once its vote wait ends), and registered so closing rolls it back.
+    /// The first phase of `t`, waited for in slices with the GIL released (a signal
+    /// handler that raises, e.g. Ctrl-C, drops the pending prepare, which rolls it back),
+    /// and registered so closing rolls it back.
     fn prepare(
         &self,
         py: Python<'_>,
@@ -95,10 +96,16 @@ impl PubShared {
         timeout: Duration,
         database: &str,
     ) -> PyResult<Arc<PreparedSlot>> {
-        let prepared = interruptible(py, "prepare", move || {
-            t.prepare(timeout).map(ReleaseOnDrop::new)
-        })?;
-        let prepared = prepared.or_raise(py)?;
+        // Dropped without the GIL: a rollback waits for the publisher's intake.
+        let pending = ReleaseOnDrop::new(Mutex::new(
+            py.detach(|| t.submit_prepare(timeout)).or_raise(py)?,
+        ));
+        let prepared = loop {
+            if let Some(result) = py.detach(|| pending.locked().wait(SLICE)) {
+                break ReleaseOnDrop::new(result.or_raise(py)?);
+            }
+            py.check_signals()?;
+        };
         let slot = Arc::new(PreparedSlot {
             database: database.to_owned(),
             version: prepared.version(),

@@ -360,3 +360,49 @@ fn a_late_vote_never_counts_for_the_round_that_reuses_its_version() {
     assert_eq!(slow.sub.stats().votes_prepared, 1);
     assert_eq!(*slow.seen.lock().unwrap(), vec![1, 2]);
 }
+
+#[test]
+fn a_prepare_waited_for_in_slices_answers_once_the_votes_are_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    let db = p.database(DB).unwrap();
+    // The vote takes a while: slices before it end with no answer.
+    let slow: mcsync::VoteCallback = Box::new(|_| {
+        std::thread::sleep(Duration::from_millis(600));
+        Ok(())
+    });
+    let part = participant(dir.path(), &p, "slow", None, Some(slow));
+    wait_participants(&p, 1);
+    let mut t = db.transaction();
+    t.put("k", "v").unwrap();
+    let mut pending = t.submit_prepare(Duration::from_secs(60)).unwrap();
+    let mut empty_slices = 0;
+    let prepared = loop {
+        match pending.wait(Duration::from_millis(20)) {
+            Some(r) => break r.unwrap(),
+            None => empty_slices += 1,
+        }
+    };
+    assert!(
+        empty_slices > 0,
+        "the vote took 600 ms, so some slices ended empty"
+    );
+    let err = pending.wait(Duration::ZERO).unwrap().unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Closed,
+        "the outcome is handed out once"
+    );
+    let v = prepared.commit().unwrap();
+    part.sub.wait_for_version(v, CONVERGE).unwrap();
+    assert_eq!(part.sub.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+
+    // Dropping a pending prepare rolls the update back: the version is given back.
+    let mut t = db.transaction();
+    t.put("gone", "x").unwrap();
+    drop(t.submit_prepare(Duration::from_secs(60)).unwrap());
+    let v2 = db.put("after", "y").unwrap();
+    part.sub.wait_for_version(v2, CONVERGE).unwrap();
+    assert_eq!(v2, v + 1, "the dropped prepare's version was given back");
+    assert_eq!(part.sub.get("gone").unwrap(), None);
+}

@@ -88,17 +88,31 @@ impl Coordinator {
         timeout: Duration,
     ) -> Result<(), VoteFailure> {
         let deadline = Instant::now() + timeout;
+        self.votes_by(database, version, deadline, true)
+            .expect("a wait that ends in a timeout has an answer")
+    }
+
+    /// Waits for the tally of `version`'s round until `deadline`. `None` if it is still
+    /// open then and `timeout_fails` is false (a caller waiting in slices); with
+    /// `timeout_fails`, the timeout is the failure naming who did not answer.
+    pub fn votes_by(
+        &self,
+        database: &str,
+        version: u64,
+        deadline: Instant,
+        timeout_fails: bool,
+    ) -> Option<Result<(), VoteFailure>> {
         let mut rounds = self.rounds();
         loop {
             let Some(r) = rounds.get(database).filter(|r| r.version() == version) else {
-                return Err(VoteFailure::default());
+                return Some(Err(VoteFailure::default()));
             };
             if let Some(tally) = r.tally() {
-                return tally;
+                return Some(tally);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(r.timed_out());
+                return timeout_fails.then(|| Err(r.timed_out()));
             }
             rounds = self
                 .changed

@@ -19,7 +19,7 @@ mod maintenance;
 mod sequencer;
 mod transaction;
 
-pub use transaction::{Pending, Prepared, Transaction};
+pub use transaction::{Pending, PendingPrepare, Prepared, Transaction};
 
 use crate::auth::{Authenticator, FailureLimiter, Grant, UsersFile};
 use crate::config::{Authentication, Durability, PublisherConfig, Schedule};

@@ -9,7 +9,7 @@ use crate::wire::update::{validate_op, MAX_KEY_LEN};
 use crate::{Error, Op, Result};
 use crossbeam_channel as chan;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A pending master transaction: operations collected by [`put`](Transaction::put) and
 /// [`delete`](Transaction::delete), applied atomically by [`commit`](Transaction::commit).
@@ -130,31 +130,120 @@ impl Transaction {
     }
 
     /// The first phase alone: returns a [`Prepared`] update to commit or roll back. On
-    /// a refusal or timeout it is aborted at once and the error says why.
+    /// a refusal or timeout it is aborted at once and the error says why. The same as
+    /// [`submit_prepare`](Transaction::submit_prepare) followed by
+    /// [`PendingPrepare::wait_forever`].
     pub fn prepare(self, timeout: Duration) -> Result<Prepared> {
+        self.submit_prepare(timeout)?.wait_forever()
+    }
+
+    /// Hands the first phase to the publisher and returns at once; wait for its outcome
+    /// with [`PendingPrepare::wait`] in slices. `timeout` counts from when the PREPARE
+    /// went out (its version assigned), as in [`prepare`](Transaction::prepare). Dropping
+    /// the `PendingPrepare` before the outcome rolls the update back.
+    pub fn submit_prepare(self, timeout: Duration) -> Result<PendingPrepare> {
         let inner = self.db.inner.clone();
-        let name = self.db.name().to_owned();
+        let database = self.db.name().to_owned();
         let rx = self
             .send_to_intake(|db, ops, reply| Intake::Prepare(PrepareRequest { db, ops, reply }))?;
-        let ticket = rx.recv().map_err(|_| publisher_closed())??;
-        let v = ticket.version;
-        let mut prepared = Prepared {
-            database: name.clone(),
-            ticket: Some(ticket),
-        };
-        match inner.server_ctx.two_phase.wait_votes(&name, v, timeout) {
-            Ok(()) => Ok(prepared),
-            Err(why) => {
-                prepared.resolve(Decision::Abort)?;
-                Err(Error::Aborted {
-                    message: format!(
-                        "two-phase update of database {name:?} at version {v} aborted: {why}"
-                    ),
-                    refused: why.refused,
-                    timed_out: why.timed_out,
-                })
+        Ok(PendingPrepare {
+            inner,
+            database,
+            timeout,
+            stage: PrepareStage::Assigning(rx),
+        })
+    }
+}
+
+/// A two-phase PREPARE on its way (see [`Transaction::submit_prepare`]): its version is
+/// being assigned, then the participants vote.
+pub struct PendingPrepare {
+    inner: Arc<super::Inner>,
+    database: String,
+    timeout: Duration,
+    stage: PrepareStage,
+}
+
+enum PrepareStage {
+    Assigning(chan::Receiver<Result<PreparedTicket>>),
+    Voting {
+        prepared: Prepared,
+        deadline: Instant,
+    },
+    Done,
+}
+
+impl PendingPrepare {
+    /// Waits up to `slice`: `None` while the outcome is not known yet; then, once, the
+    /// [`Prepared`] update (every participant PREPARED) or the error
+    /// ([`Error::Aborted`] naming who refused and who did not answer; the update is
+    /// already rolled back). Later calls return `Error::Closed`.
+    pub fn wait(&mut self, slice: Duration) -> Option<Result<Prepared>> {
+        let until = Instant::now() + slice;
+        loop {
+            match &mut self.stage {
+                PrepareStage::Done => {
+                    return Some(Err(Error::Closed("prepare outcome already taken".into())))
+                }
+                PrepareStage::Assigning(rx) => {
+                    let ticket = match rx.recv_deadline(until) {
+                        Ok(Ok(t)) => t,
+                        Ok(Err(e)) => return Some(Err(self.finish(e))),
+                        Err(chan::RecvTimeoutError::Timeout) => return None,
+                        Err(chan::RecvTimeoutError::Disconnected) => {
+                            return Some(Err(self.finish(publisher_closed())))
+                        }
+                    };
+                    self.stage = PrepareStage::Voting {
+                        prepared: Prepared {
+                            database: self.database.clone(),
+                            ticket: Some(ticket),
+                        },
+                        deadline: Instant::now() + self.timeout,
+                    };
+                }
+                PrepareStage::Voting { prepared, deadline } => {
+                    let v = prepared.version();
+                    let votes = self.inner.server_ctx.two_phase.votes_by(
+                        &self.database,
+                        v,
+                        until.min(*deadline),
+                        until >= *deadline,
+                    )?;
+                    let PrepareStage::Voting { mut prepared, .. } =
+                        std::mem::replace(&mut self.stage, PrepareStage::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    return Some(match votes {
+                        Ok(()) => Ok(prepared),
+                        Err(why) => prepared.resolve(Decision::Abort).and(Err(Error::Aborted {
+                            message: format!(
+                                "two-phase update of database {:?} at version {v} aborted: {why}",
+                                self.database
+                            ),
+                            refused: why.refused,
+                            timed_out: why.timed_out,
+                        })),
+                    });
+                }
             }
         }
+    }
+
+    /// Waits for the outcome however long it takes (the vote wait is bounded by the
+    /// timeout given at submit).
+    pub fn wait_forever(mut self) -> Result<Prepared> {
+        loop {
+            if let Some(r) = self.wait(Duration::from_secs(3600)) {
+                return r;
+            }
+        }
+    }
+
+    fn finish(&mut self, e: Error) -> Error {
+        self.stage = PrepareStage::Done;
+        e
     }
 }
 
@@ -199,6 +288,29 @@ impl Prepared {
     /// and the version is given back.
     pub fn rollback(mut self) -> Result<()> {
         self.resolve(Decision::Abort).map(|_| ())
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("database", &self.database)
+            .field("version", &self.version())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PendingPrepare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stage = match &self.stage {
+            PrepareStage::Assigning(_) => "assigning a version",
+            PrepareStage::Voting { .. } => "voting",
+            PrepareStage::Done => "done",
+        };
+        f.debug_struct("PendingPrepare")
+            .field("database", &self.database)
+            .field("stage", &stage)
+            .finish()
     }
 }
 
