@@ -42,6 +42,7 @@ fn info(current_version: u64, incarnation: u64) -> DatabaseInfo {
         subscriber_id: 1,
         incarnation,
         stream_id: 7,
+        push: Default::default(),
     }
 }
 

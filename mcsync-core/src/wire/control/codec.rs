@@ -162,6 +162,13 @@ fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
         subscriber_id: r.u64("subscriber id")?,
         incarnation: r.u64("incarnation")?,
         stream_id: r.u32("stream id")?,
+        // Present only in answer to a HELLO that asked for push.
+        push: if r.remaining() > 0 {
+            let code = r.u8("push")?;
+            Push::from_code(code).ok_or(WireError::Invalid("push", u64::from(code)))?
+        } else {
+            Push::NotAsked
+        },
     })
 }
 
@@ -180,6 +187,7 @@ impl Message {
                 secret,
                 subscriber_id,
                 flags,
+                unicast_port,
             } => {
                 out.put_u8(T_HELLO);
                 out.put_u8(*version);
@@ -188,7 +196,15 @@ impl Message {
                 out.put_str16(user);
                 out.put_str16(secret.expose());
                 out.put_u64(*subscriber_id);
-                out.put_u8(*flags);
+                let unicast = if unicast_port.is_some() {
+                    HELLO_UNICAST
+                } else {
+                    0
+                };
+                out.put_u8((flags & !HELLO_UNICAST) | unicast);
+                if let Some(port) = unicast_port {
+                    out.put_u16(*port);
+                }
             }
             Message::HelloOk(info) => {
                 out.put_u8(T_HELLO_OK);
@@ -212,6 +228,11 @@ impl Message {
                 out.put_u64(info.subscriber_id);
                 out.put_u64(info.incarnation);
                 out.put_u32(info.stream_id);
+                // Only to a HELLO that asked for push: a control protocol 4 peer (which
+                // never asks) gets the HELLO_OK it knows.
+                if info.push != Push::NotAsked {
+                    out.put_u8(info.push.code());
+                }
             }
             Message::CloseSubscription { subscriber_id } => {
                 out.put_u8(T_CLOSE_SUBSCRIPTION);
@@ -376,15 +397,30 @@ impl Message {
     pub fn parse(frame: &[u8]) -> Result<Message, WireError> {
         let mut r = Reader::new(frame);
         let msg = match r.u8("message type")? {
-            T_HELLO => Message::Hello {
-                version: r.u8("version")?,
-                database: r.str16("database")?.to_owned(),
-                client: r.str16("client")?.to_owned(),
-                user: r.str16("user")?.to_owned(),
-                secret: Secret::new(r.str16("secret")?),
-                subscriber_id: r.u64("subscriber id")?,
-                flags: r.u8("flags")?,
-            },
+            T_HELLO => {
+                let version = r.u8("version")?;
+                let database = r.str16("database")?.to_owned();
+                let client = r.str16("client")?.to_owned();
+                let user = r.str16("user")?.to_owned();
+                let secret = Secret::new(r.str16("secret")?);
+                let subscriber_id = r.u64("subscriber id")?;
+                let flags = r.u8("flags")?;
+                let unicast_port = if flags & HELLO_UNICAST != 0 {
+                    Some(r.u16("unicast port")?)
+                } else {
+                    None
+                };
+                Message::Hello {
+                    version,
+                    database,
+                    client,
+                    user,
+                    secret,
+                    subscriber_id,
+                    flags: flags & !HELLO_UNICAST,
+                    unicast_port,
+                }
+            }
             T_HELLO_OK => Message::HelloOk(read_info(&mut r)?),
             T_CLOSE_SUBSCRIPTION => Message::CloseSubscription {
                 subscriber_id: r.u64("subscriber id")?,
