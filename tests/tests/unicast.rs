@@ -182,3 +182,63 @@ fn past_the_target_limit_a_unicast_subscriber_polls_and_still_converges() {
     assert_eq!(ps.unicast_targets, 1, "{ps:?}");
     assert!(ps.unicast_refused >= 1, "{ps:?}");
 }
+
+/// Sends one raw HELLO over TLS and returns the answer.
+fn raw_hello(
+    p: &Publisher,
+    version: u8,
+    unicast_port: Option<u16>,
+) -> mcsync::wire::control::Message {
+    use mcsync::net::frame::{read_message, write_message};
+    use mcsync::wire::control::Message;
+    let fp = p.fingerprint().unwrap().to_owned();
+    let tls = mcsync::net::tls::ClientTls::new(
+        &mcsync::ServerTrust::Fingerprint(fp),
+        p.control_addr(),
+        None,
+    )
+    .unwrap();
+    let tcp = std::net::TcpStream::connect(p.control_addr()).unwrap();
+    tcp.set_read_timeout(Some(CONVERGE)).unwrap();
+    let mut s = tls.connect(tcp).unwrap();
+    let hello = Message::Hello {
+        version,
+        database: DB.into(),
+        client: "raw".into(),
+        user: "old".into(),
+        secret: "".into(),
+        subscriber_id: 0,
+        flags: 0,
+        unicast_port,
+    };
+    write_message(&mut s, &hello).unwrap();
+    std::io::Write::flush(&mut s).unwrap();
+    read_message(&mut s, 1 << 20).unwrap().unwrap().0
+}
+
+#[test]
+fn a_control_protocol_4_subscriber_is_still_served_and_push_goes_to_the_connections_peer() {
+    use mcsync::wire::control::{Message, Push, CONTROL_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
+    p.database(DB).unwrap();
+    match raw_hello(&p, 4, None) {
+        Message::HelloOk(info) => assert_eq!(info.push, Push::NotAsked),
+        other => panic!("a version 4 HELLO was answered {other:?}"),
+    }
+    match raw_hello(&p, 3, None) {
+        Message::Error { .. } => {}
+        other => panic!("a version 3 HELLO was answered {other:?}"),
+    }
+    // Port 9 (discard) on the connection's own address: nothing listens, nothing leaves
+    // loopback.
+    match raw_hello(&p, CONTROL_VERSION, Some(9)) {
+        Message::HelloOk(info) => assert_eq!(info.push, Push::Pushing),
+        other => panic!("a unicast HELLO was answered {other:?}"),
+    }
+    let target = p.subscribers().into_iter().find_map(|r| r.push);
+    assert_eq!(
+        target,
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9)))
+    );
+}

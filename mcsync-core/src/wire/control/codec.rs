@@ -10,6 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const T_HELLO: u8 = 1;
 const T_HELLO_OK: u8 = 2;
+/// HELLO_OK `encrypted` byte, bit 1: the body ends with a `push` byte.
+const INFO_PUSH: u8 = 2;
 const T_CATCHUP_REQUEST: u8 = 3;
 const T_CATCHUP_UPDATE: u8 = 4;
 const T_CATCHUP_END: u8 = 5;
@@ -130,11 +132,13 @@ fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, WireError> {
 fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
     let group = read_addr(r)?;
     let source = read_addr(r)?;
-    let encrypted = match r.u8("encrypted")? {
-        0 => false,
-        1 => true,
-        v => return Err(WireError::Invalid("encrypted", v.into())),
-    };
+    // Bit 0: encrypted; bit 1: a `push` byte ends the body (only in answer to a HELLO
+    // that asked for push, so a control protocol 4 client never sees it set).
+    let flags = r.u8("encrypted")?;
+    if flags & !(1 | INFO_PUSH) != 0 {
+        return Err(WireError::Invalid("encrypted", flags.into()));
+    }
+    let encrypted = flags & 1 != 0;
     let nkeys = r.u8("key count")? as usize;
     if nkeys > MAX_KEYS {
         return Err(WireError::TooLong("key count", nkeys as u64));
@@ -162,10 +166,12 @@ fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
         subscriber_id: r.u64("subscriber id")?,
         incarnation: r.u64("incarnation")?,
         stream_id: r.u32("stream id")?,
-        // Present only in answer to a HELLO that asked for push.
-        push: if r.remaining() > 0 {
+        push: if flags & INFO_PUSH != 0 {
             let code = r.u8("push")?;
-            Push::from_code(code).ok_or(WireError::Invalid("push", u64::from(code)))?
+            match Push::from_code(code) {
+                Some(p) if p != Push::NotAsked => p,
+                _ => return Err(WireError::Invalid("push", code.into())),
+            }
         } else {
             Push::NotAsked
         },
@@ -210,7 +216,12 @@ impl Message {
                 out.put_u8(T_HELLO_OK);
                 put_addr(out, &info.group);
                 put_addr(out, &info.source);
-                out.put_u8(u8::from(info.encrypted));
+                let push = if info.push == Push::NotAsked {
+                    0
+                } else {
+                    INFO_PUSH
+                };
+                out.put_u8(u8::from(info.encrypted) | push);
                 // The newest keys, if there were ever more than fit.
                 let keys = &info.keys[info.keys.len().saturating_sub(MAX_KEYS)..];
                 out.put_u8(keys.len() as u8);
@@ -230,7 +241,7 @@ impl Message {
                 out.put_u32(info.stream_id);
                 // Only to a HELLO that asked for push: a control protocol 4 peer (which
                 // never asks) gets the HELLO_OK it knows.
-                if info.push != Push::NotAsked {
+                if push != 0 {
                     out.put_u8(info.push.code());
                 }
             }
