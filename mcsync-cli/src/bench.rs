@@ -3,7 +3,8 @@
 //!
 //! Sections: (a) throughput beside the raw multicast limit, (b) publish→applied latency at
 //! a fixed offered rate and the time to recover a lost last update, (c) publisher egress
-//! bytes per update beside unicast TCP fan-out, (d) repair cost under injected loss.
+//! bytes per update beside unicast TCP fan-out, (d) repair cost under injected loss, (e)
+//! unicast-only subscribers (pushed to by unicast UDP) beside multicast and polling.
 
 mod baseline;
 mod cluster;
@@ -11,6 +12,7 @@ mod plot;
 mod redis;
 mod report;
 mod scenarios;
+mod unicast;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 use cluster::*;
 use report::*;
 use scenarios::*;
+use unicast::*;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -62,11 +65,12 @@ pub struct BenchArgs {
     /// Directory for bench.json and the PNG plots (created if missing).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
-    /// Sections to run, comma-separated: throughput, latency, fanout, repair (default all).
+    /// Sections to run, comma-separated: throughput, latency, fanout, repair, unicast
+    /// (default all).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,fanout,repair"
+        default_value = "throughput,latency,fanout,repair,unicast"
     )]
     sections: Vec<Section>,
     /// Threads publishing concurrently; their durable commits share journal fsyncs (group
@@ -153,6 +157,8 @@ pub enum Section {
     Fanout,
     /// (d) repair cost under injected loss.
     Repair,
+    /// (e) unicast-only subscribers beside multicast and polling.
+    Unicast,
 }
 
 /// Counts of one run (full or quick).
@@ -233,6 +239,11 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         } else {
             0
         }
+        + if has(Section::Unicast) {
+            unicast::steps()
+        } else {
+            0
+        }
         + 2 * usize::from(a.redis);
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(ProgressStyle::with_template(
@@ -251,6 +262,7 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         seed: a.seed,
         durability: a.durability.into(),
         replica_durability: a.replica_durability,
+        push: None,
         bar: bar.clone(),
     };
     let t0 = Instant::now();
@@ -307,6 +319,10 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         if has(Section::Repair) {
             report.repair = repair(&mut ctx, &counts, a.subscribers)?;
             lap("repair", &mut report);
+        }
+        if has(Section::Unicast) {
+            report.unicast = unicast_fanout(&mut ctx, &counts)?;
+            lap("unicast", &mut report);
         }
         if a.redis {
             bar.set_message("Redis replication, side by side");

@@ -120,8 +120,8 @@ pub struct MulticasterParts {
     pub push: Arc<PushTargets>,
 }
 
-/// Where a send slice's datagrams go: the group (unless quiesced; heartbeats always) and
-/// every push target, each as few calls as GSO allows.
+/// Where a send slice's datagrams go: the group (while quiesced with push targets, only
+/// heartbeats) and every push target, each in as few calls as GSO allows.
 struct Outputs {
     group: BatchSender,
     push: BatchSender,
@@ -158,7 +158,10 @@ impl Outputs {
         if !self.targets.is_empty() && self.push.push(datagram.clone()) {
             self.flush_push(p);
         }
-        if (!self.quiesced || heartbeat) && self.group.push(datagram) {
+        // Quiesced without targets, the sender builds no updates: what it sends (heartbeats,
+        // two-phase records) goes to the group as before quiescing met push.
+        let to_group = !self.quiesced || heartbeat || self.targets.is_empty();
+        if to_group && self.group.push(datagram) {
             flush(p, &mut self.group);
         }
     }
