@@ -9,6 +9,7 @@
 mod baseline;
 mod cluster;
 mod plot;
+mod push_cost;
 mod redis;
 mod report;
 mod scenarios;
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster::*;
+use push_cost::*;
 use report::*;
 use scenarios::*;
 use unicast::*;
@@ -240,7 +242,7 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
             0
         }
         + if has(Section::Unicast) {
-            unicast::steps()
+            unicast::steps() + 1
         } else {
             0
         }
@@ -322,6 +324,8 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         }
         if has(Section::Unicast) {
             report.unicast = unicast_fanout(&mut ctx, &counts)?;
+            report.push_cost = push_cost(&mut ctx, counts.fanout * 4)?;
+            bar.inc(1);
             lap("unicast", &mut report);
         }
         if a.redis {

@@ -20,6 +20,7 @@ pub struct Report {
     pub(super) fanout: Vec<FanoutRow>,
     pub(super) repair: Vec<RepairRow>,
     pub(super) unicast: Vec<UnicastRow>,
+    pub(super) push_cost: Vec<PushCostRow>,
     pub(super) redis: Vec<redis::RedisResult>,
     pub(super) targets: Vec<Target>,
 }
@@ -364,6 +365,9 @@ pub(super) fn print_tables(r: &Report) {
     }
     if !r.unicast.is_empty() {
         print_unicast(r);
+    }
+    if !r.push_cost.is_empty() {
+        print_push_cost(r);
     }
     for x in &r.redis {
         println!(

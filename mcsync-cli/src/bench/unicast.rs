@@ -132,8 +132,17 @@ pub(super) fn print_unicast(r: &Report) {
     );
     println!(
         "{:>9} {:>5} {:>8} {:>10} {:>10} {:>10} {:>7} {:>10} {:>9} {:>9} {:>7}",
-        "mode", "subs", "updates", "updates/s", "egress B", "stream B", "ratio", "repair B",
-        "p50 ms", "p99 ms", "polls"
+        "mode",
+        "subs",
+        "updates",
+        "updates/s",
+        "egress B",
+        "stream B",
+        "ratio",
+        "repair B",
+        "p50 ms",
+        "p99 ms",
+        "polls"
     );
     for x in &r.unicast {
         println!(

@@ -84,7 +84,7 @@ pub(super) fn apply_push(
             (Push::Pushing, Some(addr))
         }
         Err(full) => refuse(format!(
-            "the database has {} unicast targets already (max_unicast_targets)",
+            "the database is pushed to max_unicast_targets = {} subscribers already",
             full.limit
         )),
     }
