@@ -421,6 +421,9 @@ fn stats_text(p: &Publisher) -> String {
                 ""
             }
         ));
+        if let Some(target) = r.push {
+            out.push_str(&format!(", pushed to {target} (unicast)"));
+        }
         if let Some((rep, _)) = r.report {
             out.push_str(&format!(
                 ": version {}, loss {:.2} %, latency p50 {} us p99 {} us, repairs {}{}",
