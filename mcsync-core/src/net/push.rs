@@ -78,8 +78,20 @@ impl PushSocket {
 #[derive(Debug)]
 pub struct PushTargets {
     limit: usize,
-    /// Registration id → address, and a snapshot the multicaster takes per send slice.
-    map: Mutex<(BTreeMap<u64, SocketAddr>, Arc<Vec<SocketAddr>>)>,
+    map: Mutex<Targets>,
+}
+
+/// Registration id → address, and the snapshot the multicaster takes per send slice.
+#[derive(Debug, Default)]
+struct Targets {
+    by_id: BTreeMap<u64, SocketAddr>,
+    snapshot: Arc<Vec<SocketAddr>>,
+}
+
+impl Targets {
+    fn rebuild(&mut self) {
+        self.snapshot = Arc::new(self.by_id.values().copied().collect());
+    }
 }
 
 /// Why a target was not added.
@@ -94,7 +106,7 @@ impl PushTargets {
     pub fn new(limit: usize) -> PushTargets {
         PushTargets {
             limit,
-            map: Mutex::new((BTreeMap::new(), Arc::new(Vec::new()))),
+            map: Mutex::new(Targets::default()),
         }
     }
 
@@ -102,20 +114,20 @@ impl PushTargets {
     /// Fails when the database has `limit` targets of other registrations.
     pub fn insert(&self, id: u64, addr: SocketAddr) -> std::result::Result<(), PushFull> {
         let mut m = lock(&self.map);
-        if !m.0.contains_key(&id) && m.0.len() >= self.limit {
+        if !m.by_id.contains_key(&id) && m.by_id.len() >= self.limit {
             return Err(PushFull { limit: self.limit });
         }
-        m.0.insert(id, addr);
-        m.1 = Arc::new(m.0.values().copied().collect());
+        m.by_id.insert(id, addr);
+        m.rebuild();
         Ok(())
     }
 
     /// Stops sending to registration `id`; returns whether it was a target.
     pub fn remove(&self, id: u64) -> bool {
         let mut m = lock(&self.map);
-        let was = m.0.remove(&id).is_some();
+        let was = m.by_id.remove(&id).is_some();
         if was {
-            m.1 = Arc::new(m.0.values().copied().collect());
+            m.rebuild();
         }
         was
     }
@@ -124,23 +136,23 @@ impl PushTargets {
     /// were removed.
     pub fn retain(&self, mut keep: impl FnMut(u64) -> bool) -> usize {
         let mut m = lock(&self.map);
-        let before = m.0.len();
-        m.0.retain(|id, _| keep(*id));
-        let removed = before - m.0.len();
+        let before = m.by_id.len();
+        m.by_id.retain(|id, _| keep(*id));
+        let removed = before - m.by_id.len();
         if removed > 0 {
-            m.1 = Arc::new(m.0.values().copied().collect());
+            m.rebuild();
         }
         removed
     }
 
     /// The current targets (a snapshot: cheap to take, not updated).
     pub fn snapshot(&self) -> Arc<Vec<SocketAddr>> {
-        lock(&self.map).1.clone()
+        lock(&self.map).snapshot.clone()
     }
 
     /// How many targets there are.
     pub fn len(&self) -> usize {
-        lock(&self.map).0.len()
+        lock(&self.map).by_id.len()
     }
 
     /// Whether there are none.
