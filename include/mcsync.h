@@ -1037,6 +1037,27 @@ enum mcsync_status mcsync_subscriber_config_set_replica_durability(struct mcsync
                                                                    uint64_t interval_ms);
 
 /**
+ * Sets whether the subscriber is unicast-only: it does not join multicast groups; the
+ * publisher pushes the same sealed datagrams by unicast UDP to a socket the subscriber
+ * binds on the local address of its control connection. For networks that carry no
+ * multicast (clouds, WAN links). Default false. If the publisher refuses push (it has
+ * as many unicast subscribers as it allows), the subscription catches up by polling,
+ * and the statistics counter "unicast_refused" shows it. `config` is borrowed for the
+ * call only; not thread-safe (set a config up on one thread).
+ */
+enum mcsync_status mcsync_subscriber_config_set_unicast(struct mcsync_subscriber_config *config,
+                                                        bool unicast);
+
+/**
+ * Sets the most unicast-only subscribers each database's stream is pushed to
+ * (0..=4096; 0 refuses push to everyone). Past it a unicast-only subscriber still
+ * registers, and catches up by polling. Default 32. `config` is borrowed for the call
+ * only; not thread-safe.
+ */
+enum mcsync_status mcsync_publisher_config_set_max_unicast_targets(struct mcsync_publisher_config *config,
+                                                                   size_t targets);
+
+/**
  * Opens (or creates) a publisher's store in the configured data directory, starts its
  * control (repair) server and resumes every database published before.
  *

@@ -284,16 +284,19 @@ static mcsync_publisher *open_publisher(const char *dir, const char *group, int 
     CHECK(mcsync_publisher_config_set_ttl(cfg, 0));
     CHECK(mcsync_publisher_config_set_tls_self_signed(cfg));
     CHECK(mcsync_publisher_config_set_authenticator(cfg, authenticate, &g_auth_calls, free_auth));
+    CHECK(mcsync_publisher_config_set_max_unicast_targets(cfg, 4));
     CHECK(mcsync_publisher_open(cfg, &pub));
     mcsync_publisher_config_free(cfg);
     return pub;
 }
 
 /* A subscriber of `pub`, pinning its certificate, logging in as `user`, giving the
- * publisher `client_name` (NULL: the default). */
-static mcsync_subscriber *open_subscriber_as(const char *dir, const mcsync_publisher *pub,
-                                             const char *user, const char *secret, double loss,
-                                             uint64_t seed, const char *client_name)
+ * publisher `client_name` (NULL: the default); unicast-only (pushed to, not joining the
+ * group) if `unicast`. */
+static mcsync_subscriber *open_subscriber_with(const char *dir, const mcsync_publisher *pub,
+                                               const char *user, const char *secret, double loss,
+                                               uint64_t seed, const char *client_name,
+                                               bool unicast)
 {
     char addr[64], fingerprint[65];
     size_t n = 0;
@@ -313,9 +316,17 @@ static mcsync_subscriber *open_subscriber_as(const char *dir, const mcsync_publi
         CHECK(mcsync_subscriber_config_set_loss(cfg, loss, 1, seed));
     if (client_name != NULL)
         CHECK(mcsync_subscriber_config_set_client_name(cfg, client_name));
+    CHECK(mcsync_subscriber_config_set_unicast(cfg, unicast));
     CHECK(mcsync_subscriber_open(cfg, &sub));
     mcsync_subscriber_config_free(cfg);
     return sub;
+}
+
+static mcsync_subscriber *open_subscriber_as(const char *dir, const mcsync_publisher *pub,
+                                             const char *user, const char *secret, double loss,
+                                             uint64_t seed, const char *client_name)
+{
+    return open_subscriber_with(dir, pub, user, secret, loss, seed, client_name, false);
 }
 
 static mcsync_subscriber *open_subscriber(const char *dir, const mcsync_publisher *pub,
@@ -505,8 +516,9 @@ static int run_converge(const char *workdir, const char *group, int port, uint64
         char name[32];
         snprintf(name, sizeof name, "subscriber%d", s + 1);
         path_join(dir, sizeof dir, workdir, name);
-        subscriber[s] = open_subscriber(dir, pub, users[s][0], users[s][1], 0.05,
-                                        1000 + (uint64_t)s);
+        /* Subscriber 2 is unicast-only: the publisher pushes the stream to it. */
+        subscriber[s] = open_subscriber_with(dir, pub, users[s][0], users[s][1], 0.05,
+                                             1000 + (uint64_t)s, NULL, s == 1);
         recorder_init(&rec[s]);
         CHECK(mcsync_subscriber_subscribe(subscriber[s], "inventory", on_update, &rec[s], on_free,
                                           &sub[s]));
@@ -562,6 +574,11 @@ static int run_converge(const char *workdir, const char *group, int port, uint64
     }
     /* The injected loss happened (5 % of hundreds of packets) and was repaired. */
     ASSERT(dropped[0] > 0 && dropped[1] > 0);
+    /* Subscriber 2 received everything by push, subscriber 1 nothing. */
+    ASSERT(subscription_stat(sub[1], "unicast_datagrams") > 0);
+    ASSERT(subscription_stat(sub[1], "unicast_datagrams") ==
+           subscription_stat(sub[1], "packets_received"));
+    ASSERT(subscription_stat(sub[0], "unicast_datagrams") == 0);
     /* Access groups: subscriber 2 (no groups) had records withheld, subscriber 1 none. */
     ASSERT(subscription_stat(sub[1], "updates_filtered") > 0 || updates < 10);
     ASSERT(subscription_stat(sub[0], "updates_filtered") == 0);
@@ -569,6 +586,8 @@ static int run_converge(const char *workdir, const char *group, int port, uint64
     mcsync_stats *pstats = NULL;
     CHECK(mcsync_publisher_stats(pub, &pstats));
     ASSERT(stat_of(pstats, "updates_committed") == version);
+    ASSERT(stat_of(pstats, "unicast_datagrams") > 0);
+    ASSERT(stat_of(pstats, "unicast_targets") == 1);
     size_t nstats = 0;
     CHECK(mcsync_stats_count(pstats, &nstats));
     ASSERT(nstats > 0);
@@ -997,6 +1016,7 @@ static void misuse_config(const char *workdir)
            MCSYNC_ERR_NULL);
     ASSERT(__atomic_load_n(&g_auth_freed, __ATOMIC_SEQ_CST) == freed_before + 2);
     EXPECT(mcsync_publisher_config_set_tls_files(pc, "", "key.pem"), MCSYNC_ERR_CONFIG);
+    EXPECT(mcsync_publisher_config_set_max_unicast_targets(pc, 5000), MCSYNC_ERR_RANGE);
     EXPECT(mcsync_publisher_config_set_group_range(pc, "239.1.0.0/33", "100"), MCSYNC_ERR_CONFIG);
     EXPECT(mcsync_publisher_config_set_group_range(pc, "10.0.0.0/8", "100"), MCSYNC_ERR_CONFIG);
     EXPECT(mcsync_publisher_config_set_group_range(pc, "239.1.0.0/24", "9-3"),
@@ -1043,6 +1063,7 @@ static void misuse_config(const char *workdir)
     EXPECT(mcsync_subscriber_config_set_trust_fingerprint(sc, "ab:cd"), MCSYNC_ERR_CONFIG);
     EXPECT(mcsync_subscriber_config_set_credentials(sc, "user", NULL), MCSYNC_ERR_NULL);
     EXPECT(mcsync_subscriber_config_set_silence_timeout_ms(sc, 0), MCSYNC_ERR_RANGE);
+    EXPECT(mcsync_subscriber_config_set_unicast(NULL, true), MCSYNC_ERR_NULL);
     char dir[4096];
     path_join(dir, sizeof dir, workdir, "misuse-config-sub");
     CHECK(mcsync_subscriber_config_set_data_dir(sc, dir));

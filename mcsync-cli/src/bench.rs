@@ -3,15 +3,18 @@
 //!
 //! Sections: (a) throughput beside the raw multicast limit, (b) publish→applied latency at
 //! a fixed offered rate and the time to recover a lost last update, (c) publisher egress
-//! bytes per update beside unicast TCP fan-out, (d) repair cost under injected loss.
+//! bytes per update beside unicast TCP fan-out, (d) repair cost under injected loss, (e)
+//! unicast-only subscribers (pushed to by unicast UDP) beside multicast and polling.
 
 mod baseline;
 mod cluster;
 mod memory;
 mod plot;
+mod push_cost;
 mod redis;
 mod report;
 mod scenarios;
+mod unicast;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -33,8 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster::*;
+use push_cost::*;
 use report::*;
 use scenarios::*;
+use unicast::*;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -63,12 +68,13 @@ pub struct BenchArgs {
     /// Directory for bench.json and the PNG plots (created if missing).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
-    /// Sections to run, comma-separated: throughput, latency, fanout, repair, memory
+    /// Sections to run, comma-separated: throughput, latency, fanout, repair, unicast,
+    /// memory (default all).
     /// (default all).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,fanout,repair,memory"
+        default_value = "throughput,latency,fanout,repair,unicast,memory"
     )]
     sections: Vec<Section>,
     /// Threads publishing concurrently; their durable commits share journal fsyncs (group
@@ -158,7 +164,9 @@ pub enum Section {
     Fanout,
     /// (d) repair cost under injected loss.
     Repair,
-    /// (e) resident memory of a publisher and a subscriber process, steady and under a
+    /// (e) unicast-only subscribers beside multicast and polling.
+    Unicast,
+    /// (f) resident memory of a publisher and a subscriber process, steady and under a
     /// backlog.
     Memory,
 }
@@ -245,6 +253,11 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         } else {
             0
         }
+        + if has(Section::Unicast) {
+            unicast::steps() + 1
+        } else {
+            0
+        }
         + 2 * usize::from(a.redis)
         + 2 * usize::from(has(Section::Memory));
     let bar = ProgressBar::new(steps as u64);
@@ -265,6 +278,7 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         seed: a.seed,
         durability: a.durability.into(),
         replica_durability: a.replica_durability,
+        push: None,
         bar: bar.clone(),
     };
     let t0 = Instant::now();
@@ -322,6 +336,12 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         if has(Section::Repair) {
             report.repair = repair(&mut ctx, &counts, a.subscribers)?;
             lap("repair", &mut report);
+        }
+        if has(Section::Unicast) {
+            report.unicast = unicast_fanout(&mut ctx, &counts)?;
+            report.push_cost = push_cost(&mut ctx, counts.fanout * 4)?;
+            bar.inc(1);
+            lap("unicast", &mut report);
         }
         if has(Section::Memory) {
             report.memory = Some(memory::memory(&mut ctx, &counts)?);

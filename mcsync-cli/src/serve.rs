@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// (version assigned; the journal writer group-commits behind it).
     #[arg(long, value_enum, default_value_t = crate::bench::DurabilityArg::Sync)]
     durability: crate::bench::DurabilityArg,
+    /// Most unicast-only subscribers (`--unicast`) each database is pushed to; past it
+    /// they catch up by polling.
+    #[arg(long, default_value_t = mcsync::config::DEFAULT_MAX_UNICAST_TARGETS)]
+    max_unicast_targets: usize,
 }
 
 /// How a subscribing command reaches the publisher, proves who it is, and where it
@@ -82,6 +86,11 @@ pub struct ConnectArgs {
     /// publisher's --interface); it must be assigned to an interface of this host.
     #[arg(long, default_value = "127.0.0.1")]
     interface: Ipv4Addr,
+    /// Unicast-only: do not join the group; the publisher pushes the same sealed datagrams
+    /// by unicast UDP to this host (at the address of the control connection). For
+    /// networks that carry no multicast (clouds, WAN links).
+    #[arg(long)]
+    unicast: bool,
 }
 
 impl ConnectArgs {
@@ -99,9 +108,12 @@ impl ConnectArgs {
                 return Err("give --fingerprint or --ca-file to verify the publisher".into())
             }
         };
-        check_local_address(self.interface)?;
+        if !self.unicast {
+            check_local_address(self.interface)?;
+        }
         let mut cfg = SubscriberConfig::new(data_dir, self.server, trust);
         cfg.interface = self.interface;
+        cfg.unicast = self.unicast;
         cfg.server_name = self.server_name.clone();
         cfg.user = self.user.clone();
         cfg.secret = read_password(self.password_file.as_ref())?.into();
@@ -355,6 +367,7 @@ pub fn serve(a: ServeArgs) -> CliResult {
     cfg.multicast.set_ranges(&a.groups, &a.ports)?;
     cfg.multicast.interface = a.interface;
     cfg.durability = a.durability.into();
+    cfg.multicast.max_unicast_targets = a.max_unicast_targets;
     if let Some(u) = a.users {
         cfg.authentication = Authentication::UsersFile(u);
     }
@@ -413,6 +426,9 @@ fn stats_text(p: &Publisher) -> String {
                 ""
             }
         ));
+        if let Some(target) = r.push {
+            out.push_str(&format!(", pushed to {target} (unicast)"));
+        }
         if let Some((rep, _)) = r.report {
             out.push_str(&format!(
                 ": version {}, loss {:.2} %, latency p50 {} us p99 {} us, repairs {}{}",

@@ -53,6 +53,7 @@ fn bench_quick_writes_every_section() {
         "(b) Latency",
         "(c) Publisher egress",
         "(d) Repair",
+        "(e) Unicast-only",
     ] {
         assert!(
             stdout.contains(heading),
@@ -126,6 +127,26 @@ fn bench_quick_writes_every_section() {
         ],
     );
 
+    for r in rows(&j, "unicast", 5) {
+        positive(
+            r,
+            &[
+                "subscribers",
+                "updates_per_s",
+                "egress_bytes_per_update",
+                "stream_bytes_per_update",
+                "egress_ratio",
+                "p50_us",
+                "p99_us",
+            ],
+        );
+        match r["mode"].as_str() {
+            Some("unicast") => positive(r, &["unicast_bytes"]),
+            Some("polling") => positive(r, &["status_polls", "repair_bytes"]),
+            Some("multicast") => assert_eq!(num(r, "unicast_bytes"), 0.0, "{r}"),
+            other => panic!("mode {other:?} in {r}"),
+        }
+    }
     for r in rows(&j, "fanout", 4) {
         positive(
             r,

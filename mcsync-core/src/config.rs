@@ -71,7 +71,17 @@ pub struct MulticastConfig {
     /// journal, and subscribers fetch them by unicast as soon as a later chain or a
     /// heartbeat shows them a newer version. Default [`DEFAULT_MAX_BACKLOG_BYTES`].
     pub max_backlog_bytes: usize,
+    /// Most unicast-only subscribers per database the stream is pushed to (every datagram
+    /// multicast is also sent to each of them, so egress grows by one stream per target).
+    /// Past it a HELLO asking for push is still answered HELLO_OK, with push refused
+    /// (logged and counted); that subscriber catches up by polling. 0 refuses every push.
+    /// Default [`DEFAULT_MAX_UNICAST_TARGETS`].
+    pub max_unicast_targets: usize,
 }
+
+/// Default [`MulticastConfig::max_unicast_targets`]: 32 unicast-only subscribers per
+/// database, 32 copies of the stream's egress.
+pub const DEFAULT_MAX_UNICAST_TARGETS: usize = 32;
 
 impl MulticastConfig {
     /// Sets the group range from CIDR notation (`239.255.77.0/24`) and the ports from
@@ -133,6 +143,7 @@ impl MulticastConfig {
         limits::DATAGRAM_BYTES.check(self.datagram_bytes)?;
         limits::MAX_BUNDLE_BYTES.check(self.max_bundle_bytes)?;
         limits::check_heartbeats(self.heartbeat_initial, self.heartbeat_max)?;
+        limits::MAX_UNICAST_TARGETS.check(self.max_unicast_targets)?;
         Ok(())
     }
 }
@@ -257,6 +268,7 @@ impl Default for MulticastConfig {
             heartbeat_initial: Duration::from_millis(5),
             heartbeat_max: Duration::from_secs(1),
             max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
+            max_unicast_targets: DEFAULT_MAX_UNICAST_TARGETS,
         }
     }
 }
@@ -540,6 +552,11 @@ pub struct SubscriberConfig {
     /// How the replica store reaches the disk (default [`ReplicaDurability::Periodic`],
     /// every second): see [`ReplicaDurability`].
     pub replica_durability: ReplicaDurability,
+    /// Unicast-only: do not join the group; ask the publisher to push the same sealed
+    /// datagrams by unicast UDP to a socket bound on the local address of the control
+    /// connection (for networks that carry no multicast). Default false. If the publisher
+    /// refuses (its limit of unicast targets), the subscription catches up by polling.
+    pub unicast: bool,
 }
 
 impl SubscriberConfig {
@@ -574,6 +591,7 @@ impl SubscriberConfig {
             unicast_backoff: Duration::from_secs(10),
             silence_timeout: Duration::from_secs(3),
             replica_durability: ReplicaDurability::default(),
+            unicast: false,
         }
     }
 

@@ -304,6 +304,7 @@ mod tests {
         }];
         let now = Instant::now();
         let sub = SubscriberRecord {
+            push: None,
             id: 9,
             user: "alice".into(),
             database: "prices".into(),

@@ -41,6 +41,7 @@ impl PublisherStats {
         "bundle_bytes",
         "packets_per_sec",
         "bytes_per_sec",
+        "unicast_targets",
     ];
 }
 
@@ -175,6 +176,16 @@ counters!(
         /// Registrations dropped because they neither reported nor asked anything for
         /// `registration_expiry`.
         registrations_expired,
+        /// Datagrams pushed by unicast UDP to unicast-only subscribers (copies of what was
+        /// multicast: data, heartbeats, two-phase records).
+        unicast_datagrams,
+        /// Bytes of those datagrams (UDP payload).
+        unicast_bytes,
+        /// Unicast-only subscribers the stream is pushed to now, all databases (a gauge).
+        unicast_targets,
+        /// HELLOs asking for unicast push that were refused because the database had
+        /// `max_unicast_targets` already (those subscribers catch up by polling).
+        unicast_refused,
     }
 );
 
@@ -328,6 +339,14 @@ counters!(
         /// Times the host was handed the whole state (`Update::reset`): the history changed,
         /// or nothing reached back to the host's version.
         resets_delivered,
+        /// Datagrams received on the unicast push socket (a unicast-only subscription;
+        /// included in `packets_received`).
+        unicast_datagrams,
+        /// Registrations whose unicast push the publisher refused (its limit of targets):
+        /// the subscription then catches up by polling.
+        unicast_refused,
+        /// STATUS requests sent (polling the latest version while off the stream).
+        status_polls,
     }
 );
 

@@ -72,6 +72,7 @@ fn scripted_publisher(answers: Vec<Vec<Message>>) -> SocketAddr {
                         subscriber_id: 1,
                         incarnation: INCARNATION,
                         stream_id: STREAM,
+                        push: Default::default(),
                     })],
                     Message::StatusRequest => vec![Message::Status {
                         current_version: CURRENT,

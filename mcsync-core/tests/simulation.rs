@@ -801,6 +801,7 @@ impl Sim {
             subscriber_id: 1,
             incarnation: INCARNATION,
             stream_id: self.stream_id,
+            push: Default::default(),
         }
     }
 

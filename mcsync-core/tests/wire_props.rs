@@ -6,7 +6,8 @@ use mcsync::crypto::{Key, Keyring, OpenError};
 use mcsync::proto::resync::{Digest, Range};
 use mcsync::proto::{decode_chain, Chain, ChainAssembler};
 use mcsync::wire::control::{
-    DatabaseInfo, ErrorCode, Message, Outcome, SubscriberReport, MAX_KEYS, MAX_RANGES,
+    DatabaseInfo, ErrorCode, Message, Outcome, Push, SubscriberReport, HELLO_UNICAST, MAX_KEYS,
+    MAX_RANGES,
 };
 use mcsync::wire::packet::{
     Compression, Heartbeat, PacketHeader, PacketKind, CHANGEKEY, FIC, HEADER_LEN, LIC, TAG_LEN,
@@ -137,7 +138,7 @@ fn arb_info() -> impl Strategy<Value = DatabaseInfo> {
         prop::collection::vec(arb_key(), 0..=MAX_KEYS),
         prop::collection::vec(arb_group(), 0..5),
         (any::<u64>(), any::<u64>(), any::<u64>()),
-        (any::<u64>(), any::<u32>()),
+        (any::<u64>(), any::<u32>(), 0u8..3),
     )
         .prop_map(
             |(
@@ -145,7 +146,7 @@ fn arb_info() -> impl Strategy<Value = DatabaseInfo> {
                 keys,
                 groups,
                 (current, oldest, id),
-                (incarnation, stream_id),
+                (incarnation, stream_id, push),
             )| DatabaseInfo {
                 group,
                 source,
@@ -158,6 +159,7 @@ fn arb_info() -> impl Strategy<Value = DatabaseInfo> {
                 subscriber_id: id,
                 incarnation,
                 stream_id,
+                push: [Push::NotAsked, Push::Pushing, Push::Refused][usize::from(push)],
             },
         )
 }
@@ -182,9 +184,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (
             (any::<u8>(), ".{0,64}", ".{0,64}"),
             (".{0,32}", ".{0,32}", any::<u64>(), any::<u8>()),
+            proptest::option::of(any::<u16>()),
         )
             .prop_map(
-                |((version, database, client), (user, secret, subscriber_id, flags))| {
+                |((version, database, client), (user, secret, subscriber_id, flags), port)| {
                     Message::Hello {
                         version,
                         database,
@@ -192,7 +195,9 @@ fn arb_message() -> impl Strategy<Value = Message> {
                         user,
                         secret: Secret::new(secret),
                         subscriber_id,
-                        flags,
+                        // The unicast bit travels as `unicast_port`.
+                        flags: flags & !HELLO_UNICAST,
+                        unicast_port: port,
                     }
                 }
             ),

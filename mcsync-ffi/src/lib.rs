@@ -32,6 +32,9 @@ mod error;
 /// Configuration objects.
 mod config;
 
+/// Unicast-only subscribers.
+mod unicast;
+
 /// Publisher, database, transaction.
 mod publisher;
 
@@ -66,3 +69,4 @@ pub use publisher::*;
 pub use resync::*;
 pub use stats::*;
 pub use subscriber::*;
+pub use unicast::*;

@@ -156,6 +156,8 @@ impl Drop for PubShared {
 /// ``key_rotation_interval`` seconds, on ``revoke`` and on ``Database.rotate_key()``.
 /// A subscriber's registration that neither reports nor asks anything for
 /// ``registration_expiry`` seconds (default 300) is dropped until its next report.
+/// ``max_unicast_targets`` (default 32) bounds the unicast-only subscribers
+/// (``Subscriber(unicast=True)``) each database is pushed to; past it they poll.
 ///
 /// ``schedule`` is ``"always"`` (default), ``"never"`` or daily ``(start, end)`` windows in
 /// minutes after midnight UTC; outside them updates are only journaled and subscribers
@@ -193,7 +195,8 @@ impl PyPublisher {
         datagram_bytes = None, max_packets_per_sec = None, max_bytes_per_sec = None,
         max_update_bytes = None, map_size = None, retention_max_bytes = None,
         retention_max_age = None, retention_min_count = None,
-        retention_min_free_disk_bytes = None, durability = "sync", registration_expiry = None
+        retention_min_free_disk_bytes = None, durability = "sync", registration_expiry = None,
+        max_unicast_targets = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -227,6 +230,7 @@ impl PyPublisher {
         retention_min_free_disk_bytes: Option<u64>,
         durability: &str,
         registration_expiry: Option<f64>,
+        max_unicast_targets: Option<usize>,
     ) -> PyResult<Self> {
         let mut c = mcsync::PublisherConfig::new(data_dir);
         if let Some(secs) = registration_expiry {
@@ -289,6 +293,7 @@ impl PyPublisher {
         m.port_count = port_count.unwrap_or(m.port_count);
         m.ttl = ttl.unwrap_or(m.ttl);
         m.datagram_bytes = datagram_bytes.unwrap_or(m.datagram_bytes);
+        m.max_unicast_targets = max_unicast_targets.unwrap_or(m.max_unicast_targets);
         m.max_packets_per_sec = max_packets_per_sec.unwrap_or(m.max_packets_per_sec);
         m.max_bytes_per_sec = max_bytes_per_sec.unwrap_or(m.max_bytes_per_sec);
         c.max_update_bytes = max_update_bytes.unwrap_or(c.max_update_bytes);

@@ -50,6 +50,12 @@ use std::time::{Duration, Instant};
 /// open and rebuilt from the publisher (``stats()["replica_rebuilds"]``), and hosts get a
 /// ``reset`` update. ``replica_flush_interval`` is only for ``"periodic"``.
 ///
+/// ``unicast=True`` makes it unicast-only: it joins no multicast group, and the publisher
+/// pushes the same sealed datagrams by unicast UDP to a socket bound on the local address
+/// of the control connection (for networks without multicast). If the publisher refuses
+/// (it has as many unicast subscribers as it allows), the subscription catches up by
+/// polling, counted in ``stats()["unicast_refused"]``.
+///
 /// ``loss`` (a probability, e.g. ``0.05``) injects seeded receive-side loss for tests and
 /// demos; ``loss_seed`` and ``loss_burst`` shape it. Durations are in seconds. Options left
 /// at ``None`` take the engine's defaults.
@@ -123,7 +129,7 @@ impl PySubscriber {
         reorder_buffer_bytes = None, repair_delay = None, repair_retry = None,
         repair_io_timeout = None, silence_timeout = None, max_update_bytes = None,
         map_size = None, client_name = None, compact_catch_up_after = None,
-        replica_durability = "periodic", replica_flush_interval = None
+        replica_durability = "periodic", replica_flush_interval = None, unicast = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -154,6 +160,7 @@ impl PySubscriber {
         compact_catch_up_after: Option<u64>,
         replica_durability: &str,
         replica_flush_interval: Option<f64>,
+        unicast: bool,
     ) -> PyResult<Self> {
         let server = match (control_addr, server) {
             (Some(a), None) => socket_addr_arg(py, a, "control_addr")?,
@@ -185,6 +192,7 @@ impl PySubscriber {
         if let Some(i) = interface {
             c.interface = ipv4_arg(py, i, "interface")?;
         }
+        c.unicast = unicast;
         c.loss = loss.map(|probability| mcsync::LossConfig {
             probability,
             burst_len: loss_burst,

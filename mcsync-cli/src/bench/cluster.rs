@@ -17,6 +17,9 @@ pub(super) struct Ctx {
     pub(super) seed: u64,
     pub(super) durability: Durability,
     pub(super) replica_durability: mcsync::ReplicaDurability,
+    /// The next cluster's subscribers are unicast-only, and the publisher pushes to at most
+    /// this many (0: none, they poll); `None`: multicast subscribers.
+    pub(super) push: Option<usize>,
     pub(super) bar: ProgressBar,
 }
 
@@ -68,6 +71,9 @@ impl Cluster {
         pc.multicast.port_count = 1;
         pc.multicast.datagram_bytes = ctx.datagram_bytes;
         pc.durability = ctx.durability;
+        if let Some(max) = ctx.push {
+            pc.multicast.max_unicast_targets = max;
+        }
         if let Some(r) = ctx.max_pps {
             pc.multicast.max_packets_per_sec = r;
         }
@@ -92,6 +98,7 @@ impl Cluster {
             sc.user = "bench".into();
             sc.client_name = format!("bench-{i}");
             sc.replica_durability = ctx.replica_durability;
+            sc.unicast = ctx.push.is_some();
             sc.loss = loss.filter(|p| *p > 0.0 && i < lossy).map(|p| LossConfig {
                 probability: p,
                 burst_len: 1,

@@ -1,4 +1,4 @@
-//! (e) Memory: the resident set of a publisher and of one subscriber, each in its own
+//! (f) Memory: the resident set of a publisher and of one subscriber, each in its own
 //! process (`mcsync serve` fed on standard input, `mcsync subscribe`), at a steady rate and
 //! under a backlog (the subscriber stopped with SIGSTOP while the publisher goes on, then
 //! resumed to catch up).
@@ -300,7 +300,7 @@ pub(super) fn print(m: &MemoryRow) {
         )
     };
     println!(
-        "\n(e) Memory, MiB resident (of it anonymous), `mcsync serve` and one `mcsync subscribe`, {} B values",
+        "\n(f) Memory, MiB resident (of it anonymous), `mcsync serve` and one `mcsync subscribe`, {} B values",
         m.value_bytes
     );
     println!(

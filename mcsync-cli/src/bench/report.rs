@@ -19,6 +19,8 @@ pub struct Report {
     pub(super) latency: Option<Latency>,
     pub(super) fanout: Vec<FanoutRow>,
     pub(super) repair: Vec<RepairRow>,
+    pub(super) unicast: Vec<UnicastRow>,
+    pub(super) push_cost: Vec<PushCostRow>,
     pub(super) memory: Option<super::memory::MemoryRow>,
     pub(super) redis: Vec<redis::RedisResult>,
     pub(super) targets: Vec<Target>,
@@ -362,6 +364,12 @@ pub(super) fn print_tables(r: &Report) {
     }
     if !r.repair.is_empty() {
         print_repair(r);
+    }
+    if !r.unicast.is_empty() {
+        print_unicast(r);
+    }
+    if !r.push_cost.is_empty() {
+        print_push_cost(r);
     }
     if let Some(m) = &r.memory {
         super::memory::print(m);

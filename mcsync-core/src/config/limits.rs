@@ -89,6 +89,9 @@ pub const TTL: Limit<u32> = limit("ttl", 0, 255);
 pub const MULTICAST_PORT: Limit<u16> = limit("port", 1, u16::MAX);
 /// [`MulticastConfig::max_bundle_bytes`](super::MulticastConfig::max_bundle_bytes).
 pub const MAX_BUNDLE_BYTES: Limit<usize> = limit("max_bundle_bytes", 1024, 16 << 20);
+/// [`MulticastConfig::max_unicast_targets`](super::MulticastConfig::max_unicast_targets):
+/// 0..=4096 (each target is one more copy of the stream).
+pub const MAX_UNICAST_TARGETS: Limit<usize> = limit("max_unicast_targets", 0, 4096);
 /// [`MulticastConfig::heartbeat_initial`](super::MulticastConfig::heartbeat_initial).
 pub const HEARTBEAT_INITIAL: Limit<Duration> = limit("heartbeat_initial", MS, HOUR);
 /// [`MulticastConfig::heartbeat_max`](super::MulticastConfig::heartbeat_max); also at least

@@ -77,17 +77,25 @@ impl BatchSender {
     /// Sends everything queued, in order: each run of equal-sized datagrams (the last of
     /// a run may be shorter) in one call when batching, else one call per datagram.
     pub fn flush(&mut self, socket: &UdpSocket, log_name: &str) -> Flushed {
+        let out = self.send_to(socket, self.dest, log_name);
+        self.clear();
+        out
+    }
+
+    /// Sends everything queued to `dest` as [`flush`](Self::flush) does, and keeps it
+    /// queued (the same datagrams go to several destinations: the group and each unicast
+    /// push target).
+    pub fn send_to(&mut self, socket: &UdpSocket, dest: SocketAddr, log_name: &str) -> Flushed {
         let mut out = Flushed::default();
         let queue = std::mem::take(&mut self.queue);
-        self.queued_bytes = 0;
         let mut i = 0;
         while i < queue.len() {
             let run = if self.gso { run_len(&queue[i..]) } else { 1 };
             let segments = &queue[i..i + run];
             let r = if run > 1 {
-                send_segments(socket, self.dest, segments)
+                send_segments(socket, dest, segments)
             } else {
-                send_one(socket, self.dest, &segments[0])
+                send_one(socket, dest, &segments[0])
             };
             out.calls += 1;
             match r {
@@ -98,22 +106,26 @@ impl BatchSender {
                 }
                 Err(e) if run > 1 && gso_refused(&e) => {
                     log::info!(
-                        "{log_name}: the kernel refused UDP GSO to {} ({e}); sending one \
-                         datagram per call",
-                        self.dest
+                        "{log_name}: the kernel refused UDP GSO to {dest} ({e}); sending one \
+                         datagram per call"
                     );
                     self.gso = false;
                 }
                 Err(e) => {
-                    log::warn!("{log_name}: send to {} failed: {e}", self.dest);
+                    log::warn!("{log_name}: send to {dest} failed: {e}");
                     out.errors += run as u64;
                     i += run;
                 }
             }
         }
         self.queue = queue;
-        self.queue.clear();
         out
+    }
+
+    /// Drops everything queued.
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
     }
 }
 

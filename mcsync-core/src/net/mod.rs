@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod frame;
 pub mod multicaster;
+pub mod push;
 pub mod receive;
 pub mod repair_client;
 pub mod repair_server;

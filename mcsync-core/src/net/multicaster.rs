@@ -1,7 +1,9 @@
 //! One thread per published database: takes committed updates from the intake, drives the
-//! sans-IO [`Sender`], seals each packet and sends it to the database's group.
+//! sans-IO [`Sender`], seals each packet and sends it to the database's group, and the
+//! same datagram to each unicast push target of the database (see [`super::push`]).
 
 use super::batch::BatchSender;
+use super::push::PushTargets;
 use super::wall_clock_us;
 use crate::crypto::{EpochKeys, Keyring};
 use crate::proto::adapt::scaled_rates;
@@ -9,6 +11,7 @@ use crate::proto::two_phase::Decision;
 use crate::proto::{DecisionRepeat, RetransmitBuffer, Sender, SenderConfig};
 use crate::stats::{add, inc, PublisherCounters};
 use crate::sync::Locked;
+use crate::wire::packet::PacketKind;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,10 @@ pub enum McastCmd {
     },
     /// Turn multicast of updates on or off (heartbeats continue).
     Multicast(bool),
+    /// Quiesce the group (`true`: most subscribers lose too much) or end it. While
+    /// quiesced, the group gets only heartbeats; unicast push targets, if any, still get
+    /// everything (without targets it is `Multicast(false)`).
+    Quiesce(bool),
     /// Send a two-phase PREPARE record (no new committed version yet).
     Control(Arc<Vec<u8>>),
     /// Send a two-phase decision, and repeat it (backing off) until every participant
@@ -111,6 +118,75 @@ pub struct MulticasterParts {
     pub counters: Arc<PublisherCounters>,
     /// Where sent datagrams are kept for packet repair.
     pub retransmit: Arc<Mutex<RetransmitBuffer>>,
+    /// Unicast-only subscribers every datagram is also sent to.
+    pub push: Arc<PushTargets>,
+}
+
+/// Where a send slice's datagrams go: the group (while quiesced with push targets, only
+/// heartbeats) and every push target, each in as few calls as GSO allows.
+struct Outputs {
+    group: BatchSender,
+    push: BatchSender,
+    targets: Arc<Vec<SocketAddr>>,
+    /// Updates are on (schedule, first subscription).
+    stream_on: bool,
+    quiesced: bool,
+}
+
+impl Outputs {
+    fn new(group: SocketAddr) -> Outputs {
+        Outputs {
+            group: BatchSender::new(group),
+            push: BatchSender::new(group),
+            targets: Arc::new(Vec::new()),
+            stream_on: true,
+            quiesced: false,
+        }
+    }
+
+    /// Takes the current targets and tells the sender whether updates go out at all: on
+    /// while the schedule says so and someone receives them (the group, or, while it is
+    /// quiesced, a push target).
+    fn refresh(&mut self, p: &MulticasterParts, sender: &mut Sender) {
+        self.targets = p.push.snapshot();
+        let on = self.stream_on && (!self.quiesced || !self.targets.is_empty());
+        if sender.multicast() != on {
+            sender.set_multicast(on);
+        }
+    }
+
+    /// Queues a sealed datagram; flushes what is full.
+    fn queue(&mut self, p: &MulticasterParts, datagram: Arc<Vec<u8>>, heartbeat: bool) {
+        if !self.targets.is_empty() && self.push.push(datagram.clone()) {
+            self.flush_push(p);
+        }
+        // Quiesced without targets, the sender builds no updates: what it sends (heartbeats,
+        // two-phase records) goes to the group as before quiescing met push.
+        let to_group = !self.quiesced || heartbeat || self.targets.is_empty();
+        if to_group && self.group.push(datagram) {
+            flush(p, &mut self.group);
+        }
+    }
+
+    fn flush(&mut self, p: &MulticasterParts) {
+        flush(p, &mut self.group);
+        self.flush_push(p);
+    }
+
+    /// Sends the push queue to every target.
+    fn flush_push(&mut self, p: &MulticasterParts) {
+        if self.push.is_empty() {
+            return;
+        }
+        for t in self.targets.iter() {
+            let f = self.push.send_to(&p.socket, *t, &p.database);
+            add(&p.counters.unicast_datagrams, f.packets);
+            add(&p.counters.unicast_bytes, f.bytes);
+            add(&p.counters.send_errors, f.errors);
+            add(&p.counters.send_calls, f.calls);
+        }
+        self.push.clear();
+    }
 }
 
 /// Starts the thread. It runs until every sender of `rx` is dropped, then sends what is
@@ -132,7 +208,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
         p.config.clone(),
     );
     sender.set_oldest_version(p.oldest);
-    let mut batch = BatchSender::new(p.group);
+    let mut out = Outputs::new(p.group);
     // Set once every sender of `rx` is gone: when to stop sending.
     let mut close_by: Option<Instant> = None;
     let mut last_counters = sender.counters().clone();
@@ -148,24 +224,7 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                 Some(false) => {}
             }
         }
-        let now = Instant::now();
-        while now.elapsed() < SEND_SLICE {
-            let Some(pkt) = sender.poll_transmit(now, wall_clock_us()) else {
-                break;
-            };
-            let mut datagram = Vec::with_capacity(p.config.datagram_bytes);
-            if !p.keyring.seal(pkt.header, &pkt.payload, &mut datagram) {
-                log::error!("{}: no key for epoch {}", p.database, pkt.header.key_epoch);
-                inc(&p.counters.send_errors);
-                continue;
-            }
-            let datagram = Arc::new(datagram);
-            p.retransmit.locked().push(pkt.header.seq, datagram.clone());
-            if batch.push(datagram) {
-                flush(&p, &mut batch);
-            }
-        }
-        flush(&p, &mut batch);
+        send_slice(&p, &mut sender, &mut out);
         // Keys of epochs no built packet uses any more are dropped; the publisher is told
         // once the previous epoch's last packet went out (its grace starts then).
         let oldest = sender.oldest_epoch_in_use();
@@ -226,7 +285,8 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
                             }
                             let _ = done.send(());
                         }
-                        McastCmd::Multicast(on) => sender.set_multicast(on),
+                        McastCmd::Multicast(on) => out.stream_on = on,
+                        McastCmd::Quiesce(q) => out.quiesced = q,
                         McastCmd::Control(encoded) => {
                             // A new round supersedes the previous decision's repeats.
                             repeat = None;
@@ -275,6 +335,27 @@ fn run(mut p: MulticasterParts, rx: Receiver<McastCmd>) {
             Err(RecvTimeoutError::Disconnected) => close_by = Some(Instant::now() + CLOSE_DRAIN),
         }
     }
+}
+
+/// Seals and sends what pacing allows for [`SEND_SLICE`].
+fn send_slice(p: &MulticasterParts, sender: &mut Sender, out: &mut Outputs) {
+    out.refresh(p, sender);
+    let now = Instant::now();
+    while now.elapsed() < SEND_SLICE {
+        let Some(pkt) = sender.poll_transmit(now, wall_clock_us()) else {
+            break;
+        };
+        let mut datagram = Vec::with_capacity(p.config.datagram_bytes);
+        if !p.keyring.seal(pkt.header, &pkt.payload, &mut datagram) {
+            log::error!("{}: no key for epoch {}", p.database, pkt.header.key_epoch);
+            inc(&p.counters.send_errors);
+            continue;
+        }
+        let datagram = Arc::new(datagram);
+        p.retransmit.locked().push(pkt.header.seq, datagram.clone());
+        out.queue(p, datagram, pkt.header.kind == PacketKind::Heartbeat);
+    }
+    out.flush(p);
 }
 
 /// Sends what the slice sealed (runs of equal-sized datagrams in one call; see

@@ -41,6 +41,9 @@ pub struct ReceiveParts {
     pub group: SocketAddr,
     /// The interface it was joined on.
     pub interface: std::net::Ipv4Addr,
+    /// The socket is a unicast-only subscription's push socket, not a group socket: there
+    /// is no group to join or leave, and what arrives is counted as `unicast_datagrams`.
+    pub unicast: bool,
     /// Injected loss, if configured.
     pub loss: Option<LossGenerator>,
     /// Counters.
@@ -103,6 +106,11 @@ fn follow_membership(p: &ReceiveParts, joined: &mut bool) {
     if leave != *joined {
         return;
     }
+    if p.unicast {
+        // Nothing to leave: what is pushed while "left" is dropped as for a group.
+        *joined = !leave;
+        return;
+    }
     if let SocketAddr::V4(g) = p.group {
         let r = if leave {
             p.socket.leave_multicast_v4(g.ip(), &p.interface)
@@ -126,6 +134,9 @@ fn accept(
 ) -> Option<Inbound> {
     let c = &p.counters;
     inc(&c.packets_received);
+    if p.unicast {
+        inc(&c.unicast_datagrams);
+    }
     add(&c.bytes_received, datagram.len() as u64);
     if p.source.locked().is_some_and(|s| s != from) {
         inc(&c.dropped_source);

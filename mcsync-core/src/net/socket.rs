@@ -94,3 +94,26 @@ fn force_recv_buffer(s: &Socket, size: usize) -> std::io::Result<()> {
     let v = size.min(i32::MAX as usize) as libc::c_int;
     set_int_option(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
 }
+
+/// A socket receiving unicast datagrams on `local` (an ephemeral port), with the same
+/// receive buffer sizing and read timeout as a group socket: a unicast-only
+/// subscription's push socket. Returns the socket and the receive buffer granted.
+pub fn unicast_socket(local: std::net::IpAddr, recv_buffer: usize) -> Result<(UdpSocket, usize)> {
+    let ctx = |what: &str| format!("unicast push socket on {local}: {what}");
+    let domain = if local.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| Error::io(ctx("socket"), e))?;
+    if force_recv_buffer(&s, recv_buffer).is_err() {
+        let _ = s.set_recv_buffer_size(recv_buffer);
+    }
+    let granted = s.recv_buffer_size().unwrap_or(0);
+    s.bind(&SockAddr::from(SocketAddr::new(local, 0)))
+        .map_err(|e| Error::io(ctx("bind"), e))?;
+    s.set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(|e| Error::io(ctx("SO_RCVTIMEO"), e))?;
+    Ok((s.into(), granted))
+}

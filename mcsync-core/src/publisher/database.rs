@@ -5,6 +5,7 @@ use super::maintenance::minute_of_day;
 use super::Inner;
 use crate::crypto::{EpochKeys, Key, KeyHandout, Keyring};
 use crate::net::multicaster::{self, McastCmd, MulticasterParts};
+use crate::net::push::PushTargets;
 use crate::net::repair_server::PublishedDatabase;
 use crate::net::socket;
 use crate::net::wall_clock_us;
@@ -44,6 +45,10 @@ pub(super) struct DbShared {
     pub(super) mcast_tx: Mutex<Option<chan::Sender<McastCmd>>>,
     pub(super) mcast_thread: Mutex<Option<JoinHandle<()>>>,
     pub(super) retransmit: Arc<Mutex<RetransmitBuffer>>,
+    /// Unicast-only subscribers its stream is pushed to (shared with the multicaster).
+    pub(super) push: Arc<PushTargets>,
+    /// Whether the multicaster was last told the group is quiesced.
+    pub(super) group_quiesced: AtomicBool,
 }
 
 impl PublishedDatabase for DbShared {
@@ -71,6 +76,9 @@ impl PublishedDatabase for DbShared {
     }
     fn on_registered(&self) {
         self.registered.store(true, Ordering::SeqCst);
+    }
+    fn push_targets(&self) -> Option<Arc<PushTargets>> {
+        Some(self.push.clone())
     }
     fn resend(&self, stream_id: u32, seq: u64) -> Option<Arc<Vec<u8>>> {
         let buf = self.retransmit.locked();
@@ -134,7 +142,9 @@ pub(super) fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbSha
         stream_id,
         m.retransmit_buffer_bytes,
     )));
+    let push = Arc::new(PushTargets::new(m.max_unicast_targets));
     let parts = MulticasterParts {
+        push: push.clone(),
         retransmit: retransmit.clone(),
         database: name.to_owned(),
         socket: sock,
@@ -164,6 +174,7 @@ pub(super) fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbSha
             subscriber_id: 0,
             incarnation,
             stream_id,
+            push: Default::default(),
         },
         committed: AtomicU64::new(latest),
         keys: epochs,
@@ -177,6 +188,8 @@ pub(super) fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbSha
         mcast_tx: Mutex::new(Some(tx)),
         mcast_thread: Mutex::new(Some(thread)),
         retransmit,
+        push,
+        group_quiesced: AtomicBool::new(false),
     }))
 }
 

@@ -281,10 +281,16 @@ fn every_second(inner: &Inner, now: Instant) {
 fn apply_schedule(inner: &Inner, now: Instant, now_us: u64) {
     let open = inner.schedule.locked().is_open(minute_of_day(now_us));
     for db in inner.database_list() {
+        // Quiescing silences the group, not the stream: unicast push targets (whose
+        // loss is their own) keep getting it. The multicaster turns updates off when
+        // nobody would receive them.
         let quiesced = db.quiesced.locked().is_some();
+        if db.group_quiesced.swap(quiesced, Ordering::SeqCst) != quiesced {
+            send_mcast(&db, McastCmd::Quiesce(quiesced));
+        }
         let want = multicast_wanted(
             open,
-            quiesced,
+            false,
             inner.config.multicast_on_first_subscription,
             db.registered.load(Ordering::SeqCst),
         );

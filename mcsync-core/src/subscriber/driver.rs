@@ -11,7 +11,7 @@ use crate::proto::subscription::{Engine, Input, Output, Traffic};
 use crate::proto::Delivery;
 use crate::stats::inc;
 use crate::sync::{Locked, RwLocked};
-use crate::wire::control::{DatabaseInfo, SubscriberReport};
+use crate::wire::control::{DatabaseInfo, Push, SubscriberReport};
 use crate::wire::update::Limits;
 use crate::{Error, Result, Update};
 use crossbeam_channel as chan;
@@ -53,6 +53,19 @@ pub(super) struct Driver {
     pub interface: Ipv4Addr,
     /// Whether the silent-group warning was logged (it is, once).
     pub warned_silent: bool,
+    /// Where the push socket is bound (unicast-only subscriptions).
+    pub push: Option<SocketAddr>,
+}
+
+/// Counts and logs a registration whose unicast push the publisher refused.
+pub(super) fn note_push(name: &str, info: &DatabaseInfo, c: &crate::stats::SubscriptionCounters) {
+    if info.push == Push::Refused {
+        inc(&c.unicast_refused);
+        log::warn!(
+            "{name}: the publisher refused unicast push (it has as many unicast subscribers \
+             as it allows); catching up by polling"
+        );
+    }
 }
 
 pub(super) fn run(mut d: Driver, mut client: RepairClient, rx: chan::Receiver<Inbound>) {
@@ -119,6 +132,7 @@ impl Driver {
             Output::Hello => self.hello(client),
             Output::Report(r) => self.report(client, r),
             Output::Status => {
+                inc(&self.shared.counters.status_polls);
                 if let Ok(s) = client.status() {
                     let input = Input::Current(s.current_version);
                     self.engine.handle(Instant::now(), input);
@@ -182,6 +196,7 @@ impl Driver {
         let c = &self.shared.counters;
         match client.hello() {
             Ok(info) => {
+                note_push(&self.shared.name, &info, c);
                 self.adopt_registration(&info);
                 self.engine
                     .handle(Instant::now(), Input::Registered(Box::new(info)));
@@ -316,6 +331,16 @@ impl Driver {
             return;
         }
         self.warned_silent = true;
+        if let Some(push) = self.push {
+            log::warn!(
+                "{}: nothing pushed to {push} while the publisher committed {} versions (all \
+                 obtained by unicast repair): check that UDP from the publisher reaches this \
+                 address (firewall, NAT); counted as total loss (multicast_silent_intervals)",
+                self.shared.name,
+                self.engine.unheard_versions()
+            );
+            return;
+        }
         log::warn!(
             "{}: no multicast received on interface {} while the publisher committed {} \
              versions (all obtained by unicast repair): check the subscriber's interface \

@@ -115,9 +115,21 @@ pub(super) fn start(
         threads: Mutex::new(Vec::new()),
         process_thread: OnceLock::new(),
     });
+    driver::note_push(name, &info, &counters);
     let (tx, rx) = chan::bounded(cfg.channel_capacity);
-    let (sock, granted) =
-        socket::receiver_socket(info.group, cfg.interface, cfg.recv_buffer_bytes)?;
+    // Unicast-only: the push socket the HELLO named, instead of joining the group.
+    let (sock, granted) = match reg.client().take_push_socket() {
+        Some(s) => s,
+        None => socket::receiver_socket(info.group, cfg.interface, cfg.recv_buffer_bytes)?,
+    };
+    let push = if cfg.unicast {
+        Some(
+            sock.local_addr()
+                .map_err(|e| Error::io("push socket address", e))?,
+        )
+    } else {
+        None
+    };
     counters
         .recv_buffer_bytes
         .store(granted as u64, Ordering::Relaxed);
@@ -130,6 +142,7 @@ pub(super) fn start(
         leave: Arc::new(AtomicBool::new(false)),
         group: info.group,
         interface: cfg.interface,
+        unicast: cfg.unicast,
         loss: cfg.loss.as_ref().map(LossGenerator::new),
         counters,
         stop: shared.stop.clone(),
@@ -168,6 +181,7 @@ pub(super) fn start(
         },
         interface: cfg.interface,
         warned_silent: false,
+        push,
     };
     spawn_threads(&shared, parts, tx, driver, reg.take(), rx)?;
     Ok(shared)
@@ -215,6 +229,9 @@ fn register(
 ) -> Result<(Registration, DatabaseInfo, u64)> {
     let mut client = client_for(cfg, name)?;
     client.set_participant(participant);
+    if cfg.unicast {
+        client.set_unicast(cfg.recv_buffer_bytes);
+    }
     client.set_subscriber_id(store.subscriber_id(name)?);
     let info = client.hello()?;
     // From here on a failure must not leave the registration behind at the publisher (a

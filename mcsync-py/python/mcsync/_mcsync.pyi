@@ -289,6 +289,7 @@ class Publisher:
         retention_min_free_disk_bytes: int | None = None,
         durability: _Durability = "sync",
         registration_expiry: float | None = None,
+        max_unicast_targets: int | None = None,
     ) -> Publisher: ...
     @property
     def fingerprint(self) -> str | None:
@@ -449,6 +450,7 @@ class Subscriber:
         compact_catch_up_after: int | None = None,
         replica_durability: _ReplicaDurability = "periodic",
         replica_flush_interval: float | None = None,
+        unicast: bool = False,
     ) -> Subscriber: ...
     def subscribe(
         self,

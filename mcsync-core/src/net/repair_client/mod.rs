@@ -166,6 +166,8 @@ pub struct RepairClient {
     /// accepts it ([`RepairClient::expect_incarnation`]), so nothing of the new history is
     /// applied on top of the old one through a silent reconnect.
     history_change: Option<u64>,
+    /// Unicast-only: the push socket whose port every HELLO names.
+    push: Option<super::push::PushSocket>,
 }
 
 fn refused(code: ErrorCode, message: String) -> Error {
@@ -218,7 +220,22 @@ impl RepairClient {
             participant: false,
             expected_incarnation: 0,
             history_change: None,
+            push: None,
         }
+    }
+
+    /// Asks for unicast push from the next HELLO on: a socket with a receive buffer of
+    /// `recv_buffer` bytes is bound on the local address of the control connection and
+    /// its port named in every HELLO.
+    pub fn set_unicast(&mut self, recv_buffer: usize) {
+        if self.push.is_none() {
+            self.push = Some(super::push::PushSocket::new(recv_buffer));
+        }
+    }
+
+    /// The push socket bound by the first HELLO and the receive buffer granted (once).
+    pub fn take_push_socket(&mut self) -> Option<(std::net::UdpSocket, usize)> {
+        self.push.as_mut()?.take_socket()
     }
 
     /// The registration id the publisher gave (0 before the first HELLO).
@@ -234,6 +251,10 @@ impl RepairClient {
         s.set_read_timeout(Some(self.timeout)).map_err(ctx)?;
         s.set_write_timeout(Some(self.timeout)).map_err(ctx)?;
         s.set_nodelay(true).map_err(ctx)?;
+        let unicast_port = match self.push.as_mut() {
+            Some(p) => Some(p.port_for(s.local_addr().map_err(ctx)?.ip())?),
+            None => None,
+        };
         let stream = self.id.tls.connect(s)?;
         self.conn = Some(BufReader::with_capacity(256 << 10, stream));
         let hello = Message::Hello {
@@ -248,6 +269,7 @@ impl RepairClient {
             } else {
                 0
             },
+            unicast_port,
         };
         let reply = self.exchange(&hello).map_err(|e| match e {
             // The first exchange runs the TLS handshake: a certificate that fails

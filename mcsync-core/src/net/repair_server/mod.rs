@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod journal;
+mod push;
 mod registration;
 mod session;
 #[cfg(test)]
@@ -56,6 +57,10 @@ pub trait PublishedDatabase: Send + Sync {
     fn on_registered(&self);
     /// Every participant acknowledged the decision on `version`: stop repeating it.
     fn decision_acknowledged(&self, version: u64);
+    /// Where its stream is pushed by unicast (`None`: push is not offered).
+    fn push_targets(&self) -> Option<Arc<crate::net::push::PushTargets>> {
+        None
+    }
 }
 
 /// A registered subscriber, as the publisher sees it.
@@ -75,6 +80,9 @@ pub struct SubscriberRecord {
     pub sessions: u64,
     /// Whether it takes part in two-phase updates of its database.
     pub participant: bool,
+    /// Where its database's stream is pushed by unicast (the address of its control
+    /// connection and the port its HELLO named), if it asked and was granted push.
+    pub push: Option<SocketAddr>,
     /// Its latest reception report, and when it came.
     pub report: Option<(SubscriberReport, Instant)>,
     /// When it last registered, reported or made a request (registrations silent for
@@ -127,7 +135,8 @@ impl ServerContext {
         {
             let mut reg = self.registry.locked();
             self.revoked.write_locked().insert(user.to_owned());
-            reg.retain(|_, r| r.user != user);
+            // Its push targets go with its registrations, at once.
+            self.remove_where(&mut reg, |r| r.user == user);
         }
         self.auth_cache.locked().clear();
     }
@@ -143,7 +152,7 @@ impl ServerContext {
                 .filter(|r| r.user == user)
                 .map(|r| r.database.clone())
                 .collect();
-            reg.retain(|_, r| r.user != user);
+            self.remove_where(&mut reg, |r| r.user == user);
             dbs
         };
         if dbs.is_empty() {
@@ -162,9 +171,10 @@ impl ServerContext {
     /// Their subscribers, if alive, register again with their next report.
     pub fn expire_registrations(&self, now: Instant, silence: Duration) -> usize {
         let mut reg = self.registry.locked();
-        let before = reg.len();
-        reg.retain(|_, r| now.saturating_duration_since(r.last_seen) < silence);
-        before - reg.len()
+        self.remove_where(&mut reg, |r| {
+            now.saturating_duration_since(r.last_seen) >= silence
+        })
+        .len()
     }
 
     /// Notes that registration `id` was heard from.

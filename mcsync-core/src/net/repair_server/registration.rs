@@ -8,11 +8,13 @@ use crate::crypto::KeyHandout;
 use crate::stats::inc;
 use crate::sync::{Locked, RwLocked};
 use crate::wire::control::{
-    DatabaseInfo, ErrorCode, Message, SubscriberReport, CONTROL_VERSION, HELLO_PARTICIPANT,
+    DatabaseInfo, ErrorCode, Message, Push, SubscriberReport, CONTROL_VERSION, HELLO_PARTICIPANT,
+    MIN_CONTROL_VERSION,
 };
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::push::apply_push;
 use super::session::*;
 
 pub(super) fn authenticate(
@@ -96,16 +98,22 @@ pub(super) fn hello(
         secret,
         subscriber_id,
         flags,
+        unicast_port,
     } = msg
     else {
         return Err(error(ErrorCode::BadRequest, "expected HELLO"));
     };
-    if version != CONTROL_VERSION {
+    if !(MIN_CONTROL_VERSION..=CONTROL_VERSION).contains(&version) {
         return Err(error(
             ErrorCode::Version,
             format!("control protocol {version} unsupported (server speaks {CONTROL_VERSION})"),
         ));
     }
+    if unicast_port == Some(0) {
+        return Err(error(ErrorCode::BadRequest, "unicast push to port 0"));
+    }
+    // Pushed to the address this connection comes from, never to one the client names.
+    let push = unicast_port.map(|port| SocketAddr::new(peer.ip(), port));
     let grant = authenticate(ctx, peer, &user, &secret)?;
     if !grant.allows(&database) {
         inc(&ctx.counters.auth_failures);
@@ -133,11 +141,12 @@ pub(super) fn hello(
         peer,
         sessions: 1,
         participant,
+        push,
         report: None,
         last_seen: Instant::now(),
     };
     let client = record.client.clone();
-    let (id, keys) = register(ctx, record, db.as_ref())?;
+    let (id, keys, pushing) = register(ctx, record, db.as_ref())?;
     db.on_registered();
     inc(&ctx.counters.registrations);
     let mut info = db.info();
@@ -145,11 +154,13 @@ pub(super) fn hello(
     info.older_keys_below = keys.older_below;
     info.groups = grant.groups.clone();
     info.subscriber_id = id;
+    info.push = pushing;
     let session = Session {
         user,
         id,
         client,
         participant,
+        push,
         groups: grant.groups,
         db,
         resync: None,
@@ -203,14 +214,16 @@ pub(super) fn report(
         peer,
         sessions: 1,
         participant: s.participant,
+        push: s.push,
         report: Some((r, now)),
         last_seen: now,
     };
-    let (id, _) = register(ctx, record, s.db.as_ref())?;
+    let (id, _, _) = register(ctx, record, s.db.as_ref())?;
     if id != s.id {
         // Its id was taken meanwhile: the subscriber must register again to learn its new
         // one (this record would otherwise be orphaned).
-        ctx.registry.locked().remove(&id);
+        let mut reg = ctx.registry.locked();
+        ctx.remove_where(&mut reg, |r| r.id == id);
         return Err(error(
             ErrorCode::BadRequest,
             "registration expired; register again",
@@ -224,7 +237,9 @@ pub(super) fn report(
 /// reaches this; it must not be able to outnumber everyone else in the adaptation vote.
 pub const MAX_REGISTRATIONS_PER_USER: usize = 256;
 
-/// Records the registration and returns its id and the keys it gets; an id from an earlier
+/// Records the registration and returns its id, the keys it gets and whether its stream is
+/// pushed by unicast (a target asked for is added, within the database's limit, under
+/// the same lock as the revocation check); an id from an earlier
 /// HELLO of the same user and database is kept, so one subscriber has one record however
 /// often it reconnects. Fails when the user already holds [`MAX_REGISTRATIONS_PER_USER`]
 /// registrations of the database, or was revoked while it authenticated.
@@ -237,7 +252,7 @@ pub(super) fn register(
     ctx: &ServerContext,
     mut record: SubscriberRecord,
     db: &dyn PublishedDatabase,
-) -> std::result::Result<(u64, KeyHandout), Message> {
+) -> std::result::Result<(u64, KeyHandout, Push), Message> {
     let mut reg = ctx.registry.locked();
     if ctx.is_revoked(&record.user) {
         inc(&ctx.counters.auth_failures);
@@ -251,7 +266,9 @@ pub(super) fn register(
             r.sessions += 1;
             r.peer = record.peer;
             r.participant = record.participant;
-            return Ok((record.id, db.keys()));
+            let (push, target) = apply_push(ctx, db, record.id, &record.user, record.push);
+            r.push = target;
+            return Ok((record.id, db.keys(), push));
         }
     }
     let held = reg
@@ -280,6 +297,8 @@ pub(super) fn register(
         };
     }
     let id = record.id;
+    let (push, target) = apply_push(ctx, db, id, &record.user, record.push);
+    record.push = target;
     reg.insert(id, record);
-    Ok((id, db.keys()))
+    Ok((id, db.keys(), push))
 }

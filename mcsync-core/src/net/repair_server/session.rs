@@ -31,6 +31,8 @@ pub(super) struct Session {
     /// Client name and role of the registration (to register it again if it expired).
     pub(super) client: String,
     pub(super) participant: bool,
+    /// The unicast push target its HELLO asked for (to register it again if it expired).
+    pub(super) push: Option<SocketAddr>,
     pub(super) groups: Vec<String>,
     pub(super) db: Arc<dyn PublishedDatabase>,
     pub(super) resync: Option<ResyncSnapshot>,
@@ -265,7 +267,7 @@ fn answer_registered(
         Message::CloseSubscription { subscriber_id } => {
             let mut reg = ctx.registry.locked();
             if reg.get(&subscriber_id).is_some_and(|r| r.user == s.user) {
-                reg.remove(&subscriber_id);
+                ctx.remove_where(&mut reg, |r| r.id == subscriber_id);
             }
             Ok(Message::Ok)
         }

@@ -25,7 +25,7 @@ use super::reorder::{OpenPacket, PacketReorder};
 use super::sender::decode_chain_records;
 use super::two_phase::{Action as TwoPhaseAction, Participant, Route};
 use crate::update::Update;
-use crate::wire::control::{DatabaseInfo, SubscriberReport};
+use crate::wire::control::{DatabaseInfo, Push, SubscriberReport};
 use crate::wire::packet::{Heartbeat, PacketKind};
 use crate::wire::update::RecordKind;
 use policy::Policy;
@@ -108,7 +108,11 @@ impl Engine {
             reorder: PacketReorder::new(config.reorder.clone()),
             assembler: ChainAssembler::new(config.limits.max_update_bytes + CHAIN_OVERHEAD),
             two_phase: Participant::new(start.participant, start.held),
-            policy: Policy::new(now, &config),
+            policy: {
+                let mut p = Policy::new(now, &config);
+                p.set_push_refused(now, info.push == Push::Refused);
+                p
+            },
             stream_id: info.stream_id,
             groups: info.groups.clone(),
             incarnation: if new_history.is_some() {
@@ -476,6 +480,10 @@ impl Engine {
 
     fn on_registered(&mut self, now: Instant, info: &DatabaseInfo) {
         self.policy.on_registered();
+        if info.push != Push::NotAsked {
+            self.policy
+                .set_push_refused(now, info.push == Push::Refused);
+        }
         self.groups = info.groups.clone();
         self.stream_id = info.stream_id;
         if let Some(new) = history_changed(self.incarnation, self.receiver.applied(), info) {

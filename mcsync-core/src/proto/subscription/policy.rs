@@ -8,6 +8,11 @@
 //! repair is losing everything: the group is not arriving on its interface (a wrong
 //! interface, no multicast route). That interval's loss is 1.0, so the policy acts on it
 //! as on any other total loss, instead of reading the silence as "too few packets".
+//! The same holds for a unicast-only subscriber's push flow: the engine does not know
+//! which socket its packets came by.
+//!
+//! A unicast-only subscriber whose push the publisher refused (its limit of targets)
+//! polls the latest version as a backed-off one does, until a registration grants push.
 
 use super::{EngineConfig, Traffic};
 use std::time::{Duration, Instant};
@@ -62,6 +67,8 @@ pub(super) struct Policy {
     fresh_unheard: u64,
     strikes: u32,
     unicast_until: Option<Instant>,
+    /// Push refused at the last registration: poll until one grants it.
+    push_refused: bool,
     last_heard: Instant,
     last_hello: Instant,
     /// Packets from a foreign source counted at the last registration.
@@ -89,6 +96,7 @@ impl Policy {
             fresh_unheard: 0,
             strikes: 0,
             unicast_until: None,
+            push_refused: false,
             last_heard: now,
             last_hello: now,
             seen_foreign: 0,
@@ -104,8 +112,18 @@ impl Policy {
         &self.traffic
     }
 
+    /// Whether it catches up by polling: backed off by the error policy, or refused push.
     pub fn is_unicast(&self) -> bool {
-        self.unicast_until.is_some()
+        self.unicast_until.is_some() || self.push_refused
+    }
+
+    /// The last registration refused (`true`) or granted unicast push. Polling starts from
+    /// now when refused.
+    pub fn set_push_refused(&mut self, now: Instant, refused: bool) {
+        if refused && !self.push_refused {
+            self.last_poll = now;
+        }
+        self.push_refused = refused;
     }
 
     pub fn hello_in_flight(&self) -> bool {
@@ -162,9 +180,7 @@ impl Policy {
         };
         let changed = (rekey || foreign).then(|| self.last_hello + gap + JUST_AFTER);
         // Off the group by choice (error policy), silence says nothing about the publisher.
-        let silent = self
-            .unicast_until
-            .is_none()
+        let silent = (!self.is_unicast())
             .then(|| self.last_heard.max(self.last_hello) + self.silence + JUST_AFTER);
         [changed, silent].into_iter().flatten().min()
     }
@@ -186,7 +202,7 @@ impl Policy {
     }
 
     pub fn status_due_at(&self) -> Option<Instant> {
-        self.unicast_until.map(|_| self.last_poll + UNICAST_POLL)
+        self.is_unicast().then(|| self.last_poll + UNICAST_POLL)
     }
 
     /// Whether to ask the publisher's latest version now (only while off multicast).
@@ -237,7 +253,7 @@ impl Policy {
         let df = fresh.saturating_sub(self.last_fresh);
         self.last_fresh = fresh;
         // Off the group by choice, silence is expected: nothing counts.
-        if da > 0 || self.unicast_until.is_some() {
+        if da > 0 || self.is_unicast() {
             self.fresh_unheard = 0;
         } else {
             self.fresh_unheard += df;
@@ -261,6 +277,8 @@ impl Policy {
             silent,
         };
         match self.unicast_until {
+            // Polling because push was refused: there is no stream to judge or leave.
+            _ if self.push_refused => {}
             Some(until) if now >= until => {
                 self.unicast_until = None;
                 self.strikes = 0;

@@ -42,6 +42,7 @@ fn info(current_version: u64, incarnation: u64) -> DatabaseInfo {
         subscriber_id: 1,
         incarnation,
         stream_id: 7,
+        push: Default::default(),
     }
 }
 
@@ -333,4 +334,23 @@ fn versions_repaired_while_the_group_is_heard_are_not_silence() {
     assert_eq!(report(&out).loss_ppm, 0, "{out:?}");
     const { assert!(MIN_SILENT_VERSIONS > 1) };
     assert_eq!(e.counters().multicast_silent_intervals, 0);
+}
+
+#[test]
+fn a_subscriber_refused_push_polls_until_a_registration_grants_it() {
+    let t0 = Instant::now();
+    let mut refused = info(0, 9);
+    refused.push = Push::Refused;
+    let mut e = engine(t0, 0, 9, refused);
+    drain(&mut e, t0);
+    assert!(e.is_unicast());
+    let out = drain(&mut e, t0 + policy::UNICAST_POLL);
+    assert!(out.iter().any(|o| matches!(o, Output::Status)), "{out:?}");
+    let mut granted = info(0, 9);
+    granted.push = Push::Pushing;
+    e.handle(t0 + 150 * MS, Input::Registered(Box::new(granted)));
+    drain(&mut e, t0 + 150 * MS);
+    assert!(!e.is_unicast());
+    let out = drain(&mut e, t0 + 400 * MS);
+    assert!(!out.iter().any(|o| matches!(o, Output::Status)), "{out:?}");
 }

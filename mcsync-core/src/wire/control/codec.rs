@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const T_HELLO: u8 = 1;
 const T_HELLO_OK: u8 = 2;
+/// HELLO_OK `encrypted` byte, bit 1: the body ends with a `push` byte.
+const INFO_PUSH: u8 = 2;
 const T_CATCHUP_REQUEST: u8 = 3;
 const T_CATCHUP_UPDATE: u8 = 4;
 const T_CATCHUP_END: u8 = 5;
@@ -162,11 +164,13 @@ fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, WireError> {
 fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
     let group = read_addr(r)?;
     let source = read_addr(r)?;
-    let encrypted = match r.u8("encrypted")? {
-        0 => false,
-        1 => true,
-        v => return Err(WireError::Invalid("encrypted", v.into())),
-    };
+    // Bit 0: encrypted; bit 1: a `push` byte ends the body (only in answer to a HELLO
+    // that asked for push, so a control protocol 4 client never sees it set).
+    let flags = r.u8("encrypted")?;
+    if flags & !(1 | INFO_PUSH) != 0 {
+        return Err(WireError::Invalid("encrypted", flags.into()));
+    }
+    let encrypted = flags & 1 != 0;
     let nkeys = r.u8("key count")? as usize;
     if nkeys > MAX_KEYS {
         return Err(WireError::TooLong("key count", nkeys as u64));
@@ -194,6 +198,15 @@ fn read_info(r: &mut Reader<'_>) -> Result<DatabaseInfo, WireError> {
         subscriber_id: r.u64("subscriber id")?,
         incarnation: r.u64("incarnation")?,
         stream_id: r.u32("stream id")?,
+        push: if flags & INFO_PUSH != 0 {
+            let code = r.u8("push")?;
+            match Push::from_code(code) {
+                Some(p) if p != Push::NotAsked => p,
+                _ => return Err(WireError::Invalid("push", code.into())),
+            }
+        } else {
+            Push::NotAsked
+        },
     })
 }
 
@@ -212,6 +225,7 @@ impl Message {
                 secret,
                 subscriber_id,
                 flags,
+                unicast_port,
             } => {
                 out.put_u8(T_HELLO);
                 out.put_u8(*version);
@@ -220,13 +234,26 @@ impl Message {
                 out.put_str16(user);
                 out.put_str16(secret.expose());
                 out.put_u64(*subscriber_id);
-                out.put_u8(*flags);
+                let unicast = if unicast_port.is_some() {
+                    HELLO_UNICAST
+                } else {
+                    0
+                };
+                out.put_u8((flags & !HELLO_UNICAST) | unicast);
+                if let Some(port) = unicast_port {
+                    out.put_u16(*port);
+                }
             }
             Message::HelloOk(info) => {
                 out.put_u8(T_HELLO_OK);
                 put_addr(out, &info.group);
                 put_addr(out, &info.source);
-                out.put_u8(u8::from(info.encrypted));
+                let push = if info.push == Push::NotAsked {
+                    0
+                } else {
+                    INFO_PUSH
+                };
+                out.put_u8(u8::from(info.encrypted) | push);
                 // The newest keys, if there were ever more than fit.
                 let keys = &info.keys[info.keys.len().saturating_sub(MAX_KEYS)..];
                 out.put_u8(keys.len() as u8);
@@ -244,6 +271,11 @@ impl Message {
                 out.put_u64(info.subscriber_id);
                 out.put_u64(info.incarnation);
                 out.put_u32(info.stream_id);
+                // Only to a HELLO that asked for push: a control protocol 4 peer (which
+                // never asks) gets the HELLO_OK it knows.
+                if push != 0 {
+                    out.put_u8(info.push.code());
+                }
             }
             Message::CloseSubscription { subscriber_id } => {
                 out.put_u8(T_CLOSE_SUBSCRIPTION);
@@ -415,15 +447,30 @@ impl Message {
     pub fn parse(frame: &[u8]) -> Result<Message, WireError> {
         let mut r = Reader::new(frame);
         let msg = match r.u8("message type")? {
-            T_HELLO => Message::Hello {
-                version: r.u8("version")?,
-                database: r.str16("database")?.to_owned(),
-                client: r.str16("client")?.to_owned(),
-                user: r.str16("user")?.to_owned(),
-                secret: Secret::new(r.str16("secret")?),
-                subscriber_id: r.u64("subscriber id")?,
-                flags: r.u8("flags")?,
-            },
+            T_HELLO => {
+                let version = r.u8("version")?;
+                let database = r.str16("database")?.to_owned();
+                let client = r.str16("client")?.to_owned();
+                let user = r.str16("user")?.to_owned();
+                let secret = Secret::new(r.str16("secret")?);
+                let subscriber_id = r.u64("subscriber id")?;
+                let flags = r.u8("flags")?;
+                let unicast_port = if flags & HELLO_UNICAST != 0 {
+                    Some(r.u16("unicast port")?)
+                } else {
+                    None
+                };
+                Message::Hello {
+                    version,
+                    database,
+                    client,
+                    user,
+                    secret,
+                    subscriber_id,
+                    flags: flags & !HELLO_UNICAST,
+                    unicast_port,
+                }
+            }
             T_HELLO_OK => Message::HelloOk(read_info(&mut r)?),
             T_CLOSE_SUBSCRIPTION => Message::CloseSubscription {
                 subscriber_id: r.u64("subscriber id")?,

@@ -17,8 +17,15 @@ use std::net::SocketAddr;
 /// name the two-phase round (its PREPARE's timestamp) beside the version. 3: HELLO_OK
 /// carries the database's incarnation and stream id, STATUS its incarnation, and a
 /// compacted catch-up answers with COMPACT_UPDATE (which names the first version each
-/// chunk covers), so a replica can tell a changed history or a skipped version.
+/// chunk covers), so a replica can tell a changed history or a skipped version. 4:
+/// HELLO_OK carries `older_keys_below`. 5: HELLO may ask for unicast push (flag
+/// [`HELLO_UNICAST`] and a UDP port) and HELLO_OK then answers with the push state; tree
+/// ranges are (level, varint index) and digest replies carry short sums.
 pub const CONTROL_VERSION: u8 = 5;
+/// Oldest control protocol a publisher of this build serves. Version 4 sent tree ranges
+/// and digests in another encoding, so a version 4 subscriber could register but not
+/// resync: it is refused at HELLO.
+pub const MIN_CONTROL_VERSION: u8 = 5;
 /// Bytes of frame header (length + type).
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Most version ranges in one catch-up request.
@@ -90,6 +97,44 @@ pub struct DatabaseInfo {
     /// Stream id the database's multicaster seals under now (it changes at every publisher
     /// start); data packets of any other stream are not from this registration's stream.
     pub stream_id: u32,
+    /// Whether the publisher pushes the stream to this subscriber by unicast UDP (only
+    /// when its HELLO asked for it; on the wire only then).
+    pub push: Push,
+}
+
+/// The publisher's answer to a HELLO that asked for unicast push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Push {
+    /// Not asked for (multicast subscriber, or a control protocol 4 peer).
+    #[default]
+    NotAsked,
+    /// Every datagram multicast to the group is also sent to the subscriber's UDP port
+    /// at the address of its control connection.
+    Pushing,
+    /// Refused: the database has as many unicast targets as it allows. The subscriber
+    /// catches up by polling.
+    Refused,
+}
+
+impl Push {
+    /// Its code on the wire (HELLO_OK's trailing `push` byte).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Push::NotAsked => 0,
+            Push::Pushing => 1,
+            Push::Refused => 2,
+        }
+    }
+
+    /// The state a wire code names, if any.
+    pub(crate) fn from_code(code: u8) -> Option<Push> {
+        Some(match code {
+            0 => Push::NotAsked,
+            1 => Push::Pushing,
+            2 => Push::Refused,
+            _ => return None,
+        })
+    }
 }
 
 impl DatabaseInfo {
@@ -144,8 +189,13 @@ pub enum Message {
         secret: Secret,
         /// Registration id from an earlier HELLO_OK, or 0 for a new registration.
         subscriber_id: u64,
-        /// Bit 0: two-phase participant (reserved).
+        /// Bit 0: two-phase participant ([`HELLO_PARTICIPANT`]). Bit 1
+        /// ([`HELLO_UNICAST`]) is not kept here: it is set on the wire exactly when
+        /// `unicast_port` is.
         flags: u8,
+        /// Ask for unicast push to this UDP port (at the address the publisher sees the
+        /// control connection come from).
+        unicast_port: Option<u16>,
     },
     /// Publisher → client: the database's parameters.
     HelloOk(DatabaseInfo),
@@ -310,6 +360,8 @@ pub enum Message {
 
 /// HELLO flag: the subscriber takes part in two-phase updates.
 pub const HELLO_PARTICIPANT: u8 = 1;
+/// HELLO flag: a UDP port follows; push the stream there by unicast (control protocol 5).
+pub const HELLO_UNICAST: u8 = 2;
 /// OUTCOME state: committed.
 const OUTCOME_COMMITTED: u8 = 1;
 /// OUTCOME state: aborted (or rolled back).
