@@ -91,6 +91,10 @@ pub struct ConnectArgs {
     /// networks that carry no multicast (clouds, WAN links).
     #[arg(long)]
     unicast: bool,
+    /// Testing and demos: drop this fraction (0..=1) of the datagrams received, at random
+    /// (seeded by the process id), as a lossy link would. Repair recovers them.
+    #[arg(long, value_name = "FRACTION")]
+    inject_loss: Option<f64>,
 }
 
 impl ConnectArgs {
@@ -114,6 +118,16 @@ impl ConnectArgs {
         let mut cfg = SubscriberConfig::new(data_dir, self.server, trust);
         cfg.interface = self.interface;
         cfg.unicast = self.unicast;
+        if let Some(p) = self.inject_loss {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("--inject-loss {p} outside 0..=1").into());
+            }
+            cfg.loss = Some(mcsync::LossConfig {
+                probability: p,
+                burst_len: 1,
+                seed: u64::from(std::process::id()),
+            });
+        }
         cfg.server_name = self.server_name.clone();
         cfg.user = self.user.clone();
         cfg.secret = read_password(self.password_file.as_ref())?.into();

@@ -2,6 +2,7 @@
 //! port, its own temporary data directories, and real sockets and LMDB files.
 
 pub mod crash;
+pub mod netns;
 
 use mcsync::{
     Authentication, LossConfig, Publisher, PublisherConfig, ServerTrust, Subscriber,

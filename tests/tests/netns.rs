@@ -11,171 +11,46 @@
 //! addresses and a 239.0.0.0/8 group.
 
 use mcsync::auth::UsersFile;
+use mcsync_tests::netns::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const DEADLINE: Duration = Duration::from_secs(120);
 const PUB_IP: &str = "10.200.0.1";
 const SUB_IP: &str = "10.200.0.2";
 const CONTROL: &str = "10.200.0.1:47000";
 const DB: &str = "inv";
 const PASSWORD: &str = "netns-secret";
 
-/// Runs `ip` with `args`; panics with its output if it fails.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Why this test cannot run here, if it cannot.
-fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    match Command::new("ip").args(["netns", "list"]).output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "`ip netns list` failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Some(format!("no `ip` command: {e}")),
-    }
-}
-
-/// Namespaces for a publisher host, a subscriber host and the switch between them; all
-/// deleted on drop.
+/// Namespaces for a publisher host and a subscriber host, on one switch.
 struct Hosts {
     publisher: String,
     subscriber: String,
-    created: Vec<String>,
+    _net: Net,
 }
 
 impl Hosts {
     fn new() -> Hosts {
-        let tag = format!("mcs{}", std::process::id());
-        let mut h = Hosts {
-            publisher: format!("{tag}-pub"),
-            subscriber: format!("{tag}-sub"),
-            created: Vec::new(),
-        };
-        let switch = format!("{tag}-sw");
-        for ns in [&h.publisher, &h.subscriber, &switch] {
-            ip(&["netns", "add", ns]);
-            h.created.push(ns.clone());
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        let mut net = Net::new();
+        let publisher = net.host("pub");
+        let subscriber = net.host("sub");
+        let switch = net.switch("sw");
+        net.plug(&publisher, &switch, &format!("{PUB_IP}/24"), true);
+        net.plug(&subscriber, &switch, &format!("{SUB_IP}/24"), true);
+        Hosts {
+            publisher,
+            subscriber,
+            _net: net,
         }
-        // Interface names: at most 15 bytes.
-        let id = std::process::id() % 1_000_000;
-        let bridge = format!("br{id}");
-        ip(&["-n", &switch, "link", "add", &bridge, "type", "bridge"]);
-        ip(&["-n", &switch, "link", "set", &bridge, "up"]);
-        for (host, addr, end) in [(&h.publisher, PUB_IP, "p"), (&h.subscriber, SUB_IP, "s")] {
-            let inside = format!("v{end}{id}");
-            let port = format!("w{end}{id}");
-            ip(&[
-                "link", "add", &inside, "netns", host, "type", "veth", "peer", "name", &port,
-                "netns", &switch,
-            ]);
-            ip(&["-n", &switch, "link", "set", &port, "master", &bridge]);
-            ip(&["-n", &switch, "link", "set", &port, "up"]);
-            ip(&[
-                "-n",
-                host,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                &inside,
-            ]);
-            ip(&["-n", host, "link", "set", &inside, "up"]);
-            ip(&["-n", host, "route", "add", "239.0.0.0/8", "dev", &inside]);
-        }
-        h
     }
 
     /// A command run inside namespace `ns`.
     fn exec(ns: &str, bin: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).arg(bin);
-        c
+        exec(ns, bin)
     }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for ns in self.created.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-    }
-}
-
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Every line of `pipe`, collected as it comes, and sent on.
-fn collect_lines(
-    pipe: impl Read + Send + 'static,
-) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<String>) {
-    let all = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let a = all.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            a.lock().unwrap().push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    (all, rx)
-}
-
-/// The first line `rx` gives that `f` maps to something.
-fn wait_for<T>(rx: &mpsc::Receiver<String>, what: &str, f: impl Fn(&str) -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                if let Some(t) = f(&l) {
-                    return t;
-                }
-            }
-            Err(e) => panic!("waiting for {what}: {e:?}"),
-        }
-    }
-}
-
-/// Runs `f` on a thread that entered namespace `ns` (only that thread moves).
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-            // SAFETY: setns on a valid namespace fd moves only the calling thread.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("the thread in the namespace")
-    })
 }
 
 /// One `mcsync subscribe` in the subscriber's namespace and what it says.
@@ -210,11 +85,7 @@ impl Sub {
             .expect("start mcsync subscribe");
         let (stderr, rx) = collect_lines(child.stderr.take().expect("stderr"));
         let proc = Proc(child);
-        let metrics = wait_for(&rx, "the metrics address", |l| {
-            l.strip_prefix("metrics on http://")
-                .and_then(|r| r.strip_suffix("/metrics"))
-                .map(str::to_owned)
-        });
+        let metrics = metrics_addr(&rx);
         Sub {
             proc,
             dir,
@@ -226,24 +97,7 @@ impl Sub {
 
     /// The subscription's metrics (read from inside the subscriber's namespace).
     fn metrics(&self, ns: &str) -> HashMap<String, f64> {
-        let addr = self.metrics.clone();
-        let text = in_netns(ns, move || {
-            let mut s = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).expect("metrics reply");
-            text
-        });
-        let label = format!("{{database=\"{DB}\"}}");
-        text.lines()
-            .filter_map(|l| {
-                let (name, value) = l.split_once(' ')?;
-                let name = name.strip_prefix("mcsync_subscription_")?;
-                let name = name.strip_suffix(label.as_str())?;
-                Some((name.to_owned(), value.trim().parse().ok()?))
-            })
-            .collect()
+        metrics(ns, &self.metrics, "mcsync_subscription_", DB)
     }
 
     fn get(&self, ns: &str, name: &str) -> f64 {
@@ -275,14 +129,6 @@ impl Serve {
             self.last = self.last.max(v);
         }
         self.last
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
