@@ -68,6 +68,18 @@ pub struct RelayStats {
     pub resubscribes: u64,
 }
 
+impl RelayStats {
+    /// Every counter with its name, in declaration order.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("imported", self.imported),
+            ("import_errors", self.import_errors),
+            ("resets", self.resets),
+            ("resubscribes", self.resubscribes),
+        ]
+    }
+}
+
 #[derive(Default)]
 struct RelayCounters {
     imported: AtomicU64,
