@@ -3,12 +3,14 @@
 //!
 //! Sections: (a) throughput beside the raw multicast limit, (b) publish→applied latency at
 //! a fixed offered rate and the time to recover a lost last update, (c) publisher egress
-//! bytes per update beside unicast TCP fan-out, (d) repair cost under injected loss.
+//! bytes per update beside unicast TCP fan-out, (d) repair cost under injected loss, (e) a
+//! relay tier (master → relay → subscribers).
 
 mod baseline;
 mod cluster;
 mod plot;
 mod redis;
+mod relay;
 mod report;
 mod scenarios;
 
@@ -62,11 +64,12 @@ pub struct BenchArgs {
     /// Directory for bench.json and the PNG plots (created if missing).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
-    /// Sections to run, comma-separated: throughput, latency, fanout, repair (default all).
+    /// Sections to run, comma-separated: throughput, latency, fanout, repair, relay
+    /// (default all).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,fanout,repair"
+        default_value = "throughput,latency,fanout,repair,relay"
     )]
     sections: Vec<Section>,
     /// Threads publishing concurrently; their durable commits share journal fsyncs (group
@@ -153,6 +156,8 @@ pub enum Section {
     Fanout,
     /// (d) repair cost under injected loss.
     Repair,
+    /// (e) a relay tier: master → relay → subscribers.
+    Relay,
 }
 
 /// Counts of one run (full or quick).
@@ -233,6 +238,7 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         } else {
             0
         }
+        + if has(Section::Relay) { 2 } else { 0 }
         + 2 * usize::from(a.redis);
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(ProgressStyle::with_template(
@@ -307,6 +313,10 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         if has(Section::Repair) {
             report.repair = repair(&mut ctx, &counts, a.subscribers)?;
             lap("repair", &mut report);
+        }
+        if has(Section::Relay) {
+            report.relay = Some(relay::relay(&mut ctx, counts.fanout, a.subscribers)?);
+            lap("relay", &mut report);
         }
         if a.redis {
             bar.set_message("Redis replication, side by side");

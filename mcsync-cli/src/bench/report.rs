@@ -19,6 +19,7 @@ pub struct Report {
     pub(super) latency: Option<Latency>,
     pub(super) fanout: Vec<FanoutRow>,
     pub(super) repair: Vec<RepairRow>,
+    pub(super) relay: Option<super::relay::RelayRow>,
     pub(super) redis: Vec<redis::RedisResult>,
     pub(super) targets: Vec<Target>,
 }
@@ -360,6 +361,9 @@ pub(super) fn print_tables(r: &Report) {
     }
     if !r.repair.is_empty() {
         print_repair(r);
+    }
+    if let Some(x) = &r.relay {
+        super::relay::print_relay(x);
     }
     for x in &r.redis {
         println!(
