@@ -26,6 +26,8 @@ impl StoreCore {
         version: u64,
         records: &[Op],
     ) -> Result<()> {
+        // Held across both transactions: the state writer must not apply the old journal to
+        // the new state in between.
         let _g = self.state_lock.locked();
         self.env.write(|txn| {
             txn.clear_db(tables.records.data)?;
@@ -78,5 +80,78 @@ impl StoreCore {
                 Err(lmdb::Error::NotFound) => Ok(()),
                 r => r,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::publisher::journal_ops;
+    use crate::store::PublisherStore;
+    use crate::Op;
+
+    #[test]
+    fn a_replaced_database_holds_the_records_at_the_version_an_empty_journal_and_a_new_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let before = {
+            let store = PublisherStore::open(dir.path(), 1 << 22).expect("store");
+            journal_ops(&store, "db", 1..=20, |v| Op::put(format!("k{v}"), "old"));
+            let id = store.incarnation("db").expect("incarnation");
+            let tables = store.tables("db").expect("tables");
+            let mut restricted = Op::put("b", "2");
+            restricted.groups = vec!["eu".into()];
+            let records = [Op::put("a", "1"), restricted];
+            store
+                .replace_database("db", tables, 7, &records)
+                .expect("replace");
+            id
+        };
+        let store = PublisherStore::open(dir.path(), 1 << 22).expect("reopen");
+        let tables = store.tables("db").expect("tables");
+        assert_eq!(store.last_version("db").unwrap(), 7);
+        assert_eq!(store.state_version("db").unwrap(), 7);
+        assert_eq!(store.oldest_version(tables).unwrap(), 0, "an empty journal");
+        assert_eq!(
+            store.state(tables).unwrap(),
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"2".to_vec())
+            ]
+        );
+        let (_, hashed) = store.hash_snapshot("db", tables).unwrap();
+        assert_eq!(hashed[1].groups, vec!["eu".to_string()], "groups kept");
+        assert_ne!(store.incarnation("db").unwrap(), before);
+    }
+
+    #[test]
+    fn an_open_finishes_a_replacement_a_crash_cut_between_its_transactions() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let store = PublisherStore::open(dir.path(), 1 << 22).expect("store");
+            journal_ops(&store, "db", 1..=20, |v| Op::put(format!("k{v}"), "old"));
+            store.stop_writer();
+            // The state transaction of a replacement at 5 committed, its journal one not.
+            store
+                .env
+                .write(|txn| {
+                    let w = lmdb::WriteFlags::empty();
+                    txn.put(store.meta, &"v:db", &5u64.to_be_bytes(), w)?;
+                    txn.put(store.meta, &"reset-journal:db", &5u64.to_be_bytes(), w)
+                })
+                .expect("marker");
+        }
+        let store = PublisherStore::open(dir.path(), 1 << 22).expect("reopen");
+        let tables = store.tables("db").expect("tables");
+        assert_eq!(store.last_version("db").unwrap(), 5);
+        assert!(store
+            .read_journal(tables, 1, 20, 100, 1 << 20)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .env
+                .read(|txn| super::get_u64(txn, store.meta, b"reset-journal:db"))
+                .unwrap(),
+            None
+        );
     }
 }
