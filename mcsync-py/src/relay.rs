@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// A relay: subscribes to databases of an upstream publisher and re-publishes them — same
 /// versions, record content and commit timestamps — from a publisher of its own, with its
 /// own journal (repair, catch-up and resync downstream), control address, TLS identity,
-/// users and keys. Downstream subscribers are ordinary ``Subscriber``\ s given the relay's
+/// users and keys. Downstream subscribers are ordinary ``Subscriber`` objects given the relay's
 /// ``control_addr`` and ``fingerprint``; relays chain.
 ///
 /// ``Relay(upstream={...}, downstream={...}, databases=[...])``: ``upstream`` holds the

@@ -326,6 +326,7 @@ class Publisher:
         /,
     ) -> None: ...
 
+@final
 class Relay:
     """Re-publishes databases of an upstream publisher; a context manager."""
 
