@@ -50,10 +50,12 @@ pub struct RelayArgs {
     /// Interface to multicast downstream from.
     #[arg(long, default_value = "127.0.0.1")]
     downstream_interface: Ipv4Addr,
-    /// When an imported update is multicast downstream: `sync` (once journaled durably;
-    /// imports are grouped into one fsync) or `async` (at once; a power loss may cost the
-    /// last journal window, which the relay imports again from upstream).
-    #[arg(long, default_value = "sync", value_parser = parse_durability)]
+    /// When an import is answered: `async` (at once; the journal writer group-commits
+    /// behind) or `sync` (after its journal fsync). Either way an update is multicast
+    /// downstream only once durable in the relay's journal, and a restarted relay resumes
+    /// after what its journal holds, so both give the same guarantee; async relays about
+    /// 1.4× more updates per second (docs/BENCHMARKS.md, section (e)).
+    #[arg(long, default_value = "async", value_parser = parse_durability)]
     durability: Durability,
 }
 

@@ -15,13 +15,14 @@
 //!   [`SubscribeOptions::after`](crate::SubscribeOptions::after) set to the downstream
 //!   database's journaled version, so after a crash (kill -9 or power loss) the relay
 //!   resumes exactly after what its own journal holds and imports the rest again.
-//! - **Durability** is the downstream config's: with `Durability::Sync` (the default) an
-//!   update is multicast downstream only once journaled durably; the imports do not wait
-//!   for it one by one (they are handed to the intake and checked behind), so the journal
-//!   groups them. With `Durability::Async` a power loss can cost the relay's last journal
-//!   window (at most [`ASYNC_MAX_PENDING`](crate::ASYNC_MAX_PENDING) updates): those
-//!   versions were possibly multicast downstream, the relay imports them again from
-//!   upstream after the restart with the same content, so downstream replicas stay equal.
+//! - **Durability** is the downstream config's, and both modes give the same guarantee: the
+//!   intake (`Durability::Sync`) or the journal writer (`Durability::Async`) multicasts an
+//!   update only after its durable journal commit, imports are not waited for one by one
+//!   (a checker thread collects their outcomes), and after kill -9 or a power loss the relay
+//!   resumes after its journal's last durable version and imports the rest again from
+//!   upstream, with the same content. `Async` only answers imports sooner, so the journal
+//!   writer pipelines behind the intake: about 1.4× the throughput (docs/BENCHMARKS.md,
+//!   section (e)); `mcsync relay` uses it by default.
 //! - **Two-phase updates** upstream reach the relay's callbacks only once committed; the
 //!   downstream sees them as ordinary one-phase commits (the relay is no participant).
 //! - **Access groups**: the relay's replica holds only what its upstream grant allows;
