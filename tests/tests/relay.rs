@@ -307,3 +307,37 @@ fn an_upstream_history_change_resets_the_relay_and_its_downstream_follow() {
     assert_eq!(versions.last(), Some(&last), "{versions:?}");
     relay.close().unwrap();
 }
+
+#[test]
+fn two_phase_updates_reach_downstream_as_committed_updates_once_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Publisher::open(publisher_config(&dir.path().join("master"))).unwrap();
+    let db = master.database(DB).unwrap();
+    publish(&db, 0, 10);
+    let rdir = dir.path().join("relay");
+    let relay = open_relay(&rdir, upstream_of(&rdir, &master));
+    let down = Subscriber::open(downstream_config(&dir.path().join("d"), &relay, None)).unwrap();
+    let (sub, seen) = subscribe(&down);
+    let timeout = std::time::Duration::from_secs(30);
+    let mut t = db.transaction();
+    t.put("tp-committed", "yes").unwrap();
+    let committed = t.commit_two_phase(timeout).unwrap();
+    let mut t = db.transaction();
+    t.put("tp-rolled-back", "no").unwrap();
+    t.prepare(timeout).unwrap().rollback().unwrap();
+    let last = publish(&db, 10, 5);
+    assert_eq!(
+        last,
+        committed + 5,
+        "the rolled-back round gave its version back"
+    );
+    wait_equal(&sub, &db);
+    assert_eq!(
+        sub.get("tp-committed").unwrap().as_deref(),
+        Some(&b"yes"[..])
+    );
+    assert_eq!(sub.get("tp-rolled-back").unwrap(), None);
+    let versions: Vec<u64> = seen.lock().unwrap().iter().map(|s| s.0).collect();
+    assert_versions(&versions, 1..=last);
+    relay.close().unwrap();
+}
