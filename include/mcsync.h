@@ -209,6 +209,15 @@ typedef struct mcsync_publisher mcsync_publisher;
 typedef struct mcsync_publisher_config mcsync_publisher_config;
 
 /**
+ * A relay: subscribes to databases of an upstream publisher and re-publishes them, same
+ * versions, content and timestamps, from a publisher of its own (journal, control server,
+ * TLS identity, users, keys). Downstream subscribers are ordinary subscribers
+ * (`mcsync_subscriber_open` with the relay's control address and fingerprint). Opened by
+ * `mcsync_relay_open`, freed by `mcsync_relay_free`. Thread-safe.
+ */
+typedef struct mcsync_relay mcsync_relay;
+
+/**
  * A snapshot of counters: `(name, value)` pairs in a fixed order. Created by
  * `mcsync_publisher_stats` or `mcsync_subscription_stats`, freed by `mcsync_stats_free`.
  * Immutable, so thread-safe. Counter names are documented in docs/C_API.md; code should
@@ -788,8 +797,9 @@ enum mcsync_status mcsync_publisher_config_set_datagram_bytes(struct mcsync_publ
                                                               size_t bytes);
 
 /**
- * Sets multicast pacing: most packets and most bytes per second (0 = unlimited).
- * Defaults 40000 packets/s and unlimited bytes/s.
+ * Sets multicast pacing: most packets and most payload bytes per second (0 = unlimited).
+ * Defaults: packets unlimited, 64000000 bytes/s. Adaptation lowers both when
+ * subscribers report loss.
  */
 enum mcsync_status mcsync_publisher_config_set_rate_limit(struct mcsync_publisher_config *config,
                                                           uint64_t packets_per_sec,
@@ -1790,6 +1800,98 @@ void mcsync_subscription_free(struct mcsync_subscription *subscription);
  * Frees a report (and its ranges). NULL is a no-op. Free each report exactly once.
  */
 void mcsync_resync_report_free(struct mcsync_resync_report *report);
+
+/**
+ * Opens a relay of the `n` databases named in `databases`: the downstream publisher as
+ * `downstream` configures it (its own data directory, control address, multicast groups,
+ * identity, users, durability), and the upstream subscriber as `upstream` configures it
+ * (a different data directory). Each database is subscribed upstream exactly after the
+ * version the relay's own journal holds, so a relay restarted after a crash resumes where
+ * its journal ends. An upstream not reachable yet is retried in the background.
+ *
+ * `upstream`, `downstream` and the strings of `databases` are only read during the call;
+ * the caller still owns them. On success `*out` receives a new handle the caller owns:
+ * close it with `mcsync_relay_close` (optional) and free it with `mcsync_relay_free`.
+ * Errors: `MCSYNC_ERR_NULL`, `MCSYNC_ERR_UTF8`, `MCSYNC_ERR_CONFIG` (no database, a bad
+ * name, both data directories the same, missing settings), `MCSYNC_ERR_AUTH` (the upstream
+ * refused the relay's credentials), `MCSYNC_ERR_IO`, `MCSYNC_ERR_STORAGE`. Thread-safe.
+ */
+enum mcsync_status mcsync_relay_open(const struct mcsync_subscriber_config *upstream,
+                                     const struct mcsync_publisher_config *downstream,
+                                     const char *const *databases,
+                                     size_t n,
+                                     struct mcsync_relay **out_relay);
+
+/**
+ * Writes the SHA-256 fingerprint of the relay's own TLS certificate (64 hex digits and a
+ * NUL; 65 bytes suffice), for downstream subscribers to pin. `MCSYNC_ERR_NOT_FOUND` without
+ * TLS. Buffer rules as `mcsync_publisher_control_addr`. Thread-safe.
+ */
+enum mcsync_status mcsync_relay_fingerprint(const struct mcsync_relay *relay,
+                                            char *buf,
+                                            size_t len,
+                                            size_t *written);
+
+/**
+ * Writes the control address downstream subscribers connect to, "ip:port" and a NUL (64
+ * bytes suffice). Buffer rules as `mcsync_publisher_control_addr`. Thread-safe.
+ */
+enum mcsync_status mcsync_relay_control_addr(const struct mcsync_relay *relay,
+                                             char *buf,
+                                             size_t len,
+                                             size_t *written);
+
+/**
+ * Writes the version database `name` is relayed up to (journaled by the relay) to
+ * `*version`. `MCSYNC_ERR_CLOSED` after `mcsync_relay_close`. Thread-safe.
+ */
+enum mcsync_status mcsync_relay_version(const struct mcsync_relay *relay,
+                                        const char *name,
+                                        uint64_t *version);
+
+/**
+ * Writes the relay's own key epoch of database `name` to `*epoch` (upstream keys never
+ * reach downstream). Thread-safe.
+ */
+enum mcsync_status mcsync_relay_key_epoch(const struct mcsync_relay *relay,
+                                          const char *name,
+                                          uint32_t *epoch);
+
+/**
+ * Rotates the relay's key of database `name` and, if `epoch` is not NULL, writes the new
+ * epoch to `*epoch`. Thread-safe.
+ */
+enum mcsync_status mcsync_relay_rotate_key(const struct mcsync_relay *relay,
+                                           const char *name,
+                                           uint32_t *epoch);
+
+/**
+ * Cuts downstream `user` off (as `mcsync_publisher_revoke` on the relay's own publisher).
+ * `user` is borrowed for the call only. Thread-safe.
+ */
+enum mcsync_status mcsync_relay_revoke(const struct mcsync_relay *relay, const char *user);
+
+/**
+ * Takes a snapshot of the relay's own counters (`imported`, `import_errors`, `resets`,
+ * `resubscribes`). On success `*out_stats` receives a new object the caller frees with
+ * `mcsync_stats_free`. Thread-safe.
+ */
+enum mcsync_status mcsync_relay_stats(const struct mcsync_relay *relay,
+                                      struct mcsync_stats **out_stats);
+
+/**
+ * Closes the relay: its upstream subscriptions stop, then its publisher closes (what it
+ * journaled stays; a relay opened again on the same directories resumes after it). Later
+ * calls fail with `MCSYNC_ERR_CLOSED`; closing again is a no-op. Thread-safe; blocks until
+ * its threads have stopped.
+ */
+enum mcsync_status mcsync_relay_close(const struct mcsync_relay *relay);
+
+/**
+ * Closes the relay if still open, then frees the handle. NULL is a no-op. No other thread
+ * may be using the handle.
+ */
+void mcsync_relay_free(struct mcsync_relay *relay);
 
 /**
  * Writes the number of counters in the snapshot to `*count`. Thread-safe.

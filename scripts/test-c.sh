@@ -18,6 +18,9 @@
 #                   subscription (no crash, no deadlock; each an error code and a message)
 #   4b. twophase    two C two-phase participants, one refusing through its vote callback
 #                   (the error names it); prepare/rollback/commit; verify reports agreement
+#   4d. relay       test_relay.c: a publisher, a relay (mcsync_relay_open) and a subscriber of
+#                   the relay; the downstream replica equals the master, the relay's key epoch
+#                   is its own, its stats count every import; misuse gives status codes
 #   4c. users       a users file written with mcsync_users_add; each user gets its grant;
 #                   bad arguments are errors
 #   5. valgrind     converge (small), misuse, twophase and users under valgrind --leak-check=full
@@ -299,6 +302,9 @@ run misuse 180 "$BIN/test_mcsync" misuse "$WORK/misuse" "$(group 30)" "$(port 30
 
 echo "== 4b. twophase"
 run twophase 120 "$BIN/test_mcsync" twophase "$WORK/twophase" "$(group 35)" "$(port 35)"
+
+echo "== 4d. relay"
+run relay 180 "$BIN/test_relay" "$WORK/relay" "$(group 45)" "$(port 45)"
 
 echo "== 4c. users"
 run users 120 "$BIN/test_mcsync" users "$WORK/users" "$(group 37)" "$(port 37)"

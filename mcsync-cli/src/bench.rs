@@ -4,7 +4,9 @@
 //! Sections: (a) throughput beside the raw multicast limit, (b) publish→applied latency at
 //! a fixed offered rate and the time to recover a lost last update, (c) publisher egress
 //! bytes per update beside unicast TCP fan-out, (d) repair cost under injected loss, (e)
-//! unicast-only subscribers (pushed to by unicast UDP) beside multicast and polling.
+//! unicast-only subscribers (pushed to by unicast UDP) beside multicast and polling, (f)
+//! resident memory of a publisher and a subscriber process, (g) a relay tier (master →
+//! relay → subscribers).
 
 mod baseline;
 mod cluster;
@@ -12,6 +14,7 @@ mod memory;
 mod plot;
 mod push_cost;
 mod redis;
+mod relay;
 mod report;
 mod scenarios;
 mod unicast;
@@ -69,12 +72,12 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
     /// Sections to run, comma-separated: throughput, latency, fanout, repair, unicast,
-    /// memory (default all).
+    /// memory, relay (default all).
     /// (default all).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,fanout,repair,unicast,memory"
+        default_value = "throughput,latency,fanout,repair,unicast,memory,relay"
     )]
     sections: Vec<Section>,
     /// Threads publishing concurrently; their durable commits share journal fsyncs (group
@@ -169,6 +172,8 @@ pub enum Section {
     /// (f) resident memory of a publisher and a subscriber process, steady and under a
     /// backlog.
     Memory,
+    /// (g) a relay tier: master → relay → subscribers.
+    Relay,
 }
 
 /// Counts of one run (full or quick).
@@ -259,7 +264,8 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
             0
         }
         + 2 * usize::from(a.redis)
-        + 2 * usize::from(has(Section::Memory));
+        + 2 * usize::from(has(Section::Memory))
+        + if has(Section::Relay) { 2 } else { 0 };
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
@@ -346,6 +352,10 @@ pub fn run(a: BenchArgs) -> BenchResult<ExitCode> {
         if has(Section::Memory) {
             report.memory = Some(memory::memory(&mut ctx, &counts)?);
             lap("memory", &mut report);
+        }
+        if has(Section::Relay) {
+            report.relay = Some(relay::relay(&mut ctx, counts.fanout, a.subscribers)?);
+            lap("relay", &mut report);
         }
         if a.redis {
             bar.set_message("Redis replication, side by side");

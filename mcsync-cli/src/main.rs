@@ -1,8 +1,9 @@
-//! The `mcsync` command: demo, serve, subscribe, status, users, bench.
+//! The `mcsync` command: demo, serve, subscribe, relay, status, users, bench.
 
 mod bench;
 mod demo;
 mod metrics_http;
+mod relay;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Subscribe to a database and print every update as it is applied.
     Subscribe(serve::SubscribeArgs),
+    /// Relay: subscribe to databases of an upstream publisher and re-publish them to
+    /// another multicast group and interface, with the relay's own journal, control server,
+    /// TLS identity, users file and keys. Runs until SIGINT or SIGTERM.
+    Relay(relay::RelayArgs),
     /// Print the databases, versions and record counts held in a data directory.
     Status(serve::StatusArgs),
     /// Compare a subscriber's replica with the publisher's state by range digests; print
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::Serve(a) => serve::serve(a),
         Command::Subscribe(a) => serve::subscribe(a),
+        Command::Relay(a) => relay::relay(a),
         Command::Status(a) => serve::status(a),
         Command::Users(c) => serve::users(c),
         Command::Verify(a) => serve::verify(a),

@@ -101,7 +101,7 @@ impl ConnectArgs {
     /// A subscriber configuration storing in `data_dir` for the publisher these name; the
     /// fingerprint is checked by core's parser, the password read from its file or the
     /// environment.
-    fn subscriber_config(
+    pub(crate) fn subscriber_config(
         &self,
         data_dir: &Path,
     ) -> Result<SubscriberConfig, Box<dyn std::error::Error>> {

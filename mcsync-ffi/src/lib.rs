@@ -47,6 +47,9 @@ mod subscriber;
 /// Resync and verification reports.
 mod resync;
 
+/// Relays.
+mod relay;
+
 /// Counter snapshots.
 mod stats;
 
@@ -66,6 +69,7 @@ pub use error::{mcsync_last_error, mcsync_status, mcsync_status_str};
 pub use library::mcsync_version;
 pub use logging::*;
 pub use publisher::*;
+pub use relay::*;
 pub use resync::*;
 pub use stats::*;
 pub use subscriber::*;

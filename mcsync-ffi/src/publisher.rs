@@ -186,7 +186,7 @@ pub unsafe extern "C" fn mcsync_publisher_fingerprint(
 
 /// Copies `text` and a NUL into `buf` of `len` bytes; on success or when it does not fit,
 /// `*written` gets the text's length.
-unsafe fn write_c_string(
+pub(crate) unsafe fn write_c_string(
     text: &str,
     buf: *mut c_char,
     len: usize,

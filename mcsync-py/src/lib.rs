@@ -12,6 +12,7 @@ mod delivery;
 mod errors;
 mod lifecycle;
 mod publisher;
+mod relay;
 mod resync;
 mod security;
 mod subscriber;
@@ -47,6 +48,7 @@ fn _mcsync(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<subscriber::PySubscriber>()?;
     m.add_class::<subscriber::PySubscription>()?;
     m.add_class::<subscriber::PyUpdateIterator>()?;
+    m.add_class::<relay::PyRelay>()?;
     m.add_class::<resync::PyResyncReport>()?;
     m.add_class::<update::PyUpdate>()?;
     m.add_class::<update::PyOp>()?;

@@ -134,6 +134,10 @@ impl Drop for PubShared {
     }
 }
 
+/// A ``Publisher`` configuration (``Publisher._config(...)``), for ``Relay``.
+#[pyclass(frozen, module = "mcsync", name = "_PublisherConfig")]
+pub(crate) struct PyPublisherConfig(pub(crate) mcsync::PublisherConfig);
+
 /// The master side: journals every committed update durably, multicasts it once, and
 /// answers registrations and repair requests on its control address.
 ///
@@ -232,6 +236,100 @@ impl PyPublisher {
         registration_expiry: Option<f64>,
         max_unicast_targets: Option<usize>,
     ) -> PyResult<Self> {
+        let c = Self::config(
+            py,
+            data_dir,
+            group,
+            group_count,
+            port,
+            port_count,
+            control_addr,
+            interface,
+            ttl,
+            certificate,
+            private_key,
+            insecure_loopback,
+            users,
+            authenticator,
+            open_access,
+            key_rotation_interval,
+            schedule,
+            rotate_key_at_window_start,
+            multicast_on_first_subscription,
+            datagram_bytes,
+            max_packets_per_sec,
+            max_bytes_per_sec,
+            max_update_bytes,
+            map_size,
+            retention_max_bytes,
+            retention_max_age,
+            retention_min_count,
+            retention_min_free_disk_bytes,
+            durability,
+            registration_expiry,
+            max_unicast_targets,
+        )?
+        .0;
+        let shared = interruptible(py, "open-publisher", move || {
+            mcsync::Publisher::open(c).map(|p| Arc::new(PubShared::new(p)))
+        })?
+        .or_raise(py)?;
+        track_publisher(&shared);
+        Ok(PyPublisher {
+            shared: ReleaseOnDrop::new(shared),
+        })
+    }
+
+    /// The options of ``Publisher(...)`` as a configuration, without opening anything:
+    /// how ``Relay`` takes its downstream side.
+    #[staticmethod]
+    #[pyo3(name = "_config")]
+    #[pyo3(signature = (
+        data_dir, *, group = None, group_count = None, port = None, port_count = None,
+        control_addr = None, interface = None, ttl = None, certificate = None,
+        private_key = None, insecure_loopback = false, users = None, authenticator = None,
+        open_access = false, key_rotation_interval = None, schedule = None,
+        rotate_key_at_window_start = false, multicast_on_first_subscription = false,
+        datagram_bytes = None, max_packets_per_sec = None, max_bytes_per_sec = None,
+        max_update_bytes = None, map_size = None, retention_max_bytes = None,
+        retention_max_age = None, retention_min_count = None,
+        retention_min_free_disk_bytes = None, durability = "sync", registration_expiry = None,
+        max_unicast_targets = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn config(
+        py: Python<'_>,
+        data_dir: PathBuf,
+        group: Option<&str>,
+        group_count: Option<u32>,
+        port: Option<u16>,
+        port_count: Option<u16>,
+        control_addr: Option<&Bound<'_, PyAny>>,
+        interface: Option<&str>,
+        ttl: Option<u32>,
+        certificate: Option<PathBuf>,
+        private_key: Option<PathBuf>,
+        insecure_loopback: bool,
+        users: Option<PathBuf>,
+        authenticator: Option<Bound<'_, PyAny>>,
+        open_access: bool,
+        key_rotation_interval: Option<f64>,
+        schedule: Option<&Bound<'_, PyAny>>,
+        rotate_key_at_window_start: bool,
+        multicast_on_first_subscription: bool,
+        datagram_bytes: Option<usize>,
+        max_packets_per_sec: Option<u64>,
+        max_bytes_per_sec: Option<u64>,
+        max_update_bytes: Option<usize>,
+        map_size: Option<usize>,
+        retention_max_bytes: Option<u64>,
+        retention_max_age: Option<f64>,
+        retention_min_count: Option<u64>,
+        retention_min_free_disk_bytes: Option<u64>,
+        durability: &str,
+        registration_expiry: Option<f64>,
+        max_unicast_targets: Option<usize>,
+    ) -> PyResult<PyPublisherConfig> {
         let mut c = mcsync::PublisherConfig::new(data_dir);
         if let Some(secs) = registration_expiry {
             c.registration_expiry = seconds_arg(py, secs, "registration_expiry")?;
@@ -298,14 +396,7 @@ impl PyPublisher {
         m.max_bytes_per_sec = max_bytes_per_sec.unwrap_or(m.max_bytes_per_sec);
         c.max_update_bytes = max_update_bytes.unwrap_or(c.max_update_bytes);
         c.map_size = map_size.unwrap_or(c.map_size);
-        let shared = interruptible(py, "open-publisher", move || {
-            mcsync::Publisher::open(c).map(|p| Arc::new(PubShared::new(p)))
-        })?
-        .or_raise(py)?;
-        track_publisher(&shared);
-        Ok(PyPublisher {
-            shared: ReleaseOnDrop::new(shared),
-        })
+        Ok(PyPublisherConfig(c))
     }
 
     /// SHA-256 fingerprint of the control channel's certificate (64 hex digits), for

@@ -24,6 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A ``Subscriber`` configuration (``Subscriber._config(...)``), for ``Relay``.
+#[pyclass(frozen, module = "mcsync", name = "_SubscriberConfig")]
+pub(crate) struct PySubscriberConfig(pub(crate) mcsync::SubscriberConfig);
+
 /// The replica side: a local LMDB store holding replicas of the databases it subscribes to.
 ///
 /// ``Subscriber(data_dir, control_addr=publisher.control_addr,
@@ -162,6 +166,94 @@ impl PySubscriber {
         replica_flush_interval: Option<f64>,
         unicast: bool,
     ) -> PyResult<Self> {
+        let c = Self::config(
+            py,
+            data_dir,
+            control_addr,
+            server,
+            fingerprint,
+            ca_file,
+            server_name,
+            insecure_loopback,
+            user,
+            secret,
+            interface,
+            loss,
+            loss_seed,
+            loss_burst,
+            recv_buffer_bytes,
+            channel_capacity,
+            reorder_buffer_bytes,
+            repair_delay,
+            repair_retry,
+            repair_io_timeout,
+            silence_timeout,
+            max_update_bytes,
+            map_size,
+            client_name,
+            compact_catch_up_after,
+            replica_durability,
+            replica_flush_interval,
+            unicast,
+        )?
+        .0;
+        let server = c.server;
+        let core = interruptible(py, "open-subscriber", move || {
+            mcsync::Subscriber::open(c).map(Arc::new)
+        })?
+        .or_raise(py)?;
+        track_subscriber(&core);
+        Ok(PySubscriber {
+            core: ReleaseOnDrop::new(core),
+            server,
+        })
+    }
+
+    /// The options of ``Subscriber(...)`` as a configuration, without opening anything:
+    /// how ``Relay`` takes its upstream side.
+    #[staticmethod]
+    #[pyo3(name = "_config")]
+    #[pyo3(signature = (
+        data_dir, *, control_addr = None, server = None, fingerprint = None, ca_file = None,
+        server_name = None,
+        insecure_loopback = false, user = "", secret = "", interface = None, loss = None,
+        loss_seed = 0, loss_burst = 1, recv_buffer_bytes = None, channel_capacity = None,
+        reorder_buffer_bytes = None, repair_delay = None, repair_retry = None,
+        repair_io_timeout = None, silence_timeout = None, max_update_bytes = None,
+        map_size = None, client_name = None, compact_catch_up_after = None,
+        replica_durability = "periodic", replica_flush_interval = None, unicast = false
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn config(
+        py: Python<'_>,
+        data_dir: PathBuf,
+        control_addr: Option<&Bound<'_, PyAny>>,
+        server: Option<&Bound<'_, PyAny>>,
+        fingerprint: Option<String>,
+        ca_file: Option<PathBuf>,
+        server_name: Option<String>,
+        insecure_loopback: bool,
+        user: &str,
+        secret: &str,
+        interface: Option<&str>,
+        loss: Option<f64>,
+        loss_seed: u64,
+        loss_burst: u32,
+        recv_buffer_bytes: Option<usize>,
+        channel_capacity: Option<usize>,
+        reorder_buffer_bytes: Option<usize>,
+        repair_delay: Option<f64>,
+        repair_retry: Option<f64>,
+        repair_io_timeout: Option<f64>,
+        silence_timeout: Option<f64>,
+        max_update_bytes: Option<usize>,
+        map_size: Option<usize>,
+        client_name: Option<String>,
+        compact_catch_up_after: Option<u64>,
+        replica_durability: &str,
+        replica_flush_interval: Option<f64>,
+        unicast: bool,
+    ) -> PyResult<PySubscriberConfig> {
         let server = match (control_addr, server) {
             (Some(a), None) => socket_addr_arg(py, a, "control_addr")?,
             (None, Some(a)) => {
@@ -221,15 +313,7 @@ impl PySubscriber {
         c.compact_catch_up_after = compact_catch_up_after.unwrap_or(c.compact_catch_up_after);
         c.replica_durability =
             replica_durability_arg(py, replica_durability, replica_flush_interval)?;
-        let core = interruptible(py, "open-subscriber", move || {
-            mcsync::Subscriber::open(c).map(Arc::new)
-        })?
-        .or_raise(py)?;
-        track_subscriber(&core);
-        Ok(PySubscriber {
-            core: ReleaseOnDrop::new(core),
-            server,
-        })
+        Ok(PySubscriberConfig(c))
     }
 
     /// Subscribes to database ``name`` and returns its ``Subscription``, after catching up

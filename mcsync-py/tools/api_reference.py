@@ -27,6 +27,7 @@ CLASSES = [
     "Subscription",
     "UpdateIterator",
     "ResyncReport",
+    "Relay",
     "Update",
     "Op",
     "Grant",

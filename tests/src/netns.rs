@@ -94,10 +94,18 @@ impl Net {
         let inside = format!("v{}x{}", self.links, self.id);
         let port = format!("w{}x{}", self.links, self.id);
         ip(&[
-            "link", "add", &inside, "netns", ns, "type", "veth", "peer", "name", &port,
-            "netns", &switch.ns,
+            "link", "add", &inside, "netns", ns, "type", "veth", "peer", "name", &port, "netns",
+            &switch.ns,
         ]);
-        ip(&["-n", &switch.ns, "link", "set", &port, "master", &switch.bridge]);
+        ip(&[
+            "-n",
+            &switch.ns,
+            "link",
+            "set",
+            &port,
+            "master",
+            &switch.bridge,
+        ]);
         ip(&["-n", &switch.ns, "link", "set", &port, "up"]);
         ip(&["-n", ns, "addr", "add", cidr, "dev", &inside]);
         ip(&["-n", ns, "link", "set", &inside, "up"]);

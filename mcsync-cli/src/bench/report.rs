@@ -22,6 +22,7 @@ pub struct Report {
     pub(super) unicast: Vec<UnicastRow>,
     pub(super) push_cost: Vec<PushCostRow>,
     pub(super) memory: Option<super::memory::MemoryRow>,
+    pub(super) relay: Option<super::relay::RelayRow>,
     pub(super) redis: Vec<redis::RedisResult>,
     pub(super) targets: Vec<Target>,
 }
@@ -373,6 +374,9 @@ pub(super) fn print_tables(r: &Report) {
     }
     if let Some(m) = &r.memory {
         super::memory::print(m);
+    }
+    if let Some(x) = &r.relay {
+        super::relay::print_relay(x);
     }
     for x in &r.redis {
         println!(

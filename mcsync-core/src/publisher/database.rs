@@ -116,7 +116,11 @@ pub(super) fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbSha
     let group = group_for(m, index)?;
     let tables = inner.store.tables(name)?;
     let latest = inner.store.last_version(name)?;
-    let oldest = inner.store.oldest_version(tables)?.max(1);
+    // An empty journal after commits (a relay replaced the database) holds nothing yet.
+    let oldest = match inner.store.oldest_version(tables)? {
+        0 if latest > 0 => latest + 1,
+        v => v.max(1),
+    };
     let stream_id = inner.store.next_stream_id()?;
     // Drawn once per database and kept: replicas compare it to tell a changed history.
     let incarnation = inner.store.incarnation(name)?;

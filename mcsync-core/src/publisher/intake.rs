@@ -21,6 +21,16 @@ pub(super) struct CommitRequest {
     pub(super) db: Arc<DbShared>,
     pub(super) ops: Vec<Op>,
     pub(super) reply: chan::Sender<Result<u64>>,
+    /// A relay's import: the update must get exactly this version and keeps the
+    /// upstream's commit timestamp (see [`Database::import`](super::Database::import)).
+    pub(super) import: Option<Imported>,
+}
+
+/// The version and timestamp an imported update keeps.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Imported {
+    pub(super) version: u64,
+    pub(super) timestamp_us: u64,
 }
 
 /// A two-phase update asking for a version.
@@ -178,27 +188,45 @@ impl IntakeThread<'_> {
         self.rounds.begin(p, &mut self.seq, self.ctx);
     }
 
-    /// Assigns the next versions to a group of one-phase commits.
-    fn stage(seq: &mut Sequencer<Intake>, batch: &mut [CommitRequest]) -> Vec<Staged> {
+    /// Assigns the next versions to a group of one-phase commits. An import whose version
+    /// is not the next one is answered with an error here and leaves the group.
+    fn stage(
+        seq: &mut Sequencer<Intake>,
+        batch: &mut Vec<CommitRequest>,
+        c: &PublisherCounters,
+    ) -> Vec<Staged> {
         let ts = wall_clock_us();
-        batch
-            .iter_mut()
-            .map(|r| {
-                let committed = r.db.committed.load(std::sync::atomic::Ordering::SeqCst);
-                let update = Update {
-                    version: seq.take_version(&r.db.name, committed),
-                    timestamp_us: ts,
-                    ops: std::mem::take(&mut r.ops),
-                    reset: false,
-                };
-                let encoded = Arc::new(update_to_vec(&update));
-                Staged {
-                    db: r.db.clone(),
-                    update,
-                    encoded,
+        let mut staged = Vec::with_capacity(batch.len());
+        batch.retain_mut(|r| {
+            let committed = r.db.committed.load(std::sync::atomic::Ordering::SeqCst);
+            let next = seq.next_version(&r.db.name, committed);
+            let timestamp_us = match r.import {
+                Some(i) if i.version != next => {
+                    crate::stats::inc(&c.commits_refused);
+                    let _ = r.reply.send(Err(Error::Config(format!(
+                        "import into database {:?}: version {} is not the next one ({next})",
+                        r.db.name, i.version
+                    ))));
+                    return false;
                 }
-            })
-            .collect()
+                Some(i) => i.timestamp_us,
+                None => ts,
+            };
+            let update = Update {
+                version: seq.take_version(&r.db.name, committed),
+                timestamp_us,
+                ops: std::mem::take(&mut r.ops),
+                reset: false,
+            };
+            let encoded = Arc::new(update_to_vec(&update));
+            staged.push(Staged {
+                db: r.db.clone(),
+                update,
+                encoded,
+            });
+            true
+        });
+        staged
     }
 
     /// Commits a group of one-phase commits: with `Durability::Sync` journals them and then
@@ -213,7 +241,10 @@ impl IntakeThread<'_> {
             }
             return;
         }
-        let staged = Self::stage(&mut self.seq, &mut batch);
+        let staged = Self::stage(&mut self.seq, &mut batch, c);
+        if staged.is_empty() {
+            return;
+        }
         let result = match writer {
             Some(w) => {
                 for (r, s) in batch.iter().zip(&staged) {

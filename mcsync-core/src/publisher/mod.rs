@@ -13,6 +13,7 @@
 
 mod coordinator;
 mod database;
+mod import;
 mod intake;
 mod journal;
 mod maintenance;

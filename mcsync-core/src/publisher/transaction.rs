@@ -113,8 +113,14 @@ impl Transaction {
     /// discards its answer. Errors found before handing it over (an empty transaction, a
     /// closed publisher) are returned here.
     pub fn submit(self) -> Result<Pending<u64>> {
-        let rx =
-            self.send_to_intake(|db, ops, reply| Intake::Commit(CommitRequest { db, ops, reply }))?;
+        let rx = self.send_to_intake(|db, ops, reply| {
+            Intake::Commit(CommitRequest {
+                db,
+                ops,
+                reply,
+                import: None,
+            })
+        })?;
         Ok(Pending::new(rx))
     }
 

@@ -2,6 +2,7 @@
 //! replicas. One write transaction is one unit of durability; readers never see half of one.
 
 pub mod publisher;
+mod publisher_reset;
 mod state_writer;
 pub mod subscriber;
 pub mod unsynced;

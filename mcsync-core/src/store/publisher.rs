@@ -115,6 +115,7 @@ impl PublisherStore {
             core.tables(&name)?;
         }
         core.migrate_journal()?;
+        core.finish_resets()?;
         core.reconcile_journal()?;
         core.apply_journal()?;
         let writer = super::state_writer::StateWriter::start(&core)?;

@@ -25,6 +25,7 @@ __all__ = [
     "Database",
     "Transaction",
     "Prepared",
+    "Relay",
     "Subscriber",
     "Subscription",
     "UpdateIterator",
@@ -318,6 +319,46 @@ class Publisher:
     def close(self) -> None:
         """Stops every thread. Idempotent."""
     def __enter__(self) -> Publisher: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> None: ...
+
+@final
+class Relay:
+    """Re-publishes databases of an upstream publisher; a context manager."""
+
+    def __new__(
+        cls,
+        *,
+        upstream: dict[str, Any],
+        downstream: dict[str, Any],
+        databases: list[str],
+    ) -> Relay: ...
+    @property
+    def fingerprint(self) -> str | None:
+        """SHA-256 fingerprint of the relay's own certificate."""
+    @property
+    def control_addr(self) -> tuple[str, int]:
+        """``(host, port)`` downstream subscribers connect to."""
+    def version(self, name: str) -> int:
+        """The version database ``name`` is relayed up to."""
+    def key_epoch(self, name: str) -> int:
+        """The relay's own key epoch of database ``name``."""
+    def rotate_key(self, name: str) -> int:
+        """Rotates the relay's key of database ``name``; returns the new epoch."""
+    def revoke(self, user: str) -> None:
+        """Cuts downstream ``user`` off."""
+    def stats(self) -> dict[str, int]:
+        """The relay's own counters."""
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None:
+        """Stops the upstream subscriptions, then the relay's publisher. Idempotent."""
+    def __enter__(self) -> Relay: ...
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
