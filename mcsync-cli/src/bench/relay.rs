@@ -1,4 +1,4 @@
-//! (e) A relay tier: a master, a relay of its database, and N subscribers of the relay.
+//! (g) A relay tier: a master, a relay of its database, and N subscribers of the relay.
 //! Throughput from the master's commits to the last downstream replica, latency from the
 //! master's commit (its timestamp, which the relay keeps) to a downstream callback, and the
 //! egress of each publisher.
@@ -90,7 +90,7 @@ fn publish_paced(db: &Database, vals: &[Vec<u8>], rate: u64) -> BenchResult<u64>
 /// (e): master → relay → `n` subscribers.
 pub(super) fn relay(ctx: &mut Ctx, count: usize, n: usize) -> BenchResult<RelayRow> {
     ctx.bar.set_message(format!(
-        "(e) relay: {count} updates of 1 KiB, master → relay → {n} subscribers"
+        "(g) relay: {count} updates of 1 KiB, master → relay → {n} subscribers"
     ));
     let master = Cluster::open(ctx, 0, None, 0)?;
     let dir = tempfile::Builder::new()
@@ -188,7 +188,7 @@ pub(super) fn relay(ctx: &mut Ctx, count: usize, n: usize) -> BenchResult<RelayR
 /// Table (e).
 pub(super) fn print_relay(x: &RelayRow) {
     println!(
-        "\n(e) Relay tier: master → relay → {} subscribers, 1 KiB values (relay journal {})",
+        "\n(g) Relay tier: master → relay → {} subscribers, 1 KiB values (relay journal {})",
         x.subscribers, x.relay_durability
     );
     println!(
