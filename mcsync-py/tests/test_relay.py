@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,10 @@ def test_a_downstream_replica_of_a_relay_equals_the_master(tmp_path: Path) -> No
                 assert seen == list(range(1, db.version + 1))
             assert relay.version("ledger") == db.version
             assert relay.key_epoch("ledger") == epoch
+            # An import is counted once its outcome is collected, just after it is journaled.
+            deadline = time.monotonic() + CONVERGE
+            while relay.stats()["imported"] < db.version and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert relay.stats()["imported"] == db.version
         assert relay.closed
         with pytest.raises(mcsync.ClosedError):

@@ -22,7 +22,7 @@
 //!   resumes after its journal's last durable version and imports the rest again from
 //!   upstream, with the same content. `Async` only answers imports sooner, so the journal
 //!   writer pipelines behind the intake: about 1.4× the throughput (docs/BENCHMARKS.md,
-//!   section (e)); `mcsync relay` uses it by default.
+//!   section (g)); `mcsync relay` uses it by default.
 //! - **Two-phase updates** upstream reach the relay's callbacks only once committed; the
 //!   downstream sees them as ordinary one-phase commits (the relay is no participant).
 //! - **Access groups**: the relay's replica holds only what its upstream grant allows;
