@@ -298,9 +298,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|key_hashes| Message::FetchRequest { key_hashes }),
         (
             prop::collection::vec(any::<u8>(), 0..64),
-            prop::collection::vec(any::<u8>(), 0..200)
+            prop::collection::vec(any::<u8>(), 0..200),
+            prop::collection::vec(arb_group(), 0..=32)
         )
-            .prop_map(|(key, value)| Message::FetchRecord { key, value }),
+            .prop_map(|(key, value, groups)| Message::FetchRecord { key, value, groups }),
         any::<u64>().prop_map(|missing| Message::FetchEnd { missing }),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
             |(current_version, oldest_version, incarnation)| Message::Status {
