@@ -515,5 +515,8 @@ fn access_groups_survive_a_hash_resync_of_the_relays_upstream() {
     assert!(db.oldest_version() > away_at + 1, "journal trimmed");
     let relay = Relay::open(relay_cfg).unwrap();
     down.check(&db);
+    let up = relay.upstream_stats(DB).expect("subscribed upstream");
+    eprintln!("upstream: {up:?}");
+    eprintln!("relay after the resync: {:?}", relay.stats());
     relay.close().unwrap();
 }
