@@ -269,7 +269,12 @@ fn groups_of(updates: &[mcsync::Update]) -> std::collections::BTreeMap<String, V
         .iter()
         .flat_map(|u| &u.ops)
         .filter(|op| op.kind == mcsync::OpKind::Put)
-        .map(|op| (String::from_utf8_lossy(&op.key).into_owned(), op.groups.clone()))
+        .map(|op| {
+            (
+                String::from_utf8_lossy(&op.key).into_owned(),
+                op.groups.clone(),
+            )
+        })
         .collect()
 }
 
@@ -334,9 +339,7 @@ fn a_hash_resync_and_a_reset_hand_the_host_each_records_access_groups() {
     // replica: every record with its groups, kept by live apply and by the resync alike.
     let s = open_subscriber(&sdir, &p, None);
     let (sub, handed) = keep_updates(&s, Some(v1));
-    wait_until(CONVERGE, || {
-        handed.lock().unwrap().iter().any(|u| u.reset)
-    });
+    wait_until(CONVERGE, || handed.lock().unwrap().iter().any(|u| u.reset));
     let handed = handed.lock().unwrap();
     let reset: Vec<_> = handed.iter().filter(|u| u.reset).cloned().collect();
     let want: std::collections::BTreeMap<String, Vec<String>> = [

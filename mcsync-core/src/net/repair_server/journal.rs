@@ -80,8 +80,7 @@ pub(super) fn fetch(
     for (key, record) in keys.into_iter().zip(records) {
         // Deleted since the snapshot, or restricted since to groups this user does not
         // hold: absent for this replica (it deletes its copy).
-        let Some((value, groups)) = record.filter(|(_, groups)| visible(groups, &s.groups))
-        else {
+        let Some((value, groups)) = record.filter(|(_, groups)| visible(groups, &s.groups)) else {
             missing += 1;
             continue;
         };
