@@ -3,6 +3,8 @@
 
 pub mod publisher;
 mod publisher_reset;
+#[cfg(test)]
+mod replica_acl_tests;
 mod state_writer;
 pub mod subscriber;
 pub mod unsynced;
