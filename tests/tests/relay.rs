@@ -469,7 +469,9 @@ fn access_groups_survive_an_upstream_reset_of_the_relay() {
     // same in both histories: the relay's resync keeps its copies, not fetched).
     let master = Publisher::open(cfg.clone()).unwrap();
     let db = master.database(DB).unwrap();
-    (100..200).for_each(|i| drop(commit_g1(&db, i, 20)));
+    for i in 100..200 {
+        commit_g1(&db, i, 20);
+    }
     let relay = Relay::open(g1_relay_config(dir.path(), &master)).unwrap();
     let down = G1Downstream::open(dir.path(), &relay);
     down.check(&db);
@@ -481,11 +483,15 @@ fn access_groups_survive_an_upstream_reset_of_the_relay() {
     copy_dir(&dir.path().join("backup"), &pdir);
     let master = Publisher::open(cfg).unwrap();
     let db = master.database(DB).unwrap();
-    (5_000..5_080).for_each(|i| drop(commit_g1(&db, i, 20)));
+    for i in 5_000..5_080 {
+        commit_g1(&db, i, 20);
+    }
     wait_until(CONVERGE, || relay.stats().resets >= 1);
     down.check(&db);
     // Later updates keep their groups too.
-    (6_000..6_030).for_each(|i| drop(commit_g1(&db, i, 40)));
+    for i in 6_000..6_030 {
+        commit_g1(&db, i, 40);
+    }
     down.check(&db);
     relay.close().unwrap();
 }
@@ -503,7 +509,9 @@ fn access_groups_survive_a_hash_resync_of_the_relays_upstream() {
     };
     let master = Publisher::open(cfg).unwrap();
     let db = master.database(DB).unwrap();
-    (0..40).for_each(|i| drop(commit_g1(&db, i, 20)));
+    for i in 0..40 {
+        commit_g1(&db, i, 20);
+    }
     let mut relay_cfg = g1_relay_config(dir.path(), &master);
     let relay = Relay::open(relay_cfg.clone()).unwrap();
     relay_cfg.downstream.control_addr = relay.control_addr();
@@ -514,7 +522,9 @@ fn access_groups_survive_a_hash_resync_of_the_relays_upstream() {
     drop(relay);
     // Away: records change and new restricted ones appear, in more transactions than the
     // journal keeps, and the journal is trimmed past the relay.
-    (40..100).for_each(|i| drop(commit_g1(&db, i, 40)));
+    for i in 40..100 {
+        commit_g1(&db, i, 40);
+    }
     master.apply_retention().unwrap();
     assert!(db.oldest_version() > away_at + 1, "journal trimmed");
     let relay = Relay::open(relay_cfg).unwrap();
