@@ -738,3 +738,21 @@ fn a_packet_sealed_for_another_sequence_or_stream_does_not_open() {
         assert_eq!(ring.open(&moved, s), Err(OpenError::BadTag));
     }
 }
+
+#[test]
+fn a_fetch_record_with_too_many_or_empty_group_names_fails_the_parse() {
+    let record = |groups: Vec<String>| {
+        Message::FetchRecord {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            groups,
+        }
+        .to_vec()
+    };
+    let ok = record(vec!["g".into(); 32]);
+    assert!(Message::parse(&ok[4..]).is_ok());
+    for bad in [vec!["g".to_string(); 33], vec!["g".into(), String::new()]] {
+        let frame = record(bad.clone());
+        assert!(Message::parse(&frame[4..]).is_err(), "{} groups", bad.len());
+    }
+}
