@@ -102,7 +102,7 @@ pub(crate) fn run(
     };
     let mut puts = Vec::new();
     for chunk in planner.to_fetch().chunks(MAX_FETCH_PER_REQUEST) {
-        client.fetch(chunk, |k, v| puts.push((k, v)))?;
+        client.fetch(chunk, |op| puts.push(op))?;
     }
     let deletes: Vec<Vec<u8>> = planner
         .to_delete()
@@ -227,15 +227,16 @@ fn journal_tail(client: &mut RepairClient, version: u64, limits: &Limits) -> Res
     Ok(journal)
 }
 
-/// What the host is shown of a resync.
+/// What the host is shown of a resync. Fetched puts keep their access groups, so a host
+/// (or a relay re-publishing them) keeps each record's restriction.
 fn shown_updates(
     deletes: &[Vec<u8>],
-    puts: &[(Vec<u8>, Vec<u8>)],
+    puts: &[Op],
     shown_journal: Vec<Update>,
     new_version: u64,
 ) -> Vec<Update> {
     let mut ops: Vec<Op> = deletes.iter().cloned().map(Op::delete).collect();
-    ops.extend(puts.iter().map(|(k, v)| Op::put(k.clone(), v.clone())));
+    ops.extend(puts.iter().cloned());
     // The fetched values are the publisher's current ones, possibly newer than the
     // snapshot: the changes alone are no master state, only together with the journal
     // after the snapshot. So the host gets them as one update at the version reached (as

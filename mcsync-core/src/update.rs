@@ -62,7 +62,7 @@ pub struct Update {
     pub ops: Vec<Op>,
     /// Only in what a subscription hands its host, never on the wire: this update
     /// **replaces the host's whole state**. `ops` are puts of every record the replica
-    /// holds at `version`; the host drops everything else it kept from this database
+    /// holds at `version`, each with the record's access groups; the host drops everything else it kept from this database
     /// first. Sent when the updates after the host's version can no longer be delivered
     /// one by one (the journal no longer reaches back that far) and when the master's
     /// history changed (a publisher restored from an older copy); see

@@ -298,9 +298,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|key_hashes| Message::FetchRequest { key_hashes }),
         (
             prop::collection::vec(any::<u8>(), 0..64),
-            prop::collection::vec(any::<u8>(), 0..200)
+            prop::collection::vec(any::<u8>(), 0..200),
+            prop::collection::vec(arb_group(), 0..=32)
         )
-            .prop_map(|(key, value)| Message::FetchRecord { key, value }),
+            .prop_map(|(key, value, groups)| Message::FetchRecord { key, value, groups }),
         any::<u64>().prop_map(|missing| Message::FetchEnd { missing }),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
             |(current_version, oldest_version, incarnation)| Message::Status {
@@ -735,5 +736,23 @@ fn a_packet_sealed_for_another_sequence_or_stream_does_not_open() {
         },
     ] {
         assert_eq!(ring.open(&moved, s), Err(OpenError::BadTag));
+    }
+}
+
+#[test]
+fn a_fetch_record_with_too_many_or_empty_group_names_fails_the_parse() {
+    let record = |groups: Vec<String>| {
+        Message::FetchRecord {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            groups,
+        }
+        .to_vec()
+    };
+    let ok = record(vec!["g".into(); 32]);
+    assert!(Message::parse(&ok[4..]).is_ok());
+    for bad in [vec!["g".to_string(); 33], vec!["g".into(), String::new()]] {
+        let frame = record(bad.clone());
+        assert!(Message::parse(&frame[4..]).is_err(), "{} groups", bad.len());
     }
 }

@@ -344,3 +344,198 @@ fn two_phase_updates_reach_downstream_as_committed_updates_once_decided() {
     assert_versions(&versions, 1..=last);
     relay.close().unwrap();
 }
+
+/// A master whose user "relay" is granted group g1 (everyone else: every group).
+fn g1_master_config(dir: &Path) -> mcsync::PublisherConfig {
+    let mut cfg = publisher_config(&dir.join("master"));
+    cfg.authentication = Authentication::Custom(Arc::new(
+        |user: &str, _: &str, _: std::net::SocketAddr| match user {
+            "relay" => Ok(Grant::all(&["g1"])),
+            _ => Ok(Grant::all(&["g1", "g2"])),
+        },
+    ));
+    cfg
+}
+
+/// A relay of `master` as user "relay"; downstream, "g1-reader" holds g1, others nothing.
+fn g1_relay_config(dir: &Path, master: &Publisher) -> RelayConfig {
+    let rdir = dir.join("relay");
+    let mut up = upstream_of(&rdir, master);
+    up.user = "relay".into();
+    let mut down = publisher_config(&rdir.join("down"));
+    down.authentication = Authentication::Custom(Arc::new(
+        |user: &str, _: &str, _: std::net::SocketAddr| match user {
+            "g1-reader" => Ok(Grant::all(&["g1"])),
+            _ => Ok(Grant::all(&[])),
+        },
+    ));
+    RelayConfig {
+        upstream: up,
+        downstream: down,
+        databases: vec![DB.to_owned()],
+    }
+}
+
+/// Commits an unrestricted record and one restricted to g1, both `open{i % keys}` /
+/// `secret{i % keys}`.
+fn commit_g1(db: &Database, i: u64, keys: u64) -> u64 {
+    let mut t = db.transaction();
+    t.put(format!("open{:02}", i % keys), format!("everyone {i}"))
+        .unwrap();
+    t.put_with_groups(
+        format!("secret{:02}", i % keys),
+        format!("g1 only {i}"),
+        &["g1"],
+    )
+    .unwrap();
+    t.commit().unwrap()
+}
+
+/// Downstream replicas of a relay of g1 records: one read by "g1-reader", one by a user
+/// without groups.
+struct G1Downstream {
+    _subscribers: Vec<Subscriber>,
+    g1: Subscription,
+    plain: Subscription,
+}
+
+impl G1Downstream {
+    fn open(dir: &Path, relay: &Relay) -> G1Downstream {
+        let mut g1_cfg = downstream_config(&dir.join("d-g1"), relay, None);
+        g1_cfg.user = "g1-reader".into();
+        let g1s = Subscriber::open(g1_cfg).unwrap();
+        let plains =
+            Subscriber::open(downstream_config(&dir.join("d-plain"), relay, None)).unwrap();
+        let (g1, _) = subscribe(&g1s);
+        let (plain, _) = subscribe(&plains);
+        G1Downstream {
+            _subscribers: vec![g1s, plains],
+            g1,
+            plain,
+        }
+    }
+
+    /// Waits until both replicas reached the master's version with the records they may
+    /// read, then checks the user without g1 holds no restricted record.
+    fn check(&self, db: &Database) {
+        let v = db.version();
+        let master = db.snapshot().unwrap();
+        let of = |prefixes: &[&str]| -> Vec<_> {
+            master
+                .iter()
+                .filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_bytes())))
+                .cloned()
+                .collect()
+        };
+        let (all, open) = (of(&["open", "secret"]), of(&["open"]));
+        wait_until(CONVERGE, || {
+            self.g1.version() == v && self.g1.iter().unwrap().collect::<Vec<_>>() == all
+        });
+        wait_until(CONVERGE, || {
+            self.plain.version() == v
+                && self
+                    .plain
+                    .iter()
+                    .unwrap()
+                    .filter(|(k, _)| k.starts_with(b"open"))
+                    .collect::<Vec<_>>()
+                    == open
+        });
+        let leaked: Vec<String> = self
+            .plain
+            .iter()
+            .unwrap()
+            .filter(|(k, _)| !k.starts_with(b"open"))
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "records restricted to g1 reached a downstream user without it: {leaked:?}"
+        );
+    }
+}
+
+#[test]
+fn access_groups_survive_an_upstream_reset_of_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = g1_master_config(dir.path());
+    let pdir = cfg.data_dir.clone();
+    let master = Publisher::open(cfg.clone()).unwrap();
+    cfg.control_addr = master.control_addr();
+    let db = master.database(DB).unwrap();
+    let last = (0..100).fold(0, |_, i| commit_g1(&db, i, 50));
+    assert_eq!(last, 100);
+    master.close().unwrap();
+    drop((db, master));
+    copy_dir(&pdir, &dir.path().join("backup"));
+    // The master goes on to 200 rewriting records 0..20 only (so records 20..50 are the
+    // same in both histories: the relay's resync keeps its copies, not fetched).
+    let master = Publisher::open(cfg.clone()).unwrap();
+    let db = master.database(DB).unwrap();
+    for i in 100..200 {
+        commit_g1(&db, i, 20);
+    }
+    let relay = Relay::open(g1_relay_config(dir.path(), &master)).unwrap();
+    let down = G1Downstream::open(dir.path(), &relay);
+    down.check(&db);
+    master.close().unwrap();
+    drop((db, master));
+    // Restored from the copy at 100, the master takes other updates: the relay's upstream
+    // resyncs by hash and hands the relay a reset, which replaces its database.
+    std::fs::remove_dir_all(&pdir).unwrap();
+    copy_dir(&dir.path().join("backup"), &pdir);
+    let master = Publisher::open(cfg).unwrap();
+    let db = master.database(DB).unwrap();
+    for i in 5_000..5_080 {
+        commit_g1(&db, i, 20);
+    }
+    wait_until(CONVERGE, || relay.stats().resets >= 1);
+    down.check(&db);
+    // Later updates keep their groups too.
+    for i in 6_000..6_030 {
+        commit_g1(&db, i, 40);
+    }
+    down.check(&db);
+    relay.close().unwrap();
+}
+
+#[test]
+fn access_groups_survive_a_hash_resync_of_the_relays_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = g1_master_config(dir.path());
+    // The journal keeps only its last 10 entries: a relay away for longer resyncs by hash.
+    cfg.retention = mcsync::Retention {
+        max_bytes: 1,
+        max_age: std::time::Duration::from_secs(3600),
+        min_count: 10,
+        min_free_disk_bytes: 0,
+    };
+    let master = Publisher::open(cfg).unwrap();
+    let db = master.database(DB).unwrap();
+    for i in 0..40 {
+        commit_g1(&db, i, 20);
+    }
+    let mut relay_cfg = g1_relay_config(dir.path(), &master);
+    let relay = Relay::open(relay_cfg.clone()).unwrap();
+    relay_cfg.downstream.control_addr = relay.control_addr();
+    let down = G1Downstream::open(dir.path(), &relay);
+    down.check(&db);
+    let away_at = relay.version(DB).unwrap();
+    relay.close().unwrap();
+    drop(relay);
+    // Away: records change and new restricted ones appear, in more transactions than the
+    // journal keeps, and the journal is trimmed past the relay.
+    for i in 40..100 {
+        commit_g1(&db, i, 40);
+    }
+    master.apply_retention().unwrap();
+    assert!(db.oldest_version() > away_at + 1, "journal trimmed");
+    let relay = Relay::open(relay_cfg).unwrap();
+    down.check(&db);
+    // The replica resynced by hash (records fetched with their groups); its changes, one
+    // update at the version reached, cannot be imported version by version, so the relay
+    // is reset from its replica (groups from `acl/<db>`).
+    let rs = relay.stats();
+    assert!(rs.resets >= 1, "{rs:?}");
+    relay.close().unwrap();
+}

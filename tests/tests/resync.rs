@@ -240,3 +240,117 @@ fn publishing_continues_during_a_resync_and_nothing_is_lost() {
     assert_equal(&sub, &db);
     assert!(sub.stats().catchups_full_copy == 1, "{:?}", sub.stats());
 }
+
+/// Every update a host callback was handed.
+type Handed = std::sync::Arc<std::sync::Mutex<Vec<mcsync::Update>>>;
+
+/// Subscribes to `DB` with a callback that keeps every update it is handed.
+fn keep_updates(s: &Subscriber, after: Option<u64>) -> (mcsync::Subscription, Handed) {
+    let handed: Handed = Default::default();
+    let h = handed.clone();
+    let sub = s
+        .subscribe_with_options(
+            DB,
+            mcsync::SubscribeOptions {
+                callback: Some(Box::new(move |u: &mcsync::Update| {
+                    h.lock().unwrap().push(u.clone())
+                })),
+                after,
+                ..mcsync::SubscribeOptions::default()
+            },
+        )
+        .unwrap();
+    (sub, handed)
+}
+
+/// The access groups of each put in `updates`, by key (the last put of a key wins).
+fn groups_of(updates: &[mcsync::Update]) -> std::collections::BTreeMap<String, Vec<String>> {
+    updates
+        .iter()
+        .flat_map(|u| &u.ops)
+        .filter(|op| op.kind == mcsync::OpKind::Put)
+        .map(|op| {
+            (
+                String::from_utf8_lossy(&op.key).into_owned(),
+                op.groups.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_hash_resync_and_a_reset_hand_the_host_each_records_access_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = publisher_config(&dir.path().join("pub"));
+    cfg.retention = Retention {
+        max_bytes: 1,
+        max_age: Duration::from_secs(3600),
+        min_count: 10,
+        min_free_disk_bytes: 0,
+    };
+    cfg.authentication = mcsync::Authentication::Custom(std::sync::Arc::new(
+        |_: &str, _: &str, _: std::net::SocketAddr| Ok(mcsync::Grant::all(&["g1"])),
+    ));
+    let p = Publisher::open(cfg).unwrap();
+    let db = p.database(DB).unwrap();
+    let mut t = db.transaction();
+    t.put("open", "everyone").unwrap();
+    t.put_with_groups("both", "g1 or g2", &["g1", "g2"])
+        .unwrap();
+    t.put_with_groups("secret", "g1 only", &["g1"]).unwrap();
+    let v1 = t.commit().unwrap();
+    let sdir = dir.path().join("sub");
+    {
+        let s = open_subscriber(&sdir, &p, None);
+        let (sub, _) = keep_updates(&s, None);
+        sub.wait_for_version(v1, CONVERGE).unwrap();
+        s.close().unwrap();
+    }
+    // Away while "secret" changes, "secret2" appears and the journal is trimmed past it.
+    let mut last = 0;
+    for i in 0..30 {
+        let mut t = db.transaction();
+        t.put_with_groups("secret", format!("g1 only {i}"), &["g1"])
+            .unwrap();
+        t.put_with_groups("secret2", format!("new {i}"), &["g1"])
+            .unwrap();
+        last = t.commit().unwrap();
+    }
+    p.apply_retention().unwrap();
+    assert!(db.oldest_version() > v1 + 1, "journal trimmed");
+    let g = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Hash resync: the fetched records reach the host with their groups.
+    {
+        let s = open_subscriber(&sdir, &p, None);
+        let (sub, handed) = keep_updates(&s, None);
+        sub.wait_for_version(last, CONVERGE).unwrap();
+        wait_until(CONVERGE, || {
+            handed.lock().unwrap().last().map(|u| u.version) == Some(last)
+        });
+        assert_eq!(sub.stats().catchups_resync, 1, "{:?}", sub.stats());
+        let handed = handed.lock().unwrap();
+        assert!(handed.iter().all(|u| !u.reset), "changes, not a reset");
+        let got = groups_of(&handed);
+        assert_eq!(got.get("secret"), Some(&g(&["g1"])), "{got:?}");
+        assert_eq!(got.get("secret2"), Some(&g(&["g1"])), "{got:?}");
+        s.close().unwrap();
+    }
+    // A host back at version 1 (the journal no longer reaches it) gets a reset from the
+    // replica: every record with its groups, kept by live apply and by the resync alike.
+    let s = open_subscriber(&sdir, &p, None);
+    let (sub, handed) = keep_updates(&s, Some(v1));
+    wait_until(CONVERGE, || handed.lock().unwrap().iter().any(|u| u.reset));
+    let handed = handed.lock().unwrap();
+    let reset: Vec<_> = handed.iter().filter(|u| u.reset).cloned().collect();
+    let want: std::collections::BTreeMap<String, Vec<String>> = [
+        ("both", g(&["g1", "g2"])),
+        ("open", g(&[])),
+        ("secret", g(&["g1"])),
+        ("secret2", g(&["g1"])),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(groups_of(&reset), want);
+    assert_eq!(sub.stats().resets_delivered, 1);
+}

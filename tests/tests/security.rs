@@ -144,11 +144,15 @@ fn a_resync_fetch_withholds_records_restricted_after_its_snapshot() {
     let db = p.database(DB).unwrap();
     db.put("open", "everyone").unwrap();
     db.put("later-secret", "readable for now").unwrap();
-    // bob (group apac) snapshots while both records are open to him...
+    let mut t = db.transaction();
+    t.put_with_groups("apac-note", "for apac", &["emea", "apac"])
+        .unwrap();
+    t.commit().unwrap();
+    // bob (group apac) snapshots while all three records are open to him...
     let mut c = repair_client(&p, DB, "bob", "bob-pw");
     c.hello().unwrap();
     let (version, root) = c.resync_begin().unwrap();
-    assert_eq!((version, root.count), (2, 2));
+    assert_eq!((version, root.count), (3, 3));
     // ...then one is restricted to a group he does not hold.
     let mut t = db.transaction();
     t.put_with_groups("later-secret", "for emea only", &["emea"])
@@ -156,11 +160,28 @@ fn a_resync_fetch_withholds_records_restricted_after_its_snapshot() {
     t.commit().unwrap();
     let mut got = Vec::new();
     let missing = c
-        .fetch(&[key_hash(b"open"), key_hash(b"later-secret")], |k, v| {
-            got.push((k, v))
-        })
+        .fetch(
+            &[
+                key_hash(b"open"),
+                key_hash(b"later-secret"),
+                key_hash(b"apac-note"),
+            ],
+            |op| got.push((op.key, op.value, op.groups)),
+        )
         .unwrap();
-    assert_eq!(got, vec![(b"open".to_vec(), b"everyone".to_vec())]);
+    // Each record comes with its access groups, so his replica keeps the restriction.
+    let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        vec![
+            (b"open".to_vec(), b"everyone".to_vec(), groups(&[])),
+            (
+                b"apac-note".to_vec(),
+                b"for apac".to_vec(),
+                groups(&["emea", "apac"])
+            ),
+        ]
+    );
     assert_eq!(
         missing, 1,
         "reported absent, so his replica deletes its copy"

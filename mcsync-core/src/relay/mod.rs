@@ -25,8 +25,11 @@
 //!   section (g)); `mcsync relay` uses it by default.
 //! - **Two-phase updates** upstream reach the relay's callbacks only once committed; the
 //!   downstream sees them as ordinary one-phase commits (the relay is no participant).
-//! - **Access groups**: the relay's replica holds only what its upstream grant allows;
-//!   downstream grants come from the relay's own users file or authenticator.
+//! - **Access groups**: the relay's replica holds only what its upstream grant allows, and
+//!   every record it re-publishes keeps its groups — imports carry them, and an upstream
+//!   reset or hash resync hands them over too (FETCH_RECORD carries them, the replica keeps
+//!   them in `acl/<db>`). Downstream grants come from the relay's own users file or
+//!   authenticator.
 
 mod link;
 mod replace;

@@ -3,6 +3,8 @@
 
 pub mod publisher;
 mod publisher_reset;
+#[cfg(test)]
+mod replica_acl_tests;
 mod state_writer;
 pub mod subscriber;
 pub mod unsynced;
@@ -328,15 +330,15 @@ pub(crate) fn get_u64(
 }
 
 /// The tables holding one database's records: data (key → value), content hashes
-/// (key → xxh3 of key and value), and, on the publisher, access groups of restricted
-/// records (key → groups).
+/// (key → xxh3 of key and value), and access groups of restricted records (key → groups).
 #[derive(Debug, Clone, Copy)]
 pub struct RecordTables {
     /// key → value.
     pub data: Database,
     /// key → content hash (8 bytes, big-endian).
     pub hash: Database,
-    /// key → access groups (only restricted records; publisher only).
+    /// key → access groups (only restricted records). The publisher's and the replica's
+    /// stores both keep it, so a resync or a reset hands restricted records on restricted.
     pub acl: Option<Database>,
 }
 
@@ -470,6 +472,32 @@ pub(crate) fn read_all(
     for item in cur.iter_start() {
         let (k, v) = item?;
         out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Every record of `t` as a put with its access groups (from `t.acl`, when kept), in key
+/// order: a whole state as a reset hands it over, restrictions included.
+pub(crate) fn read_all_puts(
+    txn: &impl Transaction,
+    t: &RecordTables,
+) -> std::result::Result<Vec<crate::Op>, lmdb::Error> {
+    use lmdb::Cursor;
+    let mut cur = txn.open_ro_cursor(t.data)?;
+    let mut out = Vec::new();
+    for item in cur.iter_start() {
+        let (k, v) = item?;
+        let groups = match t.acl.map(|acl| txn.get(acl, &k)) {
+            Some(Ok(g)) => decode_groups(g),
+            None | Some(Err(lmdb::Error::NotFound)) => Vec::new(),
+            Some(Err(e)) => return Err(e),
+        };
+        out.push(crate::Op {
+            kind: crate::OpKind::Put,
+            key: k.to_vec(),
+            value: v.to_vec(),
+            groups,
+        });
     }
     Ok(out)
 }

@@ -1,5 +1,6 @@
 //! The subscriber's store: per subscribed database a replica (key → value) with a content
-//! hash per record, and meta (applied version). Each apply is one LMDB transaction holding
+//! hash per record and the access groups of restricted ones (`acl/<db>`, as on the
+//! publisher), and meta (applied version). Each apply is one LMDB transaction holding
 //! one or more whole master transactions, so after a crash the replica is exactly the
 //! master's state at the stored version.
 //!
@@ -266,7 +267,9 @@ impl SubscriberStore {
             records: RecordTables {
                 data: self.env.db(&format!("replica/{name}"))?,
                 hash: self.env.db(&format!("hash/{name}"))?,
-                acl: None,
+                // Created here for a replica from before it existed: its restricted
+                // records get their groups back with their next write or resync.
+                acl: Some(self.env.db(&format!("acl/{name}"))?),
             },
             pending: self.env.db(&format!("pending/{name}"))?,
         })
@@ -497,6 +500,13 @@ impl SubscriberStore {
             .read(|txn| super::read_all(txn, tables.records.data))
     }
 
+    /// Every record of the replica as a put with its access groups, in key order (what a
+    /// reset hands the host).
+    pub fn all_puts(&self, tables: ReplicaTables) -> Result<Vec<crate::Op>> {
+        self.env
+            .read(|txn| super::read_all_puts(txn, &tables.records))
+    }
+
     /// Number of records in the replica (LMDB's entry count: no record is read).
     pub fn count(&self, tables: ReplicaTables) -> Result<u64> {
         self.env
@@ -590,7 +600,8 @@ impl SubscriberStore {
         })
     }
 
-    /// Replaces records in one transaction: deletes `deletes`, writes `puts`, then applies
+    /// Replaces records in one transaction: deletes `deletes`, writes `puts` (fetched
+    /// records, each with its access groups), then applies
     /// `updates` (journal entries after the snapshot), records `version`, and recomputes
     /// the state digest from the hash table. Readers see the old state until it commits.
     #[allow(clippy::too_many_arguments)] // one transaction's worth of inputs, each distinct
@@ -599,7 +610,7 @@ impl SubscriberStore {
         name: &str,
         tables: ReplicaTables,
         deletes: &[Vec<u8>],
-        puts: &[crate::Record],
+        puts: &[crate::Op],
         updates: &[Update],
         version: u64,
         delivery: ResyncDelivery<'_>,
@@ -615,13 +626,8 @@ impl SubscriberStore {
                     &crate::Op::delete(k.clone()),
                 )?;
             }
-            for (k, v) in puts {
-                apply_op(
-                    txn,
-                    &tables.records,
-                    &mut sum,
-                    &crate::Op::put(k.clone(), v.clone()),
-                )?;
+            for op in puts {
+                apply_op(txn, &tables.records, &mut sum, op)?;
             }
             for u in updates {
                 for op in &u.ops {

@@ -178,18 +178,17 @@ impl Driver {
     /// Hands the host the whole state of the replica in one update with `reset` set.
     fn deliver_reset(&mut self) -> Result<()> {
         let version = self.engine.applied();
-        let records = self
+        // With each record's access groups: a host (or a relay re-publishing the state)
+        // keeps the restrictions.
+        let ops = self
             .shared
             .store
-            .all(self.shared.tables)
+            .all_puts(self.shared.tables)
             .inspect_err(|e| self.fail(e))?;
         let reset = Update {
             version,
             timestamp_us: 0,
-            ops: records
-                .into_iter()
-                .map(|(k, v)| crate::Op::put(k, v))
-                .collect(),
+            ops,
             reset: true,
         };
         log::warn!(

@@ -193,16 +193,9 @@ pub fn decode_record(buf: &[u8], limits: &Limits) -> Result<(RecordKind, Update)
     Ok((kind, u))
 }
 
-fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
-    let kind = match r.u8("op")? {
-        OP_PUT => OpKind::Put,
-        OP_DELETE => OpKind::Delete,
-        k => return Err(WireError::Invalid("op", k.into())),
-    };
-    let key_id = r.u16("key id")?;
-    if key_id != 0 {
-        return Err(WireError::Invalid("key id", key_id.into()));
-    }
+/// Reads a record's access groups as ops carry them: a count (at most [`MAX_GROUPS`]),
+/// then each name as str8 (never empty).
+pub(crate) fn read_groups(r: &mut Reader<'_>) -> Result<Vec<String>, WireError> {
     let ngroups = r.u8("group count")? as usize;
     if ngroups > MAX_GROUPS {
         return Err(WireError::TooLong("group count", ngroups as u64));
@@ -215,6 +208,20 @@ fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
         }
         groups.push(g.to_owned());
     }
+    Ok(groups)
+}
+
+fn decode_op(r: &mut Reader<'_>) -> Result<Op, WireError> {
+    let kind = match r.u8("op")? {
+        OP_PUT => OpKind::Put,
+        OP_DELETE => OpKind::Delete,
+        k => return Err(WireError::Invalid("op", k.into())),
+    };
+    let key_id = r.u16("key id")?;
+    if key_id != 0 {
+        return Err(WireError::Invalid("key id", key_id.into()));
+    }
+    let groups = read_groups(r)?;
     let key = r.blob32(MAX_KEY_LEN, "key")?;
     if key.is_empty() {
         return Err(WireError::Invalid("key length", 0));

@@ -648,11 +648,12 @@ impl RepairClient {
         }
     }
 
-    /// Current records for snapshot key hashes; returns how many were missing.
+    /// Current records for snapshot key hashes, each a put with its access groups;
+    /// returns how many were missing.
     pub fn fetch(
         &mut self,
         key_hashes: &[u64],
-        mut on_record: impl FnMut(Vec<u8>, Vec<u8>),
+        mut on_record: impl FnMut(crate::Op),
     ) -> Result<u64> {
         let m = Message::FetchRequest {
             key_hashes: key_hashes.to_vec(),
@@ -660,7 +661,12 @@ impl RepairClient {
         let mut reply = self.exchange(&m)?;
         loop {
             match reply.0 {
-                Message::FetchRecord { key, value } => on_record(key, value),
+                Message::FetchRecord { key, value, groups } => on_record(crate::Op {
+                    kind: crate::OpKind::Put,
+                    key,
+                    value,
+                    groups,
+                }),
                 Message::FetchEnd { missing } => return Ok(missing),
                 other => return Err(self.unexpected(other)),
             }

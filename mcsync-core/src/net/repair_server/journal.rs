@@ -80,11 +80,12 @@ pub(super) fn fetch(
     for (key, record) in keys.into_iter().zip(records) {
         // Deleted since the snapshot, or restricted since to groups this user does not
         // hold: absent for this replica (it deletes its copy).
-        let Some((value, _)) = record.filter(|(_, groups)| visible(groups, &s.groups)) else {
+        let Some((value, groups)) = record.filter(|(_, groups)| visible(groups, &s.groups)) else {
             missing += 1;
             continue;
         };
-        let n = write_message(w, &Message::FetchRecord { key, value })
+        // With its groups: a replica (and a relay re-publishing it) keeps the restriction.
+        let n = write_message(w, &Message::FetchRecord { key, value, groups })
             .map_err(|e| error(ErrorCode::Internal, e.to_string()))?;
         add(&ctx.counters.repair_bytes_sent, n as u64);
     }

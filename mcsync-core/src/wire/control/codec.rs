@@ -331,10 +331,14 @@ impl Message {
                     out.put_u64(*k);
                 }
             }
-            Message::FetchRecord { key, value } => {
+            Message::FetchRecord { key, value, groups } => {
                 out.put_u8(T_FETCH_RECORD);
                 out.put_blob32(key);
                 out.put_blob32(value);
+                out.put_u8(groups.len() as u8);
+                for g in groups {
+                    out.put_str8(g);
+                }
             }
             Message::FetchEnd { missing } => {
                 out.put_u8(T_FETCH_END);
@@ -529,6 +533,7 @@ impl Message {
             T_FETCH_RECORD => Message::FetchRecord {
                 key: r.blob32(crate::wire::update::MAX_KEY_LEN, "key")?.to_vec(),
                 value: r.blob32(usize::MAX, "value")?.to_vec(),
+                groups: crate::wire::update::read_groups(&mut r)?,
             },
             T_FETCH_END => Message::FetchEnd {
                 missing: r.u64("missing")?,

@@ -280,6 +280,9 @@ pub enum Message {
         key: Vec<u8>,
         /// Its current value.
         value: Vec<u8>,
+        /// Its current access groups (empty: everyone), so a replica, and a relay
+        /// re-publishing it, keeps the restriction.
+        groups: Vec<String>,
     },
     /// Publisher → client: the fetch is complete.
     FetchEnd {
