@@ -637,8 +637,8 @@ impl Run {
         // An `Async` publisher group-commits far more updates per journal commit: its
         // journal points come after fewer commits.
         let lives = self.node(Role::Publisher).lives;
-        let async_next =
-            victim == Role::Publisher && PUBLISHER_MODES[((lives + self.seed) % 2) as usize] == "async";
+        let async_next = victim == Role::Publisher
+            && PUBLISHER_MODES[((lives + self.seed) % 2) as usize] == "async";
         let n = match point {
             "journal.in_commit" | "journal.after_commit" if async_next => self.rng.range(1, 3),
             "journal.in_commit" | "journal.after_commit" | "deliver.between" => {
