@@ -366,9 +366,11 @@ fn a_prepare_waited_for_in_slices_answers_once_the_votes_are_in() {
     let dir = tempfile::tempdir().unwrap();
     let p = Publisher::open(publisher_config(&dir.path().join("pub"))).unwrap();
     let db = p.database(DB).unwrap();
-    // The vote takes a while: slices before it end with no answer.
-    let slow: mcsync::VoteCallback = Box::new(|_| {
-        std::thread::sleep(Duration::from_millis(600));
+    // The vote waits until the test has seen a slice end with no answer.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let slow: mcsync::VoteCallback = Box::new(move |_| {
+        let _ = held.lock().unwrap().recv_timeout(CONVERGE);
         Ok(())
     });
     let part = participant(dir.path(), &p, "slow", None, Some(slow));
@@ -380,12 +382,15 @@ fn a_prepare_waited_for_in_slices_answers_once_the_votes_are_in() {
     let prepared = loop {
         match pending.wait(Duration::from_millis(20)) {
             Some(r) => break r.unwrap(),
-            None => empty_slices += 1,
+            None => {
+                empty_slices += 1;
+                let _ = release.send(());
+            }
         }
     };
     assert!(
         empty_slices > 0,
-        "the vote took 600 ms, so some slices ended empty"
+        "the vote was held until a slice ended empty"
     );
     let err = pending.wait(Duration::ZERO).unwrap().unwrap_err();
     assert_eq!(
