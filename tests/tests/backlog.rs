@@ -117,9 +117,20 @@ fn commits_far_above_the_paced_rate_keep_memory_bounded_and_close_prompt() {
     println!("publisher {:?}", p.stats());
     println!("subscriber {:?}", sub.stats());
 
-    // 8 MiB more, and close at once: what is queued (half a minute at this rate) is paced
-    // out for a short while at most, the rest is in the journal.
-    flood(&p, &db, 128, &mut rng);
+    // More, and close at once: what is queued (several seconds at this rate) is paced out
+    // for a short while at most, the rest is in the journal. The backlog is a sawtooth (a
+    // full one is skipped to the journal all at once), so commit until more than 2 MiB wait
+    // rather than a fixed count that may end just after a skip.
+    flood(&p, &db, 64, &mut rng);
+    let mut value = vec![0u8; 64 << 10];
+    for i in 0.. {
+        if p.stats().backlog_bytes > 2 * MIB {
+            break;
+        }
+        assert!(i < 1_024, "the backlog never passed 2 MiB: {:?}", p.stats());
+        rng.fill(&mut value[..]);
+        db.put(format!("tail-{:03}", i % 256), &value).unwrap();
+    }
     let waiting = p.stats().backlog_bytes;
     println!(
         "closing with {:.2} MiB waiting to be multicast",
