@@ -1,17 +1,19 @@
 //! The process thread: a thin driver of the sans-IO [`Engine`]. Each turn it waits for
-//! packets until the engine's next timer, reads the clock, feeds what happened, and does
-//! what the engine asks (store, callbacks, control channel). Applying and delivering live
-//! in `host.rs`, repairs in `repair.rs`.
+//! packets and control answers until the engine's next timer, reads the clock, feeds what
+//! happened, and does what the engine asks: the store and callbacks itself, requests to the
+//! publisher through the control worker (`control.rs`), which answers without blocking
+//! it. Applying and delivering live in `host.rs`, repairs in `repair.rs`.
 
+use super::control::{Control, Event, Job};
 use super::{keyring_from, SubShared, UpdateCallback, VoteCallback};
 use crate::crypto::Keyring;
 use crate::net::receive::Inbound;
 use crate::net::repair_client::RepairClient;
-use crate::proto::subscription::{Engine, Input, Output, Traffic};
+use crate::proto::subscription::{Engine, Input, Output, Traffic, APPLY_BATCH_BYTES};
 use crate::proto::Delivery;
 use crate::stats::inc;
 use crate::sync::{Locked, RwLocked};
-use crate::wire::control::{DatabaseInfo, Push, SubscriberReport};
+use crate::wire::control::{DatabaseInfo, Push};
 use crate::wire::update::Limits;
 use crate::{Error, Result, Update};
 use crossbeam_channel as chan;
@@ -25,6 +27,8 @@ use std::time::{Duration, Instant};
 pub(super) const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// Most packets taken from the channel in one turn.
 const PACKETS_PER_TURN: usize = 4096;
+/// Most control answers taken in one turn.
+const EVENTS_PER_TURN: usize = 64;
 
 /// The process thread's state: the engine and what its outputs are done with.
 pub(super) struct Driver {
@@ -55,6 +59,8 @@ pub(super) struct Driver {
     pub warned_silent: bool,
     /// Where the push socket is bound (unicast-only subscriptions).
     pub push: Option<SocketAddr>,
+    /// A part of the host's journal backlog is asked for and not yet answered.
+    pub journal_in_flight: bool,
 }
 
 /// Counts and logs a registration whose unicast push the publisher refused.
@@ -68,56 +74,79 @@ pub(super) fn note_push(name: &str, info: &DatabaseInfo, c: &crate::stats::Subsc
     }
 }
 
-pub(super) fn run(mut d: Driver, mut client: RepairClient, rx: chan::Receiver<Inbound>) {
+pub(super) fn run(mut d: Driver, client: RepairClient, rx: chan::Receiver<Inbound>) {
+    let control = match Control::spawn(client, d.shared.clone(), d.keyring.clone(), d.limits) {
+        Ok(c) => c,
+        Err(e) => return d.fail(&e),
+    };
     let stop = d.shared.stop.clone();
-    let mut ok = d.drain(&mut client).is_ok();
+    let mut ok = d.drain(&control).is_ok();
     while ok && !stop.is_stopped() {
         let now = Instant::now();
         let deadline = d
             .engine
             .poll_timeout()
             .map_or(now + IDLE_WAIT, |t| t.min(now + IDLE_WAIT));
-        let first = match rx.recv_deadline(deadline) {
-            Ok(pkt) => Some(pkt),
-            Err(chan::RecvTimeoutError::Timeout) => None,
-            Err(chan::RecvTimeoutError::Disconnected) => break,
+        let (first_packet, first_event) = match wait(&rx, &control.events, deadline) {
+            Some(first) => first,
+            None => break,
         };
         let now = Instant::now();
-        for pkt in first
+        for pkt in first_packet
             .into_iter()
             .chain(rx.try_iter().take(PACKETS_PER_TURN))
         {
             d.engine.handle(now, Input::Packet(pkt));
         }
-        d.engine.handle(now, Input::Traffic(d.traffic()));
-        if let Some(new) = client.history_changed() {
-            d.engine.handle(now, Input::HistoryChanged(new));
+        for event in first_event
+            .into_iter()
+            .chain(control.events.try_iter().take(EVENTS_PER_TURN))
+        {
+            ok = ok && d.on_event(event).is_ok();
         }
+        d.engine.handle(now, Input::Traffic(d.traffic()));
         if d.shared.force_resync.swap(false, Ordering::SeqCst) {
             d.engine.handle(now, Input::ResyncRequested);
         }
-        ok = d.drain(&mut client).is_ok()
-            // Nothing is owed to the host from another history.
-            && (d.engine.new_history().is_some() || d.deliver_backlog(&mut client).is_ok());
+        // Nothing is owed to the host from another history, and nothing while a resync
+        // rewrites what is kept for it.
+        let owed = d.engine.new_history().is_none() && !d.engine.is_resyncing();
+        ok = ok && d.drain(&control).is_ok() && (!owed || d.deliver_backlog(&control).is_ok());
         d.sync_counters();
-        d.flush_delivered(false);
+        if !d.engine.is_resyncing() {
+            d.flush_delivered(false);
+        }
     }
     d.sync_counters();
     // What the callbacks returned is recorded; the rest is replayed at the next subscribe.
     d.flush_delivered(true);
-    if d.shared.failure.locked().is_none() {
-        if let Err(e) = client.close_subscription() {
-            log::debug!("{}: CLOSE SUBSCRIPTION: {e}", d.shared.name);
-        }
+    let failed = d.shared.failure.locked().is_some();
+    control.finish(!failed);
+}
+
+/// Waits until a packet or a control answer arrives, or `deadline`. `None` when either
+/// side is gone (the subscription is ending).
+fn wait(
+    packets: &chan::Receiver<Inbound>,
+    events: &chan::Receiver<Event>,
+    deadline: Instant,
+) -> Option<(Option<Inbound>, Option<Event>)> {
+    let mut sel = chan::Select::new();
+    let on_packet = sel.recv(packets);
+    sel.recv(events);
+    match sel.select_deadline(deadline) {
+        Err(_) => Some((None, None)),
+        Ok(op) if op.index() == on_packet => op.recv(packets).ok().map(|p| (Some(p), None)),
+        Ok(op) => op.recv(events).ok().map(|e| (None, Some(e))),
     }
 }
 
 impl Driver {
     /// Does what the engine asks until it has nothing more. Only a storage failure (which
     /// stops the subscription) is an error.
-    pub fn drain(&mut self, client: &mut RepairClient) -> Result<()> {
+    pub fn drain(&mut self, control: &Control) -> Result<()> {
         while let Some(out) = self.engine.poll(Instant::now()) {
-            self.execute(client, out)?;
+            self.execute(control, out)?;
             // Waiters and stats readers see what the engine counted at once.
             self.sync_counters();
         }
@@ -125,18 +154,19 @@ impl Driver {
         Ok(())
     }
 
-    fn execute(&mut self, client: &mut RepairClient, out: Output) -> Result<()> {
+    fn execute(&mut self, control: &Control, out: Output) -> Result<()> {
         let name = &self.shared.name;
         match out {
             Output::Apply(batch) => self.apply(batch)?,
-            Output::Hello => self.hello(client),
-            Output::Report(r) => self.report(client, r),
+            Output::Hello => control.send(Job::Hello),
+            Output::Report(mut report) => {
+                report.latency_p50_us = self.shared.latency.quantile(0.5);
+                report.latency_p99_us = self.shared.latency.quantile(0.99);
+                control.send(Job::Report(report));
+            }
             Output::Status => {
                 inc(&self.shared.counters.status_polls);
-                if let Ok(s) = client.status() {
-                    let input = Input::Current(s.current_version);
-                    self.engine.handle(Instant::now(), input);
-                }
+                control.send(Job::Status);
             }
             Output::Membership { leave, loss } => {
                 self.leave.store(leave, Ordering::SeqCst);
@@ -149,12 +179,18 @@ impl Driver {
                     log::info!("{name}: rejoining multicast");
                 }
             }
-            Output::FetchPackets { stream, ranges } => self.fetch_packets(client, stream, &ranges),
-            Output::CatchUp(ranges) => self.catch_up(client, &ranges, None)?,
-            Output::Compact { from, through } => {
-                self.catch_up(client, &[(from, through)], Some((from, through)))?
+            Output::FetchPackets { stream, ranges } => {
+                control.send(Job::Packets { stream, ranges })
             }
-            Output::Resync { new_history } => self.resync(client, new_history)?,
+            Output::CatchUp(ranges) => control.send(Job::CatchUp {
+                ranges,
+                compacted: None,
+            }),
+            Output::Compact { from, through } => control.send(Job::CatchUp {
+                ranges: vec![(from, through)],
+                compacted: Some((from, through)),
+            }),
+            Output::Resync { new_history } => self.request_resync(control, new_history),
             Output::Forget => {
                 self.shared
                     .store
@@ -162,18 +198,48 @@ impl Driver {
                     .inspect_err(|e| self.fail_two_phase(e))?;
                 self.engine.handle(Instant::now(), Input::Forgotten);
             }
-            Output::Ack { version, round } => {
-                if let Err(e) = client.ack(version, round) {
-                    log::debug!("{name}: acknowledging version {version}: {e}");
-                }
-            }
+            Output::Ack { version, round } => control.send(Job::Ack { version, round }),
             Output::Check { version, update } => self.check(version, update)?,
             Output::Vote {
                 version,
                 round,
                 prepared,
                 reason,
-            } => self.send_vote(client, version, round, prepared, &reason),
+            } => control.send(Job::Vote {
+                version,
+                round,
+                prepared,
+                reason,
+            }),
+        }
+        Ok(())
+    }
+
+    /// Takes in an answer of the control worker. Only a storage failure is an error.
+    fn on_event(&mut self, event: Event) -> Result<()> {
+        let now = Instant::now();
+        match event {
+            Event::Engine(input) => self.engine.handle(now, input),
+            Event::Repaired(batch) => {
+                for u in batch {
+                    self.engine.handle(now, Input::Repaired(u));
+                }
+                // A long catch-up is applied as it arrives, not held whole in memory.
+                if self.engine.buffered_bytes() > APPLY_BATCH_BYTES / 2 {
+                    while let Some(batch) = self.engine.poll_apply() {
+                        self.apply(batch)?;
+                    }
+                }
+            }
+            Event::Registered(result) => self.registered(result),
+            Event::Reported => inc(&self.shared.counters.reports_sent),
+            Event::Journal { from, end, part } => self.journal_part(from, end, part),
+            Event::Resynced {
+                new_history,
+                host,
+                result,
+            } => self.resynced(new_history, host, result)?,
+            Event::HistoryChanged(new) => self.engine.handle(now, Input::HistoryChanged(new)),
         }
         Ok(())
     }
@@ -191,10 +257,10 @@ impl Driver {
         }
     }
 
-    /// Registers again: learns the current source, keys, groups and version.
-    fn hello(&mut self, client: &mut RepairClient) {
+    /// A registration's answer: the current source, keys, groups and version.
+    fn registered(&mut self, result: Result<DatabaseInfo>) {
         let c = &self.shared.counters;
-        match client.hello() {
+        match result {
             Ok(info) => {
                 note_push(&self.shared.name, &info, c);
                 self.adopt_registration(&info);
@@ -241,14 +307,6 @@ impl Driver {
         }
     }
 
-    fn report(&mut self, client: &mut RepairClient, mut report: SubscriberReport) {
-        report.latency_p50_us = self.shared.latency.quantile(0.5);
-        report.latency_p99_us = self.shared.latency.quantile(0.99);
-        if client.report(report).is_ok() {
-            inc(&self.shared.counters.reports_sent);
-        }
-    }
-
     /// Asks the host's vote on a prepared update and, if it agrees, keeps the update
     /// durably before the engine votes PREPARED. What this replica would apply (access
     /// groups enforced) is what is kept, and what the host may see of it is what it votes
@@ -277,39 +335,6 @@ impl Driver {
         let input = Input::Checked { version, verdict };
         self.engine.handle(Instant::now(), input);
         Ok(())
-    }
-
-    fn send_vote(
-        &mut self,
-        client: &mut RepairClient,
-        version: u64,
-        round: u64,
-        prepared: bool,
-        reason: &str,
-    ) {
-        let name = &self.shared.name;
-        match client.vote(version, round, prepared, reason) {
-            Ok(()) => self.engine.handle(Instant::now(), Input::VoteSent(version)),
-            Err(e) if client.last_refusal().is_some() => {
-                // Not taken: the round is over (its decision did not reach us) or
-                // superseded. Ask what became of it.
-                log::debug!("{name}: vote on version {version} not taken: {e}");
-                match client.outcome(version, round) {
-                    Ok(state) => {
-                        let input = Input::Outcome {
-                            version,
-                            round,
-                            state,
-                        };
-                        self.engine.handle(Instant::now(), input);
-                    }
-                    // Asked again after the next vote.
-                    Err(e) => log::debug!("{name}: outcome of version {version}: {e}"),
-                }
-            }
-            // Sent again after the vote retry.
-            Err(e) => log::warn!("{name}: vote on version {version}: {e}"),
-        }
     }
 
     fn fail_two_phase(&self, e: &Error) {

@@ -2,14 +2,12 @@
 //! order, the durable delivered cursor, and the backlog the host is owed from before live
 //! updates (a reset, journal updates, kept ones).
 
+use super::control::{Control, Job, JournalPart};
 use super::driver::Driver;
 use super::filter_updates;
-use crate::net::repair_client::RepairClient;
 use crate::proto::Backlog;
 use crate::stats::{add, inc};
 use crate::sync::Locked;
-use crate::wire::control::ErrorCode;
-use crate::wire::update::decode_update;
 use crate::{Result, Update};
 use std::time::{Duration, Instant};
 
@@ -134,7 +132,7 @@ impl Driver {
     /// Delivers what the host is owed from before live updates: a reset, journal updates
     /// the store no longer keeps, then the kept ones. A publisher that cannot answer now
     /// is asked again next turn; only a storage failure stops the subscription.
-    pub fn deliver_backlog(&mut self, client: &mut RepairClient) -> Result<()> {
+    pub fn deliver_backlog(&mut self, control: &Control) -> Result<()> {
         loop {
             if self.shared.stop.is_stopped() {
                 return Ok(());
@@ -146,11 +144,14 @@ impl Driver {
                 Backlog::Reset if self.engine.applied() < self.reset_floor => return Ok(()),
                 Backlog::Reset => self.deliver_reset()?,
                 Backlog::Journal { from, through } => {
-                    // A part at a time, so a host far behind is not held in memory whole.
-                    let end = through.min(from.saturating_add(JOURNAL_PART - 1));
-                    if !self.deliver_from_journal(client, from, end, through) {
-                        return Ok(());
+                    // A part at a time, so a host far behind is not held in memory whole;
+                    // the answer comes as an event (`journal_part`).
+                    if !self.journal_in_flight {
+                        let end = through.min(from.saturating_add(JOURNAL_PART - 1));
+                        self.journal_in_flight = true;
+                        control.send(Job::Journal { from, end });
                     }
+                    return Ok(());
                 }
                 Backlog::Kept => {
                     let kept = self
@@ -211,59 +212,40 @@ impl Driver {
         Ok(())
     }
 
-    /// Calls back versions `from..=through` fetched from the publisher's journal (the
-    /// replica already holds them). Returns whether that part of the backlog is done
-    /// (delivered, or turned into a reset because the journal no longer reaches back).
-    fn deliver_from_journal(
-        &mut self,
-        client: &mut RepairClient,
-        from: u64,
-        end: u64,
-        through: u64,
-    ) -> bool {
-        let limits = self.limits;
-        let mut got = Vec::new();
-        let result = client.catch_up(&[(from, end)], |bytes| {
-            got.push(decode_update(bytes, &limits)?);
-            Ok(())
-        });
-        match result {
-            Ok(_) if got.len() as u64 == end - from + 1 => {
+    /// Calls back versions `from..=end` fetched from the publisher's journal (the replica
+    /// already holds them), or turns the rest of that backlog into a reset when the
+    /// journal no longer reaches back. A failed part is asked again next turn.
+    pub fn journal_part(&mut self, from: u64, end: u64, part: JournalPart) {
+        self.journal_in_flight = false;
+        let through = match self.delivery.backlog {
+            Backlog::Journal { from: f, through } if f == from => through,
+            // Owed something else meanwhile (the history changed): not this any more.
+            _ => return,
+        };
+        match part {
+            JournalPart::Got(mut got) => {
                 let shown = self.filter(&mut got);
                 add(&self.shared.counters.updates_replayed, shown.len() as u64);
                 self.deliver(&shown);
                 if self.shared.stop.is_stopped() {
-                    return false;
+                    return;
                 }
                 self.delivery.on_journal_part_delivered(end, through);
-                true
             }
-            Err(_) if client.last_refusal() == Some(ErrorCode::Trimmed) => {
+            JournalPart::Trimmed => {
                 log::warn!(
                     "{}: the journal no longer holds versions {from}..={through} the host has \
                      not seen",
                     self.shared.name
                 );
                 self.delivery.on_trimmed();
-                true
             }
-            Ok(_) => {
-                log::warn!(
-                    "{}: journal answer for versions {from}..={through} was incomplete ({} \
-                     updates); asking again",
-                    self.shared.name,
-                    got.len()
-                );
-                false
-            }
-            Err(e) => {
-                log::warn!(
-                    "{}: fetching versions {from}..={through} for the host: {e}",
-                    self.shared.name
-                );
-                false
-            }
+            JournalPart::Failed(why) => log::warn!(
+                "{}: fetching versions {from}..={end} for the host: {why}; asking again",
+                self.shared.name
+            ),
         }
+        self.announce();
     }
 
     /// Enforces access groups. Puts of records this subscriber may not read become deletes

@@ -7,6 +7,7 @@
 //! master transactions, then the callbacks (`host.rs`); repairs over the control channel
 //! (`repair.rs`). The driver loop is `driver.rs`.
 
+mod control;
 mod driver;
 mod host;
 mod repair;

@@ -182,6 +182,7 @@ pub(super) fn start(
         interface: cfg.interface,
         warned_silent: false,
         push,
+        journal_in_flight: false,
     };
     spawn_threads(&shared, parts, tx, driver, reg.take(), rx)?;
     Ok(shared)

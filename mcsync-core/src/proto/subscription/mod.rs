@@ -175,6 +175,12 @@ impl Engine {
         self.busy.is_some()
     }
 
+    /// Whether a hash resync is in flight (it rewrites the replica and what is kept for
+    /// the host: nothing else touches them meanwhile).
+    pub fn is_resyncing(&self) -> bool {
+        matches!(self.busy, Some(Busy::Resync { .. }))
+    }
+
     /// Whether it is off multicast, catching up by unicast.
     pub fn is_unicast(&self) -> bool {
         self.policy.is_unicast()
