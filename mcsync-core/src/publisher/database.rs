@@ -109,6 +109,9 @@ fn group_for(m: &crate::MulticastConfig, index: u64) -> Result<SocketAddr> {
     Ok(SocketAddr::new(IpAddr::V4(addr), m.port + port_off as u16))
 }
 
+/// Starts publishing `name`: its group, stream, key epoch and multicaster. (Long: it reads
+/// the database's state from the store and builds the multicaster's parts and the shared
+/// record from it, field by field, in one place.)
 pub(super) fn start_database(inner: &Arc<Inner>, name: &str) -> Result<Arc<DbShared>> {
     let cfg = &inner.config;
     let m = &cfg.multicast;

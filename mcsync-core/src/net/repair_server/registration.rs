@@ -84,7 +84,9 @@ pub(super) fn authenticate(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Answers a HELLO: protocol version, authentication, the database, the participant
+/// role, then the registration and its keys. (Long: the checks in the order PROTOCOL.md
+/// 5.5 lists them, each refusing with its own code.)
 pub(super) fn hello(
     ctx: &ServerContext,
     peer: SocketAddr,
