@@ -69,7 +69,8 @@ pub struct PacketReorder {
     /// Bytes of `pending` and `ready`.
     pending_bytes: usize,
     hole_since: Option<Instant>,
-    in_flight: bool,
+    /// A packet repair is in flight for the holes up to this sequence number.
+    in_flight: Option<u64>,
     counters: ReorderCounters,
 }
 
@@ -85,7 +86,7 @@ impl PacketReorder {
             ready: VecDeque::new(),
             pending_bytes: 0,
             hole_since: None,
-            in_flight: false,
+            in_flight: None,
             counters: ReorderCounters::default(),
         }
     }
@@ -116,7 +117,7 @@ impl PacketReorder {
             self.stream = Some(packet.header.stream_id);
             self.next_seq = seq;
             self.hole_since = None;
-            self.in_flight = false;
+            self.in_flight = None;
             changed = true;
         }
         if seq < self.next_seq || self.pending.contains_key(&seq) {
@@ -176,17 +177,18 @@ impl PacketReorder {
         self.hole_since = None;
     }
 
-    /// Gives up on every packet missing below the highest held one; what is held is
+    /// Gives up on every packet missing up to `through`; what is held up to there is
     /// released in order.
-    fn give_up(&mut self) {
-        let Some((&top, _)) = self.pending.last_key_value() else {
+    fn give_up_through(&mut self, through: u64) {
+        if through < self.next_seq {
             return;
-        };
-        let held = std::mem::take(&mut self.pending);
-        self.held.clear();
-        self.counters.skipped += top + 1 - self.next_seq - held.len() as u64;
+        }
+        let above = self.pending.split_off(&(through + 1));
+        let held = std::mem::replace(&mut self.pending, above);
+        self.held.remove_range(self.next_seq..=through);
+        self.counters.skipped += through + 1 - self.next_seq - held.len() as u64;
         self.ready.extend(held.into_values());
-        self.next_seq = top + 1;
+        self.next_seq = through + 1;
         self.hole_since = None;
     }
 
@@ -214,7 +216,7 @@ impl PacketReorder {
     /// caller fetches them, feeds each through [`on_packet`](Self::on_packet), and calls
     /// [`on_repair_done`](Self::on_repair_done).
     pub fn poll_repair(&mut self, now: Instant) -> Option<(u32, Vec<(u64, u64)>)> {
-        if self.in_flight {
+        if self.in_flight.is_some() {
             return None;
         }
         let since = self.hole_since?;
@@ -226,25 +228,26 @@ impl PacketReorder {
         if ranges.is_empty() {
             return None;
         }
-        self.in_flight = true;
+        self.in_flight = ranges.last().map(|&(_, last)| last);
         self.counters.repair_requests += 1;
         Some((stream, ranges))
     }
 
-    /// The packet repair finished. Whatever is still missing below the held packets is
-    /// given up on (the publisher no longer has it, or the repair failed): the chain
-    /// assembler drops the affected chains and the journal repairs their versions.
+    /// The packet repair finished. Whatever it asked for and is still missing is given up
+    /// on (the publisher no longer has it, or the repair failed): the chain assembler
+    /// drops the affected chains and the journal repairs their versions. Holes that opened
+    /// while it was in flight (packets go on arriving meanwhile) are not: they get a repair
+    /// of their own.
     pub fn on_repair_done(&mut self, now: Instant) {
-        self.in_flight = false;
-        if self.has_hole() {
-            self.give_up();
+        if let Some(through) = self.in_flight.take() {
+            self.give_up_through(through);
         }
         self.note_hole(now);
     }
 
     /// When [`poll_repair`](Self::poll_repair) should next be called.
     pub fn next_timeout(&self) -> Option<Instant> {
-        if self.in_flight {
+        if self.in_flight.is_some() {
             return None;
         }
         self.hole_since.map(|t| t + self.config.repair_delay)
@@ -417,6 +420,34 @@ mod tests {
         assert_eq!(r.counters().skipped, 2);
         assert_eq!(r.poll_repair(t + 2 * MS), None);
         assert_eq!(r.counters().repair_requests, 1);
+    }
+
+    #[test]
+    fn a_hole_that_opens_while_a_repair_is_in_flight_gets_its_own_repair() {
+        let t = Instant::now();
+        let mut r = PacketReorder::new(config(Duration::ZERO));
+        let mut out = Vec::new();
+        for s in [1, 3] {
+            r.on_packet(t, pkt(1, s));
+            out.extend(release(&mut r));
+        }
+        assert_eq!(r.poll_repair(t), Some((1, vec![(2, 2)])));
+        // Packets go on arriving while the repair is in flight, with a new loss (5).
+        for s in [4, 6] {
+            r.on_packet(t + MS, pkt(1, s));
+            out.extend(release(&mut r));
+        }
+        // The repair brings 2 back; 5 was not asked for, so it is not given up on.
+        r.on_packet(t + 2 * MS, pkt(1, 2));
+        r.on_repair_done(t + 2 * MS);
+        out.extend(release(&mut r));
+        assert_eq!(out, [1, 2, 3, 4]);
+        assert_eq!(r.counters().skipped, 0);
+        assert_eq!(r.poll_repair(t + 3 * MS), Some((1, vec![(5, 5)])));
+        r.on_repair_done(t + 4 * MS);
+        out.extend(release(&mut r));
+        assert_eq!(out, [1, 2, 3, 4, 6]);
+        assert_eq!(r.counters().skipped, 1);
     }
 
     #[test]
