@@ -26,11 +26,12 @@ use crossbeam_channel as chan;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-/// Batches of repaired updates waiting for the process thread: with each batch at most
-/// [`BATCH_BYTES`] (or one larger update), this bounds a catch-up's memory.
-const EVENTS_IN_FLIGHT: usize = 4;
+/// Answers waiting for the process thread: with each batch of repaired updates at most
+/// [`BATCH_BYTES`] (or one larger update), this bounds what a catch-up holds beside the
+/// engine's own buffer (which is applied past half of [`APPLY_BATCH_BYTES`]).
+const EVENTS_IN_FLIGHT: usize = 2;
 /// Most bytes of keys and values in one [`Event::Repaired`] batch.
-const BATCH_BYTES: usize = APPLY_BATCH_BYTES / 4;
+const BATCH_BYTES: usize = APPLY_BATCH_BYTES / 8;
 
 /// A request to the publisher, made by the process thread.
 pub(super) enum Job {
