@@ -332,7 +332,13 @@ impl Sim {
         let config = self.p.sender(&mut self.rng);
         let c = &mut self.coord;
         c.stream_id = id;
-        c.sender = Sender::new(self.base + c.down_until, id, 1, c.journal.len() as u64, config);
+        c.sender = Sender::new(
+            self.base + c.down_until,
+            id,
+            1,
+            c.journal.len() as u64,
+            config,
+        );
         c.sent.clear();
         c.assembler = ChainAssembler::new(MAX_CHAIN);
         c.chain_first = None;

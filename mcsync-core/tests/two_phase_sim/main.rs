@@ -33,18 +33,20 @@ mod coordinator;
 mod node;
 mod routing;
 mod shadow;
+mod stats;
 
 use mcsync::proto::subscription::{EngineConfig, Input};
 use mcsync::proto::two_phase::VoteFailure;
 use mcsync::proto::{
-    ChainAssembler, DecisionRepeat, OpenPacket, ReceiverConfig, ReorderConfig, RepairRanges,
-    Round, Sender, SenderConfig,
+    ChainAssembler, DecisionRepeat, OpenPacket, ReceiverConfig, ReorderConfig, RepairRanges, Round,
+    Sender, SenderConfig,
 };
 use mcsync::wire::update::Limits;
 use mcsync::{OpKind, Update};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shadow::{ChainRecord, Shadow};
+use stats::{assert_exercised, Stats};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
@@ -190,100 +192,6 @@ impl Params {
             error_threshold: self.error_threshold,
             unicast_backoff: self.unicast_backoff,
         }
-    }
-}
-
-/// What the scenarios did, summed so the suite can show it exercised every path.
-#[derive(Debug, Default, Clone)]
-struct Stats {
-    scenarios: u64,
-    rounds: u64,
-    committed: u64,
-    one_phase: u64,
-    aborted_refused: u64,
-    aborted_timeout: u64,
-    rolled_back: u64,
-    publisher_restarts: u64,
-    packets_sent: u64,
-    packets_lost: u64,
-    packets_gone: u64,
-    decision_repeats: u64,
-    repeats_expired: u64,
-    all_acknowledged: u64,
-    crashes: u64,
-    crashed_while_prepared: u64,
-    restart_pending: u64,
-    restart_committed: u64,
-    restart_aborted: u64,
-    slow_votes: u64,
-    votes_not_taken: u64,
-    outcome_committed: u64,
-    /// COMMIT_PREPAREDs of the held round (applied from the held copy).
-    applied_prepared: u64,
-    /// COMMIT_PREPAREDs taken with no PREPARE of their round held (caught up instead).
-    commit_without_prepare: u64,
-    /// PREPAREs that replaced a held one of the same version (its ABORT was missed).
-    prepare_replaced: u64,
-    hellos: u64,
-    registrations: u64,
-    register_failed: u64,
-    status_polls: u64,
-    packet_repairs: u64,
-    packets_repaired: u64,
-    catchups: u64,
-    catchups_done: u64,
-    repair_failures: u64,
-    backoffs: u64,
-    dropped_stream: u64,
-    chains_received: u64,
-    applied: u64,
-}
-
-impl Stats {
-    fn add(&mut self, o: &Stats) {
-        macro_rules! sum {
-            ($($f:ident),*) => { $(self.$f += o.$f;)* };
-        }
-        sum!(
-            scenarios,
-            rounds,
-            committed,
-            one_phase,
-            aborted_refused,
-            aborted_timeout,
-            rolled_back,
-            publisher_restarts,
-            packets_sent,
-            packets_lost,
-            packets_gone,
-            decision_repeats,
-            repeats_expired,
-            all_acknowledged,
-            crashes,
-            crashed_while_prepared,
-            restart_pending,
-            restart_committed,
-            restart_aborted,
-            slow_votes,
-            votes_not_taken,
-            outcome_committed,
-            applied_prepared,
-            commit_without_prepare,
-            prepare_replaced,
-            hellos,
-            registrations,
-            register_failed,
-            status_polls,
-            packet_repairs,
-            packets_repaired,
-            catchups,
-            catchups_done,
-            repair_failures,
-            backoffs,
-            dropped_stream,
-            chains_received,
-            applied
-        );
     }
 }
 
@@ -636,7 +544,11 @@ impl Sim {
                     .map(|n| (n.up, n.applied))
                     .collect::<Vec<_>>()
             );
-            while self.queue.peek().is_some_and(|Reverse((at, _))| *at <= self.now) {
+            while self
+                .queue
+                .peek()
+                .is_some_and(|Reverse((at, _))| *at <= self.now)
+            {
                 let Reverse((_, seq)) = self.queue.pop().expect("peeked");
                 let event = self.events.remove(&seq).expect("scheduled event");
                 self.handle(event);
@@ -739,42 +651,4 @@ fn random_two_phase_scenarios() {
         return;
     }
     assert_exercised(&t);
-}
-
-/// The suite must have exercised every path it claims to.
-fn assert_exercised(t: &Stats) {
-    assert!(t.committed > t.scenarios * 3, "{t:#?}");
-    assert!(
-        t.aborted_refused > 0 && t.aborted_timeout > 0 && t.rolled_back > 0,
-        "{t:#?}"
-    );
-    assert!(t.publisher_restarts > 0 && t.one_phase > 0, "{t:#?}");
-    assert!(t.packets_lost > 0 && t.packets_gone > 0, "{t:#?}");
-    assert!(
-        t.decision_repeats > 0 && t.repeats_expired > 0 && t.all_acknowledged > 0,
-        "{t:#?}"
-    );
-    assert!(t.crashes > 0 && t.crashed_while_prepared > 0, "{t:#?}");
-    assert!(
-        t.restart_pending > 0 && t.restart_committed > 0 && t.restart_aborted > 0,
-        "{t:#?}"
-    );
-    assert!(
-        t.slow_votes > 0 && t.votes_not_taken > 0 && t.outcome_committed > 0,
-        "{t:#?}"
-    );
-    assert!(
-        t.applied_prepared > 0 && t.commit_without_prepare > 0 && t.prepare_replaced > 0,
-        "{t:#?}"
-    );
-    assert!(
-        t.hellos > 0 && t.registrations > 0 && t.register_failed > 0 && t.dropped_stream > 0,
-        "{t:#?}"
-    );
-    assert!(
-        t.packet_repairs > 0 && t.packets_repaired > 0 && t.catchups_done > 0,
-        "{t:#?}"
-    );
-    assert!(t.repair_failures > 0 && t.backoffs > 0 && t.status_polls > 0, "{t:#?}");
-    assert!(t.applied > t.committed, "{t:#?}");
 }

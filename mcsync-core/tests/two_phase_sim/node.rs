@@ -181,7 +181,10 @@ impl Sim {
             let Some(out) = live.engine.poll(now) else {
                 // A drained engine has no timer due: a driver sleeping until it would spin.
                 if let Some((timer, at)) = live.engine.next_timer() {
-                    assert!(at > now, "{timer:?} due at {at:?}, nothing to do at {now:?}");
+                    assert!(
+                        at > now,
+                        "{timer:?} due at {at:?}, nothing to do at {now:?}"
+                    );
                 }
                 return;
             };
@@ -257,7 +260,11 @@ impl Sim {
         assert!(!ranges.is_empty(), "{}: an empty repair request", name(i));
         let mut prev = self.nodes[i].applied;
         for &(a, b) in ranges {
-            assert!(a > prev && a <= b, "{}: bad ranges {ranges:?} at {prev}", name(i));
+            assert!(
+                a > prev && a <= b,
+                "{}: bad ranges {ranges:?} at {prev}",
+                name(i)
+            );
             prev = b;
         }
     }
@@ -265,7 +272,12 @@ impl Sim {
     /// The host's vote callback; a slow one blocks the process thread past the caller's
     /// timeout.
     fn check(&mut self, i: usize, version: u64, update: Update) {
-        assert_eq!(update.version, version, "{}: checked another update", name(i));
+        assert_eq!(
+            update.version,
+            version,
+            "{}: checked another update",
+            name(i)
+        );
         let verdict = if self.chance(self.p.refuse) {
             Err(format!("{} cannot take version {version}", name(i)))
         } else {

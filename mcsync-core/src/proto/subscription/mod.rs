@@ -55,8 +55,9 @@ enum Busy {
 }
 
 /// Whether a registration shows a history other than the replica's: another incarnation
-/// (the publisher's data was replaced), or a master behind the replica (it lost versions
-/// the replica applied). Returns the registration's incarnation if so.
+/// (the publisher's data was replaced), or a master behind `applied`, the replica's version
+/// when it asked (it lost versions the replica applied). Returns the registration's
+/// incarnation if so.
 pub fn history_changed(stored: u64, applied: u64, info: &DatabaseInfo) -> Option<u64> {
     let other = stored != 0 && stored != info.incarnation;
     (other || info.current_version < applied).then_some(info.incarnation)
