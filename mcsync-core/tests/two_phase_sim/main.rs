@@ -25,6 +25,10 @@
 //! - once the network heals, every replica reaches the master's version and content, and no
 //!   prepared copy at or below the committed version is left anywhere.
 //!
+//! `routing.rs` pins the engine's two-phase routing on its own (a COMMIT_PREPARED whose
+//! PREPARE was lost is caught up from the journal; one of the held round applies the held
+//! copy): in the scenarios, heartbeats would hide a regression there.
+//!
 //! A failing scenario prints its seed; rerun it alone with
 //! `MCSYNC_SIM_SEED=<seed> cargo test -p mcsync-core --test two_phase_sim -- --nocapture`.
 //! `MCSYNC_SIM_SCENARIOS=<n>` changes how many scenarios run.

@@ -11,8 +11,11 @@ pub struct Stats {
     pub aborted_timeout: u64,
     pub rolled_back: u64,
     pub publisher_restarts: u64,
+    /// Packets the publisher multicast.
     pub packets_sent: u64,
+    /// Deliveries of them to one subscriber that the network lost...
     pub packets_lost: u64,
+    /// ...and of those, the ones packet repair could not bring back.
     pub packets_gone: u64,
     pub decision_repeats: u64,
     pub repeats_expired: u64,
@@ -31,12 +34,15 @@ pub struct Stats {
     pub commit_without_prepare: u64,
     /// PREPAREs that replaced a held one of the same version (its ABORT was missed).
     pub prepare_replaced: u64,
+    /// Registrations the engines asked for (`Output::Hello`), and how they ended.
     pub hellos: u64,
     pub registrations: u64,
     pub register_failed: u64,
     pub status_polls: u64,
+    /// Packet repairs asked for (`Output::FetchPackets`), and the packets they brought.
     pub packet_repairs: u64,
     pub packets_repaired: u64,
+    /// Catch-ups asked for (`Output::CatchUp`), and those that completed.
     pub catchups: u64,
     pub catchups_done: u64,
     pub repair_failures: u64,
