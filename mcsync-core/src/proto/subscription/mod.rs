@@ -55,8 +55,9 @@ enum Busy {
 }
 
 /// Whether a registration shows a history other than the replica's: another incarnation
-/// (the publisher's data was replaced), or a master behind the replica (it lost versions
-/// the replica applied). Returns the registration's incarnation if so.
+/// (the publisher's data was replaced), or a master behind `applied`, the replica's version
+/// when it asked (it lost versions the replica applied). Returns the registration's
+/// incarnation if so.
 pub fn history_changed(stored: u64, applied: u64, info: &DatabaseInfo) -> Option<u64> {
     let other = stored != 0 && stored != info.incarnation;
     (other || info.current_version < applied).then_some(info.incarnation)
@@ -91,6 +92,10 @@ pub struct Engine {
     /// Versions above `joined_at` obtained by repair (for the error policy's silence
     /// check).
     fresh_repaired: u64,
+    /// The replica's version when the registration in flight was asked for: the
+    /// publisher's answer is at least that unless it lost versions (packets and repairs
+    /// go on meanwhile, so the replica may be past the answer by the time it arrives).
+    applied_at_hello: u64,
     queue: VecDeque<Output>,
     counters: EngineCounters,
 }
@@ -128,6 +133,7 @@ impl Engine {
             clamp_on_register: false,
             joined_at: info.current_version,
             fresh_repaired: 0,
+            applied_at_hello: start.applied,
             queue: VecDeque::new(),
             counters: EngineCounters::default(),
             config,
@@ -395,6 +401,7 @@ impl Engine {
 
     fn poll_hello(&mut self, now: Instant) -> Option<Output> {
         self.policy.poll_hello(now).then(|| {
+            self.applied_at_hello = self.receiver.applied();
             self.counters.resubscriptions += 1;
             Output::Hello
         })
@@ -435,6 +442,7 @@ impl Engine {
         if tick.hello {
             // Re-register, reporting the error rate with it.
             c.resubscriptions += 1;
+            self.applied_at_hello = self.receiver.applied();
             self.queue.push_back(Output::Hello);
         }
         let report = SubscriberReport {
@@ -492,7 +500,7 @@ impl Engine {
         }
         self.groups = info.groups.clone();
         self.stream_id = info.stream_id;
-        if let Some(new) = history_changed(self.incarnation, self.receiver.applied(), info) {
+        if let Some(new) = history_changed(self.incarnation, self.applied_at_hello, info) {
             self.new_history = Some(new);
         }
         self.receiver.on_heartbeat(now, info.current_version);

@@ -354,3 +354,28 @@ fn a_subscriber_refused_push_polls_until_a_registration_grants_it() {
     let out = drain(&mut e, t0 + 400 * MS);
     assert!(!out.iter().any(|o| matches!(o, Output::Status)), "{out:?}");
 }
+
+#[test]
+fn a_registration_older_than_what_was_applied_meanwhile_is_no_history_change() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, 0, 1, info(0, 1));
+    // Silent too long: register again. The publisher answers at version 2...
+    let t1 = t0 + config().silence_timeout + MS;
+    assert!(only_requests(drain(&mut e, t1)).contains(&Output::Hello));
+    // ...but while the answer travels, version 3 is committed and reaches the replica
+    // (packets and repairs go on while a registration is in flight).
+    e.handle(t1, Input::Current(3));
+    let out = drain(&mut e, t1);
+    answer_catch_up(&mut e, t1, &out, 1, 3);
+    assert!(matches!(&drain(&mut e, t1)[..], [Output::Apply(b)] if b.len() == 3));
+    assert_eq!(e.applied(), 3);
+    e.handle(t1, Input::Registered(Box::new(info(2, 1))));
+    // The publisher was at 2 or later when it answered a HELLO sent at 0: nothing was lost.
+    assert_eq!(e.new_history(), None);
+    assert_eq!(only_requests(drain(&mut e, t1)), []);
+    // A publisher behind what the replica had when it registered did lose versions.
+    let t2 = t1 + config().silence_timeout + MS;
+    assert!(only_requests(drain(&mut e, t2)).contains(&Output::Hello));
+    e.handle(t2, Input::Registered(Box::new(info(2, 1))));
+    assert_eq!(e.new_history(), Some(1));
+}

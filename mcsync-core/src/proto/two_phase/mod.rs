@@ -8,7 +8,7 @@
 //! is given back and reused, and a decision repeated for the old round must never touch the
 //! new one.
 //!
-//! Guarantees, checked by the seeded simulation in `tests/two_phase_sim.rs` with loss, delay,
+//! Guarantees, checked by the seeded simulation in `tests/two_phase_sim/` with loss, delay,
 //! failed requests, slow voters and restarts of both sides:
 //! - a participant never hands a prepared update to the version order except on the COMMIT
 //!   of the same round, so nothing prepared is visible before COMMIT;
