@@ -96,6 +96,10 @@ pub struct Engine {
     /// publisher's answer is at least that unless it lost versions (packets and repairs
     /// go on meanwhile, so the replica may be past the answer by the time it arrives).
     applied_at_hello: u64,
+    /// The highest latest version announced (heartbeat, STATUS, registration) while the
+    /// version repair in flight was out: its end's `current_version` may be older, and
+    /// must not make the engine forget a gap announced meanwhile.
+    announced_in_repair: u64,
     queue: VecDeque<Output>,
     counters: EngineCounters,
 }
@@ -134,6 +138,7 @@ impl Engine {
             joined_at: info.current_version,
             fresh_repaired: 0,
             applied_at_hello: start.applied,
+            announced_in_repair: 0,
             queue: VecDeque::new(),
             counters: EngineCounters::default(),
             config,
@@ -231,7 +236,7 @@ impl Engine {
             Input::Traffic(t) => self.policy.on_traffic(t),
             Input::Registered(info) => self.on_registered(now, &info),
             Input::RegisterFailed { auth } => self.policy.on_register_failed(auth),
-            Input::Current(v) => self.receiver.on_heartbeat(now, v),
+            Input::Current(v) => self.on_announced(now, v),
             Input::PacketsRepaired { packets, ok } => self.on_packets_repaired(now, packets, ok),
             Input::Repaired(u) => self.on_repaired(now, u),
             Input::RepairDone(end) => self.on_repair_done(now, end),
@@ -387,6 +392,7 @@ impl Engine {
             first.1 - first.0 + 1 > after && first.0 == self.receiver.applied() + 1
         });
         if compact {
+            self.announced_in_repair = 0;
             self.busy = Some(Busy::Compact {
                 next_first: first.0,
             });
@@ -395,6 +401,7 @@ impl Engine {
                 through: first.1,
             });
         }
+        self.announced_in_repair = 0;
         self.busy = Some(Busy::CatchUp);
         Some(Output::CatchUp(ranges))
     }
@@ -492,6 +499,13 @@ impl Engine {
         }
     }
 
+    /// The publisher's latest version, as a heartbeat, a STATUS answer or a registration
+    /// announced it.
+    fn on_announced(&mut self, now: Instant, version: u64) {
+        self.announced_in_repair = self.announced_in_repair.max(version);
+        self.receiver.on_heartbeat(now, version);
+    }
+
     fn on_registered(&mut self, now: Instant, info: &DatabaseInfo) {
         self.policy.on_registered();
         if info.push != Push::NotAsked {
@@ -503,7 +517,7 @@ impl Engine {
         if let Some(new) = history_changed(self.incarnation, self.applied_at_hello, info) {
             self.new_history = Some(new);
         }
-        self.receiver.on_heartbeat(now, info.current_version);
+        self.on_announced(now, info.current_version);
         if std::mem::take(&mut self.clamp_on_register) {
             self.receiver.clamp_latest(info.current_version);
         }
@@ -540,7 +554,7 @@ impl Engine {
                 // An authentic heartbeat always parses; one that does not is dropped.
                 if let Ok(hb) = Heartbeat::parse(&pkt.payload) {
                     c.heartbeats_received += 1;
-                    self.receiver.on_heartbeat(now, hb.latest_version);
+                    self.on_announced(now, hb.latest_version);
                 }
             }
             PacketKind::Data => {
@@ -625,7 +639,8 @@ impl Engine {
                     Some(Busy::Compact { .. }) => c.catchups_compacted += 1,
                     _ => c.catchups_journal += 1,
                 }
-                self.receiver.clamp_latest(current_version);
+                self.receiver
+                    .clamp_latest(current_version.max(self.announced_in_repair));
                 self.receiver.on_repair_done(now, true);
             }
             // The journal no longer reaches back this far: resync by hashes (the version

@@ -379,3 +379,22 @@ fn a_registration_older_than_what_was_applied_meanwhile_is_no_history_change() {
     e.handle(t2, Input::Registered(Box::new(info(2, 1))));
     assert_eq!(e.new_history(), Some(1));
 }
+
+#[test]
+fn a_version_announced_while_a_catch_up_is_out_is_not_forgotten_at_its_end() {
+    let t0 = Instant::now();
+    let mut e = engine(t0, 0, 1, info(3, 1));
+    let out = drain(&mut e, t0);
+    assert!(out.contains(&Output::CatchUp(vec![(1, 3)])), "{out:?}");
+    // While the catch-up streams, the publisher announces version 5 (its data was lost).
+    e.handle(t0 + MS, Input::Current(5));
+    for v in 1..=3 {
+        e.handle(t0 + MS, Input::Repaired(update(v)));
+    }
+    // The catch-up's end says 3: it was built before 4 and 5 were committed.
+    let done = Input::RepairDone(RepairEnd::Done { current_version: 3 });
+    e.handle(t0 + 2 * MS, done);
+    assert_eq!(e.known_latest(), 5);
+    let out = drain(&mut e, t0 + 2 * MS);
+    assert!(out.contains(&Output::CatchUp(vec![(4, 5)])), "{out:?}");
+}
