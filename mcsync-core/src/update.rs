@@ -69,3 +69,10 @@ pub struct Update {
     /// [`SubscribeOptions::after`](crate::SubscribeOptions::after).
     pub reset: bool,
 }
+
+impl Update {
+    /// Bytes of keys and values (what batches of updates are bounded by).
+    pub(crate) fn data_bytes(&self) -> usize {
+        self.ops.iter().map(|o| o.key.len() + o.value.len()).sum()
+    }
+}

@@ -357,11 +357,7 @@ impl Worker {
                 return Err(Error::Closed("the subscription is closing".into()));
             }
             let u = decode_update(encoded, &limits)?;
-            bytes += u
-                .ops
-                .iter()
-                .map(|o| o.key.len() + o.value.len())
-                .sum::<usize>();
+            bytes += u.data_bytes();
             batch.push(u);
             let full = bytes >= BATCH_BYTES || batch.len() >= APPLY_BATCH;
             if full || events.is_empty() {

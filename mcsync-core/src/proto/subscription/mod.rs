@@ -306,11 +306,7 @@ impl Engine {
             let Some(u) = self.receiver.poll_ready() else {
                 break;
             };
-            bytes += u
-                .ops
-                .iter()
-                .map(|o| o.key.len() + o.value.len())
-                .sum::<usize>();
+            bytes += u.data_bytes();
             batch.push(u);
         }
         (!batch.is_empty()).then_some(batch)
