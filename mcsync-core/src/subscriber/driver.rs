@@ -61,6 +61,8 @@ pub(super) struct Driver {
     pub push: Option<SocketAddr>,
     /// A part of the host's journal backlog is asked for and not yet answered.
     pub journal_in_flight: bool,
+    /// A part that failed is asked for again from then on.
+    pub journal_retry_at: Instant,
 }
 
 /// Counts and logs a registration whose unicast push the publisher refused.

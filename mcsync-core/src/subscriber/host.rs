@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 const DELIVERED_FLUSH: Duration = Duration::from_millis(200);
 /// Most versions fetched from the journal at once for a host behind its replica.
 const JOURNAL_PART: u64 = 4096;
+/// After a part of the host's journal backlog could not be fetched, how long until it is
+/// asked for again.
+const JOURNAL_RETRY: Duration = Duration::from_millis(500);
 /// Most bytes of kept updates read from the store at once when replaying.
 const REPLAY_CHUNK_BYTES: usize = 4 << 20;
 
@@ -131,7 +134,8 @@ impl Driver {
 
     /// Delivers what the host is owed from before live updates: a reset, journal updates
     /// the store no longer keeps, then the kept ones. A publisher that cannot answer now
-    /// is asked again next turn; only a storage failure stops the subscription.
+    /// is asked again after `JOURNAL_RETRY`; only a storage failure stops the
+    /// subscription.
     pub fn deliver_backlog(&mut self, control: &Control) -> Result<()> {
         loop {
             if self.shared.stop.is_stopped() {
@@ -146,7 +150,7 @@ impl Driver {
                 Backlog::Journal { from, through } => {
                     // A part at a time, so a host far behind is not held in memory whole;
                     // the answer comes as an event (`journal_part`).
-                    if !self.journal_in_flight {
+                    if !self.journal_in_flight && Instant::now() >= self.journal_retry_at {
                         let end = through.min(from.saturating_add(JOURNAL_PART - 1));
                         self.journal_in_flight = true;
                         control.send(Job::Journal { from, end });
@@ -240,10 +244,15 @@ impl Driver {
                 );
                 self.delivery.on_trimmed();
             }
-            JournalPart::Failed(why) => log::warn!(
-                "{}: fetching versions {from}..={end} for the host: {why}; asking again",
-                self.shared.name
-            ),
+            JournalPart::Failed(why) => {
+                // The answer of a publisher that is down comes at once: not a tight loop.
+                self.journal_retry_at = Instant::now() + JOURNAL_RETRY;
+                log::warn!(
+                    "{}: fetching versions {from}..={end} for the host: {why}; asking again \
+                     in {JOURNAL_RETRY:?}",
+                    self.shared.name
+                );
+            }
         }
         self.announce();
     }

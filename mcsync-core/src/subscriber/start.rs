@@ -183,6 +183,7 @@ pub(super) fn start(
         warned_silent: false,
         push,
         journal_in_flight: false,
+        journal_retry_at: now,
     };
     spawn_threads(&shared, parts, tx, driver, reg.take(), rx)?;
     Ok(shared)
