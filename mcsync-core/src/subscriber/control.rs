@@ -276,7 +276,11 @@ impl Worker {
     ) -> std::result::Result<(), Gone> {
         let name = &self.shared.name;
         match self.client.vote(version, round, prepared, reason) {
-            Ok(()) => self.send(Event::Engine(Input::VoteSent(version))),
+            Ok(()) => self.send(Event::Engine(Input::VoteSent {
+                version,
+                round,
+                prepared,
+            })),
             Err(e) if self.client.last_refusal().is_some() => {
                 // Not taken: the round is over (its decision did not reach us) or
                 // superseded. Ask what became of it.

@@ -402,7 +402,11 @@ impl Sim {
             } => {
                 let taken = r.is_some() && self.take_vote(i, (version, round), prepared, reason);
                 match r {
-                    Some(true) if taken => vec![Input::VoteSent(version)],
+                    Some(true) if taken => vec![Input::VoteSent {
+                        version,
+                        round,
+                        prepared,
+                    }],
                     Some(true) => {
                         // Not taken: the control worker asks what became of the round.
                         self.stats.votes_not_taken += 1;

@@ -134,7 +134,16 @@ impl Bench {
                         version: *version,
                         verdict: Ok(()),
                     }],
-                    Output::Vote { version, .. } => vec![Input::VoteSent(*version)],
+                    Output::Vote {
+                        version,
+                        round,
+                        prepared,
+                        ..
+                    } => vec![Input::VoteSent {
+                        version: *version,
+                        round: *round,
+                        prepared: *prepared,
+                    }],
                     Output::Forget => vec![Input::Forgotten],
                     _ => Vec::new(),
                 };

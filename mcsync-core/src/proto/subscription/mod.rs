@@ -250,7 +250,11 @@ impl Engine {
             Input::ResyncRequested => self.want_resync = true,
             Input::Forgotten => self.two_phase.forgotten(),
             Input::Checked { version, verdict } => self.two_phase.checked(version, verdict),
-            Input::VoteSent(v) => self.two_phase.vote_sent(v),
+            Input::VoteSent {
+                version,
+                round,
+                prepared,
+            } => self.two_phase.vote_sent(version, round, prepared),
             Input::Outcome {
                 version,
                 round,

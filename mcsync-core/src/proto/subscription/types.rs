@@ -124,8 +124,17 @@ pub enum Input {
         /// Agreed, or why not.
         verdict: Result<(), String>,
     },
-    /// The coordinator took the vote on this version.
-    VoteSent(u64),
+    /// The coordinator took the vote on this round (answer to [`Output::Vote`]). It may
+    /// arrive after a later round of the same version was prepared, so it names its round
+    /// and what the vote said.
+    VoteSent {
+        /// The prepared version.
+        version: u64,
+        /// The round (the PREPARE's timestamp).
+        round: u64,
+        /// Whether the vote was PREPARED.
+        prepared: bool,
+    },
     /// What became of a round whose vote was not taken.
     Outcome {
         /// The prepared version.

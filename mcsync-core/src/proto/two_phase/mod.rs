@@ -343,6 +343,8 @@ pub struct Participant {
     verdict: Option<(u64, Result<(), String>)>,
     /// Version whose vote the coordinator took.
     voted: Option<u64>,
+    /// The last round whose vote was counted, as (version, round).
+    counted: Option<(u64, u64)>,
     /// When an unconfirmed vote may be sent again.
     vote_retry_at: Option<Instant>,
     /// Decisions to acknowledge: (version, round).
@@ -365,6 +367,7 @@ impl Participant {
             catching_up: None,
             checking: None,
             voted: None,
+            counted: None,
             vote_retry_at: None,
             acks: Vec::new(),
             counters: ParticipantCounters::default(),
@@ -535,21 +538,24 @@ impl Participant {
         self.verdict = Some((version, verdict));
     }
 
-    /// The coordinator took the vote on `version`.
-    pub fn vote_sent(&mut self, version: u64) {
-        let Some((v, verdict)) = &self.verdict else {
-            return;
-        };
-        if *v != version || self.voted == Some(version) {
-            return;
+    /// The coordinator took the vote (`prepared` or not) on round `round` of `version`. It
+    /// is counted once per round. A confirmation for an earlier round (the vote travelled
+    /// while a new PREPARE of the same version arrived) says nothing about the round held
+    /// now, which is still voted on.
+    pub fn vote_sent(&mut self, version: u64, round: u64, prepared: bool) {
+        if self.counted != Some((version, round)) {
+            self.counted = Some((version, round));
+            if prepared {
+                self.counters.votes_prepared += 1;
+            } else {
+                self.counters.votes_refused += 1;
+            }
         }
-        if verdict.is_ok() {
-            self.counters.votes_prepared += 1;
-        } else {
-            self.counters.votes_refused += 1;
+        let held = self.pending.as_ref().map(|p| (p.version, p.timestamp_us));
+        if held == Some((version, round)) {
+            self.voted = Some(version);
+            self.vote_retry_at = None;
         }
-        self.voted = Some(version);
-        self.vote_retry_at = None;
     }
 
     /// When [`poll`](Self::poll) has something to do again without new input.

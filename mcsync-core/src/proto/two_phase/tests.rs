@@ -31,7 +31,12 @@ fn drain(
         match &a {
             Action::Forget => p.forgotten(),
             Action::Check(v) => p.checked(*v, verdict.clone()),
-            Action::Vote { version, .. } => p.vote_sent(*version),
+            Action::Vote {
+                version,
+                round,
+                prepared,
+                ..
+            } => p.vote_sent(*version, *round, *prepared),
             _ => {}
         }
         out.push(a);
@@ -145,9 +150,50 @@ fn behind_catches_up_once_and_unconfirmed_votes_retry() {
         p.poll(t0 + VOTE_RETRY, 9),
         Some(Action::Vote { .. })
     ));
-    p.vote_sent(10);
+    p.vote_sent(10, 1, true);
     assert_eq!(p.next_timeout(), None);
     assert_eq!(p.poll(t0 + VOTE_RETRY * 2, 9), None);
+}
+
+#[test]
+fn a_late_confirmation_of_an_earlier_rounds_vote_does_not_count_for_the_next() {
+    let t0 = Instant::now();
+    let mut p = Participant::new(true, None);
+    p.on_record(RecordKind::Prepare, update(2, 1), 1);
+    assert_eq!(p.poll(t0, 1), Some(Action::Check(2)));
+    p.checked(2, Err("denied".into()));
+    assert!(matches!(
+        p.poll(t0, 1),
+        Some(Action::Vote {
+            version: 2,
+            round: 1,
+            prepared: false,
+            ..
+        })
+    ));
+    // The refusal aborts round 1, and round 2 of the same version is prepared before
+    // the confirmation of the first vote comes back.
+    p.on_record(RecordKind::Prepare, update(2, 2), 1);
+    assert_eq!(p.poll(t0, 1), Some(Action::Check(2)));
+    p.checked(2, Ok(()));
+    p.vote_sent(2, 1, false);
+    // Counted as what it was: a refusal of round 1.
+    assert_eq!(p.counters().votes_refused, 1);
+    assert_eq!(p.counters().votes_prepared, 0);
+    // Round 2 is still voted on, and its own confirmation counts.
+    assert!(matches!(
+        p.poll(t0, 1),
+        Some(Action::Vote {
+            version: 2,
+            round: 2,
+            prepared: true,
+            ..
+        })
+    ));
+    p.vote_sent(2, 2, true);
+    p.vote_sent(2, 2, true);
+    assert_eq!(p.counters().votes_prepared, 1, "counted once per round");
+    assert_eq!(p.poll(t0 + VOTE_RETRY, 1), None);
 }
 
 #[test]
